@@ -1,0 +1,3 @@
+from qwq_local.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""Frozen settings: defaults < config file < QWQ_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import platformdirs
+
+from qwq_local.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+APP = "qwq_local"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """QwQ's recommended sampling; temperature 0 means greedy."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.0
+    seed: int | None = None
+    max_tokens: int = 8192
+
+    def validate(self) -> "Sampling":
+        if self.temperature < 0:
+            raise UsageError("--temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise UsageError("--top-p must be in (0, 1]")
+        if self.top_k < 0:
+            raise UsageError("--top-k must be >= 0")
+        if not 0 <= self.min_p <= 1:
+            raise UsageError("--min-p must be in [0, 1]")
+        if self.max_tokens < 1:
+            raise UsageError("--max-tokens must be >= 1")
+        return self
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live and how models are run."""
+
+    models_dir: Path
+    data_dir: Path
+    model: str = "qwq-32b"
+    ctx: int = 8192
+    gpu_layers: str = "auto"
+    kv_budget: int = 0  # tokens; 0 means the context size
+    sampling: Sampling = Sampling()
+
+
+def user_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """The directory for history, REPL history and config (QWQ_USER_PATH overrides)."""
+    if env.get("QWQ_USER_PATH"):
+        return Path(env["QWQ_USER_PATH"])
+    return Path(platformdirs.user_data_dir(APP))
+
+
+def default_models_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Downloaded weights live in the user cache, never in the repo (QWQ_MODELS_DIR overrides)."""
+    if env.get("QWQ_MODELS_DIR"):
+        return Path(env["QWQ_MODELS_DIR"])
+    return Path(platformdirs.user_cache_dir(APP)) / "models"
+
+
+_SAMPLING_KEYS = {f.name for f in fields(Sampling)}
+_SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    ints = {"ctx", "kv_budget", "top_k", "max_tokens", "seed"}
+    floats = {"temperature", "top_p", "min_p"}
+    try:
+        if key in ints:
+            return int(value)
+        if key in floats:
+            return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"setting {key!r} must be a number, got {value!r}") from None
+    if key == "models_dir":
+        return Path(str(value)).expanduser()
+    return str(value)
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] = os.environ,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge defaults, the TOML config file, QWQ_* variables and flags (None flags are unset)."""
+    data_dir = user_data_dir(env)
+    layers: list[Mapping[str, Any]] = []
+    path = config_file or Path(env.get("QWQ_CONFIG", data_dir / "config.toml"))
+    if path.is_file():
+        try:
+            layers.append(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    layers.append({k[4:].lower(): v for k, v in env.items() if k.startswith("QWQ_")})
+    layers.append({k: v for k, v in (flags or {}).items() if v is not None})
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key in _SAMPLING_KEYS or key in _SETTING_KEYS:
+                merged[key] = _coerce(key, value)
+    sampling = replace(Sampling(), **{k: v for k, v in merged.items() if k in _SAMPLING_KEYS}).validate()
+    settings = Settings(
+        models_dir=merged.pop("models_dir", None) or default_models_dir(env),
+        data_dir=data_dir,
+        sampling=sampling,
+        **{k: v for k, v in merged.items() if k in _SETTING_KEYS - {"models_dir"}},
+    )
+    if settings.ctx < 64:
+        raise UsageError("--ctx must be at least 64 tokens")
+    return settings

@@ -1,0 +1,85 @@
+"""Every failure a user can cause, as one exception family with a distinct exit code."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes; each user-facing failure has its own."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    FILE_NOT_FOUND = 3
+    EMPTY_INPUT = 4
+    IS_A_DIRECTORY = 5
+    NOT_GGUF = 6
+    CORRUPT_MODEL = 7
+    UNKNOWN_MODEL = 8
+    NOT_PULLED_OFFLINE = 9
+    HUB_UNREACHABLE = 10
+    DISK_FULL = 11
+    CONTEXT_TOO_LARGE = 12
+    OUT_OF_MEMORY = 13
+    CHECKSUM_MISMATCH = 14
+    HEAD_MISMATCH = 15
+    INTERRUPTED = 130
+
+
+class QwqError(Exception):
+    """An error with a one-line message for the user and its exit code."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class InputFileError(QwqError):
+    """A problem file that is missing, empty or a directory."""
+
+
+class ModelFileError(QwqError):
+    """A model file that is not GGUF, is truncated or cannot be loaded."""
+
+    exit_code = ExitCode.CORRUPT_MODEL
+
+
+class UnknownModelError(QwqError):
+    exit_code = ExitCode.UNKNOWN_MODEL
+
+
+class NotPulledError(QwqError):
+    exit_code = ExitCode.NOT_PULLED_OFFLINE
+
+
+class HubUnreachableError(QwqError):
+    exit_code = ExitCode.HUB_UNREACHABLE
+
+
+class DiskFullError(QwqError):
+    exit_code = ExitCode.DISK_FULL
+
+
+class ChecksumError(QwqError):
+    exit_code = ExitCode.CHECKSUM_MISMATCH
+
+
+class ContextTooLargeError(QwqError):
+    exit_code = ExitCode.CONTEXT_TOO_LARGE
+
+
+class OutOfMemoryError(QwqError):
+    exit_code = ExitCode.OUT_OF_MEMORY
+
+
+class HeadMismatchError(QwqError):
+    exit_code = ExitCode.HEAD_MISMATCH
+
+
+class UsageError(QwqError):
+    exit_code = ExitCode.USAGE

@@ -1,0 +1,1 @@
+"""Thinking parser, console output and the interactive REPL."""

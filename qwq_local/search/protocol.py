@@ -1,0 +1,89 @@
+"""The small LM protocol the search core runs on: the engine implements it, tests fake it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class StepStop:
+    """Where a sampled step ends.
+
+    Inside the thinking (or, for models that do not think, anywhere) a step ends at
+    `delimiter` once it has at least `min_tokens` tokens, or at `max_tokens`. A step that
+    reaches `end_think` ends right after it; from then on the answer is one final step that
+    runs to EOS (or `max_tokens`). `delimiter=None` samples a whole reply in one step.
+    """
+
+    delimiter: str | None = "\n\n"
+    min_tokens: int = 4
+    max_tokens: int = 256
+    end_think: str = "</think>"
+
+
+@dataclass
+class Candidate:
+    """One sampled next step from a branch; `branch` continues after it until released."""
+
+    text: str
+    branch: int
+    n_tokens: int
+    finished: bool  # the reply ended (EOS, or the token limit of the whole reply)
+    logprob: float = 0.0  # sum of the step's token log-probabilities
+    hidden: Any = None  # policy hidden state at the step's last token (numpy array) or None
+
+
+@dataclass
+class LMStats:
+    """Counters an LM keeps for reports: tokens sampled, tokens llama.cpp evaluated, KV peak."""
+
+    generated_tokens: int = 0
+    evaluated_tokens: int = 0
+    peak_kv_tokens: int = 0
+
+
+class StepLM(Protocol):
+    """A policy that samples reasoning steps from branches of one shared prefix tree."""
+
+    stats: LMStats
+
+    def open(self, question: str) -> int:
+        """Evaluate the prompt for `question` (chat template applied); return the root branch."""
+        ...
+
+    def sample(self, branch: int, k: int, stop: StepStop) -> list[Candidate]:
+        """Sample `k` next steps from `branch` together (one batched decode per token)."""
+        ...
+
+    def release(self, branch: int) -> None:
+        """Free a branch the search no longer needs (its KV cells may be reused)."""
+        ...
+
+    def yes_probability(self, prompt: str) -> float:
+        """P("Yes") / (P("Yes") + P("No")) for the first token of the reply to `prompt`."""
+        ...
+
+
+class Scorer(Protocol):
+    """A process reward: how likely `candidate`, after `steps`, leads to a correct answer."""
+
+    name: str
+
+    def score(self, question: str, steps: Sequence[str], candidate: Candidate) -> float:
+        """Return a value in [0, 1]."""
+        ...
+
+
+@dataclass
+class SearchResult:
+    """What any strategy returns: the chosen reply and how it was found."""
+
+    text: str  # the whole chosen reply (thinking and answer) as the model wrote it
+    final_answer: str | None
+    strategy: str
+    expansions: int = 0
+    nodes: int = 0
+    terminal_answers: list[str | None] = field(default_factory=list)
+    chosen_path: list[int] = field(default_factory=list)  # node ids from root to the chosen leaf
+    tree: list[dict[str, Any]] = field(default_factory=list)  # every node: id, parent, text, g, h, f, ...

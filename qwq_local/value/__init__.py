@@ -1,0 +1,1 @@
+"""Process-reward scorers: the Q-value head, self-evaluation and rule checks."""
