@@ -1,0 +1,185 @@
+"""Chat generation on llama.cpp's high-level Llama: template, QwQ thinking, streaming, KV reuse."""
+
+from __future__ import annotations
+
+import codecs
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from qwq_local.config import Sampling
+from qwq_local.engine.model import LoadedModel
+from qwq_local.errors import ExitCode, QwqError
+
+THINK_OPEN = "<think>\n"
+THINK_CLOSE = "</think>"
+_THINK_BLOCK = re.compile(r"^.*?</think>\s*", re.DOTALL)
+
+
+@dataclass
+class Message:
+    """One chat message; assistant content may still hold its thinking (it is stripped)."""
+
+    role: str
+    content: str
+
+
+@dataclass
+class TurnStats:
+    """What one reply cost: tokens seen, evaluated and generated, and time."""
+
+    prompt_tokens: int
+    evaluated_prompt_tokens: int
+    thinking_tokens: int
+    answer_tokens: int
+    seconds: float
+    thinking_seconds: float
+    ctx_used: int
+    n_ctx: int
+    stop_reason: str  # "eos" | "length" | "interrupted" | "context"
+    prefill_seconds: float = 0.0
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.thinking_tokens + self.answer_tokens
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        decode = self.seconds - self.prefill_seconds
+        return self.generated_tokens / decode if decode > 0 else 0.0
+
+
+def strip_thinking(text: str) -> str:
+    """The final answer only: everything up to and including `</think>` removed."""
+    return _THINK_BLOCK.sub("", text, count=1) if THINK_CLOSE in text else text
+
+
+class LlamaChat:
+    """A ChatModel over one loaded GGUF; keeps the KV cache across turns."""
+
+    def __init__(self, model: LoadedModel, *, think: bool | None = None) -> None:
+        self.model = model
+        self.name = model.name
+        self.n_ctx = model.n_ctx
+        self.last_stats: TurnStats | None = None
+        opens_thinking = model.render_chat([Message("user", "x")]).endswith(THINK_OPEN)
+        self.template_thinks = opens_thinking
+        self.thinks = opens_thinking if think is None else think
+
+    def prompt_text(self, messages: list[Message]) -> str:
+        """The rendered prompt: history holds final answers only; a thinking reply opens `<think>\\n`."""
+        clean = [Message(m.role, strip_thinking(m.content) if m.role == "assistant" else m.content)
+                 for m in messages]
+        text = self.model.render_chat(clean)
+        if self.thinks and not text.endswith(THINK_OPEN):
+            text += THINK_OPEN
+        return text
+
+    def reset(self) -> None:
+        self.model.llama.reset()
+
+    def stream(
+        self,
+        messages: list[Message],
+        sampling: Sampling,
+        *,
+        intervene: Callable[[str, int], str | None] | None = None,
+    ) -> Iterator[str]:
+        """Yield the reply's text pieces; a thinking reply starts with `<think>\\n`."""
+        llama = self.model.llama
+        start = time.perf_counter()
+        prompt = self.model.tokenize(self.prompt_text(messages))
+        if len(prompt) >= self.n_ctx:
+            self.last_stats = TurnStats(len(prompt), 0, 0, 0, 0.0, 0.0, len(prompt), self.n_ctx, "context")
+            raise ContextFullError(f"the conversation ({len(prompt):,} tokens) fills the context "
+                                   f"({self.n_ctx:,}); use /reset or a larger --ctx")
+        cached = _common_prefix(llama.input_ids[: llama.n_tokens].tolist(), prompt)
+        evaluated = len(prompt) - min(cached, len(prompt) - 1)
+        in_think = self.thinks
+        thinking_text: list[str] = []
+        n_think = n_answer = 0
+        think_end = start
+        stop_reason = "length"
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        budget = min(sampling.max_tokens, self.n_ctx - len(prompt))
+        if sampling.seed is not None:
+            llama.set_seed(sampling.seed)
+        gen = llama.generate(
+            prompt, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+            temp=sampling.temperature, repeat_penalty=1.0, reset=True,
+        )
+        prefill = 0.0
+        if in_think:
+            yield THINK_OPEN
+        try:
+            token = next(gen)
+            prefill = time.perf_counter() - start
+            while True:
+                if self.model.is_eog(token):
+                    stop_reason = "eos"
+                    break
+                piece = decoder.decode(self.model.token_bytes(token))
+                if in_think:
+                    n_think += 1
+                    thinking_text.append(piece)
+                    if THINK_CLOSE in "".join(thinking_text[-8:]):
+                        in_think = False
+                        think_end = time.perf_counter()
+                else:
+                    n_answer += 1
+                if piece:
+                    yield piece
+                if n_think + n_answer >= budget:
+                    break
+                inject: list[int] | None = None
+                if in_think and intervene is not None:
+                    extra = intervene("".join(thinking_text), n_think)
+                    if extra:
+                        yield extra
+                        inject = self.model.tokenize(extra, bos=False)
+                        n_think += len(inject)
+                        if THINK_CLOSE in extra:
+                            in_think = False
+                            think_end = time.perf_counter()
+                token = gen.send(inject) if inject else next(gen)
+        except GeneratorExit:
+            stop_reason = "interrupted"
+            raise
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+            raise
+        finally:
+            gen.close()
+            now = time.perf_counter()
+            self.last_stats = TurnStats(
+                prompt_tokens=len(prompt),
+                evaluated_prompt_tokens=evaluated,
+                thinking_tokens=n_think,
+                answer_tokens=n_answer,
+                seconds=now - start,
+                thinking_seconds=((think_end if not in_think else now) - start) if self.thinks or n_think else 0.0,
+                ctx_used=llama.n_tokens,
+                n_ctx=self.n_ctx,
+                stop_reason=stop_reason,
+                prefill_seconds=prefill,
+            )
+
+    def complete(self, messages: list[Message], sampling: Sampling) -> str:
+        """The whole reply as one string."""
+        return "".join(self.stream(messages, sampling))
+
+
+class ContextFullError(QwqError):
+    """The prompt alone fills the context window."""
+
+    exit_code = ExitCode.CONTEXT_TOO_LARGE
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

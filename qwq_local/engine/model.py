@@ -1,0 +1,162 @@
+"""Owns a loaded GGUF: the llama.cpp model and its main context, tokenizer and chat template."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from qwq_local.engine.plan import RopePlan
+from qwq_local.errors import ExitCode, ModelFileError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qwq_local.engine.chat import Message
+
+# Used only when a GGUF carries no chat template: ChatML, as Qwen models use.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load: context size, GPU layers (-1 = all), YaRN, threads, seed."""
+
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0
+    rope: RopePlan | None = None
+    n_threads: int | None = None
+    n_batch: int = 512
+    seed: int = 0xFFFFFFFF
+    verbose: bool = False
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Silence llama.cpp's C-level stderr chatter while loading unless verbose."""
+    if not enabled:
+        yield
+        return
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+class LoadedModel:
+    """A GGUF loaded into llama.cpp, with one chat context (the high-level Llama)."""
+
+    def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
+        self.path = Path(path)
+        self.options = options
+        rope = options.rope
+        kwargs: dict = {}
+        if rope is not None and rope.yarn:
+            kwargs = dict(
+                rope_scaling_type=llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
+                rope_freq_scale=rope.freq_scale,
+                yarn_orig_ctx=rope.orig_ctx,
+            )
+        try:
+            with _quiet(not options.verbose):
+                self.llama = llama_cpp.Llama(
+                    model_path=str(self.path),
+                    n_ctx=options.n_ctx,
+                    n_batch=options.n_batch,
+                    n_gpu_layers=options.n_gpu_layers,
+                    n_threads=options.n_threads,
+                    seed=options.seed,
+                    verbose=options.verbose,
+                    **kwargs,
+                )
+        except ValueError as exc:
+            raise ModelFileError(f"{self.path.name}: llama.cpp could not load it ({exc})",
+                                 ExitCode.CORRUPT_MODEL) from exc
+        self.name = self.path.name
+        self.n_ctx = self.llama.n_ctx()
+        meta = self.llama.metadata
+        self.eos_text = self._piece_text(self.llama.token_eos())
+        self.bos_text = self._piece_text(self.llama.token_bos())
+        self.chat_template = meta.get("tokenizer.chat_template") or CHATML
+        self._formatter = Jinja2ChatFormatter(self.chat_template, self.eos_text, self.bos_text)
+        self._vocab = self.llama._model.vocab
+        self._pieces: dict[int, bytes] = {}
+
+    @property
+    def model_ptr(self) -> "llama_cpp.llama_model_p":
+        """The native model, for contexts of our own (the KV tree)."""
+        return self.llama._model.model
+
+    @property
+    def vocab(self) -> "llama_cpp.llama_vocab_p":
+        return self._vocab
+
+    @property
+    def n_embd(self) -> int:
+        return self.llama.n_embd()
+
+    @property
+    def n_vocab(self) -> int:
+        return self.llama.n_vocab()
+
+    def _piece_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llama._model.token_get_text(token)
+
+    def render_chat(self, messages: Sequence["Message"]) -> str:
+        """Apply the GGUF's own chat template, ending with the assistant's generation prompt."""
+        rendered = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        return rendered.prompt
+
+    def tokenize(self, text: str, bos: bool = True) -> list[int]:
+        """Tokens of `text` with special tokens parsed; BOS only if the vocab wants it and text lacks it."""
+        add_bos = bos and not (self.bos_text and text.startswith(self.bos_text))
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens give b"")."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            piece = buf.raw[:n]
+            self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def context_params(self) -> dict:
+        """The live chat context's rope settings, read back from llama.cpp."""
+        params = self.llama.context_params
+        return {
+            "n_ctx": self.llama.n_ctx(),
+            "rope_scaling_type": int(params.rope_scaling_type),
+            "rope_freq_scale": float(params.rope_freq_scale),
+            "yarn_orig_ctx": int(params.yarn_orig_ctx),
+        }
+
+    def close(self) -> None:
+        self.llama.close()

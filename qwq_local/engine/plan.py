@@ -1,0 +1,225 @@
+"""Memory planning without llama.cpp: GPU/RAM probing, offload layers, YaRN context extension."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from qwq_local.errors import ContextTooLargeError, OutOfMemoryError, UsageError
+
+GiB = 1024**3
+RESERVE_BYTES = 512 * 1024**2  # compute buffers and driver overhead kept free on the GPU
+
+
+@dataclass(frozen=True)
+class Device:
+    """A GPU llama.cpp can offload to, with the memory it can use now."""
+
+    kind: str  # "cuda" | "metal"
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class RopePlan:
+    """Context extension: YaRN with `factor` over `orig_ctx`, or none."""
+
+    yarn: bool
+    factor: float
+    orig_ctx: int
+
+    @property
+    def freq_scale(self) -> float:
+        return 1.0 / self.factor
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    """How a model and its KV cache are split between GPU and RAM."""
+
+    n_layer: int
+    n_gpu_layers: int  # layers on the GPU; n_layer + 1 means everything (output layer too)
+    model_bytes: int
+    kv_bytes: int
+    gpu_bytes: int
+    ram_bytes: int
+    device: Device | None
+    ram_free_bytes: int
+
+    @property
+    def full_offload(self) -> bool:
+        return self.n_gpu_layers > self.n_layer
+
+    @property
+    def llama_n_gpu_layers(self) -> int:
+        """The value for llama.cpp's n_gpu_layers (-1 means all)."""
+        return -1 if self.full_offload else self.n_gpu_layers
+
+    def describe(self) -> str:
+        where = f"{self.device.kind.upper()} {self.device.name}" if self.device else "CPU only"
+        return (
+            f"{where}: {self.n_gpu_layers if not self.full_offload else 'all'}/{self.n_layer} layers on GPU, "
+            f"GPU {fmt_bytes(self.gpu_bytes)}, RAM {fmt_bytes(self.ram_bytes)} "
+            f"(model {fmt_bytes(self.model_bytes)} + KV {fmt_bytes(self.kv_bytes)})"
+        )
+
+
+def fmt_bytes(n: float) -> str:
+    """Human size with binary units: 1.5 GiB, 300 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def plan_rope(requested_ctx: int, native_ctx: int, max_factor: float = 4.0) -> RopePlan:
+    """YaRN only beyond the native context, with the smallest integer factor that covers it."""
+    if requested_ctx <= native_ctx or native_ctx <= 0:
+        return RopePlan(yarn=False, factor=1.0, orig_ctx=native_ctx)
+    factor = float(math.ceil(requested_ctx / native_ctx))
+    if factor > max_factor:
+        limit = int(native_ctx * max_factor)
+        raise ContextTooLargeError(
+            f"context {requested_ctx:,} exceeds what this model supports even with YaRN "
+            f"({native_ctx:,} x {max_factor:g} = {limit:,} tokens)"
+        )
+    return RopePlan(yarn=True, factor=factor, orig_ctx=native_ctx)
+
+
+def parse_gpu_layers(value: str | int) -> str | int:
+    """`auto`, `all` or a non-negative layer count."""
+    if isinstance(value, int):
+        text = str(value)
+    else:
+        text = value.strip().lower()
+    if text in ("auto", "all"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise UsageError(f"--gpu-layers must be auto, all or a number, got {value!r}")
+
+
+def plan_offload(
+    *,
+    model_bytes: int,
+    n_layer: int,
+    kv_bytes: int,
+    device: Device | None,
+    ram_free_bytes: int,
+    gpu_layers: str | int = "auto",
+    gpu_supported: bool = True,
+) -> OffloadPlan:
+    """Put all layers on the GPU if model + KV fit, else the most that fit; refuse what fits nowhere."""
+    request = parse_gpu_layers(gpu_layers)
+    per_layer = model_bytes / (n_layer + 1)  # the output/embedding tensors count as one more layer
+    kv_layer = kv_bytes / max(n_layer, 1)
+    usable = 0 if (device is None or not gpu_supported) else max(device.free_bytes - RESERVE_BYTES, 0)
+    if request == "all":
+        layers = n_layer + 1
+    elif request == "auto":
+        if model_bytes + kv_bytes <= usable:
+            layers = n_layer + 1
+        else:
+            layers = min(n_layer, int(usable // (per_layer + kv_layer))) if usable else 0
+    else:
+        layers = min(int(request), n_layer + 1)
+    if device is None or not gpu_supported:
+        layers = 0
+    on_gpu_layers = min(layers, n_layer)
+    gpu_bytes = int(per_layer * layers + kv_layer * on_gpu_layers)
+    ram_bytes = model_bytes + kv_bytes - gpu_bytes
+    plan = OffloadPlan(
+        n_layer=n_layer,
+        n_gpu_layers=layers,
+        model_bytes=model_bytes,
+        kv_bytes=kv_bytes,
+        gpu_bytes=gpu_bytes,
+        ram_bytes=ram_bytes,
+        device=device,
+        ram_free_bytes=ram_free_bytes,
+    )
+    unified = device is not None and device.kind == "metal"
+    capacity = ram_free_bytes if unified else usable + ram_free_bytes
+    if model_bytes + kv_bytes > capacity:
+        raise OutOfMemoryError(
+            f"not enough memory: model {fmt_bytes(model_bytes)} + KV cache {fmt_bytes(kv_bytes)} "
+            f"need {fmt_bytes(model_bytes + kv_bytes)}, but only {fmt_bytes(ram_free_bytes)} RAM"
+            + (f" + {fmt_bytes(usable)} GPU" if usable and not unified else "")
+            + " is free; try a smaller quant or a smaller --ctx"
+        )
+    return plan
+
+
+def ram_free_bytes() -> int:
+    """Memory available to a new process (MemAvailable on Linux, total RAM elsewhere)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * GiB
+
+
+def detect_gpu() -> Device | None:
+    """The first CUDA GPU (NVML, else nvidia-smi) or Apple silicon's Metal working set."""
+    return _cuda_nvml() or _cuda_smi() or _metal()
+
+
+def _cuda_nvml() -> Device | None:
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        name = pynvml.nvmlDeviceGetName(handle)
+        return Device("cuda", name.decode() if isinstance(name, bytes) else name, mem.total, mem.free)
+    except Exception:
+        return None
+
+
+def _cuda_smi() -> Device | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,memory.total,memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return parse_nvidia_smi(out)
+
+
+def parse_nvidia_smi(out: str) -> Device | None:
+    """First line of `nvidia-smi --query-gpu=name,memory.total,memory.free` (MiB) as a Device."""
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            return Device("cuda", parts[0], int(parts[1]) * 1024**2, int(parts[2]) * 1024**2)
+    return None
+
+
+def _metal() -> Device | None:
+    if platform.system() != "Darwin" or platform.machine() != "arm64":
+        return None
+    try:
+        total = int(subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True,
+                                   text=True, timeout=5, check=True).stdout.strip())
+    except (subprocess.SubprocessError, OSError, ValueError):
+        return None
+    # Metal's recommendedMaxWorkingSetSize is about 2/3 of RAM up to 36 GiB, 3/4 above.
+    working_set = int(total * (0.75 if total > 36 * GiB else 0.66))
+    return Device("metal", "Apple silicon", working_set, working_set)
