@@ -1,10 +1,12 @@
-"""The streaming think parser: any split of a reply parses like the whole reply."""
+"""Thinking folding: the streaming think parser (any split parses like the whole reply) and the guard."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qwq_local.render.guard import BUDGET_TEXT, LOOP_TEXT, Intervention, LoopRule
 from qwq_local.render.think import (
     Segment,
     ThinkParser,
@@ -135,3 +137,82 @@ def test_strip_thinking_keeps_only_the_final_answer() -> None:
     assert strip_thinking("<think>\nlong reasoning\n</think>\n\nThe answer is 4.") == "The answer is 4."
     assert strip_thinking("<think>\ninterrupted before the end") == ""
     assert strip_thinking("no thinking at all ") == "no thinking at all"
+
+
+# --- The thinking budget and loop guard (render/guard.py) -------------------------------------
+
+
+def drive(guard: Intervention, words: list[str]) -> tuple[str | None, int]:
+    """Feed words one token at a time, as the engine would; return (forced text, tokens at it)."""
+    text = ""
+    for n, word in enumerate(words, start=1):
+        text += word
+        forced = guard(text, n)
+        if forced is not None:
+            return forced, n
+    return None, len(words)
+
+
+def varied_words(n: int) -> list[str]:
+    return [f"w{i * 7919 % 10007} " for i in range(n)]
+
+
+def test_budget_closes_thinking_at_the_budget() -> None:
+    guard = Intervention(budget=50)
+    forced, at = drive(guard, varied_words(200))
+    assert forced == BUDGET_TEXT and at == 50
+    assert forced.rstrip().endswith("</think>") and forced.endswith("</think>\n\n")
+    assert guard.reason == "budget" and guard.at_tokens == 50
+    assert "50" in (guard.note() or "")
+
+
+def test_guard_fires_once() -> None:
+    guard = Intervention(budget=3)
+    assert guard("a b c", 3) == BUDGET_TEXT
+    assert guard("a b c d", 4) is None
+
+
+def test_no_budget_and_varied_thinking_never_intervenes() -> None:
+    guard = Intervention()
+    assert drive(guard, varied_words(3000)) == (None, 3000)
+    assert guard.reason is None and guard.note() is None
+
+
+def test_repeated_phrase_is_a_loop() -> None:
+    guard = Intervention()
+    loop = "so the answer is seven because three plus four is seven and ".split()
+    words = varied_words(100) + [w + " " for w in loop] * 20
+    forced, at = drive(guard, words)
+    assert forced == LOOP_TEXT
+    assert guard.reason == "loop" and "repeated" in guard.detail
+    assert at < len(words)
+
+
+def test_repeated_paragraph_is_a_loop() -> None:
+    guard = Intervention(loops=LoopRule(ngram_repeats=10_000))  # paragraphs only
+    para = "Let me check the second case again, maybe I made an arithmetic slip.\n\n"
+    text, fired = "", None
+    for i in range(5):
+        text += f"Other thought number {i} about the geometry of it.\n\n" + para
+        fired = fired or guard(text, i + 1)
+    assert fired == LOOP_TEXT
+    assert guard.detail == "a paragraph repeated 3 times"
+
+
+def test_short_interjections_may_repeat() -> None:
+    guard = Intervention()
+    text = ""
+    for i in range(30):
+        text += f"Wait.\n\nCase {i * 31 % 97} gives {i * i} which differs from before.\n\n"
+        assert guard(text, i + 1) is None
+
+
+def test_degenerate_single_word_repetition_is_a_loop() -> None:
+    guard = Intervention()
+    forced, _ = drive(guard, ["the "] * 200)
+    assert forced == LOOP_TEXT
+
+
+def test_budget_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Intervention(budget=0)
