@@ -1,0 +1,179 @@
+"""The search core's StepLM protocol on the KV tree: batched step sampling with per-branch stops."""
+
+from __future__ import annotations
+
+import codecs
+import math
+import random
+from dataclasses import dataclass, field
+
+from qwq_local.config import Sampling
+from qwq_local.engine.chat import THINK_OPEN, Message
+from qwq_local.engine.kvtree import Branch, KVTree, NativeSampler, SamplerSpec
+from qwq_local.engine.model import LoadedModel
+from qwq_local.search.protocol import Candidate, LMStats, StepStop
+
+
+@dataclass
+class _State:
+    """A branch handed to the search, with where its reply stands."""
+
+    branch: Branch
+    in_think: bool
+    reply_tokens: int
+
+
+@dataclass
+class _Child:
+    state: _State
+    sampler: NativeSampler
+    decoder: "codecs.IncrementalDecoder"
+    pending: int = -1
+    text: list[str] = field(default_factory=list)
+    n_tokens: int = 0
+    ending: bool = False
+    finished: bool = False  # EOS sampled
+    at_limit: bool = False  # the whole reply reached its token limit
+
+
+class TreePolicy:
+    """StepLM over a KVTree: `sample` forks K children and decodes them together, one batch per token."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        tree: KVTree,
+        sampling: Sampling,
+        *,
+        thinks: bool,
+        max_reply_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tree = tree
+        self.sampling = sampling
+        self.thinks = thinks
+        self.max_reply_tokens = max_reply_tokens or sampling.max_tokens
+        self._states: dict[int, _State] = {}
+        self._next = 0
+        self._rng = random.Random(sampling.seed if sampling.seed is not None else random.randrange(2**31))
+        self._generated = 0
+
+    @property
+    def stats(self) -> LMStats:
+        return LMStats(
+            generated_tokens=self._generated,
+            evaluated_tokens=self.tree.stats.evaluated_tokens,
+            peak_kv_tokens=self.tree.stats.peak_cells,
+        )
+
+    def _handle(self, state: _State) -> int:
+        handle = self._next
+        self._next += 1
+        self._states[handle] = state
+        return handle
+
+    def prompt_tokens(self, question: str) -> list[int]:
+        text = self.model.render_chat([Message("user", question)])
+        if self.thinks and not text.endswith(THINK_OPEN):
+            text += THINK_OPEN
+        return self.model.tokenize(text)
+
+    def open(self, question: str) -> int:
+        root = self.tree.root(self.prompt_tokens(question))
+        return self._handle(_State(root, in_think=self.thinks, reply_tokens=0))
+
+    def release(self, branch: int) -> None:
+        state = self._states.pop(branch, None)
+        if state is not None:
+            self.tree.prune(state.branch)
+
+    def close(self) -> None:
+        for handle in list(self._states):
+            self.release(handle)
+
+    def _spec(self) -> SamplerSpec:
+        s = self.sampling
+        return SamplerSpec(s.temperature, s.top_p, s.top_k, s.min_p, seed=self._rng.randrange(2**32))
+
+    def sample(self, branch: int, k: int, stop: StepStop) -> list[Candidate]:
+        parent = self._states[branch]
+        children: list[_Child] = []
+        for _ in range(k):
+            b = self.tree.fork(parent.branch)
+            sampler = NativeSampler(self._spec(), self.tree.n_vocab)
+            child = _Child(_State(b, parent.in_think, parent.reply_tokens), sampler,
+                           codecs.getincrementaldecoder("utf-8")(errors="replace"))
+            child.pending = sampler.from_logits(parent.branch.logits)
+            children.append(child)
+        active = list(children)
+        while active:
+            rows, hidden = [], []
+            for child in active:
+                self._accept(child, stop)
+                if not child.finished:
+                    rows.append((child.state.branch, child.pending))
+                    hidden.append(child.ending)
+            decoding = [c for c in active if not c.finished]
+            if rows:
+                self.tree.step_batch(rows, hidden)
+            active = []
+            for child in decoding:
+                if child.ending:
+                    continue
+                row = self.tree.row_of(child.state.branch)
+                child.pending = child.sampler.from_context(self.tree.ctx, row)
+                active.append(child)
+        out = []
+        for child in children:
+            child.sampler.close()
+            state = child.state
+            out.append(Candidate(
+                text="".join(child.text), branch=self._handle(state), n_tokens=child.n_tokens,
+                finished=child.finished or child.at_limit, hidden=state.branch.hidden,
+            ))
+        return out
+
+    def _accept(self, child: _Child, stop: StepStop) -> None:
+        """Take the child's pending token into its step and decide whether the step ends."""
+        token = child.pending
+        state = child.state
+        if self.model.is_eog(token):
+            child.finished = True
+            return
+        piece = child.decoder.decode(self.model.token_bytes(token))
+        child.text.append(piece)
+        child.n_tokens += 1
+        state.reply_tokens += 1
+        self._generated += 1
+        text = "".join(child.text)
+        if state.in_think and stop.end_think in text:
+            state.in_think = False
+            child.ending = True
+        elif stop.delimiter is not None and (state.in_think or not self.thinks):
+            body = text.lstrip()
+            if child.n_tokens >= stop.min_tokens and stop.delimiter in body:
+                child.ending = True
+        if child.n_tokens >= stop.max_tokens:
+            child.ending = True
+        if state.reply_tokens >= self.max_reply_tokens:
+            child.ending = child.at_limit = True
+
+    def yes_probability(self, prompt: str) -> float:
+        """P(Yes) / (P(Yes) + P(No)) for the first answer token, with thinking skipped."""
+        text = self.model.render_chat([Message("user", prompt)])
+        if self.thinks:
+            text += "" if text.endswith(THINK_OPEN) else THINK_OPEN
+            text += "\n</think>\n\n"
+        root = self.tree.root(self.model.tokenize(text))
+        try:
+            logits = root.logits
+            yes = self._first_token("Yes")
+            no = self._first_token("No")
+            a, b = float(logits[yes]), float(logits[no])
+            m = max(a, b)
+            return math.exp(a - m) / (math.exp(a - m) + math.exp(b - m))
+        finally:
+            self.tree.prune(root)
+
+    def _first_token(self, word: str) -> int:
+        return self.model.tokenize(word, bos=False)[0]
