@@ -493,3 +493,37 @@ def _span_at(branch: Branch, n_tokens: int) -> Span | None:
         if total == n_tokens:
             return s
     return None
+
+
+def hidden_states(model: LoadedModel, tokens: Sequence[int], split: int = 0) -> np.ndarray:
+    """Hidden states of tokens[split:] from a separate embedding pass (shape n x n_embd).
+
+    tokens[:split] are decoded first as their own batch: llama.cpp's CPU kernels round
+    differently for different batch shapes, so a comparison holds the chunking equal.
+    """
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = max(len(tokens), 64)
+    params.n_batch = params.n_ubatch = max(len(tokens), 64)
+    params.embeddings = True
+    params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
+    ctx = llama_cpp.llama_init_from_model(model.model_ptr, params)
+    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    try:
+        rows: list[np.ndarray] = []
+        for lo, hi in ((0, split), (split, len(tokens))):
+            if hi <= lo:
+                continue
+            for i, tok in enumerate(tokens[lo:hi]):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, lo + i, 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+            batch.n_tokens = hi - lo
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise KVBudgetError("embedding pass failed")
+            if lo >= split:
+                rows += [np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ctx, i),
+                                               shape=(model.n_embd,)).copy() for i in range(hi - lo)]
+        return np.stack(rows)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
