@@ -1,1 +1,26 @@
 """Model catalog, downloads (the only place importing huggingface_hub) and GGUF metadata."""
+
+from qwq_local.catalog.download import pull
+from qwq_local.catalog.gguf_info import GGUFInfo, read_gguf_info
+from qwq_local.catalog.hub_env import HubSettings, hub_reachable, offline_mode
+from qwq_local.catalog.local import ModelRow, ResolvedModel, list_models, resolve
+from qwq_local.catalog.spec import Catalog, FileSpec, HeadSpec, ModelSpec, WheelSpec, load_catalog
+
+__all__ = [
+    "Catalog",
+    "FileSpec",
+    "GGUFInfo",
+    "HeadSpec",
+    "HubSettings",
+    "ModelRow",
+    "ModelSpec",
+    "ResolvedModel",
+    "WheelSpec",
+    "hub_reachable",
+    "list_models",
+    "load_catalog",
+    "offline_mode",
+    "pull",
+    "read_gguf_info",
+    "resolve",
+]

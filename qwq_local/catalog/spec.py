@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -152,8 +153,10 @@ class Catalog:
         return path if path.is_file() else None
 
 
-def catalog_path() -> Path:
-    """The installed catalog (package data qwq_local.models), else the source tree's models/ dir."""
+def catalog_path(env: Mapping[str, str] = os.environ) -> Path:
+    """QWQ_CATALOG if set, else the installed catalog (package data qwq_local.models), else the source tree's."""
+    if env.get("QWQ_CATALOG"):
+        return Path(env["QWQ_CATALOG"]).expanduser()
     try:
         installed = resources.files("qwq_local.models") / CATALOG_FILE
         if installed.is_file():
@@ -163,13 +166,21 @@ def catalog_path() -> Path:
     return Path(__file__).resolve().parents[2] / "models" / CATALOG_FILE
 
 
-@lru_cache(maxsize=8)
 def load_catalog(path: Path | None = None) -> Catalog:
-    """Read and validate the catalog TOML (cached: the result is immutable)."""
+    """Read and validate the catalog TOML (cached per file version: the result is immutable)."""
     path = path or catalog_path()
     try:
+        mtime = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise QwqError(f"cannot read the model catalog {path}: {exc.strerror}") from None
+    return _load(path, mtime)
+
+
+@lru_cache(maxsize=8)
+def _load(path: Path, mtime: int) -> Catalog:
+    try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise QwqError(f"cannot read the model catalog {path}: {exc}") from None
     return parse_catalog(data, source=path)
 

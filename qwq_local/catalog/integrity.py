@@ -1,0 +1,85 @@
+"""Partial files, checksums and atomic promotion shared by every download source."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from qwq_local.errors import ChecksumError, DiskFullError
+
+CHUNK = 8 * 1024 * 1024
+
+
+def part_path(dest: Path) -> Path:
+    """The in-progress file for `dest`: never loaded as a model, kept across interruptions."""
+    return dest.with_name(dest.name + ".part")
+
+
+def open_part(part: Path) -> BinaryIO:
+    """Open a part file for appending; the one place downloads write through (tests fake a full disk here)."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    return part.open("ab")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file (the hub's etag for files not stored in LFS)."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_or_discard(
+    path: Path, *, what: str, size: int | None = None, sha256: str | None = None, git_sha1: str | None = None
+) -> None:
+    """Check size and digest; on a mismatch delete the file so nothing invalid is left behind."""
+    problem = None
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        problem = f"size {actual_size} bytes, expected {size}"
+    elif sha256 is not None and (actual := sha256_file(path)) != sha256.lower():
+        problem = f"sha256 {actual}, expected {sha256}"
+    elif git_sha1 is not None and (actual := git_blob_sha1(path)) != git_sha1.lower():
+        problem = f"git sha1 {actual}, expected {git_sha1}"
+    if problem:
+        path.unlink(missing_ok=True)
+        raise ChecksumError(f"checksum mismatch for {what}: {problem}; the bad download was removed, pull again")
+
+
+def promote(part: Path, dest: Path) -> Path:
+    """Atomically move a verified part file to its final name."""
+    os.replace(part, dest)
+    return dest
+
+
+def ensure_free_space(directory: Path, needed: int, what: str) -> None:
+    """Fail early with DiskFullError when the target filesystem cannot hold `needed` more bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise DiskFullError(
+            f"not enough disk space for {what}: needs {needed / 1e9:.2f} GB more, {free / 1e9:.2f} GB free in {directory}"
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(exc: OSError, part: Path) -> DiskFullError:
+    """DiskFullError for a write that ran out of space; the partial file stays for a resume."""
+    return DiskFullError(f"disk full while writing {part.name} ({exc.strerror}); free space and pull again to resume")

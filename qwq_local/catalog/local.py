@@ -1,0 +1,139 @@
+"""What is on disk: resolve a MODEL to local files without any network, and list the catalog's state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from qwq_local.catalog import integrity
+from qwq_local.catalog.hub_env import offline_mode
+from qwq_local.catalog.refs import HubRef, PathRef, parse_ref, shard_names
+from qwq_local.catalog.spec import HeadSpec, ModelSpec, load_catalog
+from qwq_local.errors import ExitCode, InputFileError, NotPulledError
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to load: its .gguf (first shard if split), catalog spec if any, local Q-head if any."""
+
+    path: Path
+    spec: ModelSpec | None = None
+    head: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One line of `qwq models`."""
+
+    name: str
+    source: str
+    quant: str
+    size: int | None
+    local: bool
+    local_size: int
+    default: bool = False
+    size_approx: bool = False
+
+
+def resolve(model: str, models_dir: Path) -> ResolvedModel:
+    """Map MODEL to local files; never touches the network (NotPulledError when a pull is needed)."""
+    ref = parse_ref(model)
+    if isinstance(ref, PathRef):
+        return ResolvedModel(path=check_model_path(ref.path))
+    paths = ref.local_paths(models_dir)
+    if not all(p.is_file() for p in paths):
+        raise not_pulled(model)
+    if isinstance(ref, HubRef):
+        return ResolvedModel(path=paths[0])
+    return ResolvedModel(path=paths[0], spec=ref.spec, head=head_path(ref.spec.head, models_dir))
+
+
+def check_model_path(path: Path) -> Path:
+    """A user-given model path must be an existing file (InputFileError otherwise)."""
+    if path.is_dir():
+        raise InputFileError(f"{path} is a directory, not a .gguf file", ExitCode.IS_A_DIRECTORY)
+    if not path.is_file():
+        raise InputFileError(f"model file not found: {path}", ExitCode.FILE_NOT_FOUND)
+    return path
+
+
+def not_pulled(asked: str, offline: bool | None = None) -> NotPulledError:
+    """NotPulledError telling the user to pull, or that they are offline."""
+    if offline_mode() if offline is None else offline:
+        return NotPulledError(f"model {asked} is not pulled and offline mode is on (HF_HUB_OFFLINE); pull it online")
+    return NotPulledError(f"model {asked} is not pulled yet: run `qwq pull {asked}`")
+
+
+def head_path(head: HeadSpec | None, models_dir: Path) -> Path | None:
+    """The Q-value head file if the catalog names one and it is present locally."""
+    if head is None:
+        return None
+    if head.shipped:
+        return load_catalog().shipped_head_path(head)
+    path = hub_head_path(head, models_dir)
+    return path if path.is_file() else None
+
+
+def hub_head_path(head: HeadSpec, models_dir: Path) -> Path:
+    return models_dir / "heads" / head.name / (head.filename or "").rsplit("/", 1)[-1]
+
+
+def list_models(models_dir: Path) -> list[ModelRow]:
+    """Every catalog quant with its local state, then any pulled hf: files."""
+    rows = [_catalog_row(spec, models_dir) for spec in load_catalog().specs()]
+    return rows + _hub_rows(models_dir)
+
+
+def _catalog_row(spec: ModelSpec, models_dir: Path) -> ModelRow:
+    paths = spec.local_paths(models_dir)
+    return ModelRow(
+        name=spec.name,
+        source=spec.repo or "pypi",
+        quant=spec.quant,
+        size=spec.size,
+        local=all(p.is_file() for p in paths),
+        local_size=_bytes_on_disk(paths),
+        default=spec.is_default_quant,
+        size_approx=any(f.size is None for f in spec.files),
+    )
+
+
+def _hub_rows(models_dir: Path) -> list[ModelRow]:
+    root = models_dir / "hf"
+    rows: list[ModelRow] = []
+    for path in sorted(root.glob("*/*/**/*.gguf")) if root.is_dir() else []:
+        relative = path.relative_to(root).parts
+        repo, filename = "/".join(relative[:2]), "/".join(relative[2:])
+        shards = shard_names(filename)
+        if filename != shards[0]:
+            continue  # listed once, under the first shard
+        paths = [root / repo / s for s in shards]
+        rows.append(
+            ModelRow(
+                name=f"hf:{repo}/{filename}",
+                source=repo,
+                quant=_quant_from_name(filename),
+                size=None,
+                local=all(p.is_file() for p in paths),
+                local_size=_bytes_on_disk(paths),
+            )
+        )
+    return rows
+
+
+def _bytes_on_disk(paths: list[Path]) -> int:
+    """Complete files plus partial downloads, so `qwq models` shows interrupted pulls too."""
+    total = 0
+    for path in paths:
+        for candidate in (path, integrity.part_path(path)):
+            if candidate.is_file():
+                total += candidate.stat().st_size
+    return total
+
+
+def _quant_from_name(filename: str) -> str:
+    stem = filename.rsplit("/", 1)[-1].removesuffix(".gguf")
+    for token in reversed(stem.replace(".", "-").split("-")):
+        if token[:1].upper() in {"Q", "F", "B", "I"} and any(c.isdigit() for c in token):
+            return token.lower()
+    return "?"
