@@ -24,7 +24,11 @@ class StepStop:
 
 @dataclass
 class Candidate:
-    """One sampled next step from a branch; `branch` continues after it until released."""
+    """One sampled next step from a branch; `branch` continues after it until released.
+
+    `text` is the step exactly as sampled, its ending delimiter (or `</think>`) included, so the
+    texts of a path joined with "" give the reply as the model wrote it.
+    """
 
     text: str
     branch: int
@@ -87,3 +91,5 @@ class SearchResult:
     terminal_answers: list[str | None] = field(default_factory=list)
     chosen_path: list[int] = field(default_factory=list)  # node ids from root to the chosen leaf
     tree: list[dict[str, Any]] = field(default_factory=list)  # every node: id, parent, text, g, h, f, ...
+    complete: bool = True  # False: no reply finished within the budget; `text` is the best partial one
+    stop_reason: str = ""  # "done", "expansions", "tokens", "time" or "exhausted" (nothing left to expand)
