@@ -1,0 +1,71 @@
+"""Whole replies for the strategies that do not search steps: direct, best-of-n, self-consistency."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from qwq_local.search.answer import extract_final_answer, find_explicit_answer
+from qwq_local.search.budget import Budget
+from qwq_local.search.config import SearchConfig
+from qwq_local.search.protocol import Candidate, StepLM
+from qwq_local.search.steps import is_terminal
+from qwq_local.search.tree import Node, SearchTree
+
+
+def sample_replies(
+    question: str, n: int, config: SearchConfig, lm: StepLM, tree: SearchTree, budget: Budget
+) -> tuple[list[Node], str]:
+    """`n` whole replies sampled in one call; the last node of each, and why sampling stopped.
+
+    A reply the engine stops before it ends (at `</think>`, say) is continued one call at a time
+    while budgets allow, so each reply is the path from the root to its node.
+    """
+    stop = config.reply_stop()
+    end_think = config.stop.end_think
+    root = tree.add_root(lm.open(question))
+    candidates = lm.sample(root.branch, n, stop)
+    budget.expansions += 1
+    root.expanded = True
+    tree.release(root)
+    leaves: list[Node] = []
+    stop_reason = "done"
+    for candidate in candidates:
+        node = tree.add_child(root, candidate, reward=None)
+        before = ""  # the reply before the node's step
+        while not is_terminal(candidate, before, thinking=config.thinking, end_think=end_think):
+            if candidate.n_tokens == 0 or (config.max_depth is not None and node.depth >= config.max_depth):
+                break
+            spent = budget.exhausted()
+            if spent:
+                stop_reason = spent
+                break
+            more = lm.sample(node.branch, 1, stop)
+            budget.expansions += 1
+            node.expanded = True
+            tree.release(node)
+            if not more:
+                break
+            before += candidate.text
+            candidate = more[0]
+            node = tree.add_child(node, candidate, reward=None)
+        text = before + candidate.text
+        node.terminal = is_terminal(candidate, before, thinking=config.thinking, end_think=end_think)
+        node.answer = extract_final_answer(text, end_think) if node.terminal else find_explicit_answer(text)
+        leaves.append(node)
+    return leaves, stop_reason
+
+
+def whole_candidate(tree: SearchTree, leaf: Node) -> Candidate:
+    """The reply ending at `leaf` as one Candidate (its last step's branch and hidden state)."""
+    path = tree.path(leaf)[1:]
+    last = leaf.candidate
+    assert last is not None, "a reply leaf always has its candidate"
+    if len(path) == 1:
+        return last
+    sampled = [n.candidate for n in path if n.candidate is not None]
+    return replace(
+        last,
+        text=tree.text(leaf),
+        n_tokens=sum(c.n_tokens for c in sampled),
+        logprob=sum(c.logprob for c in sampled),
+    )

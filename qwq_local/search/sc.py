@@ -1,0 +1,49 @@
+"""Self-consistency: N whole replies, the most common final answer wins."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+from qwq_local.search.answer import normalize_for_vote
+from qwq_local.search.budget import Budget
+from qwq_local.search.config import SearchConfig
+from qwq_local.search.protocol import Scorer, SearchResult, StepLM
+from qwq_local.search.tree import SearchTree
+from qwq_local.search.replies import sample_replies
+
+
+def majority(answers: Sequence[str | None]) -> str | None:
+    """The most common normalised answer (None answers do not vote); ties go to the first seen."""
+    keys = [normalize_for_vote(a) for a in answers if a is not None]
+    if not keys:
+        return None
+    counts = Counter(keys)
+    return max(counts, key=lambda key: (counts[key], -keys.index(key)))
+
+
+def self_consistency(
+    question: str, config: SearchConfig, lm: StepLM, scorer: Scorer | None = None
+) -> SearchResult:
+    """Sample `config.n_samples` replies and return the first one that gives the majority answer."""
+    tree = SearchTree(lm)
+    budget = Budget(config, lm)
+    try:
+        leaves, stop_reason = sample_replies(question, config.n_samples, config, lm, tree, budget)
+        winner = majority([leaf.answer for leaf in leaves])
+        votes = Counter(normalize_for_vote(leaf.answer) for leaf in leaves if leaf.answer is not None)
+        for leaf in leaves:
+            share = votes[normalize_for_vote(leaf.answer)] / len(leaves) if leaf.answer is not None else 0.0
+            leaf.g = leaf.f = share
+        backers = [leaf for leaf in leaves if leaf.answer is not None and normalize_for_vote(leaf.answer) == winner]
+        chosen = backers[0] if backers else (leaves[0] if leaves else tree.nodes[0])
+        return tree.result(
+            "sc",
+            chosen,
+            terminals=[leaf for leaf in leaves if leaf.terminal],
+            expansions=budget.expansions,
+            stop_reason=stop_reason,
+            end_think=config.stop.end_think,
+        )
+    finally:
+        tree.release_all()

@@ -1,0 +1,147 @@
+"""Deterministic fakes for the search core: a scripted step LM, a fixed scorer and a hand-driven clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence, Union
+
+from qwq_local.search.protocol import Candidate, LMStats, StepStop
+
+Path = tuple[str, ...]
+Scripted = Union[str, tuple[str, bool]]  # a step text (not finished) or (text, finished)
+Script = Mapping[Path, Sequence[Scripted]]
+
+
+def script_from_tree(tree: Mapping[str, Any], path: Path = ()) -> dict[Path, list[tuple[str, bool]]]:
+    """A Script from a nested dict: step text -> subtree, where None marks a finished step.
+
+    `{"A": {"A1": None}, "B": {}}`: the root offers A and B; A offers the finished A1; B offers nothing.
+    """
+    script: dict[Path, list[tuple[str, bool]]] = {path: []}
+    for text, subtree in tree.items():
+        script[path].append((text, subtree is None))
+        if subtree is not None:
+            script.update(script_from_tree(subtree, path + (text,)))
+    return script
+
+
+@dataclass
+class SampleCall:
+    """What one `sample` call was asked."""
+
+    branch: int
+    k: int
+    path: Path
+    stop: StepStop
+    live: int  # branches live when the call was made
+
+
+class ScriptedLM:
+    """A StepLM that answers from a script keyed by the path of step texts so far.
+
+    `sample(branch, k)` returns the first k scripted next steps of the branch's path (fewer if
+    fewer are scripted; none for an unscripted path). Every candidate gets a fresh branch. It
+    fails loudly when a released or unknown branch is sampled or released, and counts
+    whitespace tokens of the sampled steps as generated tokens.
+    """
+
+    def __init__(
+        self,
+        script: Script,
+        *,
+        yes: float | Callable[[str], float] = 0.5,
+        on_sample: Callable[[], None] | None = None,
+        hidden: Any = None,
+    ) -> None:
+        self.script: dict[Path, list[tuple[str, bool]]] = {
+            tuple(path): [(s, False) if isinstance(s, str) else (s[0], bool(s[1])) for s in steps]
+            for path, steps in script.items()
+        }
+        self.yes = yes
+        self.on_sample = on_sample
+        self.hidden = hidden
+        self.stats = LMStats()
+        self.paths: dict[int, Path] = {}  # live branches
+        self.questions: list[str] = []
+        self.sample_calls: list[SampleCall] = []
+        self.released: list[int] = []
+        self.yes_prompts: list[str] = []
+        self.history: list[tuple[Any, ...]] = []
+        self._next_branch = 0
+
+    @property
+    def live(self) -> set[int]:
+        return set(self.paths)
+
+    @property
+    def expanded_paths(self) -> list[Path]:
+        return [call.path for call in self.sample_calls]
+
+    def _new_branch(self, path: Path) -> int:
+        branch = self._next_branch
+        self._next_branch += 1
+        self.paths[branch] = path
+        return branch
+
+    def open(self, question: str) -> int:
+        self.questions.append(question)
+        branch = self._new_branch(())
+        self.history.append(("open", question, branch))
+        return branch
+
+    def sample(self, branch: int, k: int, stop: StepStop) -> list[Candidate]:
+        if branch not in self.paths:
+            raise AssertionError(f"sampled branch {branch}, which is released or unknown")
+        path = self.paths[branch]
+        self.sample_calls.append(SampleCall(branch, k, path, stop, live=len(self.paths)))
+        self.history.append(("sample", branch, k))
+        if self.on_sample is not None:
+            self.on_sample()
+        out: list[Candidate] = []
+        for text, finished in self.script.get(path, [])[:k]:
+            n_tokens = len(text.split())
+            self.stats.generated_tokens += n_tokens
+            self.stats.evaluated_tokens += n_tokens
+            out.append(Candidate(text, self._new_branch(path + (text,)), n_tokens, finished, hidden=self.hidden))
+        live_tokens = sum(len(" ".join(p).split()) for p in self.paths.values())
+        self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, live_tokens)
+        return out
+
+    def release(self, branch: int) -> None:
+        if branch not in self.paths:
+            raise AssertionError(f"released branch {branch} twice, or it never existed")
+        del self.paths[branch]
+        self.released.append(branch)
+        self.history.append(("release", branch))
+
+    def yes_probability(self, prompt: str) -> float:
+        self.yes_prompts.append(prompt)
+        self.history.append(("yes", prompt))
+        return self.yes(prompt) if callable(self.yes) else self.yes
+
+
+@dataclass
+class FixedScorer:
+    """A Scorer that gives each candidate text a fixed value (`default` for unknown texts)."""
+
+    scores: Mapping[str, float] = field(default_factory=dict)
+    default: float = 0.5
+    name: str = "fixed"
+    calls: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
+
+    def score(self, question: str, steps: Sequence[str], candidate: Candidate) -> float:
+        self.calls.append((question, tuple(steps), candidate.text))
+        return self.scores.get(candidate.text, self.default)
+
+
+@dataclass
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float = 1.0) -> None:
+        self.now += seconds
