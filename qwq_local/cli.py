@@ -1,0 +1,175 @@
+"""The `qwq` command line: parse, build settings, call; errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+
+from qwq_local import __version__
+from qwq_local.errors import ExitCode, QwqError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Local reasoning assistant: QwQ-32B on llama.cpp with step-level A* search.")
+head_app = typer.Typer(no_args_is_help=True, help="Q-value heads.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: engine speed, accuracy.")
+history_app = typer.Typer(invoke_without_command=True, help="Saved conversations.")
+app.add_typer(head_app, name="head")
+app.add_typer(bench_app, name="bench")
+app.add_typer(history_app, name="history")
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Catalog name, .gguf path or hf:REPO/FILE.")
+ModelsDirOpt = typer.Option(None, "--models-dir", help="Where weights live (QWQ_MODELS_DIR).")
+CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (YaRN beyond the native length).")
+GpuOpt = typer.Option(None, "--gpu-layers", help="auto | all | N layers on the GPU.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qwq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """qwq: a local reasoning assistant."""
+
+
+def settings_from(**flags: Any):
+    from qwq_local.config import load_settings
+
+    return load_settings(flags)
+
+
+# ------------------------------------------------------------------------------------------ models
+@app.command()
+def pull(model: str = typer.Argument(..., help="Catalog name, hf:REPO/FILE."),
+         models_dir: Optional[Path] = ModelsDirOpt) -> None:
+    """Download a model (and its Q-value head) for offline use."""
+    from qwq_local import catalog
+
+    settings = settings_from(models_dir=models_dir)
+    path = catalog.pull(model, settings.models_dir, progress=sys.stderr.isatty())
+    typer.echo(str(path))
+
+
+@app.command()
+def models(models_dir: Optional[Path] = ModelsDirOpt,
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """The catalog and what is already local, with sizes."""
+    from qwq_local import catalog
+    from qwq_local.reports import print_models
+
+    settings = settings_from(models_dir=models_dir)
+    print_models(catalog.list_models(settings.models_dir), as_json=as_json)
+
+
+@app.command()
+def info(model: str = typer.Argument(..., help="Catalog name or .gguf path."),
+         ctx: Optional[int] = CtxOpt, gpu_layers: Optional[str] = GpuOpt,
+         models_dir: Optional[Path] = ModelsDirOpt,
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """GGUF metadata and the memory plan for a context size."""
+    from qwq_local import runtime
+    from qwq_local.reports import print_info
+
+    settings = settings_from(ctx=ctx, gpu_layers=gpu_layers, models_dir=models_dir)
+    resolved = runtime.locate(model, settings, pull=False)
+    plan = runtime.plan_model(resolved, settings)
+    print_info(plan, as_json=as_json)
+
+
+@app.command()
+def doctor(models_dir: Optional[Path] = ModelsDirOpt,
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """The llama.cpp build and offload support, GPU memory, RAM, disk, cache dir, hub reachability."""
+    from qwq_local.reports import doctor_report, print_doctor
+
+    settings = settings_from(models_dir=models_dir)
+    print_doctor(doctor_report(settings), as_json=as_json)
+
+
+# ------------------------------------------------------------------------------------------- solve
+@app.command()
+def solve(
+    file: str = typer.Argument(..., help="Markdown problem file, or - for stdin."),
+    model: Optional[str] = ModelOpt,
+    strategy: str = typer.Option("direct", "--strategy", "-s", help="direct | astar | beam | bon | sc"),
+    fmt: str = typer.Option("auto", "--format", help="math | choice | code | plain | auto"),
+    show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking too."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    min_p: Optional[float] = typer.Option(None, "--min-p"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    ctx: Optional[int] = CtxOpt,
+    gpu_layers: Optional[str] = GpuOpt,
+    models_dir: Optional[Path] = ModelsDirOpt,
+    candidates: int = typer.Option(6, "--candidates", "-K", help="Candidate steps per expansion."),
+    trajectories: int = typer.Option(6, "--trajectories", "-N", help="Terminal answers to collect."),
+    beam: int = typer.Option(16, "--beam", "-B", help="Most open nodes kept."),
+    lam: float = typer.Option(1.0, "--lambda", help="Weight of h in f = g + lambda*h."),
+    agg: str = typer.Option("min", "--agg", help="min | max | sum | mean | last"),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="qhead | self-eval | rules, comma-separated."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the search."),
+    kv_budget: Optional[int] = typer.Option(None, "--kv-budget", help="KV cells the search may hold."),
+    show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
+) -> None:
+    """Answer a markdown problem once, by plain generation or by search."""
+    from qwq_local.solve_cmd import run_solve
+
+    settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                             seed=seed, max_tokens=max_tokens, ctx=ctx, gpu_layers=gpu_layers,
+                             models_dir=models_dir, kv_budget=kv_budget)
+    run_solve(settings, file, strategy=strategy, fmt=fmt, show_thinking=show_thinking, as_json=as_json,
+              search=dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
+                          time_limit=time_limit, max_tokens=max_tokens),
+              scorer=scorer, show_tree=show_tree, trace=trace)
+
+
+# -------------------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; QwqError becomes `error: message` and its exit code (tracebacks with --debug)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("QWQ_DEBUG") == "1"
+    try:
+        code = app(args=args, prog_name="qwq", standalone_mode=False)
+    except QwqError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(int(exc.exit_code))
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        exc.show()
+        sys.exit(int(ExitCode.USAGE))
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        if debug:
+            raise
+        typer.echo("interrupted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as exc:  # an unexpected failure: one line, and the way to see more
+        if debug:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        sys.exit(int(ExitCode.ERROR))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+__all__ = ["app", "main", "json", "UsageError"]

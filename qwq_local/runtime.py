@@ -1,0 +1,83 @@
+"""Glue between catalog and engine: resolve a model, plan memory and context, load it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from qwq_local import catalog
+from qwq_local.catalog import GGUFInfo, ResolvedModel
+from qwq_local.config import Settings
+from qwq_local.engine.plan import (
+    OffloadPlan,
+    RopePlan,
+    detect_gpu,
+    plan_offload,
+    plan_rope,
+    ram_free_bytes,
+)
+from qwq_local.errors import NotPulledError
+
+DEFAULT_YARN_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Everything decided before loading: files, metadata, context extension and offload."""
+
+    resolved: ResolvedModel
+    info: GGUFInfo
+    n_ctx: int
+    rope: RopePlan
+    offload: OffloadPlan
+
+    @property
+    def thinks(self) -> bool:
+        spec = self.resolved.spec
+        return bool(spec and spec.thinking)
+
+
+def locate(model: str, settings: Settings, *, pull: bool = True) -> ResolvedModel:
+    """The local files for MODEL, pulling a catalog model first when it is missing and allowed."""
+    try:
+        return catalog.resolve(model, settings.models_dir)
+    except NotPulledError:
+        if not pull or catalog.offline_mode():
+            raise
+    catalog.pull(model, settings.models_dir)
+    return catalog.resolve(model, settings.models_dir)
+
+
+def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = None,
+               gpu_supported: bool | None = None) -> ModelPlan:
+    """Read the GGUF, choose YaRN for a long context and GPU layers for this machine's memory."""
+    info = catalog.read_gguf_info(resolved.path)
+    ctx = n_ctx or settings.ctx
+    native = info.context_length or (resolved.spec.native_context if resolved.spec else ctx)
+    factor = resolved.spec.yarn_max_factor if resolved.spec else DEFAULT_YARN_FACTOR
+    rope = plan_rope(ctx, native, factor)
+    if gpu_supported is None:
+        from qwq_local.engine.system import gpu_offload_supported
+
+        gpu_supported = gpu_offload_supported()
+    offload = plan_offload(
+        model_bytes=info.file_size,
+        n_layer=info.n_layer,
+        kv_bytes=info.kv_bytes_per_token() * ctx,
+        device=detect_gpu(),
+        ram_free_bytes=ram_free_bytes(),
+        gpu_layers=settings.gpu_layers,
+        gpu_supported=gpu_supported,
+    )
+    return ModelPlan(resolved, info, ctx, rope, offload)
+
+
+def load(plan: ModelPlan, settings: Settings, *, verbose: bool = False):  # -> LoadedModel
+    """Load the planned model into llama.cpp."""
+    from qwq_local.engine.model import LoadedModel, LoadOptions
+
+    seed = settings.sampling.seed if settings.sampling.seed is not None else 0xFFFFFFFF
+    return LoadedModel(Path(plan.resolved.path), LoadOptions(
+        n_ctx=plan.n_ctx, n_gpu_layers=plan.offload.llama_n_gpu_layers, rope=plan.rope,
+        seed=seed, verbose=verbose,
+    ))

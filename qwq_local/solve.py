@@ -1,0 +1,134 @@
+"""`qwq solve`: read a markdown problem, answer it by plain generation or by search, report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from qwq_local.config import Sampling
+from qwq_local.errors import ExitCode, InputFileError
+from qwq_local.prompts import build_question, detect_format
+from qwq_local.search.answer import extract_final_answer, split_thinking
+
+
+def read_problem(source: str, stdin: TextIO = sys.stdin) -> str:
+    """The problem text from a file or `-` (stdin); missing, directory and empty are user errors."""
+    if source == "-":
+        text = stdin.read()
+        where = "standard input"
+    else:
+        path = Path(source)
+        if path.is_dir():
+            raise InputFileError(f"{source} is a directory, not a problem file", ExitCode.IS_A_DIRECTORY)
+        if not path.exists():
+            raise InputFileError(f"no such file: {source}", ExitCode.FILE_NOT_FOUND)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputFileError(f"{source} is not UTF-8 text", ExitCode.EMPTY_INPUT) from None
+        where = source
+    if not text.strip():
+        raise InputFileError(f"{where} is empty: write the problem in it", ExitCode.EMPTY_INPUT)
+    return text
+
+
+@dataclass
+class SolveResult:
+    """What `qwq solve --json` prints."""
+
+    model: str
+    strategy: str
+    format: str
+    answer: str
+    final_answer: str | None
+    thinking: str
+    prompt_tokens: int
+    thinking_tokens: int
+    answer_tokens: int
+    seconds: float
+    decode_seconds: float
+    search: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        generated = self.thinking_tokens + self.answer_tokens
+        out: dict[str, Any] = {
+            "model": self.model,
+            "strategy": self.strategy,
+            "format": self.format,
+            "answer": self.answer,
+            "final_answer": self.final_answer,
+            "thinking": self.thinking,
+            "tokens": {"prompt": self.prompt_tokens, "thinking": self.thinking_tokens,
+                       "answer": self.answer_tokens},
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": round(generated / self.decode_seconds, 2) if self.decode_seconds > 0 else 0.0,
+        }
+        out.update(self.search)
+        return out
+
+
+def solve_direct(chat: Any, problem: str, fmt: str, sampling: Sampling,
+                 on_piece: Callable[[str], None] | None = None) -> SolveResult:
+    """Plain generation through the chat engine (the reply streams through `on_piece`)."""
+    from qwq_local.engine.chat import Message
+
+    fmt = detect_format(problem) if fmt == "auto" else fmt
+    question = build_question(problem, fmt)
+    pieces = []
+    for piece in chat.stream([Message("user", question)], sampling):
+        pieces.append(piece)
+        if on_piece:
+            on_piece(piece)
+    text = "".join(pieces)
+    stats = chat.last_stats
+    thinking, answer = split_thinking(text)
+    return SolveResult(
+        model=chat.name, strategy="direct", format=fmt, answer=answer.strip(),
+        final_answer=extract_final_answer(text), thinking=thinking.strip(),
+        prompt_tokens=stats.prompt_tokens, thinking_tokens=stats.thinking_tokens,
+        answer_tokens=stats.answer_tokens, seconds=stats.seconds,
+        decode_seconds=stats.seconds - stats.prefill_seconds,
+    )
+
+
+def solve_search(model: Any, problem: str, fmt: str, sampling: Sampling, strategy: str,
+                 config: Any, scorer_names: list[str], *, thinks: bool, head: Any = None,
+                 kv_budget: int | None = None, n_ctx: int = 8192) -> SolveResult:
+    """Search over reasoning steps on the KV tree engine (A*, beam, best-of-N, self-consistency)."""
+    from qwq_local.engine.kvtree import KVTree
+    from qwq_local.engine.policy import TreePolicy
+    from qwq_local.search.strategies import run
+    from qwq_local.value.combine import build_scorer
+
+    fmt = detect_format(problem) if fmt == "auto" else fmt
+    question = build_question(problem, fmt)
+    start = time.perf_counter()
+    n_seq = max(config.beam, 1) + max(config.candidates, config.n_samples, 1) * 2 + 4
+    with KVTree(model, n_ctx=n_ctx, n_seq_max=min(n_seq, 256), kv_budget=kv_budget,
+                hidden=head is not None) as tree:
+        policy = TreePolicy(model, tree, sampling, thinks=thinks)
+        scorer = build_scorer(scorer_names, policy, qhead=head) if scorer_names else None
+        result = run(strategy, question, config, policy, scorer)
+        policy.close()
+        stats = policy.stats
+        prompt_tokens = len(policy.prompt_tokens(question))
+    seconds = time.perf_counter() - start
+    thinking, answer = split_thinking(result.text)
+    n_think = len(model.tokenize(thinking, bos=False)) if thinking else 0
+    return SolveResult(
+        model=model.name, strategy=strategy, format=fmt, answer=answer.strip(),
+        final_answer=result.final_answer, thinking=thinking.strip(),
+        prompt_tokens=prompt_tokens, thinking_tokens=n_think,
+        answer_tokens=len(model.tokenize(answer, bos=False)) if answer else 0,
+        seconds=seconds, decode_seconds=seconds,
+        search={
+            "expansions": result.expansions, "nodes": result.nodes,
+            "generated_tokens": stats.generated_tokens, "evaluated_tokens": stats.evaluated_tokens,
+            "peak_kv_tokens": stats.peak_kv_tokens, "terminal_answers": result.terminal_answers,
+            "chosen_path": result.chosen_path, "scorer": "+".join(scorer_names),
+            "_tree": result.tree,
+        },
+    )

@@ -1,0 +1,123 @@
+"""Runs `qwq solve`: problem first (cheap errors early), then model, then the chosen strategy."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from qwq_local import runtime
+from qwq_local.config import Settings
+from qwq_local.errors import UsageError
+from qwq_local.solve import SolveResult, read_problem, solve_direct, solve_search
+
+STRATEGIES = ("direct", "astar", "beam", "bon", "sc")
+DEFAULT_SCORERS = ["self-eval", "rules"]
+
+
+def run_solve(settings: Settings, file: str, *, strategy: str, fmt: str, show_thinking: bool,
+              as_json: bool, search: dict[str, Any], scorer: str | None, show_tree: bool,
+              trace: Path | None) -> None:
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if fmt not in ("auto", "math", "choice", "code", "plain"):
+        raise UsageError(f"unknown format {fmt!r}; choose from auto, math, choice, code, plain")
+    problem = read_problem(file)
+    resolved = runtime.locate(settings.model, settings)
+    plan = runtime.plan_model(resolved, settings)
+    model = runtime.load(plan, settings)
+    try:
+        if strategy == "direct":
+            result = _direct(model, plan, problem, fmt, settings, show_thinking, as_json)
+        else:
+            result = _search(model, plan, problem, fmt, settings, strategy, search, scorer)
+    finally:
+        model.close()
+    tree = result.search.pop("_tree", None)
+    if trace is not None and tree is not None:
+        _write_json(trace, {"result": result.to_json(), "tree": tree})
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        return
+    if strategy != "direct":
+        if show_thinking and result.thinking:
+            typer.echo(result.thinking + "\n\n---\n")
+        typer.echo(result.answer)
+    if show_tree and tree is not None:
+        from qwq_local.tree_view import render_tree
+
+        typer.echo(render_tree(tree), err=False)
+    if result.final_answer is not None:
+        typer.echo(f"\nFinal answer: {result.final_answer}", err=True)
+
+
+def _direct(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
+            show_thinking: bool, as_json: bool) -> SolveResult:
+    from qwq_local.engine.chat import LlamaChat
+
+    chat = LlamaChat(model, think=plan.thinks or None)
+    state = {"in_think": chat.thinks}
+
+    def echo(piece: str) -> None:
+        if as_json:
+            return
+        if state["in_think"]:
+            if show_thinking:
+                sys.stdout.write(piece)
+            if "</think>" in piece:
+                state["in_think"] = False
+            return
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = solve_direct(chat, problem, fmt, settings.sampling, on_piece=echo)
+    if not as_json:
+        sys.stdout.write("\n")
+    return result
+
+
+def _search(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
+            strategy: str, opts: dict[str, Any], scorer: str | None) -> SolveResult:
+    from qwq_local.search.config import SearchConfig
+
+    names = [s.strip() for s in scorer.split(",")] if scorer else None
+    head = None
+    if names is None or "qhead" in names:
+        head = _load_head(plan, required=names is not None)
+        if names is None:
+            names = ["qhead"] if head is not None else DEFAULT_SCORERS
+            if head is None and strategy in ("astar", "beam", "bon"):
+                typer.echo(f"note: no Q-value head for this model; scoring with {'+'.join(names)}", err=True)
+    config = SearchConfig(
+        candidates=opts["candidates"], trajectories=opts["trajectories"], beam=opts["beam"],
+        lam=opts["lam"], agg=opts["agg"], time_limit=opts["time_limit"],
+        n_samples=opts["trajectories"], beam_width=min(opts["beam"], 4),
+        thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
+        max_generated_tokens=None,
+    )
+    if strategy == "sc":
+        names = []
+    return solve_search(model, problem, fmt, settings.sampling, strategy, config, names,
+                        thinks=plan.thinks, head=head, kv_budget=settings.kv_budget or None,
+                        n_ctx=plan.n_ctx)
+
+
+def _load_head(plan: runtime.ModelPlan, required: bool) -> Any:
+    path = plan.resolved.head
+    if path is None:
+        if required:
+            raise UsageError("--scorer qhead: the catalog has no Q-value head for this model "
+                             "(train one with `qwq train-head`)")
+        return None
+    from qwq_local.value.qhead import QHead
+
+    return QHead.load(path, model_info=plan.info)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    tmp.replace(path)
