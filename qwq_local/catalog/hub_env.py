@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = {"1", "on", "yes", "true"}
@@ -33,7 +33,7 @@ class HubSettings:
         return self.hf_home / "hub"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "HubSettings":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> HubSettings:
         """Read HF_ENDPOINT, HF_TOKEN (or the token file under HF_HOME), HF_HUB_OFFLINE, HF_HOME now."""
         hf_home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
         return cls(

@@ -90,7 +90,7 @@ def hub_file_metadata(repo: str, filename: str, revision: str, settings: HubSett
 
 def _download(remote: HubFile, part: Path, done: int, filename: str, progress: bool, settings: HubSettings) -> None:
     from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
     from huggingface_hub.utils.tqdm import silent_tqdm
 
     headers = build_hf_headers(token=settings.token or False, library_name="qwq_local")
@@ -106,7 +106,7 @@ def _download(remote: HubFile, part: Path, done: int, filename: str, progress: b
                 headers=headers,
                 expected_size=remote.size,
                 displayed_filename=filename.rsplit("/", 1)[-1],
-                tqdm_class=None if progress else silent_tqdm,  # type: ignore[arg-type]
+                tqdm_class=None if progress else silent_tqdm,
             )
     except OSError as exc:
         if integrity.is_disk_full(exc):
@@ -131,7 +131,7 @@ def _hub_error(exc: BaseException, what: str, settings: HubSettings) -> BaseExce
         status = exc.response.status_code if exc.response is not None else 0
         if status in (401, 403):
             return QwqError(f"access to {what} denied ({status}): check HF_TOKEN")
-        return HubUnreachableError(f"the hub answered {status} for {what}; try again later (a partial download resumes)")
+        return HubUnreachableError(f"the hub answered {status} for {what}; try later (a partial download resumes)")
     if isinstance(exc, (httpx2.TransportError, hf.FileMetadataError, ConnectionError, TimeoutError)):
         return HubUnreachableError(
             f"cannot reach {settings.endpoint} for {what} ({type(exc).__name__}); "

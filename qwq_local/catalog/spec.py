@@ -6,11 +6,12 @@ import difflib
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from qwq_local.errors import QwqError, UnknownModelError
 
@@ -170,14 +171,14 @@ def load_catalog(path: Path | None = None) -> Catalog:
     """Read and validate the catalog TOML (cached per file version: the result is immutable)."""
     path = path or catalog_path()
     try:
-        mtime = path.stat().st_mtime_ns
+        stat = path.stat()
     except OSError as exc:
         raise QwqError(f"cannot read the model catalog {path}: {exc.strerror}") from None
-    return _load(path, mtime)
+    return _load(path, stat.st_mtime_ns, stat.st_size)
 
 
 @lru_cache(maxsize=8)
-def _load(path: Path, mtime: int) -> Catalog:
+def _load(path: Path, mtime_ns: int, size: int) -> Catalog:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
