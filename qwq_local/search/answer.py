@@ -68,6 +68,9 @@ def boxed_answers(text: str) -> list[str]:
 
 def _answer_phrase(raw: str) -> str | None:
     """The answer in the words after "answer is": up to the sentence end, wrappers stripped."""
+    quoted = re.match(r"\s*\"([^\"\n]+)\"", raw)
+    if quoted:
+        raw = quoted.group(1)
     phrase = _SENTENCE_END.split(raw.strip(), maxsplit=1)[0].strip(_WRAPPERS).rstrip(".")
     phrase = phrase.strip(_WRAPPERS)
     boxed = boxed_answers(phrase)
