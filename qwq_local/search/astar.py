@@ -34,7 +34,6 @@ class AStar:
         self.heap: list[tuple[float, int]] = []
         self.open: set[int] = set()
         self.terminals: list[Node] = []
-        self.cut: list[Node] = []
 
     def run(self) -> SearchResult:
         try:
@@ -80,7 +79,6 @@ class AStar:
                 self.tree.release(child)
             elif config.max_depth is not None and child.depth >= config.max_depth:
                 child.cut = True
-                self.cut.append(child)
                 self.tree.release(child)
             else:
                 self._push(child)
@@ -114,7 +112,7 @@ class AStar:
         if self.terminals:
             chosen = max(self.terminals, key=rank)
         else:
-            leaves = [self.tree.nodes[i] for i in self.open] + self.cut
+            leaves = self.tree.open_leaves()  # open, cut at max depth, or dead ends
             chosen = max(leaves, key=rank) if leaves else root
         return self.tree.result(
             "astar",

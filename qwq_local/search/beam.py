@@ -28,7 +28,6 @@ class BeamSearch:
         self.tree = SearchTree(lm)
         self.budget = Budget(config, lm)
         self.terminals: list[Node] = []
-        self.leftovers: list[Node] = []  # unfinished paths never expanded (stopped, or at max depth)
 
     def run(self) -> SearchResult:
         try:
@@ -37,7 +36,8 @@ class BeamSearch:
             if self.terminals:
                 chosen = max(self.terminals, key=_rank)
             else:
-                chosen = max(self.leftovers, key=_rank) if self.leftovers else root
+                leaves = self.tree.open_leaves()  # unexpanded, cut at max depth, or dead ends
+                chosen = max(leaves, key=_rank) if leaves else root
             return self.tree.result(
                 "beam",
                 chosen,
@@ -58,10 +58,9 @@ class BeamSearch:
         level = [root]
         while level:
             pool: list[Node] = []
-            for index, node in enumerate(level):
+            for node in level:
                 stop_reason = self._stop()
                 if stop_reason:
-                    self.leftovers += level[index:] + pool
                     return stop_reason
                 pool += self.expand(node)
             pool.sort(key=_rank, reverse=True)
@@ -93,7 +92,6 @@ class BeamSearch:
                 self.tree.release(child)
             elif config.max_depth is not None and child.depth >= config.max_depth:
                 child.cut = True
-                self.leftovers.append(child)
                 self.tree.release(child)
             else:
                 children.append(child)

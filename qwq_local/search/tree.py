@@ -88,6 +88,13 @@ class SearchTree:
         """The reply so far at `node`: its steps joined as the model wrote them."""
         return "".join(self.steps(node))
 
+    def open_leaves(self) -> list[Node]:
+        """Unfinished paths still worth reporting: childless, not terminal, not dropped, not the root."""
+        parents = {n.parent for n in self.nodes}
+        return [
+            n for n in self.nodes[1:] if n.id not in parents and not n.terminal and not n.dropped
+        ]
+
     def release(self, node: Node) -> None:
         """Free `node`'s branch, once."""
         if node.id in self._holding:

@@ -1,0 +1,305 @@
+"""Step-level A*: expansion order, budgets, the beam bound, ties, branch hygiene; its config and aggregations."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from qwq_local.search.aggregate import AGGREGATES, EMPTY, get_agg
+from qwq_local.search.astar import astar
+from qwq_local.search.beam import beam_search
+from qwq_local.search.config import SearchConfig
+from qwq_local.search.protocol import SearchResult, StepStop
+from tests.fakes import FakeClock, FixedScorer, ScriptedLM, script_from_tree
+
+# Root offers A (0.9) and B (0.6). Under A every path ends in the wrong answer 3; the only
+# right answer, 7, lies under the weaker first step B.
+TRAP = {
+    "A": {"A1": {"A1 so \\boxed{3}": None}, "A2": {"A2 so \\boxed{3}": None}},
+    "B": {"B1": {"B1 so \\boxed{7}": None}, "B2": {}},
+}
+TRAP_SCORES = {
+    "A": 0.9, "B": 0.6, "A1": 0.3, "A2": 0.4, "B1": 0.8, "B2": 0.7,
+    "A1 so \\boxed{3}": 0.5, "A2 so \\boxed{3}": 0.5, "B1 so \\boxed{7}": 0.9,
+}
+
+
+def config(**overrides: Any) -> SearchConfig:
+    base: dict[str, Any] = dict(candidates=2, trajectories=1, beam=16, lam=1.0, agg="min")
+    base.update(overrides)
+    return SearchConfig(**base)
+
+
+def run(tree: dict[str, Any], scores: dict[str, float] | None = None, **overrides: Any) -> tuple[SearchResult, ScriptedLM]:
+    lm = ScriptedLM(script_from_tree(tree))
+    result = astar("q", config(**overrides), lm, FixedScorer(scores or {}))
+    assert lm.live == set(), "every branch is released when the search ends"
+    return result, lm
+
+
+def full_tree(depth: int, width: int, prefix: str = "") -> dict[str, Any]:
+    """Every node has `width` children of three words each, down to `depth`; the last level finishes."""
+    return {
+        f"{prefix}{i} w w": (full_tree(depth - 1, width, f"{prefix}{i}.") if depth > 1 else None)
+        for i in range(width)
+    }
+
+
+def test_expands_in_f_order() -> None:
+    # By hand, λ=1, g=min: after the root, f(A)=0.9+0.9=1.8, f(B)=0.6+0.6=1.2 -> expand A.
+    # A's children: f(A1)=0.3+0.3=0.6, f(A2)=0.4+0.4=0.8, so B (1.2) is next.
+    # B's children: f(B1)=min(.6,.8)+.8=1.4, f(B2)=.6+.7=1.3 -> expand B1, which finishes.
+    result, lm = run(TRAP, TRAP_SCORES)
+    assert lm.expanded_paths == [(), ("A",), ("B",), ("B", "B1")]
+    assert result.expansions == 4
+    nodes = {n["text"]: n for n in result.tree}
+    # Once expanded, a node records h = its best child's Q-value, and f with it.
+    assert nodes["A"]["h"] == pytest.approx(0.4) and nodes["A"]["f"] == pytest.approx(1.3)
+    assert nodes["B1"]["h"] == pytest.approx(0.9) and nodes["B1"]["f"] == pytest.approx(1.5)
+    assert nodes["B2"]["f"] == pytest.approx(1.3)
+
+
+def test_finds_the_right_answer_where_greedy_fails() -> None:
+    result, _ = run(TRAP, TRAP_SCORES)
+    assert result.final_answer == "7"
+    assert result.text == "BB1B1 so \\boxed{7}"
+    assert result.complete and result.stop_reason == "done"
+    assert [result.tree[i]["text"] for i in result.chosen_path] == ["", "B", "B1", "B1 so \\boxed{7}"]
+    assert all(result.tree[i]["chosen"] for i in result.chosen_path)
+
+    lm = ScriptedLM(script_from_tree(TRAP))  # greedy: one path, the best next step each time
+    greedy = beam_search("q", config(beam_width=1, agg="last"), lm, FixedScorer(TRAP_SCORES))
+    assert greedy.final_answer == "3"
+
+
+def test_lambda_weighs_the_estimate_of_the_next_step() -> None:
+    # g = mean. After A is expanded: A1 has g=(.9+.45)/2=.675, h=.45; B has g=.5, h=.5.
+    # λ=0 ranks by g (A1 first); λ=10 ranks by h (B first).
+    tree = {"A": {"A1": {"A1a": None}}, "B": {"B1": None}}
+    scores = {"A": 0.9, "B": 0.5, "A1": 0.45, "A1a": 0.1, "B1": 0.1}
+    _, greedy_g = run(tree, scores, agg="mean", lam=0.0, trajectories=2)
+    _, greedy_h = run(tree, scores, agg="mean", lam=10.0, trajectories=2)
+    assert greedy_g.expanded_paths[:3] == [(), ("A",), ("A", "A1")]
+    assert greedy_h.expanded_paths[:3] == [(), ("A",), ("B",)]
+
+
+@pytest.mark.parametrize("agg", sorted(AGGREGATES))
+def test_every_aggregation_gives_consistent_g_and_f(agg: str) -> None:
+    scores = {f"{p}{i} w w": 0.1 + 0.2 * i + 0.05 * len(p) for p in ("", "0.", "1.", "0.0.", "1.1.") for i in range(3)}
+    result, _ = run(full_tree(3, 2), scores, agg=agg, trajectories=3, lam=0.5)
+    by_id = {n["id"]: n for n in result.tree}
+    for node in result.tree[1:]:
+        rewards = []
+        cursor = node
+        while cursor["parent"] is not None:
+            rewards.append(cursor["reward"])
+            cursor = by_id[cursor["parent"]]
+        assert node["g"] == pytest.approx(AGGREGATES[agg](rewards[::-1]))
+        if not node["expanded"]:
+            assert node["h"] == node["reward"]
+        assert node["f"] == pytest.approx(node["g"] + 0.5 * node["h"])
+
+
+def test_ties_break_by_creation_order_and_repeat_exactly() -> None:
+    first, lm = run(full_tree(3, 2), trajectories=8)
+    second, lm2 = run(full_tree(3, 2), trajectories=8)
+    # Every score is 0.5, so every f is 1.0: nodes are expanded in the order they were created.
+    assert lm.expanded_paths == [(), ("0 w w",), ("1 w w",), ("0 w w", "0.0 w w"), ("0 w w", "0.1 w w"),
+                                 ("1 w w", "1.0 w w"), ("1 w w", "1.1 w w")]
+    assert first == second and lm.history == lm2.history
+    assert first.text == "0 w w0.0 w w0.0.0 w w"
+
+
+def test_stops_after_max_expansions() -> None:
+    result, lm = run(full_tree(6, 2), max_expansions=3, trajectories=10)
+    assert len(lm.sample_calls) == result.expansions == 3
+    assert result.stop_reason == "expansions"
+    assert not result.complete
+    assert result.final_answer is None
+
+
+def test_stops_when_generated_tokens_run_out() -> None:
+    lm = ScriptedLM(script_from_tree(full_tree(6, 2)))
+    lm.stats.generated_tokens = 1000  # counted from the start of this search
+    result = astar("q", config(max_generated_tokens=10, trajectories=10), lm, FixedScorer())
+    # Each expansion samples 2 steps of 3 tokens: 0 < 10, 6 < 10, then 12 >= 10 stops.
+    assert result.expansions == 2
+    assert result.stop_reason == "tokens"
+    assert lm.live == set()
+
+
+def test_nodes_at_max_depth_are_not_expanded() -> None:
+    result, lm = run(full_tree(6, 2), max_depth=2, trajectories=10)
+    assert max(len(path) for path in lm.expanded_paths) == 1
+    assert all(not n["expanded"] for n in result.tree if n["depth"] == 2)
+    assert all(n["cut"] for n in result.tree if n["depth"] == 2)
+    assert result.stop_reason == "exhausted"
+    assert not result.complete and result.tree[result.chosen_path[-1]]["depth"] == 2
+
+
+def test_stops_at_the_time_limit() -> None:
+    clock = FakeClock()
+    lm = ScriptedLM(script_from_tree(full_tree(6, 2)), on_sample=clock.advance)
+    result = astar("q", config(time_limit=2.5, clock=clock, trajectories=10), lm, FixedScorer())
+    # One second per sample call: checks at 0, 1, 2 expand; at 3 >= 2.5 the search stops.
+    assert result.expansions == 3
+    assert result.stop_reason == "time"
+    assert lm.live == set()
+
+
+def test_beam_bound_drops_the_worst_and_releases_them() -> None:
+    scores = {f"{i} w w": 0.1 * (i + 1) for i in range(5)}
+    result, lm = run(full_tree(3, 5), scores, candidates=5, beam=2, trajectories=3)
+    assert all(call.live <= 2 for call in lm.sample_calls)
+    dropped = [n for n in result.tree if n["dropped"]]
+    assert [n["text"] for n in dropped][:3] == ["0 w w", "1 w w", "2 w w"]  # the worst root children
+    assert all(not n["expanded"] for n in dropped)
+    assert result.stop_reason == "done"
+
+
+def test_returns_the_best_open_path_when_nothing_finishes() -> None:
+    tree = {"A": {"A1": {}}, "B": {"B1 the answer is 4": {}}}
+    scores = {"A": 0.2, "B": 0.3, "A1": 0.9, "B1 the answer is 4": 0.8}
+    # root, B (f .6 > .4), then B1 (f .3+.8): a dead end. A (f .4) is the only open node left.
+    result, lm = run(tree, scores, max_expansions=3)
+    assert result.stop_reason == "expansions"
+    assert not result.complete
+    assert result.text == "A" and result.final_answer is None
+    result, _ = run(tree, scores)
+    assert result.stop_reason == "exhausted"  # every path ran into a dead end
+    # Dead ends keep g (h is 0: no next step): B1 (g .3) beats A1 (g .2); its stated answer is kept.
+    assert result.text == "BB1 the answer is 4" and result.final_answer == "4"
+    assert not result.complete
+
+
+def test_a_stated_answer_after_think_ends_a_path() -> None:
+    tree = {"<think>\nhmm\n\n": {"maybe \\boxed{2}\n\n": {"</think>\n\nSo": {"\\boxed{5}": {}}}}}
+    result, lm = run(tree)
+    assert result.complete and result.final_answer == "5"
+    assert result.terminal_answers == ["5"]
+    assert ("<think>\nhmm\n\n", "maybe \\boxed{2}\n\n") in lm.expanded_paths  # not an end: still thinking
+
+
+def test_identical_siblings_are_merged() -> None:
+    lm = ScriptedLM({(): ["same", "same", ("end", True)], ("same",): [("x", True)]})
+    result = astar("q", config(candidates=3, trajectories=2), lm, FixedScorer())
+    assert [n["text"] for n in result.tree if n["depth"] == 1] == ["same", "end"]
+    assert lm.live == set()
+
+
+def test_scores_are_clamped_and_steps_passed_to_the_scorer() -> None:
+    scorer = FixedScorer({"A": 7.0, "B": float("nan")})
+    lm = ScriptedLM(script_from_tree({"A": {"A1": None}, "B": None}))
+    result = astar("question?", config(trajectories=2), lm, scorer)
+    rewards = {n["text"]: n["reward"] for n in result.tree}
+    assert rewards["A"] == 1.0 and rewards["B"] == 0.0
+    assert ("question?", ("A",), "A1") in scorer.calls
+    assert lm.questions == ["question?"]
+    assert all(call.stop == StepStop() for call in lm.sample_calls)
+
+
+def test_astar_needs_a_scorer() -> None:
+    with pytest.raises(ValueError, match="scorer"):
+        astar("q", config(), ScriptedLM({}), None)
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> dict[str, Any]:
+    names = st.text(alphabet="abc", min_size=1, max_size=2)
+    leaf = st.one_of(st.none(), st.just({}))
+    subtree = st.recursive(leaf, lambda kids: st.dictionaries(names, kids, min_size=1, max_size=4), max_leaves=15)
+    return draw(st.dictionaries(names, subtree, min_size=1, max_size=4))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    tree=trees(),
+    scores=st.dictionaries(st.text(alphabet="abc", min_size=1, max_size=2), st.floats(0, 1)),
+    beam=st.integers(1, 4),
+    k=st.integers(1, 4),
+    n=st.integers(1, 4),
+    max_depth=st.one_of(st.none(), st.integers(1, 4)),
+    max_expansions=st.integers(1, 12),
+    agg=st.sampled_from(sorted(AGGREGATES)),
+    lam=st.floats(0, 5),
+)
+def test_astar_properties_on_random_trees(
+    tree: dict[str, Any], scores: dict[str, float], beam: int, k: int, n: int,
+    max_depth: int | None, max_expansions: int, agg: str, lam: float,
+) -> None:
+    lm = ScriptedLM(script_from_tree(tree))
+    cfg = config(beam=beam, candidates=k, trajectories=n, max_depth=max_depth,
+                 max_expansions=max_expansions, agg=agg, lam=lam)
+    result = astar("q", cfg, lm, FixedScorer(scores))
+    assert lm.live == set()
+    assert all(call.live <= beam for call in lm.sample_calls)  # never more than B open nodes
+    assert len(lm.sample_calls) == result.expansions <= max_expansions
+    assert len(set(lm.expanded_paths)) == len(lm.expanded_paths)  # no node is expanded twice
+    if max_depth is not None:
+        assert all(len(path) < max_depth for path in lm.expanded_paths)
+    chosen = [result.tree[i] for i in result.chosen_path]
+    assert result.text == "".join(node["text"] for node in chosen)
+    assert result.complete == chosen[-1]["terminal"]
+    terminals = [node for node in result.tree if node["terminal"]]
+    if terminals:
+        assert chosen[-1]["f"] == max(node["f"] for node in terminals)
+    assert astar("q", cfg, ScriptedLM(script_from_tree(tree)), FixedScorer(scores)) == result
+
+
+# ---------------------------------------------------------------- config and aggregations
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("candidates", 0, "candidates"),
+        ("trajectories", 0, "trajectories"),
+        ("beam", 0, "beam"),
+        ("lam", -1.0, "lam"),
+        ("lam", math.inf, "lam"),
+        ("agg", "median", "agg must be one of min, max, sum, mean, last"),
+        ("max_expansions", 0, "max_expansions"),
+        ("max_generated_tokens", -5, "max_generated_tokens"),
+        ("max_depth", 0, "max_depth"),
+        ("time_limit", 0.0, "time_limit"),
+        ("n_samples", 0, "n_samples"),
+        ("beam_width", 0, "beam_width"),
+        ("stop", StepStop(delimiter=""), "delimiter"),
+        ("stop", StepStop(max_tokens=0), "stop.max_tokens"),
+        ("stop", "\n\n", "StepStop"),
+    ],
+)
+def test_config_rejects_bad_values(field: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(**{field: value})
+
+
+def test_config_defaults() -> None:
+    cfg = SearchConfig()
+    assert (cfg.candidates, cfg.trajectories, cfg.beam, cfg.lam, cfg.agg) == (6, 6, 16, 1.0, "min")
+    assert SearchConfig(max_expansions=None, max_depth=None).max_depth is None
+    assert cfg.reply_stop().delimiter is None
+
+
+@pytest.mark.parametrize(
+    ("name", "rewards", "expected"),
+    [
+        ("min", [0.5, 0.2, 0.9], 0.2),
+        ("max", [0.5, 0.2, 0.9], 0.9),
+        ("sum", [0.5, 0.2, 0.9], 1.6),
+        ("mean", [0.5, 0.2, 0.9], 1.6 / 3),
+        ("last", [0.5, 0.2, 0.9], 0.9),
+        ("prod", [0.5, 0.2, 0.9], 0.09),
+    ],
+)
+def test_aggregations(name: str, rewards: list[float], expected: float) -> None:
+    assert get_agg(name)(rewards) == pytest.approx(expected)
+    assert get_agg(name)([]) == EMPTY
+
+
+def test_unknown_aggregation() -> None:
+    with pytest.raises(ValueError, match="unknown aggregation 'median'"):
+        get_agg("median")
