@@ -62,13 +62,17 @@ class BeamSearch:
                 stop_reason = self._stop()
                 if stop_reason:
                     return stop_reason
-                pool += self.expand(node)
-            pool.sort(key=_rank, reverse=True)
-            for node in pool[self.config.beam_width :]:
-                node.dropped = True
-                self.tree.release(node)
-            level = pool[: self.config.beam_width]
+                pool = self._keep_best(pool + self.expand(node))
+            level = pool
         return "done" if len(self.terminals) >= self.config.trajectories else "exhausted"
+
+    def _keep_best(self, pool: list[Node]) -> list[Node]:
+        """The best `beam_width` of `pool`; the rest are dropped now, so their KV is freed early."""
+        pool = sorted(pool, key=_rank, reverse=True)
+        for node in pool[self.config.beam_width :]:
+            node.dropped = True
+            self.tree.release(node)
+        return pool[: self.config.beam_width]
 
     def expand(self, node: Node) -> list[Node]:
         """Sample K steps from `node`; collect finished and too-deep children, return the open ones."""
