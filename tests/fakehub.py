@@ -1,8 +1,7 @@
-"""A tiny local stand-in for the Hugging Face hub's file routes, as huggingface_hub 2.x uses them.
+"""A tiny local stand-in for the Hugging Face hub's file routes, as huggingface_hub 2.x uses them."""
 
-HEAD/GET /{owner}/{repo}/resolve/{revision}/{path} with ETag (git sha1), X-Linked-Etag / X-Linked-Size (LFS
-sha256 and size), X-Repo-Commit, Content-Length and Range requests answered with 206. Every request is recorded.
-"""
+# HEAD/GET /{owner}/{repo}/resolve/{revision}/{path} with ETag (git sha1), X-Linked-Etag / X-Linked-Size (LFS
+# sha256 and size), X-Repo-Commit, Content-Length, and Range requests answered with 206. Every request is recorded.
 
 from __future__ import annotations
 

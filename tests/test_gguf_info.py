@@ -135,3 +135,31 @@ def test_real_tiny_models_metadata(qwen_path, smollm_path):
     assert qwen.kv_bytes_per_token() == 2 * qwen.n_layer * qwen.n_head_kv * qwen.head_dim * 2
     smol = read_gguf_info(smollm_path)
     assert (smol.architecture, smol.quant) == ("llama", "Q4_1")
+
+
+def test_fast_header_reader_agrees_with_gguf_reader(tmp_path):
+    from qwq_local.catalog.gguf_header import SkippedArray, read_header
+
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(path, "qwen2")
+    writer.add_token_list([f"tok{i}" for i in range(1000)])
+    writer.add_token_scores([float(i) for i in range(1000)])
+    writer.add_array("test.small", [1, 2, 3])
+    writer.add_chat_template(TEMPLATE)
+    writer.add_tensor("a", np.ones((3, 5), dtype=np.float16))
+    writer.add_tensor("b", np.ones(7, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    header, reference = read_header(path), gguf.GGUFReader(path)
+
+    assert header.metadata["tokenizer.ggml.tokens"] == SkippedArray(int(gguf.GGUFValueType.STRING), 1000)
+    assert header.metadata["tokenizer.ggml.scores"] == SkippedArray(int(gguf.GGUFValueType.FLOAT32), 1000)
+    assert header.metadata["test.small"] == [1, 2, 3]
+    assert header.metadata["tokenizer.chat_template"] == TEMPLATE
+    assert header.data_offset == reference.data_offset
+    assert [(t.name, t.ggml_type, t.offset, t.n_elements, t.n_bytes) for t in header.tensors] == [
+        (t.name, t.tensor_type, t.data_offset, t.n_elements, t.n_bytes) for t in reference.tensors
+    ]

@@ -6,10 +6,13 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwq_local.catalog.refs import shard_names
 from qwq_local.errors import ExitCode, InputFileError, ModelFileError
+
+if TYPE_CHECKING:
+    from qwq_local.catalog.gguf_header import TensorEntry
 
 GGUF_MAGIC = b"GGUF"
 
@@ -44,46 +47,46 @@ class GGUFInfo:
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
-    """Read a GGUF's metadata (the first shard's, for split files) with gguf's GGUFReader."""
+    """Read a GGUF's metadata (the first shard's, for split files) without touching tensor data."""
     path = Path(path)
-    fields, tensors = _read(path)
-    arch = _str(fields, "general.architecture")
+    meta, tensors = _read(path)
+    arch = _str(meta, "general.architecture")
     if not arch:
         raise ModelFileError(f"{path} has no general.architecture: not a model GGUF", ExitCode.CORRUPT_MODEL)
-    shards = _shard_paths(path, int(_num(fields, "split.count") or 1))
+    shards = _shard_paths(path, int(_num(meta, "split.count") or 1))
     for shard in shards[1:]:
         tensors += _read(shard)[1]
-    n_embd = int(_num(fields, f"{arch}.embedding_length") or 0)
-    n_head = int(_num(fields, f"{arch}.attention.head_count") or 0)
-    n_head_kv = int(_num(fields, f"{arch}.attention.head_count_kv") or n_head)
-    head_dim = int(_num(fields, f"{arch}.attention.key_length") or (n_embd // n_head if n_head else 0))
-    context = _num(fields, f"{arch}.context_length")
-    original = _num(fields, f"{arch}.rope.scaling.original_context_length")
+    n_embd = int(_num(meta, f"{arch}.embedding_length") or 0)
+    n_head = int(_num(meta, f"{arch}.attention.head_count") or 0)
+    n_head_kv = int(_num(meta, f"{arch}.attention.head_count_kv") or n_head)
+    head_dim = int(_num(meta, f"{arch}.attention.key_length") or (n_embd // n_head if n_head else 0))
+    context = _num(meta, f"{arch}.context_length")
+    original = _num(meta, f"{arch}.rope.scaling.original_context_length")
     return GGUFInfo(
         path=path,
         architecture=arch,
-        name=_str(fields, "general.name"),
-        parameter_count=sum(int(t.n_elements) for t in tensors),
-        quant=_quant(fields, tensors),
+        name=_str(meta, "general.name"),
+        parameter_count=sum(t.n_elements for t in tensors),
+        quant=_quant(meta, tensors),
         file_size=sum(s.stat().st_size for s in shards),
         shard_count=len(shards),
         context_length=int(context) if context is not None else None,
-        rope_freq_base=_num(fields, f"{arch}.rope.freq_base"),
-        rope_scaling_type=_str(fields, f"{arch}.rope.scaling.type"),
-        rope_scaling_factor=_num(fields, f"{arch}.rope.scaling.factor"),
+        rope_freq_base=_num(meta, f"{arch}.rope.freq_base"),
+        rope_scaling_type=_str(meta, f"{arch}.rope.scaling.type"),
+        rope_scaling_factor=_num(meta, f"{arch}.rope.scaling.factor"),
         rope_original_context=int(original) if original is not None else None,
-        chat_template=_str(fields, "tokenizer.chat_template"),
-        n_layer=int(_num(fields, f"{arch}.block_count") or 0),
+        chat_template=_str(meta, "tokenizer.chat_template"),
+        n_layer=int(_num(meta, f"{arch}.block_count") or 0),
         n_head=n_head,
         n_head_kv=n_head_kv,
         n_embd=n_embd,
         head_dim=head_dim,
-        value_dim=int(_num(fields, f"{arch}.attention.value_length") or head_dim),
+        value_dim=int(_num(meta, f"{arch}.attention.value_length") or head_dim),
     )
 
 
-def _read(path: Path) -> tuple[dict[str, Any], list[Any]]:
-    """Parse one GGUF file's key/values and tensor infos, mapping every failure to a one-line error."""
+def _read(path: Path) -> tuple[dict[str, Any], list[TensorEntry]]:
+    """Parse one GGUF file's header, mapping every failure to a one-line error."""
     if path.is_dir():
         raise InputFileError(f"{path} is a directory, not a .gguf file", ExitCode.IS_A_DIRECTORY)
     if not path.is_file():
@@ -92,18 +95,16 @@ def _read(path: Path) -> tuple[dict[str, Any], list[Any]]:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path} is not a GGUF file (bad magic {magic!r})", ExitCode.NOT_GGUF)
-    import gguf
+    from qwq_local.catalog.gguf_header import HeaderError, read_header
 
     try:
-        reader = gguf.GGUFReader(path)
-        fields = dict(reader.fields)  # ReaderField values, decoded on demand (token arrays are large)
-        tensors = list(reader.tensors)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
-        raise ModelFileError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+        header = read_header(path)
+    except HeaderError as exc:
+        raise ModelFileError(f"{path} is truncated or corrupt ({exc})") from None
     size = path.stat().st_size
-    if any(t.data_offset + t.n_bytes > size for t in tensors):
+    if any(t.offset + t.n_bytes > size for t in header.tensors):
         raise ModelFileError(f"{path} is truncated: tensor data runs past the end of the file")
-    return fields, tensors
+    return header.metadata, header.tensors
 
 
 def _shard_paths(path: Path, count: int) -> list[Path]:
@@ -117,11 +118,11 @@ def _shard_paths(path: Path, count: int) -> list[Path]:
     return paths
 
 
-def _quant(fields: dict[str, Any], tensors: list[Any]) -> str:
+def _quant(meta: dict[str, Any], tensors: list[TensorEntry]) -> str:
     """general.file_type's name (e.g. Q4_K_M), else the tensor type holding the most bytes."""
     import gguf
 
-    file_type = _num(fields, "general.file_type")
+    file_type = _num(meta, "general.file_type")
     if file_type is not None:
         try:
             name = gguf.LlamaFileType(int(file_type)).name
@@ -131,25 +132,19 @@ def _quant(fields: dict[str, Any], tensors: list[Any]) -> str:
             pass
     weights: Counter[str] = Counter()
     for t in tensors:
-        weights[gguf.GGMLQuantizationType(t.tensor_type).name] += int(t.n_bytes)
+        weights[t.ggml_type.name] += t.n_bytes
     return weights.most_common(1)[0][0] if weights else "unknown"
 
 
-def _value(fields: dict[str, Any], key: str) -> Any:
-    field = fields.get(key)
-    try:
-        return field.contents() if field is not None else None
-    except Exception as exc:  # noqa: BLE001 - a field whose bytes do not decode
-        raise ModelFileError(f"metadata {key} is corrupt ({exc})") from None
-
-
-def _num(fields: dict[str, Any], key: str) -> Any:
-    value = _value(fields, key)
+def _num(meta: dict[str, Any], key: str) -> Any:
+    """A numeric value (the largest, for per-layer arrays), or None."""
+    value = meta.get(key)
     if isinstance(value, list):
-        return max(value) if value else None
-    return value if isinstance(value, (int, float)) else None
+        numbers = [v for v in value if isinstance(v, (int, float))]
+        return max(numbers) if numbers else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _str(fields: dict[str, Any], key: str) -> str | None:
-    value = _value(fields, key)
+def _str(meta: dict[str, Any], key: str) -> str | None:
+    value = meta.get(key)
     return value if isinstance(value, str) else None

@@ -1,8 +1,7 @@
-"""Fetch one file from the Hugging Face hub into models_dir, resumable across runs, checksum-verified.
+"""Fetch one file from the Hugging Face hub into models_dir, resumable across runs, checksum-verified."""
 
-hf_hub_download (2.x) deletes its temporary file on any failure, so an interrupted 20 GB download would start
-over; we use the same library's metadata call and ranged `http_get` instead, writing to our own `.part` file.
-"""
+# hf_hub_download (2.x) deletes its temporary file on any failure, so an interrupted 20 GB download would start
+# over; we use the same library's metadata call and ranged `http_get` instead, writing to our own `.part` file.
 
 from __future__ import annotations
 
