@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +55,9 @@ def _token(env: Mapping[str, str], hf_home: Path) -> str | None:
 
 def hub_reachable(timeout: float = 3.0, env: Mapping[str, str] = os.environ) -> bool:
     """Whether the hub endpoint answers HTTP at all (any status counts); ignores the offline flag."""
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(HubSettings.from_env(env).endpoint + "/api/whoami-v2", method="HEAD")
     try:
         with urllib.request.urlopen(request, timeout=timeout):
