@@ -105,10 +105,15 @@ class LlamaChat:
         budget = min(sampling.max_tokens, self.n_ctx - len(prompt))
         if sampling.seed is not None:
             llama.set_seed(sampling.seed)
-        gen = llama.generate(
-            prompt, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
-            temp=sampling.temperature, repeat_penalty=1.0, reset=True,
-        )
+        tokens = list(prompt)
+
+        def generate() -> Iterator[int]:
+            return llama.generate(
+                tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+                temp=sampling.temperature, repeat_penalty=1.0, reset=True,
+            )
+
+        gen = generate()
         prefill = 0.0
         if in_think:
             yield THINK_OPEN
@@ -119,6 +124,7 @@ class LlamaChat:
                 if self.model.is_eog(token):
                     stop_reason = "eos"
                     break
+                tokens.append(token)
                 piece = decoder.decode(self.model.token_bytes(token))
                 if in_think:
                     n_think += 1
@@ -142,7 +148,13 @@ class LlamaChat:
                         if THINK_CLOSE in extra:
                             in_think = False
                             think_end = time.perf_counter()
-                token = gen.send(inject) if inject else next(gen)
+                if inject:
+                    # A fresh generate() over everything so far: its prefix reuse evaluates only
+                    # the last sampled token and the injected ones (send() needs logits_all).
+                    gen.close()
+                    tokens.extend(inject)
+                    gen = generate()
+                token = next(gen)
         except GeneratorExit:
             stop_reason = "interrupted"
             raise

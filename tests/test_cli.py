@@ -1,0 +1,100 @@
+"""The CLI: one-line errors with distinct exit codes, and `qwq solve` on the real tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwq_local.cli import main
+from qwq_local.errors import ExitCode
+
+NATALIA = Path(__file__).parent.parent / "examples" / "natalia.md"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and out.startswith("qwq 0.")
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "words"),
+    [
+        (lambda d: str(d / "missing.md"), ExitCode.FILE_NOT_FOUND, "no such file"),
+        (lambda d: str(d), ExitCode.IS_A_DIRECTORY, "directory"),
+        (lambda d: (d / "empty.md").write_text("  \n") and str(d / "empty.md"), ExitCode.EMPTY_INPUT, "empty"),
+    ],
+)
+def test_bad_problem_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], make, code, words) -> None:
+    exit_code, out, err = run_cli(["solve", make(tmp_path), "--model", "qwen2.5-coder-0.5b"], capsys)
+    assert exit_code == code
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_not_gguf_and_truncated(tmp_path: Path, capsys: pytest.CaptureFixture[str], qwen_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all" * 10)
+    code, _, err = run_cli(["info", str(bad)], capsys)
+    assert code == ExitCode.NOT_GGUF and "GGUF" in err
+    cut = tmp_path / "cut.gguf"
+    with open(qwen_path, "rb") as src:
+        cut.write_bytes(src.read(2_000_000))
+    code, _, err = run_cli(["solve", str(NATALIA), "--model", str(cut)], capsys)
+    assert code == ExitCode.CORRUPT_MODEL and err.startswith("error:")
+
+
+def test_unknown_model_and_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run_cli(["solve", str(NATALIA), "--model", "no-such-model"], capsys)
+    assert code == ExitCode.UNKNOWN_MODEL and "unknown model" in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(["solve", str(NATALIA), "--model", "qwq-32b", "--models-dir", str(tmp_path)], capsys)
+    assert code == ExitCode.NOT_PULLED_OFFLINE and "not pulled" in err
+
+
+def test_context_too_large_even_with_yarn(capsys: pytest.CaptureFixture[str], qwen_path: Path) -> None:
+    code, _, err = run_cli(["info", str(qwen_path), "--ctx", "200000"], capsys)
+    assert code == ExitCode.CONTEXT_TOO_LARGE and "YaRN" in err
+
+
+def test_not_enough_memory(capsys: pytest.CaptureFixture[str], qwen_path: Path,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("qwq_local.runtime.ram_free_bytes", lambda: 100 * 1024**2)
+    code, _, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path)], capsys)
+    assert code == ExitCode.OUT_OF_MEMORY and "not enough memory" in err
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "qwq_local", "--debug", "solve", str(tmp_path / "x.md")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_info_shows_plan(capsys: pytest.CaptureFixture[str], qwen_path: Path) -> None:
+    code, out, _ = run_cli(["info", str(qwen_path), "--ctx", "65536", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["architecture"] == "qwen2" and data["n_layer"] == 24
+    assert data["plan"]["yarn"] is True and data["plan"]["yarn_factor"] == 2
+    assert data["kv_bytes_per_token"] == 2 * 24 * 2 * 64 * 2
+
+
+@pytest.mark.model
+def test_solve_gsm8k_problem_at_temperature_zero(capsys: pytest.CaptureFixture[str], qwen_path: Path) -> None:
+    """GSM8K's first training problem: qwen2.5-coder-0.5b answers 72 greedily."""
+    code, out, _ = run_cli(["solve", str(NATALIA), "--model", str(qwen_path), "--temperature", "0",
+                            "--max-tokens", "400", "--ctx", "2048", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0
+    assert data["final_answer"] == "72"
+    assert data["strategy"] == "direct" and data["tokens"]["answer"] > 0 and data["tokens_per_second"] > 0
+    assert "\\boxed{72}" in data["answer"]

@@ -1,0 +1,76 @@
+"""Offload planning, YaRN choice and settings layering: pure functions, no model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qwq_local.config import load_settings
+from qwq_local.engine.plan import Device, parse_nvidia_smi, plan_offload, plan_rope
+from qwq_local.errors import ContextTooLargeError, OutOfMemoryError, UsageError
+
+GiB = 1024**3
+
+
+def test_yarn_only_beyond_native_with_smallest_factor() -> None:
+    assert not plan_rope(32_768, 32_768).yarn
+    assert not plan_rope(8_192, 32_768).yarn
+    rope = plan_rope(40_000, 32_768, 4)
+    assert rope.yarn and rope.factor == 2 and rope.orig_ctx == 32_768 and rope.freq_scale == 0.5
+    assert plan_rope(131_072, 32_768, 4).factor == 4
+    with pytest.raises(ContextTooLargeError):
+        plan_rope(131_073, 32_768, 4)
+
+
+def gpu(free_gib: float) -> Device:
+    return Device("cuda", "test", int(24 * GiB), int(free_gib * GiB))
+
+
+def test_full_offload_when_model_and_kv_fit() -> None:
+    plan = plan_offload(model_bytes=20 * GiB, n_layer=64, kv_bytes=2 * GiB, device=gpu(23),
+                        ram_free_bytes=32 * GiB)
+    assert plan.full_offload and plan.llama_n_gpu_layers == -1 and plan.ram_bytes == 0
+
+
+def test_partial_offload_takes_the_most_layers_that_fit() -> None:
+    plan = plan_offload(model_bytes=20 * GiB, n_layer=64, kv_bytes=4 * GiB, device=gpu(12),
+                        ram_free_bytes=32 * GiB)
+    per_layer = 20 * GiB / 65 + 4 * GiB / 64
+    assert plan.n_gpu_layers == int((12 * GiB - 512 * 1024**2) // per_layer)
+    assert 0 < plan.n_gpu_layers < 64 and plan.gpu_bytes <= 12 * GiB
+
+
+def test_cpu_only_and_overrides() -> None:
+    assert plan_offload(model_bytes=GiB, n_layer=24, kv_bytes=GiB, device=None, ram_free_bytes=8 * GiB).n_gpu_layers == 0
+    assert plan_offload(model_bytes=GiB, n_layer=24, kv_bytes=GiB, device=gpu(1), ram_free_bytes=8 * GiB,
+                        gpu_layers="all").full_offload
+    assert plan_offload(model_bytes=GiB, n_layer=24, kv_bytes=GiB, device=gpu(20), ram_free_bytes=8 * GiB,
+                        gpu_layers="7").n_gpu_layers == 7
+    with pytest.raises(UsageError):
+        plan_offload(model_bytes=GiB, n_layer=24, kv_bytes=GiB, device=None, ram_free_bytes=8 * GiB,
+                     gpu_layers="many")
+
+
+def test_refuses_what_fits_nowhere() -> None:
+    with pytest.raises(OutOfMemoryError, match="not enough memory"):
+        plan_offload(model_bytes=20 * GiB, n_layer=64, kv_bytes=8 * GiB, device=gpu(8), ram_free_bytes=16 * GiB)
+    metal = Device("metal", "Apple silicon", 10 * GiB, 10 * GiB)
+    with pytest.raises(OutOfMemoryError):  # unified memory is not counted twice
+        plan_offload(model_bytes=14 * GiB, n_layer=64, kv_bytes=GiB, device=metal, ram_free_bytes=14 * GiB)
+
+
+def test_nvidia_smi_parsing() -> None:
+    dev = parse_nvidia_smi("NVIDIA GeForce RTX 4090, 24564, 23000\n")
+    assert dev is not None and dev.free_bytes == 23000 * 1024**2 and dev.name.endswith("4090")
+    assert parse_nvidia_smi("garbage") is None
+
+
+def test_settings_layering(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('temperature = 0.3\nctx = 4096\nmodel = "qwen2.5-coder-0.5b"\n')
+    s = load_settings({"ctx": 2048}, env={"QWQ_TEMPERATURE": "0.2", "QWQ_USER_PATH": str(tmp_path)})
+    assert s.ctx == 2048 and s.sampling.temperature == 0.2 and s.model == "qwen2.5-coder-0.5b"
+    assert s.sampling.top_p == 0.95 and s.sampling.top_k == 40 and s.sampling.min_p == 0.0
+    with pytest.raises(UsageError):
+        load_settings({"top_p": 0}, env={"QWQ_USER_PATH": str(tmp_path)})
