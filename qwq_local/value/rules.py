@@ -6,7 +6,8 @@ Values (first rule that applies wins):
 * 0.0 `WRONG`: an equation such as `48/2 = 25` does not check out.
 * 0.1 `BAD_CODE`: a Python block (or Python-looking lines) that does not parse. Code is parsed
   with `ast.parse`, never run. A fenced block is judged once its closing fence is written.
-* 0.1 `REPEAT`: the step repeats an earlier one (same normalised text, or ≥ 85% shared word pairs).
+* 0.1 `REPEAT`: the step repeats an earlier one: the same words (case and punctuation aside), or,
+  for steps of 8 words or more, word sequences at least 90% similar (difflib ratio).
 * 0.7 `CHECKED`: at least one equation was recomputed and all are right.
 * 0.5 `NEUTRAL`: nothing to check.
 """
@@ -17,6 +18,7 @@ import ast
 import re
 import textwrap
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from fractions import Fraction
 from typing import Sequence
 
@@ -135,6 +137,8 @@ def _continues_left(text: str, start: int, part: str) -> bool:
 def _continues_right(text: str, end: int, part: str) -> bool:
     """Whether the chain's last part is only the head of a longer expression."""
     tail = part.rstrip()
+    if tail.endswith("(") and tail[:-1].rstrip()[-1:] not in ("+", "-", "*", "/"):
+        return False  # "= 3.33 (rounded)": a parenthetical opens, the expression has ended
     glued = end < len(text) and part[-1:] not in (" ", "\t") and (text[end].isalnum() or text[end] in "_{[\\")
     return bool(glued or tail[-1:] in ("+", "-", "*", "/", "(") or _word_after(text, end) in _RIGHT_WORDS)
 
@@ -171,6 +175,7 @@ def _agrees(left: str, right: str) -> bool | None:
 def _clean_part(part: str) -> str:
     """One side of `=` without sentence dots and parentheses the equation opened or closed around it."""
     part = re.sub(r"^\s*\.\s+", "", part).strip().rstrip(".").strip()
+    part = part.rstrip("( \t").lstrip(") \t")
     while part.startswith("(") and part.count("(") > part.count(")"):
         part = part[1:].strip()
     while part.endswith(")") and part.count(")") > part.count("("):
@@ -280,19 +285,21 @@ def _normalize_words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+(?:[.,/][0-9]+)*|[+\-*/=^]", text.lower())
 
 
-def _is_repeat(steps: Sequence[str], text: str, overlap: float) -> bool:
+def _is_repeat(steps: Sequence[str], text: str, similarity: float) -> bool:
     words = _normalize_words(text)
     if not words:
         return False
-    pairs = set(zip(words, words[1:]))
     for step in steps:
         earlier = _normalize_words(step)
         if earlier == words:
             return True
         if len(words) >= 8 and len(earlier) >= 8:
-            earlier_pairs = set(zip(earlier, earlier[1:]))
-            shared = len(pairs & earlier_pairs) / len(pairs | earlier_pairs)
-            if shared >= overlap:
+            matcher = SequenceMatcher(None, earlier, words, autojunk=False)
+            if (
+                matcher.real_quick_ratio() >= similarity
+                and matcher.quick_ratio() >= similarity
+                and matcher.ratio() >= similarity
+            ):
                 return True
     return False
 
@@ -301,7 +308,7 @@ def _is_repeat(steps: Sequence[str], text: str, overlap: float) -> bool:
 class RulesScorer:
     """Process reward from checks anyone could do by hand (see the module doc for the values)."""
 
-    overlap: float = 0.85  # share of word pairs above which a step repeats an earlier one
+    similarity: float = 0.9  # word-sequence similarity (difflib ratio) from which a step repeats an earlier one
     name: str = field(default="rules", init=False)
 
     def score(self, question: str, steps: Sequence[str], candidate: Candidate) -> float:
@@ -314,6 +321,6 @@ class RulesScorer:
             return WRONG
         if not code_ok:
             return BAD_CODE
-        if _is_repeat(steps, text, self.overlap):
+        if _is_repeat(steps, text, self.similarity):
             return REPEAT
         return CHECKED if arithmetic else NEUTRAL
