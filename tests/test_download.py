@@ -23,6 +23,7 @@ from qwq_local.errors import (
     HubUnreachableError,
     InputFileError,
     NotPulledError,
+    QwqError,
     UnknownModelError,
 )
 
@@ -191,6 +192,15 @@ def test_disk_full_gives_disk_full_error_and_keeps_the_partial_for_resume(hub, m
     monkeypatch.setattr(integrity, "open_part", lambda p: p.open("ab"))
     assert pull(f"hf:{REPO}/big.gguf", models_dir, progress=False).read_bytes() == PAYLOAD
     assert hub.gets("big.gguf")[-1].headers["Range"] == "bytes=65536-"
+
+
+def test_two_pulls_of_one_file_never_share_a_part_file(hub, models_dir):
+    hub.add(REPO, "big.gguf", PAYLOAD)
+    dest = models_dir / "hf" / REPO / "big.gguf"
+    with integrity.download_lock(dest), pytest.raises(QwqError, match="already downloading"):
+        pull(f"hf:{REPO}/big.gguf", models_dir, progress=False)
+    assert pull(f"hf:{REPO}/big.gguf", models_dir, progress=False).read_bytes() == PAYLOAD
+    assert not dest.with_name("big.gguf.lock").exists()
 
 
 def test_not_enough_free_space_is_reported_before_downloading(hub, models_dir, monkeypatch):

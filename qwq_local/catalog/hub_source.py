@@ -43,9 +43,25 @@ def fetch_hub_file(
 ) -> Path:
     """Download repo/filename to dest (resuming dest.part), verify it, move it into place."""
     settings = settings or HubSettings.from_env()
-    what = f"{repo}/{filename}"
     if settings.offline:
-        raise NotPulledError(f"{what} is not downloaded and offline mode is on (HF_HUB_OFFLINE)")
+        raise NotPulledError(f"{repo}/{filename} is not downloaded and offline mode is on (HF_HUB_OFFLINE)")
+    with integrity.download_lock(dest):
+        if dest.is_file():
+            return dest  # finished by another pull since the caller looked
+        return _fetch(repo, filename, dest, revision, size, sha256, progress, settings)
+
+
+def _fetch(
+    repo: str,
+    filename: str,
+    dest: Path,
+    revision: str,
+    size: int | None,
+    sha256: str | None,
+    progress: bool,
+    settings: HubSettings,
+) -> Path:
+    what = f"{repo}/{filename}"
     remote = hub_file_metadata(repo, filename, revision, settings)
     if size is not None and remote.size is not None and remote.size != size:
         raise ChecksumError(f"{what} on the hub is {remote.size} bytes, the catalog expects {size}")

@@ -6,10 +6,17 @@ import errno
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from qwq_local.errors import ChecksumError, DiskFullError
+from qwq_local.errors import ChecksumError, DiskFullError, QwqError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no cross-process lock
+    fcntl = None  # type: ignore[assignment]
 
 CHUNK = 8 * 1024 * 1024
 
@@ -17,6 +24,23 @@ CHUNK = 8 * 1024 * 1024
 def part_path(dest: Path) -> Path:
     """The in-progress file for `dest`: never loaded as a model, kept across interruptions."""
     return dest.with_name(dest.name + ".part")
+
+
+@contextmanager
+def download_lock(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock on dest's download so two pulls never append to the same part file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lock = dest.with_name(dest.name + ".lock")
+    with lock.open("a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise QwqError(f"another pull is already downloading {dest.name} (lock {lock})") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def open_part(part: Path) -> BinaryIO:

