@@ -109,7 +109,8 @@ def _download(remote: HubFile, part: Path, done: int, filename: str, progress: b
     from huggingface_hub.utils.tqdm import silent_tqdm
 
     headers = build_hf_headers(token=settings.token or False, library_name="qwq_local")
-    if urlparse(remote.url).netloc != urlparse(settings.endpoint).netloc:
+    on_cdn = urlparse(remote.url).netloc != urlparse(settings.endpoint).netloc
+    if on_cdn:
         headers.pop("authorization", None)  # signed CDN URLs must not receive the hub token
     _etag_path(part).write_text(remote.etag)
     try:
@@ -123,11 +124,12 @@ def _download(remote: HubFile, part: Path, done: int, filename: str, progress: b
                 displayed_filename=filename.rsplit("/", 1)[-1],
                 tqdm_class=None if progress else silent_tqdm,
             )
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, HfHubHTTPError, httpx2 errors after the library's retries
         if integrity.is_disk_full(exc):
-            raise integrity.disk_full_error(exc, part) from None
-        raise _hub_error(exc, filename, settings) from None
-    except Exception as exc:  # noqa: BLE001 - httpx2 transport errors after huggingface_hub's own retries
+            raise integrity.disk_full_error(exc, part) from None  # type: ignore[arg-type]
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if on_cdn and status in (401, 403):
+            raise HubUnreachableError(f"the download link for {filename} expired; pull again to resume") from None
         raise _hub_error(exc, filename, settings) from None
 
 
