@@ -33,7 +33,9 @@ def config(**overrides: Any) -> SearchConfig:
     return SearchConfig(**base)
 
 
-def run(tree: dict[str, Any], scores: dict[str, float] | None = None, **overrides: Any) -> tuple[SearchResult, ScriptedLM]:
+def run(
+    tree: dict[str, Any], scores: dict[str, float] | None = None, **overrides: Any
+) -> tuple[SearchResult, ScriptedLM]:
     lm = ScriptedLM(script_from_tree(tree))
     result = astar("q", config(**overrides), lm, FixedScorer(scores or {}))
     assert lm.live == set(), "every branch is released when the search ends"
@@ -161,7 +163,7 @@ def test_beam_bound_drops_the_worst_and_releases_them() -> None:
 
 
 def test_returns_the_best_open_path_when_nothing_finishes() -> None:
-    tree = {"A": {"A1": {}}, "B": {"B1 the answer is 4": {}}}
+    tree: dict[str, Any] = {"A": {"A1": {}}, "B": {"B1 the answer is 4": {}}}
     scores = {"A": 0.2, "B": 0.3, "A1": 0.9, "B1 the answer is 4": 0.8}
     # root, B (f .6 > .4), then B1 (f .3+.8): a dead end. A (f .4) is the only open node left.
     result, lm = run(tree, scores, max_expansions=3)
@@ -176,7 +178,7 @@ def test_returns_the_best_open_path_when_nothing_finishes() -> None:
 
 
 def test_a_stated_answer_after_think_ends_a_path() -> None:
-    tree = {"<think>\nhmm\n\n": {"maybe \\boxed{2}\n\n": {"</think>\n\nSo": {"\\boxed{5}": {}}}}}
+    tree: dict[str, Any] = {"<think>\nhmm\n\n": {"maybe \\boxed{2}\n\n": {"</think>\n\nSo": {"\\boxed{5}": {}}}}}
     result, lm = run(tree)
     assert result.complete and result.final_answer == "5"
     assert result.terminal_answers == ["5"]
@@ -209,7 +211,7 @@ def test_astar_needs_a_scorer() -> None:
 @st.composite
 def trees(draw: st.DrawFn) -> dict[str, Any]:
     names = st.text(alphabet="abc", min_size=1, max_size=2)
-    leaf = st.one_of(st.none(), st.just({}))
+    leaf: st.SearchStrategy[dict[str, Any] | None] = st.one_of(st.none(), st.just({}))
     subtree = st.recursive(leaf, lambda kids: st.dictionaries(names, kids, min_size=1, max_size=4), max_leaves=15)
     return draw(st.dictionaries(names, subtree, min_size=1, max_size=4))
 

@@ -184,7 +184,7 @@ def test_weighted_scorer_is_a_weighted_mean() -> None:
     ("parts", "message"),
     [([], "at least one"), ([(FixedScorer(), -1.0)], ">= 0"), ([(FixedScorer(), 0.0)], "not all be 0")],
 )
-def test_weighted_scorer_rejects_bad_weights(parts: list, message: str) -> None:
+def test_weighted_scorer_rejects_bad_weights(parts: list[tuple[FixedScorer, float]], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         WeightedScorer(parts)
 

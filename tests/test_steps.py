@@ -24,7 +24,8 @@ def test_blank_runs_stay_with_the_step_before() -> None:
 
 def test_short_steps_join_the_next() -> None:
     assert split_steps("ok\n\nlonger step\n\nhello", min_chars=5) == ["ok\n\nlonger step\n\n", "hello"]
-    assert split_steps("a long step\n\nhi", min_chars=5) == ["a long step\n\nhi"]  # a short last step joins the one before
+    # A short last step joins the one before it.
+    assert split_steps("a long step\n\nhi", min_chars=5) == ["a long step\n\nhi"]
 
 
 def test_long_steps_are_cut_at_a_space() -> None:

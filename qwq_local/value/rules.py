@@ -53,8 +53,12 @@ def _evaluate(expression: str) -> Fraction:
 
 
 def _value(node: ast.AST) -> Fraction:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return Fraction(str(node.value)) if isinstance(node.value, float) else Fraction(node.value)
+    if isinstance(node, ast.Constant):
+        if type(node.value) is int:  # not bool
+            return Fraction(node.value)
+        if type(node.value) is float:
+            return Fraction(str(node.value))
+        raise _Unevaluable
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
         operand = _value(node.operand)
         return operand if isinstance(node.op, ast.UAdd) else -operand
@@ -199,7 +203,7 @@ def check_arithmetic(text: str) -> bool | None:
             parts = parts[:-1]
         parts = [_clean_part(p) for p in parts]
         parts = [p for p in parts if p]
-        for left, right in zip(parts, parts[1:]):
+        for left, right in zip(parts, parts[1:], strict=False):
             verdict = _agrees(left, right)
             if verdict is False:
                 return False
@@ -252,7 +256,9 @@ def _looks_like_python(text: str) -> bool:
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines or not any(_PY_STRONG.match(line) for line in lines):
         return False
-    pythonish = sum(1 for line in lines if _PY_STRONG.match(line) or _PY_LINE.match(line) or line.startswith((" ", "\t")))
+    pythonish = sum(
+        1 for line in lines if _PY_STRONG.match(line) or _PY_LINE.match(line) or line.startswith((" ", "\t"))
+    )
     return pythonish >= 0.7 * len(lines)
 
 
