@@ -202,6 +202,7 @@ class ReplyView:
         self._region: RowCounter | None = None  # rows of streamed thinking on screen (tty)
         self._windowed = False  # thinking overflowed the screen: redraw its tail only
         self._spinner_shown = False
+        self._dim_open = False  # streamed thinking is written inside one SGR dim run
         self._tick = 0
         self._last_draw = float("-inf")
         self._answer_started = False
@@ -219,7 +220,7 @@ class ReplyView:
             return
         self.thinking_text += text
         if self.mode == "show":
-            write(self.out, style(self.env, printable(text), DIM))
+            self._dim(printable(text))
         elif self.mode == "fold" and self.env.cursor:
             self._stream_folding(printable(text))
         elif self.mode == "hide" and self.env.cursor:
@@ -235,7 +236,7 @@ class ReplyView:
             trial.add(text)
             if trial.rows < max_rows:
                 self._region = trial
-                write(self.out, style(self.env, text, DIM))
+                self._dim(text)
                 return
             self._windowed = True
             self._last_draw = float("-inf")
@@ -251,6 +252,17 @@ class ReplyView:
         self._region.add(body)
         write(self.out, style(self.env, body, DIM))
 
+    def _dim(self, text: str) -> None:
+        """Stream dim text as one run, so the terminal shows it contiguously (and pexpect can match it)."""
+        if self.env.colors and not self._dim_open:
+            text, self._dim_open = DIM + text, True
+        write(self.out, text)
+
+    def _undim(self) -> None:
+        if self._dim_open:
+            write(self.out, RESET)
+            self._dim_open = False
+
     def _draw_spinner(self) -> None:
         now = self.env.clock()
         if now - self._last_draw < REDRAW_SECONDS:
@@ -262,6 +274,7 @@ class ReplyView:
 
     def _erase(self) -> None:
         """Remove the streamed thinking or the spinner from the screen (tty only)."""
+        self._undim()
         if self._region is not None:
             up = UP.format(self._region.rows) if self._region.rows else ""
             write(self.out, "\r" + up + CLEAR_DOWN)
@@ -288,6 +301,7 @@ class ReplyView:
         if tokens is not None:
             self.tokens = tokens
         if self.mode == "show":
+            self._undim()
             end = "" if self.thinking_text.endswith("\n") else "\n"
             write(self.out, end + style(self.env, fold_line(seconds, self.tokens, hint=False,
                                                             interrupted=interrupted), DIM) + "\n")

@@ -1,0 +1,167 @@
+"""`qwq chat`: the prompt_toolkit REPL on a terminal, or one message per line from piped stdin."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory, History as PromptHistory, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+
+from qwq_local.config import Settings
+from qwq_local.errors import ExitCode, QwqError, UsageError
+from qwq_local.history import History
+from qwq_local.render.chatmodel import ChatModel, StrategyRunner
+from qwq_local.render.commands import COMMANDS, is_command, run_command
+from qwq_local.render.console import Env, ThinkingMode, error, info, warn
+from qwq_local.render.session import STRATEGIES, ChatSession
+
+PROMPT = ">>> "
+CONTINUATION = "... "
+PROMPT_HISTORY_FILE = "repl_history"
+
+
+def run_chat(
+    model: ChatModel,
+    settings: Settings,
+    env: Env,
+    history: History | None,
+    *,
+    show_thinking: bool = False,
+    hide_thinking: bool = False,
+    think_budget: int | None = None,
+    resume: int | None = None,
+    strategy_runner: StrategyRunner | None = None,
+) -> int:
+    """Chat until Ctrl-D, /exit or the end of piped input; return the exit code.
+
+    On a terminal (env.stdin_isatty) this is a prompt_toolkit REPL; otherwise every line of
+    stdin is one message (slash commands work too) and the chat ends at EOF. Raises UsageError
+    for conflicting flags or an unknown --resume id before anything is printed.
+    """
+    if show_thinking and hide_thinking:
+        raise UsageError("--show-thinking and --hide-thinking cannot be used together")
+    mode: ThinkingMode = "show" if show_thinking else "hide" if hide_thinking else "fold"
+    session = ChatSession(
+        model, settings, env, history, mode=mode, think_budget=think_budget, strategy_runner=strategy_runner
+    )
+    if resume is not None:
+        session.resume(resume)
+    if env.stdin_isatty:
+        return _interactive(session)
+    return _piped(session)
+
+
+def _banner(session: ChatSession) -> None:
+    env, model = session.env, session.model
+    if session.conversation_id is not None:
+        info(env, f"resumed conversation {session.conversation_id} · {len(session.turns)} turns")
+    budget = f" · thinking budget {session.think_budget:,}" if session.think_budget else ""
+    info(env, f"qwq chat · {model.name} · ctx {model.n_ctx:,}{budget} · /help for commands · Ctrl-D exits")
+
+
+def _interactive(session: ChatSession) -> int:
+    prompt = build_prompt_session(session.env)
+    _banner(session)
+    while True:
+        try:
+            text = prompt.prompt(PROMPT)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line, ask again
+            continue
+        except EOFError:  # Ctrl-D
+            return ExitCode.OK
+        if not text.strip():
+            continue
+        try:
+            if is_command(text):
+                if run_command(session, text):
+                    return ExitCode.OK
+            else:
+                session.ask(text)
+        except KeyboardInterrupt:  # between the reply and the prompt: nothing to undo
+            continue
+        except QwqError as exc:  # one failed turn (context full, ...) does not end the chat
+            error(session.env, exc.message)
+
+
+def _piped(session: ChatSession) -> int:
+    """One message per line of stdin; the first failure's exit code is returned at EOF."""
+    code = ExitCode.OK
+    try:
+        for line in session.env.stdin:
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                continue
+            if is_command(text):
+                if run_command(session, text):
+                    break
+                continue
+            try:
+                turn = session.ask(text)
+            except QwqError as exc:
+                error(session.env, exc.message)
+                code = code or exc.exit_code
+                continue
+            if turn.stop_reason == "interrupted":
+                return ExitCode.INTERRUPTED
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    return code
+
+
+class SlashCompleter(Completer):
+    """Completes command names after "/" and strategy names after "/search "."""
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        text = document.text_before_cursor
+        if not text.startswith("/") or "\n" in text:
+            return
+        if " " not in text:
+            for command in COMMANDS.values():
+                if command.name.startswith(text):
+                    yield Completion(command.name, -len(text), display_meta=command.help)
+            return
+        word, _, arg = text.partition(" ")
+        if word == "/search" and " " not in arg:
+            for name in STRATEGIES:
+                if name.startswith(arg):
+                    yield Completion(name, -len(arg))
+
+
+def key_bindings() -> KeyBindings:
+    """Enter sends (prompt_toolkit's default); Alt-Enter, sent as Esc then Enter, adds a line."""
+    kb = KeyBindings()
+
+    @kb.add("escape", "enter")
+    def _newline(event: KeyPressEvent) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return kb
+
+
+def prompt_history(env: Env) -> PromptHistory:
+    """Typed lines persist in the user data dir; an unwritable dir falls back to memory."""
+    try:
+        env.data_dir.mkdir(parents=True, exist_ok=True)
+        path = env.data_dir / PROMPT_HISTORY_FILE
+        path.touch(exist_ok=True)
+        return FileHistory(str(path))
+    except OSError as exc:
+        warn(env, f"prompt history not kept: {exc}")
+        return InMemoryHistory()
+
+
+def build_prompt_session(env: Env) -> PromptSession[str]:
+    """The prompt: single-line submit, multi-line editing, bracketed paste, slash completion."""
+    return PromptSession(
+        history=prompt_history(env),
+        completer=SlashCompleter(),
+        complete_while_typing=True,
+        key_bindings=key_bindings(),
+        multiline=False,
+        prompt_continuation=lambda width, line_number, wrap_count: CONTINUATION.rjust(width),
+        input=env.prompt_input,
+        output=env.prompt_output,
+    )

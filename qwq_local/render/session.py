@@ -1,0 +1,234 @@
+"""One chat conversation: its turns, what the model is sent, how a reply is shown and saved.
+
+Independent of prompt_toolkit, so the interactive REPL and piped stdin share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from qwq_local.config import Settings
+from qwq_local.errors import UsageError
+from qwq_local.history import History, Turn
+from qwq_local.render.chatmodel import ChatModel, Message, StrategyRunner, TurnStats
+from qwq_local.render.console import Env, ReplyView, ThinkingMode, info, tree_line, warn
+from qwq_local.render.guard import Intervention
+from qwq_local.render.think import Segment, ThinkParser, split_thinking
+
+DIRECT = "direct"
+STRATEGIES = (DIRECT, "astar", "beam", "bon", "sc")
+
+
+@dataclass
+class Totals:
+    """Session totals for /stats."""
+
+    turns: int = 0
+    interrupted: int = 0
+    thinking_tokens: int = 0
+    answer_tokens: int = 0
+    prompt_tokens: int = 0
+    evaluated_prompt_tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, stats: TurnStats) -> None:
+        self.turns += 1
+        self.interrupted += stats.stop_reason == "interrupted"
+        self.thinking_tokens += stats.thinking_tokens
+        self.answer_tokens += stats.answer_tokens
+        self.prompt_tokens += stats.prompt_tokens
+        self.evaluated_prompt_tokens += stats.evaluated_prompt_tokens
+        self.seconds += stats.seconds
+
+
+class ChatSession:
+    """The conversation state behind `qwq chat`."""
+
+    def __init__(
+        self,
+        model: ChatModel,
+        settings: Settings,
+        env: Env,
+        history: History | None,
+        *,
+        mode: ThinkingMode = "fold",
+        think_budget: int | None = None,
+        strategy_runner: StrategyRunner | None = None,
+    ) -> None:
+        if think_budget is not None and think_budget < 1:
+            raise UsageError("--think-budget must be at least 1 token")
+        self.model = model
+        self.settings = settings
+        self.env = env
+        self.history = history
+        self.mode: ThinkingMode = mode
+        self.think_budget = think_budget
+        self.strategy_runner = strategy_runner
+        self.strategy = DIRECT
+        self.turns: list[Turn] = []
+        self.conversation_id: int | None = None
+        self.last_stats: TurnStats | None = None
+        self.totals = Totals()
+        self._last_warning: str | None = None
+
+    # --- conversation -------------------------------------------------------------------------
+
+    def messages_for(self, prompt: str) -> list[Message]:
+        """What the model is sent: earlier prompts and their final answers only, then `prompt`.
+
+        A turn interrupted before it had any answer is left out (it stays in history and /think).
+        """
+        messages: list[Message] = []
+        for turn in self.turns:
+            if turn.answer.strip():
+                messages += [Message("user", turn.prompt), Message("assistant", turn.answer)]
+        messages.append(Message("user", prompt))
+        return messages
+
+    def resume(self, conversation_id: int) -> None:
+        """Continue a stored conversation: its turns become the context."""
+        if self.history is None:
+            raise UsageError("--resume needs the history database")
+        conv = self.history.conversation(conversation_id)
+        if conv is None:
+            raise UsageError(f"no conversation {conversation_id} in history; `qwq history` lists them")
+        self.turns = self.history.turns(conversation_id)
+        self.conversation_id = conversation_id
+
+    def reset(self) -> None:
+        """Start a new conversation and forget the model's KV cache."""
+        self.turns, self.conversation_id, self.last_stats = [], None, None
+        self.model.reset()
+
+    def ask(self, prompt: str) -> Turn:
+        """Run one turn (direct or with the session's search strategy), show it, save it."""
+        if self.strategy != DIRECT and self.strategy_runner is not None:
+            turn, stats = self._search_turn(prompt)
+        else:
+            turn, stats = self._direct_turn(prompt)
+        self.last_stats = stats
+        self.totals.add(stats)
+        self._save(turn)
+        return turn
+
+    # --- a streamed reply ---------------------------------------------------------------------
+
+    def _direct_turn(self, prompt: str) -> tuple[Turn, TurnStats]:
+        clock = self.env.clock
+        guard = Intervention(budget=self.think_budget)
+        parser = ThinkParser(starts_in_thinking=self.model.thinks)
+        view = ReplyView(self.env, self.mode)
+        thinking: list[str] = []
+        answer: list[str] = []
+        start = clock()
+        thinking_seconds: float | None = None
+        before = self.model.last_stats
+        interrupted = False
+
+        def show(segments: list[Segment]) -> None:
+            for seg in segments:
+                if seg.kind == "thinking":
+                    thinking.append(seg.text)
+                    view.thinking(seg.text, guard.last_tokens or None)
+                    continue
+                fold()
+                answer.append(seg.text)
+                view.answer(seg.text)
+            fold()
+
+        def fold(cut: bool = False) -> None:
+            nonlocal thinking_seconds
+            if thinking_seconds is None and (parser.thinking_closed or cut):
+                thinking_seconds = clock() - start
+                view.end_thinking(thinking_seconds, guard.last_tokens or None, interrupted=cut, note=guard.note())
+
+        stream = self.model.stream(self.messages_for(prompt), self.settings.sampling, intervene=guard)
+        try:
+            for piece in stream:
+                show(parser.feed(piece))
+            show(parser.close())
+        except KeyboardInterrupt:
+            interrupted = True
+            _close_quietly(stream)
+            show(parser.close())
+            fold(cut=True)
+        elapsed = clock() - start
+        stats = self.model.last_stats
+        if stats is None or stats is before:  # the engine did not report: count pieces ourselves
+            stats = TurnStats(
+                thinking_tokens=guard.last_tokens or len(thinking),
+                answer_tokens=len(answer),
+                seconds=elapsed,
+                thinking_seconds=thinking_seconds or 0.0,
+                n_ctx=self.model.n_ctx,
+            )
+        if interrupted:
+            stats = replace(stats, stop_reason="interrupted")
+        view.finish(stats, self.model.n_ctx)
+        turn = self._turn(prompt, "".join(thinking), "".join(answer), DIRECT, stats)
+        return turn, stats
+
+    # --- a searched reply ---------------------------------------------------------------------
+
+    def _search_turn(self, prompt: str) -> tuple[Turn, TurnStats]:
+        assert self.strategy_runner is not None
+        clock = self.env.clock
+        view = ReplyView(self.env, self.mode)
+        info(self.env, f"searching with {self.strategy}… (Ctrl-C stops)")
+        start = clock()
+        try:
+            text, stats, tree = self.strategy_runner(prompt, self.strategy)
+        except KeyboardInterrupt:
+            stats = TurnStats(seconds=clock() - start, n_ctx=self.model.n_ctx, stop_reason="interrupted")
+            text, tree = "", ""
+        thinking, answer = split_thinking(text, starts_in_thinking=self.model.thinks)
+        if thinking.strip():
+            view.thinking_done(thinking, stats.thinking_seconds, stats.thinking_tokens)
+        if tree.strip():
+            info(self.env, tree_line(self.strategy, tree))
+        view.answer(answer)
+        view.finish(stats, self.model.n_ctx)
+        turn = self._turn(prompt, thinking, answer, self.strategy, stats)
+        turn.tree_summary = tree
+        return turn, stats
+
+    # --- bookkeeping --------------------------------------------------------------------------
+
+    def _turn(self, prompt: str, thinking: str, answer: str, strategy: str, stats: TurnStats) -> Turn:
+        return Turn(
+            prompt=prompt,
+            thinking=thinking.strip(),
+            answer=answer.strip(),
+            model=self.model.name,
+            strategy=strategy,
+            prompt_tokens=stats.prompt_tokens,
+            thinking_tokens=stats.thinking_tokens,
+            answer_tokens=stats.answer_tokens,
+            seconds=stats.seconds,
+            stop_reason=stats.stop_reason,
+            idx=len(self.turns) + 1,
+        )
+
+    def _save(self, turn: Turn) -> None:
+        self.turns.append(turn)
+        if self.history is None:
+            return
+        result = self.history.add_turn(self.conversation_id, turn)
+        if result.ok:
+            self.conversation_id = result.conversation_id
+            turn.id, turn.conversation_id = result.turn_id, result.conversation_id
+            self._last_warning = None
+        elif result.warning != self._last_warning:  # say it once, not after every turn
+            warn(self.env, result.warning or "history not saved")
+            self._last_warning = result.warning
+
+
+def _close_quietly(stream: object) -> None:
+    """Close the reply generator; a second Ctrl-C while it stops is ignored."""
+    close = getattr(stream, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except KeyboardInterrupt:
+        pass
