@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
 
 from qwq_local.config import user_data_dir
 from qwq_local.errors import QwqError
@@ -139,7 +139,7 @@ _TURN_COLUMNS = (
 
 
 def _turn(row: sqlite3.Row) -> Turn:
-    return Turn(**{key: row[key] for key in row.keys()})
+    return Turn(**dict(row))
 
 
 class History:
@@ -162,7 +162,7 @@ class History:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "History":
+    def __enter__(self) -> History:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -186,7 +186,7 @@ class History:
                     self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def _transaction(self) -> "_Transaction":
+    def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
 
     # --- writes ---------------------------------------------------------------------------

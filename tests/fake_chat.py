@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from qwq_local.config import Sampling
 from qwq_local.render.chatmodel import Intervene, Message, TurnStats

@@ -39,8 +39,8 @@ class Screen:
         self.rows = [[" "] * width for _ in range(height)]
         self.row = self.col = 0
 
-    def feed(self, data: str) -> "Screen":
-        for token in re.findall(r"\x1b\[[0-9;]*[A-Za-z]|.|\n", data, flags=re.S):
+    def feed(self, data: str) -> Screen:
+        for token in re.findall(r"\x1b\[[0-9;]*[A-Za-z]|.|\n", data, flags=re.DOTALL):
             if token.startswith(ESC):
                 self._csi(token)
             elif token == "\r":
@@ -279,7 +279,7 @@ def test_interrupted_thinking_folds_with_a_mark() -> None:
 
 
 def test_note_after_the_fold() -> None:
-    env, out, err = plain_env()
+    env, _, err = plain_env()
     view = ReplyView(env)
     view.thinking("x", 1)
     view.end_thinking(1.0, 100, note="thinking budget of 100 tokens reached; the model was told to answer now")

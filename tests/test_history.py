@@ -6,7 +6,9 @@ import json
 import multiprocessing
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,12 +23,12 @@ from qwq_local.history import (
 
 
 @pytest.fixture
-def history(tmp_path: Path) -> History:
+def history(tmp_path: Path) -> Iterator[History]:
     with History(tmp_path / "history.db") as h:
         yield h
 
 
-def turn(prompt: str, answer: str = "42", **kw: object) -> Turn:
+def turn(prompt: str, answer: str = "42", **kw: Any) -> Turn:
     return Turn(prompt=prompt, thinking=f"thinking about {prompt}", answer=answer, model="fake", **kw)
 
 
@@ -96,6 +98,7 @@ def test_search_does_not_index_thinking(history: History) -> None:
 
 def test_export_markdown_and_json(history: History) -> None:
     cid = history.add_turn(None, turn("What is 6*7?", thinking_tokens=5)).conversation_id
+    assert cid is not None
     history.add_turn(cid, turn("Search it", answer="7", strategy="astar", stop_reason="length"))
     md = history.export_markdown(cid)
     assert md.startswith("# What is 6*7?\n")
@@ -180,6 +183,7 @@ def test_two_processes_opening_a_new_database_at_once(tmp_path: Path) -> None:
 
 def test_full_disk_gives_a_warning_not_a_crash(history: History) -> None:
     cid = history.add_turn(None, turn("before")).conversation_id
+    assert cid is not None
     pages = history._conn.execute("PRAGMA page_count").fetchone()[0]
     history._conn.execute(f"PRAGMA max_page_count = {pages}")  # a real SQLITE_FULL on the next growth
     result = history.add_turn(cid, turn("big " * 50_000))

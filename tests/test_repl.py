@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ class Chat:
 
 
 @pytest.fixture
-def history(tmp_path: Path) -> History:
+def history(tmp_path: Path) -> Iterator[History]:
     with History(tmp_path / "history.db") as h:
         yield h
 
@@ -312,11 +313,12 @@ def test_search_without_a_runner_is_refused(history: History) -> None:
 
 
 def test_resume_loads_the_conversation(history: History) -> None:
-    cid = history.add_turn(None, Turn(prompt="old q", thinking="old thinking", answer="old a", model="m"))
-    c = chat("new q\r/think 1\r", history, resume=cid.conversation_id)
+    cid = history.add_turn(None, Turn(prompt="old q", thinking="old thinking", answer="old a", model="m")).conversation_id
+    assert cid is not None
+    c = chat("new q\r/think 1\r", history, resume=cid)
     assert "resumed conversation" in c.out
     assert c.sent() == [("user", "old q"), ("assistant", "old a"), ("user", "new q")]
-    assert [t.prompt for t in history.turns(cid.conversation_id)] == ["old q", "new q"]
+    assert [t.prompt for t in history.turns(cid)] == ["old q", "new q"]
     assert "old thinking" in c.out
 
 
@@ -431,8 +433,8 @@ def test_real_terminal_session_with_pexpect(tmp_path: Path) -> None:
 def test_real_terminal_folds_the_streamed_thinking_away(tmp_path: Path) -> None:
     argv, environ = _fake_chat_command(tmp_path)
     session = f"qwq-test-{os.getpid()}"
-    cmd = " ".join(f"{k}={json.dumps(v)}" for k, v in environ.items() if k in (
-        "PYTHONPATH", "QWQ_USER_PATH", "TERM", "PATH")) + f" {sys.executable} -m tests.fake_chat"
+    keep = ("PYTHONPATH", "QWQ_USER_PATH", "TERM", "PATH")
+    cmd = shlex.join(["env", *(f"{k}={environ[k]}" for k in keep if k in environ), *argv])
 
     def tmux(*args: str) -> str:
         return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True, cwd=ROOT).stdout
@@ -460,4 +462,4 @@ def test_real_terminal_folds_the_streamed_thinking_away(tmp_path: Path) -> None:
         assert "Step 40: consider case 40" in screen_when("Step 40")
         tmux("send-keys", "-t", session, "C-d")
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,7 +47,7 @@ def expected_segments(text: str, starts_in_thinking: bool) -> list[Segment]:
 
 def pieces_of(text: str, cuts: list[int]) -> list[str]:
     points = sorted({c % (len(text) + 1) for c in cuts} | {0, len(text)})
-    return [text[a:b] for a, b in zip(points, points[1:])]
+    return [text[a:b] for a, b in itertools.pairwise(points)]
 
 
 # Text built from tag fragments so splits land inside tags and near-miss tags are common.
@@ -180,7 +182,7 @@ def test_no_budget_and_varied_thinking_never_intervenes() -> None:
 
 def test_repeated_phrase_is_a_loop() -> None:
     guard = Intervention()
-    loop = "so the answer is seven because three plus four is seven and ".split()
+    loop = ["so", "the", "answer", "is", "seven", "because", "three", "plus", "four", "is", "seven", "and"]
     words = varied_words(100) + [w + " " for w in loop] * 20
     forced, at = drive(guard, words)
     assert forced == LOOP_TEXT

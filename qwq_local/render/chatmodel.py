@@ -6,8 +6,9 @@ The engine's own `Message`/`TurnStats` need only the same attributes (structural
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 from qwq_local.config import Sampling
 

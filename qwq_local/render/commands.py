@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from qwq_local.history import Turn, title_of, transcript_markdown
-from qwq_local.render.console import DIM, Env, error, info, style, write
+from qwq_local.render.console import DIM, error, info, style, write
 from qwq_local.render.session import DIRECT, STRATEGIES, ChatSession
 
 
@@ -45,8 +45,10 @@ def _help(s: ChatSession, arg: str) -> bool:
     lines = [f"  {c.usage:<{width}}  {c.help}" for c in COMMANDS.values()]
     lines += [
         "",
-        "  Enter sends · Alt-Enter (or Esc, Enter) adds a line · Ctrl-C stops a reply or clears the line"
-        " · Ctrl-D exits",
+        (
+            "  Enter sends · Alt-Enter (or Esc, Enter) adds a line · Ctrl-C stops a reply or clears"
+            " the line · Ctrl-D exits"
+        ),
     ]
     write(s.env.chrome, "\n".join(lines) + "\n")
     return False

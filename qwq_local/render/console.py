@@ -14,9 +14,10 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, TextIO
+from typing import Any, Literal, TextIO
 
 from prompt_toolkit.utils import get_cwidth
 
@@ -55,7 +56,7 @@ class Env:
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
-    ) -> "Env":
+    ) -> Env:
         """The real process (or the given streams): isatty, NO_COLOR and TERM decide the output."""
         stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
         out_tty = stdout.isatty()
@@ -69,13 +70,18 @@ class Env:
             colors=out_tty and smart and not environ.get("NO_COLOR"),
             cursor=out_tty and smart,
             data_dir=user_data_dir(environ),
-            size=lambda: tuple(shutil.get_terminal_size((80, 24))),  # type: ignore[return-value]
+            size=_terminal_size,
         )
 
     @property
     def chrome(self) -> TextIO:
         """Where thinking, folded lines and status go: the terminal, else stderr."""
         return self.stdout if self.stdout_isatty else self.stderr
+
+
+def _terminal_size() -> tuple[int, int]:
+    size = shutil.get_terminal_size((80, 24))
+    return size.columns, size.lines
 
 
 def write(stream: TextIO, text: str) -> None:

@@ -99,7 +99,7 @@ class Intervention:
         if len(words) < rule.ngram * rule.ngram_repeats:
             return None
         grams = Counter(tuple(words[i : i + rule.ngram]) for i in range(len(words) - rule.ngram + 1))
-        gram, count = grams.most_common(1)[0]
+        _, count = grams.most_common(1)[0]
         if count >= rule.ngram_repeats:
             return f"{rule.ngram} words repeated {count} times"
         return None

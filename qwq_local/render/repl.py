@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
-from prompt_toolkit.history import FileHistory, History as PromptHistory, InMemoryHistory
+from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.history import History as PromptHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from qwq_local.config import Settings

@@ -16,8 +16,9 @@ Rules (the same for any split of the reply into pieces):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 OPEN = "<think>"
 CLOSE = "</think>"
@@ -92,7 +93,9 @@ class ThinkParser:
                 return False
             self.state = "thinking"
             return True
-        tag, kind = (OPEN, "answer") if self.state == "before" else (CLOSE, "thinking")
+        before = self.state == "before"
+        tag = OPEN if before else CLOSE
+        kind: Kind = "answer" if before else "thinking"
         at = text.find(tag)
         if at >= 0:
             if at:
