@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import sqlite3
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from qwq_local.errors import UsageError
 from qwq_local.history import (
     SCHEMA_VERSION,
     History,
@@ -19,6 +21,12 @@ from qwq_local.history import (
     Turn,
     default_path,
     title_of,
+)
+from qwq_local.render.console import Env
+from qwq_local.render.history_view import (
+    print_conversations,
+    print_export,
+    print_search,
 )
 
 
@@ -224,3 +232,37 @@ def test_unreadable_file_is_a_history_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(HistoryError, match="cannot open"):
         History(path)
+
+
+# --- `qwq history` output (render/history_view.py) ----------------------------------------------
+
+
+def plain_env() -> tuple[Env, io.StringIO, io.StringIO]:
+    out, err = io.StringIO(), io.StringIO()
+    return Env(stdin=io.StringIO(), stdout=out, stderr=err), out, err
+
+
+def test_history_list_search_and_export_output(tmp_path: Path) -> None:
+    stamps = iter(f"2026-01-02T03:04:{s:02d}+00:00" for s in range(60))
+    with History(tmp_path / "h.db", clock=lambda: next(stamps)) as h:
+        env, out, err = plain_env()
+        assert print_conversations(env, h) == 0 and "no conversations yet" in err.getvalue()
+        cid = h.add_turn(None, turn("How many primes below twenty?", answer="There are 8 primes.")).conversation_id
+        assert cid is not None
+        env, out, _ = plain_env()
+        assert print_conversations(env, h) == 1
+        assert out.getvalue().splitlines()[1] == f"{cid:>4}  2026-01-02 03:04    1 turns  fake  How many primes below twenty?"
+        env, out, _ = plain_env()
+        assert print_search(env, h, "primes") == 1
+        assert out.getvalue().startswith(f"{'1.1':>8}  How many primes below twenty?  — ")
+        with pytest.raises(UsageError):
+            print_search(env, h, " ")
+        env, out, _ = plain_env()
+        print_export(env, h, None, "json")
+        assert json.loads(out.getvalue())["id"] == cid
+        env, out, _ = plain_env()
+        print_export(env, h, cid)
+        assert out.getvalue().startswith("# How many primes below twenty?")
+        with pytest.raises(UsageError, match="no conversation 42"):
+            print_export(env, h, 42)
+        assert "\x1b" not in out.getvalue()
