@@ -138,6 +138,37 @@ def solve(
               scorer=scorer, show_tree=show_tree, trace=trace)
 
 
+# ------------------------------------------------------------------------------------------ bench
+@bench_app.command("engine")
+def bench_engine_cmd(
+    model: list[str] = typer.Option(["smollm2-135m", "qwen2.5-coder-0.5b"], "--model", "-m"),
+    ks: str = typer.Option("1,2,4,8", "--k", help="Sibling counts for batched expansion."),
+    steps: int = typer.Option(48, "--steps", help="Tokens per step."),
+    kv_budget: Optional[int] = typer.Option(None, "--kv-budget"),
+    models_dir: Optional[Path] = ModelsDirOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """KV tree vs naive re-prefill (recompute ratio, wall time) and batched tok/s vs raw llama.cpp."""
+    from qwq_local.bench.run import run_engine_bench
+
+    run_engine_bench(settings_from(models_dir=models_dir), model, [int(k) for k in ks.split(",")], steps,
+                     kv_budget, as_json)
+
+
+@bench_app.command("chat")
+def bench_chat_cmd(
+    model: list[str] = typer.Option(["smollm2-135m", "qwen2.5-coder-0.5b"], "--model", "-m"),
+    max_tokens: int = typer.Option(128, "--max-tokens"),
+    runs: int = typer.Option(3, "--runs"),
+    models_dir: Optional[Path] = ModelsDirOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Decode tok/s of the qwq chat/solve path vs llama-cpp-python create_completion; 2nd-turn prompt eval."""
+    from qwq_local.bench.run import run_chat_bench
+
+    run_chat_bench(settings_from(models_dir=models_dir), model, max_tokens, runs, as_json)
+
+
 # -------------------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; QwqError becomes `error: message` and its exit code (tracebacks with --debug)."""

@@ -79,7 +79,11 @@ class TreePolicy:
         return self.model.tokenize(text)
 
     def open(self, question: str) -> int:
-        root = self.tree.root(self.prompt_tokens(question))
+        return self.open_tokens(self.prompt_tokens(question))
+
+    def open_tokens(self, tokens: list[int]) -> int:
+        """A root branch from ready prompt tokens (benchmarks, rollouts)."""
+        root = self.tree.root(tokens)
         return self._handle(_State(root, in_think=self.thinks, reply_tokens=0))
 
     def release(self, branch: int) -> None:
@@ -148,7 +152,7 @@ class TreePolicy:
         text = "".join(child.text)
         if state.in_think and stop.end_think in text:
             state.in_think = False
-            child.ending = True
+            child.ending = stop.delimiter is not None  # a whole-reply sample runs on past </think>
         elif stop.delimiter is not None and (state.in_think or not self.thinks):
             body = text.lstrip()
             if child.n_tokens >= stop.min_tokens and stop.delimiter in body:
