@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import shlex
 import shutil
@@ -336,6 +337,38 @@ def test_full_disk_warns_once_and_the_chat_goes_on(history: History) -> None:
     c = chat("q1\rq2\r/think 2\r", history, model)
     assert c.err.count("warning: history not saved: the disk is full") == 1
     assert c.out.count("\nA\n") == 2 and "thought4999" in c.out
+
+
+def test_ctrl_c_before_the_first_piece(history: History) -> None:
+    class SlowStart(FakeChat):
+        def stream(self, messages, sampling, *, intervene=None):  # type: ignore[no-untyped-def]
+            if not self.calls:
+                self.calls.append(messages)
+                raise KeyboardInterrupt  # while the engine evaluates the prompt
+            return super().stream(messages, sampling, intervene=intervene)
+
+    c = chat("q1\rq2\r", history, SlowStart())
+    assert [t.stop_reason for t in c.stored()] == ["interrupted", "eos"]
+    assert "stopped: interrupted" in c.out and "The answer is 42." in c.out
+
+
+def test_an_engine_error_mid_reply_ends_the_turn_not_the_chat(history: History) -> None:
+    class FailsMidway(FakeChat):
+        def stream(self, messages, sampling, *, intervene=None):  # type: ignore[no-untyped-def]
+            pieces = super().stream(messages, sampling, intervene=intervene)
+            if len(self.calls) > 1:
+                return pieces
+
+            def broken():  # type: ignore[no-untyped-def]
+                yield from itertools.islice(pieces, 15)
+                raise ContextTooLargeError("context full")
+
+            return broken()
+
+    c = chat("q1\rq2\r", history, FailsMidway())
+    assert "error: context full" in c.err
+    assert "\nThe\n▸ Thought for" in c.out  # the partial answer's line was ended
+    assert [t.prompt for t in c.stored()] == ["q2"]
 
 
 def test_an_engine_error_ends_the_turn_not_the_chat(history: History) -> None:

@@ -328,6 +328,12 @@ class ReplyView:
         write(self.env.stdout, text)
         self._answer_ends_with_newline = text.endswith("\n")
 
+    def abort(self) -> None:
+        """The reply failed: clear the streamed thinking and end the answer's line."""
+        self._erase()
+        if self._answer_started and not self._answer_ends_with_newline:
+            write(self.env.stdout, "\n")
+
     def finish(self, stats: TurnStats | None, n_ctx: int | None = None) -> None:
         """End the answer's line and print the status line."""
         self._erase()

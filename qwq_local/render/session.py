@@ -5,10 +5,11 @@ Independent of prompt_toolkit, so the interactive REPL and piped stdin share it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from qwq_local.config import Settings
-from qwq_local.errors import UsageError
+from qwq_local.errors import QwqError, UsageError
 from qwq_local.history import History, Turn
 from qwq_local.render.chatmodel import ChatModel, Message, StrategyRunner, TurnStats
 from qwq_local.render.console import Env, ReplyView, ThinkingMode, info, tree_line, warn
@@ -142,8 +143,9 @@ class ChatSession:
                 thinking_seconds = clock() - start
                 view.end_thinking(thinking_seconds, guard.last_tokens or None, interrupted=cut, note=guard.note())
 
-        stream = self.model.stream(self.messages_for(prompt), self.settings.sampling, intervene=guard)
+        stream: Iterator[str] | None = None
         try:
+            stream = self.model.stream(self.messages_for(prompt), self.settings.sampling, intervene=guard)
             for piece in stream:
                 show(parser.feed(piece))
             show(parser.close())
@@ -152,6 +154,10 @@ class ChatSession:
             _close_quietly(stream)
             show(parser.close())
             fold(cut=True)
+        except QwqError:  # the engine failed (context full, ...): tidy the screen, let the REPL say it
+            _close_quietly(stream)
+            view.abort()
+            raise
         elapsed = clock() - start
         stats = self.model.last_stats
         if stats is None or stats is before:  # the engine did not report: count pieces ourselves
