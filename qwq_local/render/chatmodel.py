@@ -7,8 +7,8 @@ The engine's own `Message`/`TurnStats` need only the same attributes (structural
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 from qwq_local.config import Sampling
 
@@ -24,9 +24,32 @@ class Message:
     content: str
 
 
+class Stats(Protocol):
+    """What the REPL reads of a reply's stats; the engine's own TurnStats satisfies it."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def evaluated_prompt_tokens(self) -> int: ...
+    @property
+    def thinking_tokens(self) -> int: ...
+    @property
+    def answer_tokens(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def thinking_seconds(self) -> float: ...
+    @property
+    def ctx_used(self) -> int: ...
+    @property
+    def n_ctx(self) -> int: ...
+    @property
+    def stop_reason(self) -> str: ...
+
+
 @dataclass
 class TurnStats:
-    """What one reply cost; the engine fills it in `ChatModel.last_stats`."""
+    """What one reply cost; the REPL's own copy of any `Stats` (and its fallback when none came)."""
 
     prompt_tokens: int = 0  # tokens of the whole rendered prompt this turn
     evaluated_prompt_tokens: int = 0  # tokens llama.cpp actually evaluated (KV cache reuse makes this small)
@@ -36,20 +59,33 @@ class TurnStats:
     thinking_seconds: float = 0.0
     ctx_used: int = 0
     n_ctx: int = 0
-    stop_reason: str = "eos"  # "eos" | "length" | "interrupted"
+    stop_reason: str = "eos"  # "eos" | "length" | "interrupted" (the engine may add others, e.g. "context")
+
+    @classmethod
+    def of(cls, stats: Stats) -> TurnStats:
+        return cls(**{f.name: getattr(stats, f.name) for f in fields(cls)})
 
 
 class ChatModel(Protocol):
-    """A chat model that streams a reply's text pieces and can be steered while it thinks."""
+    """A chat model that streams a reply's text pieces and can be steered while it thinks.
 
-    name: str
-    n_ctx: int
-    thinks: bool  # the chat template opens the reply inside "<think>\n"
-    last_stats: TurnStats | None
+    Read-only members and `list[Any]` messages keep the engine's own `Message`/`TurnStats`
+    classes conformant without `render/` importing the engine: messages passed are
+    `render.chatmodel.Message` objects (anything with `.role` and `.content` works).
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def n_ctx(self) -> int: ...
+    @property
+    def thinks(self) -> bool: ...  # the chat template opens the reply inside "<think>\n"
+    @property
+    def last_stats(self) -> Stats | None: ...
 
     def stream(
         self,
-        messages: list[Message],
+        messages: list[Any],
         sampling: Sampling,
         *,
         intervene: Intervene | None = None,
@@ -62,5 +98,5 @@ class ChatModel(Protocol):
         ...
 
 
-StrategyRunner = Callable[[str, str], "tuple[str, TurnStats, str]"]
+StrategyRunner = Callable[[str, str], "tuple[str, Stats, str]"]
 """strategy_runner(question, strategy) -> (reply text, stats, tree summary) for non-direct strategies."""

@@ -159,8 +159,8 @@ class ChatSession:
             view.abort()
             raise
         elapsed = clock() - start
-        stats = self.model.last_stats
-        if stats is None or stats is before:  # the engine did not report: count pieces ourselves
+        reported = self.model.last_stats
+        if reported is None or reported is before:  # the engine did not report: count pieces ourselves
             stats = TurnStats(
                 thinking_tokens=guard.last_tokens or len(thinking),
                 answer_tokens=len(answer),
@@ -168,6 +168,8 @@ class ChatSession:
                 thinking_seconds=thinking_seconds or 0.0,
                 n_ctx=self.model.n_ctx,
             )
+        else:
+            stats = TurnStats.of(reported)
         if interrupted:
             stats = replace(stats, stop_reason="interrupted")
         view.finish(stats, self.model.n_ctx)
@@ -183,7 +185,8 @@ class ChatSession:
         info(self.env, f"searching with {self.strategy}… (Ctrl-C stops)")
         start = clock()
         try:
-            text, stats, tree = self.strategy_runner(prompt, self.strategy)
+            text, reported, tree = self.strategy_runner(prompt, self.strategy)
+            stats = TurnStats.of(reported)
         except KeyboardInterrupt:
             stats = TurnStats(seconds=clock() - start, n_ctx=self.model.n_ctx, stop_reason="interrupted")
             text, tree = "", ""
