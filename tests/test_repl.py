@@ -139,6 +139,14 @@ def test_model_that_does_not_think(history: History) -> None:
     assert c.stored()[0].thinking == ""
 
 
+def test_reply_that_ends_inside_its_thinking_still_folds(history: History) -> None:
+    model = FakeChat(replies=["<think>\nstill thinking when the token limit hit"])
+    c = chat("q\r/think\r", history, model)
+    assert "▸ Thought for " in c.out and "(interrupted)" not in c.out
+    assert c.stored()[0].thinking == "still thinking when the token limit hit"
+    assert c.stored()[0].answer == ""
+
+
 def test_qwq_stream_without_the_opening_tag(history: History) -> None:
     model = FakeChat(replies=["Hmm, four.\n</think>\n\n4"])
     c = chat("2+2?\r", history, model)

@@ -137,11 +137,13 @@ class ChatSession:
                 view.answer(seg.text)
             fold()
 
-        def fold(cut: bool = False) -> None:
+        def fold(ended: bool = False, interrupted: bool = False) -> None:
+            """Fold at </think>, or when the reply ended (or was stopped) still inside its thinking."""
             nonlocal thinking_seconds
-            if thinking_seconds is None and (parser.thinking_closed or cut):
+            if thinking_seconds is None and (parser.thinking_closed or ended):
                 thinking_seconds = clock() - start
-                view.end_thinking(thinking_seconds, guard.last_tokens or None, interrupted=cut, note=guard.note())
+                view.end_thinking(thinking_seconds, guard.last_tokens or None, interrupted=interrupted,
+                                  note=guard.note())
 
         stream: Iterator[str] | None = None
         try:
@@ -149,11 +151,12 @@ class ChatSession:
             for piece in stream:
                 show(parser.feed(piece))
             show(parser.close())
+            fold(ended=True)  # e.g. the token limit hit inside the thinking
         except KeyboardInterrupt:
             interrupted = True
             _close_quietly(stream)
             show(parser.close())
-            fold(cut=True)
+            fold(ended=True, interrupted=True)
         except QwqError:  # the engine failed (context full, ...): tidy the screen, let the REPL say it
             _close_quietly(stream)
             view.abort()
