@@ -142,8 +142,11 @@ class ChatSession:
             nonlocal thinking_seconds
             if thinking_seconds is None and (parser.thinking_closed or ended):
                 thinking_seconds = clock() - start
-                view.end_thinking(thinking_seconds, guard.last_tokens or None, interrupted=interrupted,
-                                  note=guard.note())
+                tokens = guard.last_tokens or None
+                final = self.model.last_stats
+                if ended and final is not None and final is not before:  # the stream is over: exact count
+                    tokens = final.thinking_tokens
+                view.end_thinking(thinking_seconds, tokens, interrupted=interrupted, note=guard.note())
 
         stream: Iterator[str] | None = None
         try:
