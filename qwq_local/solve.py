@@ -53,7 +53,7 @@ class SolveResult:
     search: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        generated = self.thinking_tokens + self.answer_tokens
+        generated = self.search.get("generated_tokens", self.thinking_tokens + self.answer_tokens)
         out: dict[str, Any] = {
             "model": self.model,
             "strategy": self.strategy,

@@ -245,6 +245,21 @@ class KVTree:
         branch.alive = False
         self.branches.pop(branch.id, None)
 
+    def truncate(self, branch: Branch, n_tokens: int) -> None:
+        """Cut an unshared branch back to its first `n_tokens` tokens (a scratch branch reused
+        for prompts that share a prefix); its logits are stale until it is extended."""
+        span = branch.span
+        cut = branch.n_past - n_tokens
+        if cut <= 0:
+            return
+        if branch.seq is None or span is None or span.parent is not None or span.refs != 1:
+            raise ValueError("only a resident, unforked branch can be truncated")
+        llama_cpp.llama_memory_seq_rm(self.mem, branch.seq, n_tokens, -1)
+        del branch.tokens[n_tokens:]
+        span.n_tokens -= cut
+        self.stats.live_cells -= cut
+        branch.logits = branch.hidden = None
+
     def resident(self, branch: Branch) -> bool:
         return branch.seq is not None
 

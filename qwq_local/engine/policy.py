@@ -57,6 +57,7 @@ class TreePolicy:
         self._next = 0
         self._rng = random.Random(sampling.seed if sampling.seed is not None else random.randrange(2**31))
         self._generated = 0
+        self._judge: Branch | None = None
 
     @property
     def stats(self) -> LMStats:
@@ -94,6 +95,9 @@ class TreePolicy:
     def close(self) -> None:
         for handle in list(self._states):
             self.release(handle)
+        if self._judge is not None:
+            self.tree.prune(self._judge)
+            self._judge = None
 
     def _spec(self) -> SamplerSpec:
         s = self.sampling
@@ -163,21 +167,38 @@ class TreePolicy:
             child.ending = child.at_limit = True
 
     def yes_probability(self, prompt: str) -> float:
-        """P(Yes) / (P(Yes) + P(No)) for the first answer token, with thinking skipped."""
+        """P(Yes) / (P(Yes) + P(No)) for the first answer token, with thinking skipped.
+
+        Judge prompts share long prefixes (the question, earlier steps): one scratch branch keeps
+        the last prompt, is cut back to the common prefix and extended by the rest only.
+        """
         text = self.model.render_chat([Message("user", prompt)])
         if self.thinks:
             text += "" if text.endswith(THINK_OPEN) else THINK_OPEN
             text += "\n</think>\n\n"
-        root = self.tree.root(self.model.tokenize(text))
-        try:
-            logits = root.logits
-            yes = self._first_token("Yes")
-            no = self._first_token("No")
-            a, b = float(logits[yes]), float(logits[no])
-            m = max(a, b)
-            return math.exp(a - m) / (math.exp(a - m) + math.exp(b - m))
-        finally:
-            self.tree.prune(root)
+        tokens = self.model.tokenize(text)
+        judge = self._judge
+        if judge is None or not judge.alive:
+            judge = self._judge = self.tree.root(tokens)
+        else:
+            self.tree._ensure_resident(judge)
+            shared = 0
+            for a, b in zip(judge.tokens, tokens):
+                if a != b:
+                    break
+                shared += 1
+            shared = min(shared, len(tokens) - 1)
+            try:
+                self.tree.truncate(judge, shared)
+                self.tree.extend([(judge, tokens[shared:])])
+            except ValueError:  # it came back from eviction sharing cells: start it afresh
+                self.tree.prune(judge)
+                judge = self._judge = self.tree.root(tokens)
+        logits = judge.logits
+        yes, no = self._first_token("Yes"), self._first_token("No")
+        a, b = float(logits[yes]), float(logits[no])
+        m = max(a, b)
+        return math.exp(a - m) / (math.exp(a - m) + math.exp(b - m))
 
     def _first_token(self, word: str) -> int:
         return self.model.tokenize(word, bos=False)[0]

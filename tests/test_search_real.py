@@ -1,0 +1,80 @@
+"""Search strategies end to end on the real tiny model through the KV tree policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qwq_local.config import Sampling
+from qwq_local.engine.kvtree import KVTree
+from qwq_local.engine.model import LoadedModel, LoadOptions
+from qwq_local.engine.policy import TreePolicy
+from qwq_local.prompts import build_question
+from qwq_local.search.config import SearchConfig
+from qwq_local.search.protocol import StepStop
+from qwq_local.search.strategies import run
+from qwq_local.value.combine import build_scorer
+
+pytestmark = pytest.mark.model
+QUESTION = build_question("What is 12 + 30? Reply with the number.", "math")
+
+
+@pytest.fixture(scope="module")
+def model(qwen_path: Path) -> LoadedModel:
+    m = LoadedModel(qwen_path, LoadOptions(n_ctx=512))
+    yield m
+    m.close()
+
+
+def policy_for(model: LoadedModel, budget: int | None = None) -> tuple[KVTree, TreePolicy]:
+    tree = KVTree(model, n_ctx=4096, n_seq_max=32, kv_budget=budget)
+    return tree, TreePolicy(model, tree, Sampling(temperature=0.7, seed=3, max_tokens=200), thinks=False)
+
+
+def test_steps_end_at_blank_lines_and_batch_together(model: LoadedModel) -> None:
+    tree, policy = policy_for(model)
+    with tree:
+        root = policy.open(build_question("Natalia sold 48 clips in April and half as many in May. "
+                                          "How many in total?", "math"))
+        kids = policy.sample(root, 3, StepStop(min_tokens=4, max_tokens=80))
+        assert len(kids) == 3
+        for kid in kids:
+            assert kid.finished or kid.text.endswith("\n\n") or "\n\n" in kid.text or kid.n_tokens == 80
+        # K siblings cost one decode per token position, not one per branch.
+        longest = max(k.n_tokens for k in kids)
+        assert tree.stats.decode_calls <= 1 + longest + 1
+        policy.close()
+        assert not tree.branches and tree.stats.live_cells == 0
+
+
+def test_judge_reuses_its_prefix_and_matches_fresh(model: LoadedModel) -> None:
+    tree, policy = policy_for(model)
+    with tree:
+        p1 = policy.yes_probability("Question: 2+2. Step: 2+2 = 4. Is the step correct? Answer Yes or No.")
+        before = tree.stats.evaluated_tokens
+        p2 = policy.yes_probability("Question: 2+2. Step: 2+2 = 5. Is the step correct? Answer Yes or No.")
+        assert tree.stats.evaluated_tokens - before < 20  # only the differing tail was evaluated
+        policy.close()
+    tree2, fresh = policy_for(model)
+    with tree2:
+        q2 = fresh.yes_probability("Question: 2+2. Step: 2+2 = 5. Is the step correct? Answer Yes or No.")
+        fresh.close()
+    assert 0.0 <= p1 <= 1.0 and abs(p2 - q2) < 0.02
+
+
+@pytest.mark.parametrize("strategy", ["astar", "sc", "bon", "beam", "direct"])
+def test_strategy_runs_end_to_end(model: LoadedModel, strategy: str) -> None:
+    tree, policy = policy_for(model, budget=3000)
+    config = SearchConfig(candidates=2, trajectories=2, beam=4, n_samples=2, beam_width=2, max_expansions=6,
+                          thinking=False, max_reply_tokens=160, stop=StepStop(min_tokens=4, max_tokens=64))
+    with tree:
+        scorer = None if strategy in ("sc", "direct") else build_scorer(["rules", "self-eval"], policy)
+        result = run(strategy, QUESTION, config, policy, scorer)
+        policy.close()
+        assert result.text.strip()
+        assert result.strategy == strategy
+        assert tree.stats.peak_cells <= 3000
+        assert not tree.branches  # every branch released
+    if strategy == "astar":
+        assert result.expansions >= 1 and result.nodes >= 2 and result.tree
