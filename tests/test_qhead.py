@@ -8,9 +8,22 @@ import gguf
 import numpy as np
 import pytest
 
-from qwq_local.errors import ExitCode, HeadMismatchError, InputFileError, ModelFileError, QwqError
+from qwq_local.errors import (
+    ExitCode,
+    HeadMismatchError,
+    InputFileError,
+    ModelFileError,
+    QwqError,
+)
 from qwq_local.search.protocol import Candidate
-from qwq_local.value.qhead import QHead, QHeadMeta, QHeadWeights, read_head, sigmoid, write_head
+from qwq_local.value.qhead import (
+    QHead,
+    QHeadMeta,
+    QHeadWeights,
+    read_head,
+    sigmoid,
+    write_head,
+)
 
 N_EMBD = 16
 SHA = "ab" * 32
@@ -28,12 +41,12 @@ def mlp_weights(rng: np.random.Generator, n: int = N_EMBD, hidden: int = 8) -> Q
 
 
 def meta(**changes: object) -> QHeadMeta:
-    fields: dict[str, object] = dict(
-        architecture="qwen2", n_embd=N_EMBD, model_sha256=SHA, step_delimiter="\n\n",
-        training_data="gsm8k train[:100], 8 rollouts/state", n_problems=100, n_states=1234,
-        metrics={"auc": 0.8125, "ece": 0.03125, "brier": 0.1875, "accuracy": 0.75},
-        created="2025-01-02T03:04:05+00:00",
-    )
+    fields: dict[str, object] = {
+        "architecture": "qwen2", "n_embd": N_EMBD, "model_sha256": SHA, "step_delimiter": "\n\n",
+        "training_data": "gsm8k train[:100], 8 rollouts/state", "n_problems": 100, "n_states": 1234,
+        "metrics": {"auc": 0.8125, "ece": 0.03125, "brier": 0.1875, "accuracy": 0.75},
+        "created": "2025-01-02T03:04:05+00:00",
+    }
     fields.update(changes)
     return QHeadMeta(**fields)  # type: ignore[arg-type]
 
@@ -186,7 +199,8 @@ def test_scorer_uses_the_candidate_hidden_state(rng: np.random.Generator) -> Non
     head = QHead(weights, meta())
     assert head.name == "qhead"
     hidden = rng.normal(size=N_EMBD).astype(np.float32)
-    value = head.score("q", ["step 1\n\n"], Candidate("step 2\n\n", branch=1, n_tokens=3, finished=False, hidden=hidden))
+    candidate = Candidate("step 2\n\n", branch=1, n_tokens=3, finished=False, hidden=hidden)
+    value = head.score("q", ["step 1\n\n"], candidate)
     assert isinstance(value, float) and 0 <= value <= 1
     assert value == pytest.approx(float(weights.predict(hidden[None, :])[0]))
 

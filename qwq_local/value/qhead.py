@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qwq_local import __version__
-from qwq_local.errors import ExitCode, HeadMismatchError, InputFileError, ModelFileError, QwqError
+from qwq_local.errors import (
+    ExitCode,
+    HeadMismatchError,
+    InputFileError,
+    ModelFileError,
+    QwqError,
+)
 from qwq_local.search.protocol import Candidate
 
 if TYPE_CHECKING:
@@ -52,7 +59,8 @@ _CHUNK = 4096  # rows per forward pass, so a large batch never materialises a fl
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """Logistic function without overflow for large |z|."""
-    return np.exp(-np.logaddexp(0.0, -z))
+    out: np.ndarray = np.exp(-np.logaddexp(0.0, -z))
+    return out
 
 
 def _f32(a: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -126,9 +134,9 @@ class QHeadWeights:
         for start in range(0, X.shape[0], _CHUNK):
             xs = (X[start:start + _CHUNK].astype(np.float32) - self.mean) / self.std
             if self.kind == "linear":
-                z = xs @ self.w + self.b[0]  # type: ignore[operator,index]
+                z = xs @ self.w + self.b[0]  # type: ignore[index]
             else:
-                a = np.maximum(xs @ self.w1.T + self.b1, 0.0)  # type: ignore[union-attr,operator]
+                a = np.maximum(xs @ self.w1.T + self.b1, 0.0)  # type: ignore[union-attr]
                 z = a @ self.w2 + self.b2[0]  # type: ignore[index]
             out[start:start + _CHUNK] = z
         return out
@@ -181,8 +189,8 @@ def write_head(path: Path, head: QHeadWeights, meta: QHeadMeta) -> Path:
         writer.add_uint32(KEYS["n_embd"], meta.n_embd)
         writer.add_uint64(KEYS["n_problems"], meta.n_problems)
         writer.add_uint64(KEYS["n_states"], meta.n_states)
-        for name, value in meta.metrics.items():
-            writer.add_key_value(METRICS_PREFIX + name, float(value), gguf.GGUFValueType.FLOAT64)
+        for name, number in meta.metrics.items():
+            writer.add_key_value(METRICS_PREFIX + name, float(number), gguf.GGUFValueType.FLOAT64)
         for name, tensor in head.tensors().items():
             writer.add_tensor(name, tensor)
         writer.write_header_to_file()
@@ -305,7 +313,8 @@ def read_head(path: Path) -> tuple[QHeadWeights, QHeadMeta]:
     if kind not in KINDS:
         raise ModelFileError(f"{path} is not a valid Q-value head: unknown kind {kind!r}")
     if kind == "mlp" and get("activation", str) != ACTIVATION:
-        raise ModelFileError(f"{path} is not a valid Q-value head: unknown activation {fields.get(KEYS['activation'])!r}")
+        activation = fields.get(KEYS["activation"])
+        raise ModelFileError(f"{path} is not a valid Q-value head: unknown activation {activation!r}")
     names = ("mean", "std") + (("w", "b") if kind == "linear" else ("w1", "b1", "w2", "b2"))
     missing = [n for n in names if n not in tensors]
     if missing:
@@ -336,7 +345,7 @@ def read_head(path: Path) -> tuple[QHeadWeights, QHeadMeta]:
 
 
 def _check_is_head(path: Path) -> None:
-    """Cheap checks before GGUFReader: the file exists, is GGUF, and says it is a head (a model's vocab is not parsed)."""
+    """Cheap checks before GGUFReader: the file exists, is GGUF, says it is a head, and is not cut short."""
     from qwq_local.catalog.gguf_header import HeaderError, read_header
 
     if path.is_dir():
@@ -346,7 +355,9 @@ def _check_is_head(path: Path) -> None:
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
-        raise ModelFileError(f"{path} is not a GGUF file (bad magic {magic!r}), so not a Q-value head", ExitCode.NOT_GGUF)
+        raise ModelFileError(
+            f"{path} is not a GGUF file (bad magic {magic!r}), so not a Q-value head", ExitCode.NOT_GGUF
+        )
     try:
         header = read_header(path)
     except HeaderError as exc:

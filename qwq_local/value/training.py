@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,8 @@ def split_by_group(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, validation) with whole groups (problems) on one side; val gets ~val_fraction of groups.
 
-    With labels `y`, up to `tries` shuffles are drawn to find one where both sides hold both classes.
+    With labels `y`, up to `tries` shuffles are drawn to find one where both sides hold both classes (failing
+    that, one where at least the training side does).
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
@@ -151,18 +153,23 @@ def split_by_group(
     n_val = min(max(1, round(val_fraction * unique.size)), unique.size - 1)
     rng = np.random.default_rng(seed)
     positive = None if y is None else np.asarray(y) >= 0.5
-    first = None
+
+    def mixed(rows: np.ndarray) -> bool:
+        return positive is None or 0 < positive[rows].sum() < rows.size
+
+    best, best_score = None, -1
     for _ in range(tries):
         is_val_group = np.zeros(unique.size, dtype=bool)
         is_val_group[rng.permutation(unique.size)[:n_val]] = True
         is_val = is_val_group[inverse]
         split = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-        if first is None:
-            first = split
-        if positive is None or all(0 < positive[s].sum() < s.size for s in split):
-            return split
-    assert first is not None
-    return first
+        score = 2 * mixed(split[0]) + mixed(split[1])
+        if score > best_score:
+            best, best_score = split, score
+        if score == 3:
+            break
+    assert best is not None
+    return best
 
 
 def _class_weights(positive: np.ndarray, balance: bool) -> tuple[float, float]:
