@@ -257,10 +257,11 @@ def _communicate(proc: subprocess.Popen[bytes], timeout: float, cgroup: Path | N
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-    _kill_group(proc.pid)  # also whatever the code left running in the background
-    if cgroup:
-        _remove_cgroup(cgroup)  # and what left the process group
-    proc.wait()
+    finally:  # also on Ctrl-C
+        _kill_group(proc.pid)  # with whatever the code left running in the background
+        if cgroup:
+            _remove_cgroup(cgroup)  # and what left the process group
+        proc.wait()
     for reader, stream in zip(readers, streams):
         reader.join(timeout=2)
         if not reader.is_alive():

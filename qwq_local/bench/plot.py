@@ -1,0 +1,42 @@
+"""Accuracy against generated tokens, one labelled point per strategy, as a PNG (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qwq_local.bench.accuracy import AccuracyReport
+from qwq_local.errors import QwqError
+
+
+def plot_accuracy(report: AccuracyReport, path: Path, title: str | None = None) -> Path:
+    """Write the report's accuracy (Wilson 95% error bars) against mean generated tokens to `path`."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise QwqError("plotting needs matplotlib: pip install 'qwq-local[bench]'") from None
+    figure = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(figure)  # Agg without touching pyplot's global backend
+    axes = figure.add_subplot()
+    tokens = [s.mean_tokens for s in report.scores]
+    for score in report.scores:
+        accuracy = 100 * score.accuracy
+        errors = [[accuracy - 100 * score.ci_low], [100 * score.ci_high - accuracy]]
+        axes.errorbar([score.mean_tokens], [accuracy], yerr=errors, fmt="o", capsize=4, label=score.strategy)
+        axes.annotate(
+            f"{score.strategy} {accuracy:.1f}%", (score.mean_tokens, accuracy),
+            textcoords="offset points", xytext=(6, 6), fontsize=9,
+        )
+    if tokens and min(tokens) > 0 and max(tokens) / min(tokens) > 20:
+        axes.set_xscale("log")
+    axes.set_ylim(0, 100)
+    axes.set_xlabel("mean generated tokens per problem")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(title or f"{report.problems} problems, 95% Wilson intervals")
+    axes.grid(alpha=0.3)
+    if report.scores:
+        axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
