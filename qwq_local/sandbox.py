@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import resource
@@ -25,7 +24,6 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_OPEN_FILES = 64
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _SCRIPT = "main.py"
-_run_ids = itertools.count()
 
 # Runs main.py as __main__ so tracebacks name it; -I -S keep user site, env and cwd out of sys.path.
 _RUNNER = f"""\
@@ -51,14 +49,26 @@ del _socket_mod, _socket, _NoNetwork, _refuse
 
 # `unshare --fork` turns a child's death by signal into "sigprocmask unblock failed" (util-linux 2.38),
 # so a shell in between reports it as exit 128 + signal, which run_python turns back into -signal.
-_SIGNAL_AS_EXIT = ("/bin/sh", "-c", 'unset PWD; "$@"; exit $?', "sh")
-_NETNS_PROBE = "import socket; print(' '.join(name for _, name in socket.if_nameindex()))"
+_SIGNAL_AS_EXIT = 'unset PWD OLDPWD; "$@"; exit $?'
+# With a mount namespace the same shell first makes every mount read-only but the run's directory
+# (a bind mount of itself, entered anew); mounts it cannot remount stay as they were.
+_READ_ONLY = """\
+mount --bind "$PWD" "$PWD" && cd "$PWD" || exit 125
+for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+  case "$m" in /proc|/proc/*|/dev|/dev/pts) continue;; esac
+  mount -o remount,bind,ro "$m" 2>/dev/null
+done
+mount -o remount,bind,rw "$PWD" || exit 125
+"""
+_NAMESPACES = ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child")
 _ISOLATION_CANDIDATES: tuple[tuple[str, ...], ...] = (
-    ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child"),
-    ("unshare", "--net", "--pid", "--fork", "--kill-child"),
+    (*_NAMESPACES, "--mount", "/bin/sh", "-c", _READ_ONLY + _SIGNAL_AS_EXIT, "sh"),
+    (*_NAMESPACES, "/bin/sh", "-c", _SIGNAL_AS_EXIT, "sh"),
+    ("unshare", "--net", "--pid", "--fork", "--kill-child", "/bin/sh", "-c", _SIGNAL_AS_EXIT, "sh"),
     ("unshare", "--user", "--map-root-user", "--net"),
     ("unshare", "--net"),
 )
+_PROBE = "import socket; print(' '.join(name for _, name in socket.if_nameindex()))"
 
 
 @dataclass(frozen=True)
@@ -74,20 +84,24 @@ class SandboxResult:
 
 @cache
 def _isolation_prefix() -> tuple[str, ...]:
-    """The first `unshare` command line that really gives a loopback-only network here, else ()."""
+    """The first `unshare` command line that really gives a loopback-only network here, else ().
+
+    Tried once per process, in order of how much each isolates; each is run as run_python would.
+    """
     if shutil.which("unshare") is None:
         return ()
-    for prefix in _ISOLATION_CANDIDATES:
-        try:
-            probe = subprocess.run(
-                [*prefix, sys.executable, "-I", "-S", "-c", _NETNS_PROBE],
-                check=False, capture_output=True, text=True, timeout=10, env={"PATH": _PATH},
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if probe.returncode == 0 and probe.stdout.split() == ["lo"]:
-            return prefix
+    with tempfile.TemporaryDirectory(prefix="qwq-sandbox-probe-") as workdir:
+        for prefix in _ISOLATION_CANDIDATES:
+            try:
+                probe = subprocess.run(
+                    [*prefix, sys.executable, "-I", "-S", "-c", _PROBE],
+                    check=False, capture_output=True, text=True, timeout=10, env={"PATH": _PATH},
+                    stdin=subprocess.DEVNULL, cwd=workdir,
+                )
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if probe.returncode == 0 and probe.stdout.split() == ["lo"]:
+                return prefix
     return ()
 
 
@@ -135,12 +149,12 @@ def _pids_cgroup_parent() -> Path | None:
     return None
 
 
-def _make_pids_cgroup() -> Path | None:
+def _make_pids_cgroup(name: str) -> Path | None:
     """A fresh cgroup allowing MAX_PROCESSES tasks, or None where cgroups can't be written."""
     parent = _pids_cgroup_parent()
     if parent is None:
         return None
-    group = parent / f"qwq-sandbox-{os.getpid()}-{next(_run_ids)}"
+    group = parent / name
     try:
         group.mkdir()
         (group / "pids.max").write_text(str(MAX_PROCESSES))
@@ -272,16 +286,20 @@ def _communicate(proc: subprocess.Popen[bytes], timeout: float, cgroup: Path | N
 def run_python(
     code: str, *, timeout: float = 10, memory_mb: int = 512, cpu_seconds: int | None = None
 ) -> SandboxResult:
-    """Run `code` as a script in an isolated interpreter with no network, small limits and a temp cwd."""
+    """Run `code` as a script (`python -I -S`, __main__) in a fresh temp cwd that is removed afterwards.
+
+    Where the kernel allows: new user, network (loopback only), pid and mount namespaces, every
+    mount read-only but the temp dir, and a pids cgroup; else a socket guard. Always: rlimits on
+    memory, CPU, open files and file size, env PATH only, stdin /dev/null, the process group killed
+    after `timeout` seconds (or at the end), output cut to OUTPUT_LIMIT bytes.
+    """
     prefix = _isolation_prefix()
     forks = "--fork" in prefix
-    if forks:
-        prefix = (*prefix, *_SIGNAL_AS_EXIT)
     runner = _RUNNER if prefix else _NO_NETWORK + _RUNNER
     cpu = cpu_seconds if cpu_seconds is not None else math.ceil(timeout) + 1
     nproc = _user_process_count() + MAX_PROCESSES if os.getuid() != 0 else None  # root ignores NPROC
     workdir = tempfile.mkdtemp(prefix="qwq-sandbox-")
-    cgroup = _make_pids_cgroup()
+    cgroup = _make_pids_cgroup(os.path.basename(workdir))
     try:
         Path(workdir, _SCRIPT).write_text(code, encoding="utf-8")
         proc = subprocess.Popen(
