@@ -138,6 +138,71 @@ def solve(
               scorer=scorer, show_tree=show_tree, trace=trace)
 
 
+# ------------------------------------------------------------------------------------------- chat
+@app.command()
+def chat(
+    model: Optional[str] = ModelOpt,
+    show_thinking: bool = typer.Option(False, "--show-thinking", help="Keep thinking open."),
+    hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Only a spinner while thinking."),
+    think_budget: Optional[int] = typer.Option(None, "--think-budget", help="Close thinking after N tokens."),
+    resume: Optional[int] = typer.Option(None, "--resume-id", hidden=True),
+    resume_latest: bool = typer.Option(False, "--resume", help="Continue the latest conversation; --resume ID that one."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    ctx: Optional[int] = CtxOpt,
+    gpu_layers: Optional[str] = GpuOpt,
+    models_dir: Optional[Path] = ModelsDirOpt,
+) -> None:
+    """Interactive chat with folded thinking (piped stdin: one message a line)."""
+    from qwq_local.chat_cmd import run_chat_cmd
+
+    settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
+                             gpu_layers=gpu_layers, models_dir=models_dir)
+    code = run_chat_cmd(settings, show_thinking=show_thinking, hide_thinking=hide_thinking,
+                        think_budget=think_budget, resume=resume, resume_latest=resume_latest)
+    if code:
+        raise typer.Exit(code)
+
+
+def _history_env():
+    from qwq_local.config import user_data_dir
+    from qwq_local.history import History
+    from qwq_local.render.console import Env
+
+    return Env.from_process(), History(user_data_dir() / "history.db")
+
+
+@history_app.callback()
+def history_list(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n")) -> None:
+    """List saved conversations (newest first)."""
+    if ctx.invoked_subcommand is None:
+        from qwq_local.render.history_view import print_conversations
+
+        env, history = _history_env()
+        print_conversations(env, history, limit=limit)
+
+
+@history_app.command("search")
+def history_search(text: str = typer.Argument(...)) -> None:
+    """Full-text search over prompts and answers."""
+    from qwq_local.render.history_view import print_search
+
+    env, history = _history_env()
+    print_search(env, history, text)
+
+
+@history_app.command("show")
+def history_show(conversation: Optional[int] = typer.Argument(None, help="ID (default: latest)."),
+                 markdown: bool = typer.Option(True, "--markdown/--no-markdown"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Export one conversation as markdown or JSON."""
+    from qwq_local.render.history_view import print_export
+
+    env, history = _history_env()
+    print_export(env, history, conversation, "json" if as_json else "markdown")
+
+
 # ------------------------------------------------------------------------------------------ bench
 @bench_app.command("engine")
 def bench_engine_cmd(
@@ -170,10 +235,20 @@ def bench_chat_cmd(
 
 
 # -------------------------------------------------------------------------------------- entry point
+def _resume_with_id(args: list[str]) -> list[str]:
+    """`qwq chat --resume 12` means --resume-id 12; a bare `--resume` continues the latest conversation."""
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--resume" and out[i + 1].isdigit():
+            out[i] = "--resume-id"
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; QwqError becomes `error: message` and its exit code (tracebacks with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("QWQ_DEBUG") == "1"
+    args = _resume_with_id(args)
     try:
         code = app(args=args, prog_name="qwq", standalone_mode=False)
     except QwqError as exc:

@@ -1,0 +1,61 @@
+"""Runs `qwq chat`: loads the model once, and gives the REPL a runner for search strategies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwq_local import runtime
+from qwq_local.config import Settings
+from qwq_local.engine.chat import TurnStats
+
+
+def run_chat_cmd(settings: Settings, *, show_thinking: bool, hide_thinking: bool, think_budget: int | None,
+                 resume: int | None, resume_latest: bool) -> int:
+    from qwq_local.engine.chat import LlamaChat
+    from qwq_local.history import History
+    from qwq_local.render.console import Env
+    from qwq_local.render.repl import run_chat
+
+    env = Env.from_process()
+    history = History(settings.data_dir / "history.db")
+    if resume_latest and resume is None:
+        resume = history.latest_id()
+    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    model = runtime.load(plan, settings)
+    # A thinking budget makes even a model that does not think on its own open a <think> section.
+    chat = LlamaChat(model, think=True if (plan.thinks or think_budget) else None)
+    chat.name = settings.model
+    try:
+        return run_chat(chat, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
+                        think_budget=think_budget, resume=resume,
+                        strategy_runner=_strategy_runner(model, plan, settings))
+    finally:
+        model.close()
+
+
+def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
+    """`/search astar|beam|bon|sc`: answer the turn with search on the KV tree (chat cache untouched)."""
+
+    def run(question: str, strategy: str) -> tuple[str, TurnStats, str]:
+        from qwq_local.search.config import SearchConfig
+        from qwq_local.solve import solve_search
+        from qwq_local.solve_cmd import DEFAULT_SCORERS, _load_head
+
+        head = _load_head(plan, required=False)
+        names = [] if strategy == "sc" else (["qhead"] if head is not None else DEFAULT_SCORERS)
+        config = SearchConfig(thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
+                              candidates=4, trajectories=4, beam=8, n_samples=4, beam_width=3)
+        result = solve_search(model, question, "plain", settings.sampling, strategy, config, names,
+                              thinks=plan.thinks, head=head, n_ctx=plan.n_ctx)
+        search = result.search
+        search.pop("_tree", None)
+        text = (f"<think>\n{result.thinking}\n</think>\n\n" if result.thinking else "") + result.answer
+        stats = TurnStats(result.prompt_tokens, search.get("evaluated_tokens", 0), result.thinking_tokens,
+                          result.answer_tokens, result.seconds, 0.0, search.get("peak_kv_tokens", 0),
+                          plan.n_ctx, "eos")
+        summary = (f"{strategy}: {search.get('expansions', 0)} expansions · {search.get('nodes', 0)} nodes · "
+                   f"{search.get('generated_tokens', 0)} generated · answers {search.get('terminal_answers')} · "
+                   f"scorer {search.get('scorer') or '-'}")
+        return text, stats, summary
+
+    return run
