@@ -122,6 +122,8 @@ def solve(
     agg: str = typer.Option("min", "--agg", help="min | max | sum | mean | last"),
     scorer: Optional[str] = typer.Option(None, "--scorer", help="qhead | self-eval | rules, comma-separated."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the search."),
+    max_expansions: int = typer.Option(200, "--max-expansions", help="Most expansions (sample calls)."),
+    max_depth: int = typer.Option(200, "--max-depth", help="Most steps in a path."),
     kv_budget: Optional[int] = typer.Option(None, "--kv-budget", help="KV cells the search may hold."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
@@ -134,7 +136,8 @@ def solve(
                              models_dir=models_dir, kv_budget=kv_budget)
     run_solve(settings, file, strategy=strategy, fmt=fmt, show_thinking=show_thinking, as_json=as_json,
               search=dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
-                          time_limit=time_limit, max_tokens=max_tokens),
+                          time_limit=time_limit, max_tokens=max_tokens, max_expansions=max_expansions,
+                          max_depth=max_depth),
               scorer=scorer, show_tree=show_tree, trace=trace)
 
 

@@ -28,6 +28,8 @@ def run_solve(settings: Settings, file: str, *, strategy: str, fmt: str, show_th
     problem = read_problem(file)
     resolved = runtime.locate(settings.model, settings)
     plan = runtime.plan_model(resolved, settings)
+    if strategy != "direct":
+        search = dict(search, config=search_config(search, plan, settings))
     model = runtime.load(plan, settings)
     try:
         if strategy == "direct":
@@ -47,9 +49,10 @@ def run_solve(settings: Settings, file: str, *, strategy: str, fmt: str, show_th
             typer.echo(result.thinking + "\n\n---\n")
         typer.echo(result.answer)
     if show_tree and tree is not None:
+        from qwq_local.render.console import Env
         from qwq_local.tree_view import render_tree
 
-        typer.echo(render_tree(tree), err=False)
+        typer.echo(render_tree(tree, color=Env.from_process().colors))
     if result.final_answer is not None:
         typer.echo(f"\nFinal answer: {result.final_answer}", err=True)
 
@@ -81,8 +84,6 @@ def _direct(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, setting
 
 def _search(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
             strategy: str, opts: dict[str, Any], scorer: str | None) -> SolveResult:
-    from qwq_local.search.config import SearchConfig
-
     names = [s.strip() for s in scorer.split(",")] if scorer else None
     head = None
     if names is None or "qhead" in names:
@@ -91,18 +92,28 @@ def _search(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, setting
             names = ["qhead"] if head is not None else DEFAULT_SCORERS
             if head is None and strategy in ("astar", "beam", "bon"):
                 typer.echo(f"note: no Q-value head for this model; scoring with {'+'.join(names)}", err=True)
-    config = SearchConfig(
-        candidates=opts["candidates"], trajectories=opts["trajectories"], beam=opts["beam"],
-        lam=opts["lam"], agg=opts["agg"], time_limit=opts["time_limit"],
-        n_samples=opts["trajectories"], beam_width=min(opts["beam"], 4),
-        thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
-        max_generated_tokens=None,
-    )
+    config = opts["config"]
     if strategy == "sc":
         names = []
     return solve_search(model, problem, fmt, settings.sampling, strategy, config, names,
                         thinks=plan.thinks, head=head, kv_budget=settings.kv_budget or None,
                         n_ctx=plan.n_ctx)
+
+
+def search_config(opts: dict[str, Any], plan: runtime.ModelPlan, settings: Settings) -> Any:
+    """SearchConfig from the CLI's search options; a bad value is a usage error, not a traceback."""
+    from qwq_local.search.config import SearchConfig
+
+    try:
+        return SearchConfig(
+            candidates=opts["candidates"], trajectories=opts["trajectories"], beam=opts["beam"],
+            lam=opts["lam"], agg=opts["agg"], time_limit=opts.get("time_limit"),
+            max_expansions=opts.get("max_expansions", 200), max_depth=opts.get("max_depth", 200),
+            n_samples=opts["trajectories"], beam_width=min(opts["beam"], 4),
+            thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _load_head(plan: runtime.ModelPlan, required: bool) -> Any:

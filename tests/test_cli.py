@@ -98,3 +98,24 @@ def test_solve_gsm8k_problem_at_temperature_zero(capsys: pytest.CaptureFixture[s
     assert data["final_answer"] == "72"
     assert data["strategy"] == "direct" and data["tokens"]["answer"] > 0 and data["tokens_per_second"] > 0
     assert "\\boxed{72}" in data["answer"]
+
+
+@pytest.mark.model
+def test_solve_astar_shows_and_traces_the_tree(capsys: pytest.CaptureFixture[str], qwen_path: Path,
+                                               tmp_path: Path) -> None:
+    trace = tmp_path / "tree.json"
+    code, out, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path), "--strategy", "astar",
+                              "--candidates", "2", "--trajectories", "1", "--beam", "4", "--max-expansions", "4",
+                              "--max-tokens", "200", "--ctx", "2048", "--seed", "1", "--scorer", "rules",
+                              "--show-tree", "--trace", str(trace)], capsys)
+    assert code == 0, err
+    assert "★ question" in out and "chosen path: 0 → " in out and "g=" in out
+    data = json.loads(trace.read_text())
+    assert 1 <= data["result"]["expansions"] <= 4
+    assert {n["id"] for n in data["tree"] if n["chosen"]} == set(data["result"]["chosen_path"])
+
+
+def test_bad_search_option_is_a_usage_error(capsys: pytest.CaptureFixture[str], qwen_path: Path) -> None:
+    code, _, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path), "--strategy", "astar",
+                            "--candidates", "0"], capsys)
+    assert code == ExitCode.USAGE and "candidates" in err and err.count("\n") == 1
