@@ -237,6 +237,41 @@ def bench_chat_cmd(
     run_chat_bench(settings_from(models_dir=models_dir), model, max_tokens, runs, as_json)
 
 
+@bench_app.command("accuracy")
+def bench_accuracy_cmd(
+    data: str = typer.Option("gsm8k", "--data", help="gsm8k | math500 | mbpp | FILE.jsonl"),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="The first N problems."),
+    strategy: str = typer.Option("direct,sc@4,bon@4,astar", "--strategy", "-s",
+                                 help="Comma-separated NAME[@N][:SCORER+SCORER]."),
+    model: Optional[str] = ModelOpt,
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Default: one seed per problem."),
+    max_tokens: Optional[int] = typer.Option(512, "--max-tokens", help="Tokens of one reply."),
+    ctx: Optional[int] = CtxOpt,
+    candidates: int = typer.Option(4, "--candidates", "-K"),
+    trajectories: int = typer.Option(4, "--trajectories", "-N"),
+    beam: int = typer.Option(8, "--beam", "-B"),
+    lam: float = typer.Option(1.0, "--lambda"),
+    agg: str = typer.Option("min", "--agg"),
+    max_expansions: int = typer.Option(40, "--max-expansions"),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds per search."),
+    results: Optional[Path] = typer.Option(None, "--results", help="JSONL of runs; a rerun resumes it."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against generated tokens."),
+    as_json: bool = typer.Option(False, "--json"),
+    gpu_layers: Optional[str] = GpuOpt,
+    models_dir: Optional[Path] = ModelsDirOpt,
+) -> None:
+    """Accuracy, generated tokens and seconds per problem of each strategy on the same problems."""
+    from qwq_local.bench.accuracy_run import run_accuracy_bench
+
+    settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
+                             gpu_layers=gpu_layers, models_dir=models_dir)
+    run_accuracy_bench(settings, data, limit, strategy,
+                       dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
+                            max_expansions=max_expansions, time_limit=time_limit),
+                       results, as_json, plot)
+
+
 # -------------------------------------------------------------------------------------- entry point
 def _resume_with_id(args: list[str]) -> list[str]:
     """`qwq chat --resume 12` means --resume-id 12; a bare `--resume` continues the latest conversation."""

@@ -38,6 +38,31 @@ class LoadOptions:
     verbose: bool = False
 
 
+def physical_cores() -> int:
+    """Physical CPU cores this process may use (llama.cpp's choice for decode threads; hyperthreads hurt).
+
+    llama-cpp-python's own default, half the logical CPUs, leaves one of two cores idle on a small VM.
+    """
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        cores = set()
+        block: dict[str, str] = {}
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in [*f, ""]:
+                if not line.strip():
+                    if "core id" in block:
+                        cores.add((block.get("physical id", "0"), block["core id"]))
+                    block = {}
+                elif ":" in line:
+                    key, _, value = line.partition(":")
+                    block[key.strip()] = value.strip()
+        if cores:
+            return max(1, min(len(cores), logical))
+    except OSError:
+        pass
+    return max(1, logical)
+
+
 @contextlib.contextmanager
 def _quiet(enabled: bool) -> Iterator[None]:
     """Silence llama.cpp's C-level stderr chatter while loading unless verbose."""
@@ -79,7 +104,8 @@ class LoadedModel:
                     n_ctx=options.n_ctx,
                     n_batch=options.n_batch,
                     n_gpu_layers=options.n_gpu_layers,
-                    n_threads=options.n_threads,
+                    n_threads=options.n_threads or physical_cores(),
+                    n_threads_batch=options.n_threads or (os.cpu_count() or 1),
                     seed=options.seed,
                     verbose=options.verbose,
                     **kwargs,

@@ -1,0 +1,130 @@
+"""`qwq bench accuracy`: every strategy on the same problems with one loaded model; table, JSON, plot.
+
+A strategy is written NAME[@N][:SCORER+SCORER], e.g. `direct`, `sc@8`, `bon@4:qhead`, `astar:self-eval+rules`.
+@N sets the samples of sc/bon and the trajectories of astar/beam; without a scorer the model's Q-value head
+is used when the catalog ships one, else self-eval+rules.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from qwq_local import runtime
+from qwq_local.bench.accuracy import Outcome, format_table, run_accuracy
+from qwq_local.bench.datasets import Problem, load_problems
+from qwq_local.config import Settings
+from qwq_local.errors import UsageError
+
+SPEC = re.compile(r"^(direct|astar|beam|bon|sc)(?:@(\d+))?(?::([a-z+\-]+))?$")
+SCORERS = ("qhead", "self-eval", "rules")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    label: str
+    name: str
+    n: int | None
+    scorers: tuple[str, ...] | None  # None: the default for the model
+
+
+def parse_strategy(text: str) -> StrategySpec:
+    match = SPEC.match(text.strip())
+    if not match:
+        raise UsageError(f"bad strategy {text!r}: write NAME[@N][:SCORER+SCORER], NAME one of "
+                         "direct, astar, beam, bon, sc")
+    name, n, scorers = match.group(1), match.group(2), match.group(3)
+    names = tuple(scorers.split("+")) if scorers else None
+    for scorer in names or ():
+        if scorer not in SCORERS:
+            raise UsageError(f"unknown scorer {scorer!r} in {text!r}; choose from {', '.join(SCORERS)}")
+    if n is not None and int(n) < 1:
+        raise UsageError(f"{text!r}: N must be at least 1")
+    if name in ("direct", "sc") and names:
+        raise UsageError(f"{text!r}: {name} takes no scorer")
+    if name == "direct" and n is not None:
+        raise UsageError(f"{text!r}: direct takes no @N")
+    return StrategySpec(text.strip(), name, int(n) if n else None, names)
+
+
+def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, opts: dict[str, Any],
+                       results: Path | None, as_json: bool, plot: Path | None) -> None:
+    from qwq_local.solve_cmd import DEFAULT_SCORERS, _load_head, search_config
+
+    specs = [parse_strategy(s) for s in strategies.split(",") if s.strip()]
+    problems = load_problems(data, limit)
+    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    configs = {s.label: _config(s, opts, plan, settings, search_config) for s in specs}
+    needs_head = any(s.scorers is None or "qhead" in s.scorers for s in specs if s.name not in ("direct", "sc"))
+    head = _load_head(plan, required=any("qhead" in (s.scorers or ()) for s in specs)) if needs_head else None
+    default = ("qhead",) if head is not None else tuple(DEFAULT_SCORERS)
+    if needs_head and head is None and not as_json:
+        typer.echo(f"note: no Q-value head for this model; default scorer {'+'.join(default)}", err=True)
+    model = chat = None
+    try:
+        def solve(problem: Problem, label: str) -> Outcome:
+            nonlocal model, chat
+            model = model or runtime.load(plan, settings)  # not at all when every run is in the results
+            spec = next(s for s in specs if s.label == label)
+            sampling = settings.sampling
+            if sampling.seed is None:  # the same draws for a problem whatever ran before it
+                sampling = replace(sampling, seed=_seed(problem.id))
+            if spec.name == "direct":
+                from qwq_local.engine.chat import LlamaChat
+                from qwq_local.solve import solve_direct
+
+                chat = chat or LlamaChat(model, think=True if plan.thinks else None)
+                result = solve_direct(chat, problem.prompt, problem.format, sampling)
+                generated = result.thinking_tokens + result.answer_tokens
+            else:
+                from qwq_local.solve import solve_search
+
+                scorers = [] if spec.name == "sc" else list(spec.scorers or default)
+                result = solve_search(model, problem.prompt, problem.format, sampling, spec.name,
+                                      configs[label], scorers, thinks=plan.thinks,
+                                      head=head if "qhead" in scorers else None,
+                                      kv_budget=settings.kv_budget or None, n_ctx=plan.n_ctx)
+                result.search.pop("_tree", None)
+                generated = result.search["generated_tokens"]
+            text = (result.thinking + "\n</think>\n\n" if result.thinking else "") + result.answer
+            extra = {k: result.search[k] for k in ("expansions", "evaluated_tokens", "terminal_answers")
+                     if k in result.search}
+            return Outcome(result.final_answer, text, generated, result.seconds, extra)
+
+        started = time.perf_counter()
+        report = run_accuracy(problems, [s.label for s in specs], solve, results)
+    finally:
+        if model is not None:
+            model.close()
+    if as_json:
+        typer.echo(report.to_json())
+    else:
+        typer.echo(f"{data}: {len(problems)} problems · model {settings.model} · "
+                   f"{time.perf_counter() - started:.0f} s this run")
+        typer.echo(format_table(report))
+    if plot is not None:
+        from qwq_local.bench.plot import plot_accuracy
+
+        plot_accuracy(report, plot, title=f"{data} · {settings.model}")
+        if not as_json:
+            typer.echo(f"plot: {plot}")
+
+
+def _config(spec: StrategySpec, opts: dict[str, Any], plan: Any, settings: Settings, search_config: Any) -> Any:
+    if spec.name == "direct":
+        return None
+    opts = dict(opts)
+    if spec.n is not None:
+        opts["trajectories"] = spec.n
+    return search_config(opts, plan, settings)
+
+
+def _seed(problem_id: str) -> int:
+    import zlib
+
+    return zlib.crc32(problem_id.encode()) & 0x7FFFFFFF

@@ -1,0 +1,57 @@
+"""`qwq bench accuracy` end to end on the real tiny model, and its strategy specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwq_local.bench.accuracy_run import StrategySpec, parse_strategy
+from qwq_local.cli import main
+from qwq_local.errors import ExitCode, UsageError
+
+
+def test_strategy_specs() -> None:
+    assert parse_strategy("direct") == StrategySpec("direct", "direct", None, None)
+    assert parse_strategy("sc@8") == StrategySpec("sc@8", "sc", 8, None)
+    assert parse_strategy("astar:qhead+rules") == StrategySpec("astar:qhead+rules", "astar", None,
+                                                                ("qhead", "rules"))
+    assert parse_strategy(" bon@4:self-eval ").scorers == ("self-eval",)
+    for bad in ("dfs", "sc:rules", "direct@3", "astar:magic", "bon@0", "astar@"):
+        with pytest.raises(UsageError):
+            parse_strategy(bad)
+
+
+@pytest.mark.model
+def test_bench_accuracy_runs_resumes_and_plots(tmp_path: Path, qwen_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "easy.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"p{i}", "question": q, "answer": a}) for i, (q, a) in
+                              enumerate([("What is 2 + 3?", "#### 5"), ("What is 10 - 4?", "#### 6")])) + "\n")
+    results, plot = tmp_path / "runs.jsonl", tmp_path / "acc.png"
+    args = ["bench", "accuracy", "--data", str(data), "--strategy", "direct,sc@2,astar:rules", "--model",
+            str(qwen_path), "--max-tokens", "120", "--ctx", "2048", "--candidates", "2", "--trajectories", "1",
+            "--max-expansions", "3", "--results", str(results), "--plot", str(plot), "--json"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["problems"] == 2 and report["pending"] == 0
+    by_name = {s["strategy"]: s for s in report["scores"]}
+    assert set(by_name) == {"direct", "sc@2", "astar:rules"}
+    assert by_name["direct"]["correct"] >= 1  # the 0.5B model adds small numbers
+    assert all(s["mean_tokens"] > 0 and s["errors"] == 0 for s in by_name.values())
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = results.read_text().splitlines()
+    assert len(runs) == 6
+    with pytest.raises(SystemExit):  # a rerun finds every run done and loads nothing new
+        main(args)
+    assert json.loads(capsys.readouterr().out)["scores"] == report["scores"]
+    assert results.read_text().splitlines() == runs
+
+
+def test_bench_accuracy_bad_strategy_is_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "accuracy", "--strategy", "direct,dfs"])
+    assert exc.value.code == ExitCode.USAGE and "bad strategy" in capsys.readouterr().err
