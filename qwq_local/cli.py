@@ -206,6 +206,49 @@ def history_show(conversation: Optional[int] = typer.Argument(None, help="ID (de
     print_export(env, history, conversation, "json" if as_json else "markdown")
 
 
+# ------------------------------------------------------------------------------------------- head
+@app.command("train-head")
+def train_head_cmd(
+    model: Optional[str] = ModelOpt,
+    data: str = typer.Option("gsm8k-train", "--data", help="gsm8k-train or a training FILE.jsonl."),
+    problems: int = typer.Option(200, "--problems", help="The first N problems."),
+    rollouts: int = typer.Option(4, "--rollouts", help="M completions from after each step."),
+    out: Path = typer.Option(..., "--out", help="The head file to write (.gguf)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Label store (default OUT.labels.jsonl)."),
+    kind: str = typer.Option("linear", "--kind", help="linear | mlp"),
+    target: str = typer.Option("max", "--target", help="Q label: max (Q*) or mean over rollouts."),
+    max_steps: int = typer.Option(12, "--max-steps", help="Steps of each sampled trajectory."),
+    reply_tokens: int = typer.Option(384, "--reply-tokens", help="Token limit of a rollout."),
+    train_only: bool = typer.Option(False, "--train-only", help="Train on the labels already stored."),
+    epochs: int = typer.Option(200, "--epochs"),
+    seed: int = typer.Option(0, "--seed"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
+    ctx: Optional[int] = CtxOpt,
+    kv_budget: Optional[int] = typer.Option(None, "--kv-budget"),
+    gpu_layers: Optional[str] = GpuOpt,
+    models_dir: Optional[Path] = ModelsDirOpt,
+) -> None:
+    """Label steps by rollouts (resumable) and train a Q-value head on the policy's hidden states."""
+    from qwq_local.train_cmd import run_train_head
+
+    if data in ("gsm8k", "math500", "mbpp"):
+        raise UsageError(f"{data} is a test set: train on gsm8k-train or your own FILE.jsonl")
+    settings = settings_from(model=model, temperature=temperature, ctx=ctx or 4096, gpu_layers=gpu_layers,
+                             models_dir=models_dir, kv_budget=kv_budget)
+    run_train_head(settings, data=data, problems=problems, rollouts=rollouts, out=out, labels=labels, kind=kind,
+                   target=target, max_steps=max_steps, reply_tokens=reply_tokens, train_only=train_only,
+                   seed=seed, epochs=epochs)
+
+
+@head_app.command("info")
+def head_info_cmd(path: Path = typer.Argument(..., help="A Q-value head .gguf."),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """A head's metadata (backbone, layer, training data) and held-out metrics."""
+    from qwq_local.train_cmd import run_head_info
+
+    run_head_info(path, as_json)
+
+
 # ------------------------------------------------------------------------------------------ bench
 @bench_app.command("engine")
 def bench_engine_cmd(

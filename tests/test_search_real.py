@@ -78,3 +78,16 @@ def test_strategy_runs_end_to_end(model: LoadedModel, strategy: str) -> None:
         assert not tree.branches  # every branch released
     if strategy == "astar":
         assert result.expansions >= 1 and result.nodes >= 2 and result.tree
+
+
+def test_every_candidate_has_a_hidden_state_even_at_eos(model: LoadedModel) -> None:
+    """A Q-value head scores finished replies too: the EOS is decoded for their hidden state."""
+    tree = KVTree(model, n_ctx=2048, n_seq_max=8, hidden=True)
+    policy = TreePolicy(model, tree, Sampling(temperature=0.7, seed=5, max_tokens=64), thinks=False)
+    with tree:
+        root = policy.open("Reply with the single word OK.")
+        kids = policy.sample(root, 3, StepStop(delimiter=None, min_tokens=0, max_tokens=64))
+        assert any(k.finished for k in kids)
+        for kid in kids:
+            assert kid.hidden is not None and kid.hidden.shape == (model.n_embd,)
+        policy.close()

@@ -9,7 +9,7 @@ from typing import Sequence
 import llama_cpp
 import numpy as np
 
-from qwq_local.engine.model import LoadedModel
+from qwq_local.engine.model import LoadedModel, _quiet
 from qwq_local.errors import OutOfMemoryError, QwqError
 
 
@@ -162,7 +162,8 @@ class KVTree:
         if hidden:
             params.embeddings = True
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
-        self.ctx = llama_cpp.llama_init_from_model(model.model_ptr, params)
+        with _quiet(not model.options.verbose):  # llama.cpp logs the context set-up on stderr
+            self.ctx = llama_cpp.llama_init_from_model(model.model_ptr, params)
         if not self.ctx:
             raise OutOfMemoryError(f"llama.cpp could not create a {n_ctx}-token tree context")
         self.mem = llama_cpp.llama_get_memory(self.ctx)

@@ -33,6 +33,7 @@ class _Child:
     n_tokens: int = 0
     ending: bool = False
     finished: bool = False  # EOS sampled
+    flush: bool = False  # decode the EOS too, for the hidden state at the reply's end
     at_limit: bool = False  # the whole reply reached its token limit
 
 
@@ -118,7 +119,7 @@ class TreePolicy:
             rows, hidden = [], []
             for child in active:
                 self._accept(child, stop)
-                if not child.finished:
+                if not child.finished or child.flush:
                     rows.append((child.state.branch, child.pending))
                     hidden.append(child.ending)
             decoding = [c for c in active if not c.finished]
@@ -126,7 +127,7 @@ class TreePolicy:
                 self.tree.step_batch(rows, hidden)
             active = []
             for child in decoding:
-                if child.ending:
+                if child.ending or child.finished:
                     continue
                 row = self.tree.row_of(child.state.branch)
                 child.pending = child.sampler.from_context(self.tree.ctx, row)
@@ -146,7 +147,10 @@ class TreePolicy:
         token = child.pending
         state = child.state
         if self.model.is_eog(token):
+            # A Q-value head scores the state where the reply ends: decode the EOS as the step's
+            # last token so it has a hidden state like every other step (never sampled past).
             child.finished = True
+            child.flush = child.ending = self.tree.hidden_enabled
             return
         piece = child.decoder.decode(self.model.token_bytes(token))
         child.text.append(piece)

@@ -1,0 +1,150 @@
+"""`qwq train-head`: rollout labels on the KV tree (resumable), then a numpy head written as GGUF.
+
+Labels go to a JSONL store beside the head as each problem finishes, so an interrupted run goes on
+from where it stopped; training reads every committed label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from qwq_local import runtime
+from qwq_local.config import Settings
+from qwq_local.errors import QwqError, UsageError
+
+
+def labels_path_for(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".gguf") + ".labels.jsonl")
+
+
+def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: int, out: Path,
+                   labels: Path | None, kind: str, target: str, max_steps: int, reply_tokens: int,
+                   train_only: bool, seed: int, epochs: int) -> None:
+    from qwq_local.value.labels import LabelStore
+
+    if kind not in ("linear", "mlp"):
+        raise UsageError(f"--kind must be linear or mlp, not {kind!r}")
+    if target not in ("max", "mean"):
+        raise UsageError(f"--target must be max or mean, not {target!r}")
+    if problems < 0 or rollouts < 1:
+        raise UsageError("--problems must be >= 0 and --rollouts >= 1")
+    store = LabelStore(labels or labels_path_for(out))
+    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    if not train_only:
+        _label(settings, plan, store, data, problems, rollouts, max_steps, reply_tokens, seed)
+    _train(plan, store, out, data, kind, target, seed, epochs)
+
+
+def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, problems: int, rollouts: int,
+           max_steps: int, reply_tokens: int, seed: int) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from qwq_local.bench.checks import check
+    from qwq_local.bench.datasets import load_problems
+    from qwq_local.engine.kvtree import KVTree
+    from qwq_local.engine.policy import TreePolicy
+    from qwq_local.prompts import build_question
+    from qwq_local.search.answer import extract_final_answer
+    from qwq_local.value.labels import LabelRow
+    from qwq_local.value.rollouts import RolloutConfig, label_problem
+
+    todo = [p for p in load_problems(data, problems) if p.id not in store.done_problems()]
+    if not todo:
+        typer.echo(f"labels: all {problems} problems already in {store.path}", err=True)
+        return
+    config = RolloutConfig(rollouts=rollouts, max_steps=max_steps, reply_tokens=reply_tokens)
+    model = runtime.load(plan, settings)
+    n_seq = rollouts + max_steps + 4
+    started, states = time.perf_counter(), 0
+    try:
+        with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=n_seq, kv_budget=settings.kv_budget or None,
+                    hidden=True) as tree, Progress(
+            TextColumn("labels"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+            TimeRemainingColumn(), transient=False, disable=not _tty(),
+        ) as bar:
+            task = bar.add_task("labels", total=len(todo), note="")
+            for problem in todo:
+                sampling = replace(settings.sampling, seed=_seed(seed, problem.id), max_tokens=reply_tokens)
+                policy = TreePolicy(model, tree, sampling, thinks=plan.thinks, max_reply_tokens=reply_tokens)
+
+                def is_correct(text: str, problem: Any = problem) -> bool:
+                    return check(problem, text, extract_final_answer(text))
+
+                found = label_problem(policy, build_question(problem.prompt, problem.format), is_correct, config)
+                policy.close()
+                store.append([LabelRow(problem.id, lab.step_index, lab.step_text, lab.q_max, lab.q_mean,
+                                       len(lab.correct), lab.correct, np.asarray(lab.hidden, dtype=np.float32))
+                              for lab in found], problem_id=problem.id)
+                states += len(found)
+                bar.update(task, advance=1, note=f"{states} states · {tree.stats.evaluated_tokens:,} tok evaluated")
+    finally:
+        model.close()
+    typer.echo(f"labels: {len(todo)} problems, {states} states in {time.perf_counter() - started:.0f} s "
+               f"-> {store.path}", err=True)
+
+
+def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str, target: str, seed: int,
+           epochs: int) -> None:
+    from qwq_local.value.qhead import QHeadMeta, write_head
+    from qwq_local.value.training import train_head
+
+    X, y_max, y_mean, groups = store.load()
+    if len(X) == 0:
+        raise QwqError(f"no labels in {store.path}: run without --train-only first")
+    y = y_max if target == "max" else y_mean
+    try:
+        weights, report = train_head(X, y, groups, kind=kind, seed=seed, epochs=epochs)
+    except ValueError as exc:
+        raise QwqError(f"cannot train on {len(X)} states from {len(set(groups))} problems: {exc}") from None
+    meta = QHeadMeta(
+        architecture=plan.info.architecture, n_embd=int(X.shape[1]), model_sha256=_sha256(plan.resolved.path),
+        training_data=f"{Path(data).name if data.endswith('.jsonl') else data}; Q={target} over rollouts",
+        n_problems=len(set(groups.tolist())), n_states=len(X), metrics=report.head_metrics(),
+    )
+    write_head(out, weights, meta)
+    m = report.head_metrics()
+    typer.echo(f"head: {out} · {kind} · {len(X)} states ({float((y >= 0.5).mean()):.0%} positive) from "
+               f"{meta.n_problems} problems · held-out " + " ".join(f"{k}={v:.3f}" for k, v in m.items()))
+
+
+def run_head_info(path: Path, as_json: bool) -> None:
+    import json
+
+    from qwq_local.value.qhead import QHead
+
+    info = QHead.load(path).describe()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    metrics = info.pop("metrics", {}) or {}
+    for key, value in info.items():
+        typer.echo(f"{key:>16}: {value!r}" if key == "step_delimiter" else f"{key:>16}: {value}")
+    for key, value in metrics.items():
+        typer.echo(f"{'held-out ' + key:>16}: {value:.4f}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _seed(seed: int, problem_id: str) -> int:
+    import zlib
+
+    return (zlib.crc32(problem_id.encode()) ^ seed) & 0x7FFFFFFF
+
+
+def _tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

@@ -1,0 +1,60 @@
+"""`qwq train-head` and `qwq head info` on the real tiny model: rollout labels, resume, a head that loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwq_local.cli import main
+from qwq_local.errors import ExitCode
+from qwq_local.value.labels import LabelStore
+from qwq_local.value.qhead import QHead
+
+pytestmark = pytest.mark.model
+
+PROBLEMS = [("What is 2 + 3?", "5"), ("What is 10 - 4?", "6"), ("What is 3 * 3?", "9"), ("What is 8 / 2?", "4"),
+            ("What is 1 + 1?", "2"), ("What is 7 - 7?", "0")]
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_train_head_labels_resumes_trains_and_the_head_loads(tmp_path: Path, qwen_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": f"t{i}", "question": q, "answer": f"#### {a}"}) + "\n"
+                            for i, (q, a) in enumerate(PROBLEMS)))
+    out = tmp_path / "head.gguf"
+    common = ["train-head", "--model", str(qwen_path), "--data", str(data), "--rollouts", "2", "--max-steps", "2",
+              "--reply-tokens", "48", "--out", str(out), "--ctx", "2048", "--epochs", "20", "--temperature", "1.0"]
+    code, _, err = run(common + ["--problems", "2"], capsys)
+    store = LabelStore(out.with_name("head.labels.jsonl"))
+    assert store.done_problems() == {"t0", "t1"}
+    first = len(store)
+    assert first >= 2
+    row = store.rows()[0]
+    assert row.hidden.shape == (896,) and row.n_rollouts in (1, 2) and 0 <= row.q_mean <= row.q_max <= 1
+    # A longer run labels only the new problems, then trains on all of them (or says why it cannot).
+    code, _, err = run(common + ["--problems", "4"], capsys)
+    assert store.done_problems() == {f"t{i}" for i in range(4)} and len(store) > first
+    if code == 0:
+        head = QHead.load(out, architecture="qwen2", n_embd=896)
+        assert head.meta.n_states == len(store) and head.meta.n_problems == 4
+        assert "auc" in head.meta.metrics and head.meta.model_sha256
+        code, shown, _ = run(["head", "info", str(out)], capsys)
+        assert code == 0 and "qwen2" in shown and "held-out auc" in shown
+    else:  # every label one class: a clear one-line error, not a traceback
+        assert err.startswith("error: cannot train") and err.count("\n") == 1
+
+
+def test_train_head_refuses_test_data_and_missing_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["train-head", "--data", "gsm8k", "--out", str(tmp_path / "h.gguf")], capsys)
+    assert code == ExitCode.USAGE and "test set" in err
+    code, _, err = run(["head", "info", str(tmp_path / "none.gguf")], capsys)
+    assert code != 0 and err.startswith("error:") and "Traceback" not in err
