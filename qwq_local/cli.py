@@ -124,7 +124,8 @@ def solve(
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the search."),
     max_expansions: int = typer.Option(200, "--max-expansions", help="Most expansions (sample calls)."),
     max_depth: int = typer.Option(200, "--max-depth", help="Most steps in a path."),
-    kv_budget: Optional[int] = typer.Option(None, "--kv-budget", help="KV cells the search may hold."),
+    kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
+                                            help="KV the search may hold: tokens (4096) or bytes (512MiB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
 ) -> None:
@@ -224,7 +225,7 @@ def train_head_cmd(
     seed: int = typer.Option(0, "--seed"),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
     ctx: Optional[int] = CtxOpt,
-    kv_budget: Optional[int] = typer.Option(None, "--kv-budget"),
+    kv_budget: Optional[str] = typer.Option(None, "--kv-budget", help="Tokens (4096) or bytes (512MiB)."),
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
 ) -> None:

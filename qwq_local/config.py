@@ -54,8 +54,25 @@ class Settings:
     model: str = "qwq-32b"
     ctx: int = 8192
     gpu_layers: str = "auto"
-    kv_budget: int = 0  # tokens; 0 means the context size
+    kv_budget: str = "0"  # KV cells for a search: tokens ("4096") or bytes ("512MiB", "2G"); 0 = the context
     sampling: Sampling = Sampling()
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
+
+
+def parse_kv_budget(text: str) -> tuple[int, bool]:
+    """(amount, is_bytes) for a --kv-budget: a plain number is tokens, one with a unit (512MiB, 2G) is bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS or (not unit and "." in match.group(1)):
+        raise UsageError(f"--kv-budget takes tokens (4096) or a size (512MiB, 2G), not {text!r}")
+    if not unit:
+        return int(match.group(1)), False
+    return int(float(match.group(1)) * _UNITS[unit]), True
 
 
 def user_data_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -77,7 +94,7 @@ _SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir"}
 
 
 def _coerce(key: str, value: Any) -> Any:
-    ints = {"ctx", "kv_budget", "top_k", "max_tokens", "seed"}
+    ints = {"ctx", "top_k", "max_tokens", "seed"}
     floats = {"temperature", "top_p", "min_p"}
     try:
         if key in ints:
@@ -86,6 +103,9 @@ def _coerce(key: str, value: Any) -> Any:
             return float(value)
     except (TypeError, ValueError):
         raise UsageError(f"setting {key!r} must be a number, got {value!r}") from None
+    if key == "kv_budget":
+        parse_kv_budget(str(value))  # a bad size is a usage error now, not after the model loads
+        return str(value)
     if key == "models_dir":
         return Path(str(value)).expanduser()
     return str(value)

@@ -16,7 +16,7 @@ from qwq_local.engine.plan import (
     plan_rope,
     ram_free_bytes,
 )
-from qwq_local.errors import NotPulledError
+from qwq_local.errors import NotPulledError, UsageError
 
 DEFAULT_YARN_FACTOR = 4.0
 
@@ -70,6 +70,18 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
         gpu_supported=gpu_supported,
     )
     return ModelPlan(resolved, info, ctx, rope, offload)
+
+
+def kv_budget_tokens(plan: ModelPlan, settings: Settings) -> int | None:
+    """The search's KV budget in tokens (cells); a size in bytes is divided by the model's KV bytes per token."""
+    from qwq_local.config import parse_kv_budget
+
+    amount, is_bytes = parse_kv_budget(settings.kv_budget)
+    if is_bytes:
+        amount //= max(plan.info.kv_bytes_per_token(), 1)
+        if amount < 1:
+            raise UsageError(f"--kv-budget {settings.kv_budget} holds less than one token of this model's KV cache")
+    return amount or None
 
 
 def load(plan: ModelPlan, settings: Settings, *, verbose: bool = False):  # -> LoadedModel

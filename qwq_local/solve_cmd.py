@@ -96,7 +96,7 @@ def _search(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, setting
     if strategy == "sc":
         names = []
     return solve_search(model, problem, fmt, settings.sampling, strategy, config, names,
-                        thinks=plan.thinks, head=head, kv_budget=settings.kv_budget or None,
+                        thinks=plan.thinks, head=head, kv_budget=runtime.kv_budget_tokens(plan, settings),
                         n_ctx=plan.n_ctx)
 
 

@@ -66,7 +66,7 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
     n_seq = rollouts + max_steps + 4
     started, states = time.perf_counter(), 0
     try:
-        with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=n_seq, kv_budget=settings.kv_budget or None,
+        with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=n_seq, kv_budget=runtime.kv_budget_tokens(plan, settings),
                     hidden=True) as tree, Progress(
             TextColumn("labels"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
             TimeRemainingColumn(), transient=False, disable=not _tty(),

@@ -74,3 +74,33 @@ def test_settings_layering(tmp_path: Path) -> None:
     assert s.sampling.top_p == 0.95 and s.sampling.top_k == 40 and s.sampling.min_p == 0.0
     with pytest.raises(UsageError):
         load_settings({"top_p": 0}, env={"QWQ_USER_PATH": str(tmp_path)})
+
+
+def test_kv_budget_takes_tokens_or_a_size() -> None:
+    from qwq_local.config import load_settings, parse_kv_budget
+    from qwq_local.errors import UsageError
+
+    assert parse_kv_budget("4096") == (4096, False)
+    assert parse_kv_budget("512MiB") == (512 << 20, True)
+    assert parse_kv_budget("1.5G") == (int(1.5 * (1 << 30)), True)
+    assert parse_kv_budget("0") == (0, False)
+    for bad in ("lots", "12 parsecs", "1.5", "-3"):
+        with pytest.raises(UsageError):
+            parse_kv_budget(bad)
+    with pytest.raises(UsageError):
+        load_settings({"kv_budget": "huge"}, env={})
+    assert load_settings({"kv_budget": "2GiB"}, env={}).kv_budget == "2GiB"
+
+
+@pytest.mark.model
+def test_kv_budget_in_bytes_becomes_tokens(qwen_path: Path) -> None:
+    from qwq_local import runtime
+    from qwq_local.config import load_settings
+    from qwq_local.errors import UsageError
+
+    settings = load_settings({"kv_budget": "12MiB", "model": str(qwen_path)}, env={})
+    plan = runtime.plan_model(runtime.locate(str(qwen_path), settings), settings, gpu_supported=False)
+    assert runtime.kv_budget_tokens(plan, settings) == (12 << 20) // plan.info.kv_bytes_per_token() == 1024
+    with pytest.raises(UsageError):
+        runtime.kv_budget_tokens(plan, load_settings({"kv_budget": "1KiB"}, env={}))
+    assert runtime.kv_budget_tokens(plan, load_settings({}, env={})) is None

@@ -88,7 +88,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
                 result = solve_search(model, problem.prompt, problem.format, sampling, spec.name,
                                       configs[label], scorers, thinks=plan.thinks,
                                       head=head if "qhead" in scorers else None,
-                                      kv_budget=settings.kv_budget or None, n_ctx=plan.n_ctx)
+                                      kv_budget=runtime.kv_budget_tokens(plan, settings), n_ctx=plan.n_ctx)
                 result.search.pop("_tree", None)
                 generated = result.search["generated_tokens"]
             text = (result.thinking + "\n</think>\n\n" if result.thinking else "") + result.answer
