@@ -44,7 +44,8 @@ def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
         head = _load_head(plan, required=False)
         names = [] if strategy == "sc" else (["qhead"] if head is not None else DEFAULT_SCORERS)
         config = SearchConfig(thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
-                              candidates=4, trajectories=4, beam=8, n_samples=4, beam_width=3)
+                              candidates=4, trajectories=4, beam=8, n_samples=4, beam_width=3,
+                              max_expansions=24, time_limit=180.0)
         result = solve_search(model, question, "plain", settings.sampling, strategy, config, names,
                               thinks=plan.thinks, head=head, n_ctx=plan.n_ctx)
         search = result.search
@@ -56,6 +57,8 @@ def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
         summary = (f"{strategy}: {search.get('expansions', 0)} expansions · {search.get('nodes', 0)} nodes · "
                    f"{search.get('generated_tokens', 0)} generated · answers {search.get('terminal_answers')} · "
                    f"scorer {search.get('scorer') or '-'}")
+        if head is None and strategy in ("astar", "beam", "bon"):
+            summary += " (no Q-value head for this model)"
         return text, stats, summary
 
     return run

@@ -76,6 +76,10 @@ def test_piped_chat_resume_and_history(qwen_path: Path, user_path: Path) -> None
     shown = json.loads(qwq("history", "show", "1", "--json").stdout)
     prompts = [t["prompt"] for t in shown["turns"]]
     assert prompts == ["What is the capital of France? One word.", "And of Italy? One word."]
+    searched = qwq("chat", *common, stdin="/search astar\nWhat is 2 + 2? Reply with the number.\n")
+    assert searched.returncode == 0, searched.stderr
+    assert "4" in searched.stdout  # the answer on stdout, the folded search summary on stderr
+    assert "astar:" in searched.stderr and "expansions" in searched.stderr
     found = qwq("history", "search", "Italy")
     assert found.returncode == 0 and "Italy" in found.stdout
     bad = qwq("chat", *common, "--resume", "999", stdin="hi\n")
