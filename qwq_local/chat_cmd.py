@@ -16,10 +16,16 @@ def run_chat_cmd(settings: Settings, *, show_thinking: bool, hide_thinking: bool
     from qwq_local.render.console import Env
     from qwq_local.render.repl import run_chat
 
+    from qwq_local.errors import UsageError
+
+    if show_thinking and hide_thinking:
+        raise UsageError("--show-thinking and --hide-thinking cannot be used together")
     env = Env.from_process()
     history = History(settings.data_dir / "history.db")
     if resume_latest and resume is None:
         resume = history.latest_id()
+    if resume is not None and history.conversation(resume) is None:
+        raise UsageError(f"no conversation {resume} in the history; `qwq history` lists them")
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
     model = runtime.load(plan, settings)
     # A thinking budget makes even a model that does not think on its own open a <think> section.

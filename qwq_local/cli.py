@@ -125,7 +125,7 @@ def solve(
     max_expansions: int = typer.Option(200, "--max-expansions", help="Most expansions (sample calls)."),
     max_depth: int = typer.Option(200, "--max-depth", help="Most steps in a path."),
     kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
-                                            help="KV the search may hold: tokens (4096) or bytes (512MiB)."),
+                                            help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
 ) -> None:
@@ -219,20 +219,20 @@ def train_head_cmd(
     kind: str = typer.Option("linear", "--kind", help="linear | mlp"),
     target: str = typer.Option("max", "--target", help="Q label: max (Q*) or mean over rollouts."),
     max_steps: int = typer.Option(12, "--max-steps", help="Steps of each sampled trajectory."),
-    reply_tokens: int = typer.Option(384, "--reply-tokens", help="Token limit of a rollout."),
+    reply_tokens: int = typer.Option(384, "--reply-tokens", help="Token limit of a whole reply: trajectory and rollouts."),
     train_only: bool = typer.Option(False, "--train-only", help="Train on the labels already stored."),
     epochs: int = typer.Option(200, "--epochs"),
     seed: int = typer.Option(0, "--seed"),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
     ctx: Optional[int] = CtxOpt,
-    kv_budget: Optional[str] = typer.Option(None, "--kv-budget", help="Tokens (4096) or bytes (512MiB)."),
+    kv_budget: Optional[str] = typer.Option(None, "--kv-budget", help="Tokens (4096) or bytes (512MiB, 2GB)."),
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
 ) -> None:
     """Label steps by rollouts (resumable) and train a Q-value head on the policy's hidden states."""
     from qwq_local.train_cmd import run_train_head
 
-    settings = settings_from(model=model, temperature=temperature, ctx=ctx or 4096, gpu_layers=gpu_layers,
+    settings = settings_from(model=model, temperature=temperature, ctx=ctx, gpu_layers=gpu_layers,
                              models_dir=models_dir, kv_budget=kv_budget)
     run_train_head(settings, data=data, problems=problems, rollouts=rollouts, out=out, labels=labels, kind=kind,
                    target=target, max_steps=max_steps, reply_tokens=reply_tokens, train_only=train_only,

@@ -54,22 +54,21 @@ class Settings:
     model: str = "qwq-32b"
     ctx: int = 8192
     gpu_layers: str = "auto"
-    kv_budget: str = "0"  # KV cells for a search: tokens ("4096") or bytes ("512MiB", "2G"); 0 = the context
+    kv_budget: str = "0"  # KV cells for a search: tokens ("4096") or bytes ("512MiB", "2GB"); 0 = the context
     sampling: Sampling = Sampling()
 
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20,
-          "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
+_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1 << 10, "mb": 1000**2, "mib": 1 << 20, "gb": 1000**3, "gib": 1 << 30}
 
 
 def parse_kv_budget(text: str) -> tuple[int, bool]:
-    """(amount, is_bytes) for a --kv-budget: a plain number is tokens, one with a unit (512MiB, 2G) is bytes."""
+    """(amount, is_bytes) for a --kv-budget: a plain number is tokens, one with a unit (512MiB, 2GB) is bytes."""
     import re
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS or (not unit and "." in match.group(1)):
-        raise UsageError(f"--kv-budget takes tokens (4096) or a size (512MiB, 2G), not {text!r}")
+        raise UsageError(f"--kv-budget takes tokens (4096) or a size in bytes (512MiB, 2GB), not {text!r}")
     if not unit:
         return int(match.group(1)), False
     return int(float(match.group(1)) * _UNITS[unit]), True

@@ -29,7 +29,8 @@ def run_solve(settings: Settings, file: str, *, strategy: str, fmt: str, show_th
     resolved = runtime.locate(settings.model, settings)
     plan = runtime.plan_model(resolved, settings)
     if strategy != "direct":
-        search = dict(search, config=search_config(search, plan, settings))
+        search = dict(search, config=search_config(search, plan, settings),
+                      kv_budget=opts["kv_budget"])
     model = runtime.load(plan, settings)
     try:
         if strategy == "direct":
@@ -96,7 +97,7 @@ def _search(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, setting
     if strategy == "sc":
         names = []
     return solve_search(model, problem, fmt, settings.sampling, strategy, config, names,
-                        thinks=plan.thinks, head=head, kv_budget=runtime.kv_budget_tokens(plan, settings),
+                        thinks=plan.thinks, head=head, kv_budget=opts["kv_budget"],
                         n_ctx=plan.n_ctx)
 
 

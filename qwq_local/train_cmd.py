@@ -35,17 +35,21 @@ def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: in
         raise UsageError(f"--kind must be linear or mlp, not {kind!r}")
     if target not in ("max", "mean"):
         raise UsageError(f"--target must be max or mean, not {target!r}")
-    if problems < 0 or rollouts < 1:
-        raise UsageError("--problems must be >= 0 and --rollouts >= 1")
+    if problems < 0 or not 1 <= rollouts <= 64 or max_steps < 1 or reply_tokens < 1 or epochs < 1:
+        raise UsageError("--problems must be >= 0, --rollouts 1..64, --max-steps, --reply-tokens and --epochs >= 1")
     store = LabelStore(labels or labels_path_for(out))
+    if train_only and (not store.path.exists() or len(store) == 0):
+        raise UsageError(f"no labels in {store.path}: run without --train-only first")
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    kv_budget = runtime.kv_budget_tokens(plan, settings)
     if not train_only:
-        _label(settings, plan, store, data, problems, rollouts, max_steps, reply_tokens, seed)
+        _label(settings, plan, store, data, problems, rollouts, max_steps, reply_tokens, seed, kv_budget)
     _train(plan, store, out, data, kind, target, seed, epochs)
 
 
 def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, problems: int, rollouts: int,
-           max_steps: int, reply_tokens: int, seed: int) -> None:
+           max_steps: int, reply_tokens: int, seed: int, kv_budget: int | None) -> None:
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from qwq_local.bench.checks import check
@@ -63,13 +67,13 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
         return
     config = RolloutConfig(rollouts=rollouts, max_steps=max_steps, reply_tokens=reply_tokens)
     model = runtime.load(plan, settings)
-    n_seq = rollouts + max_steps + 4
+    n_seq = min(rollouts + max_steps + 4, 256)
     started, states = time.perf_counter(), 0
     try:
-        with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=n_seq, kv_budget=runtime.kv_budget_tokens(plan, settings),
+        with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=n_seq, kv_budget=kv_budget,
                     hidden=True) as tree, Progress(
             TextColumn("labels"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            TimeRemainingColumn(), transient=False, disable=not _tty(),
+            TimeRemainingColumn(), console=Console(stderr=True), transient=False, disable=not _tty(),
         ) as bar:
             task = bar.add_task("labels", total=len(todo), note="")
             for problem in todo:
@@ -77,6 +81,8 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
                 policy = TreePolicy(model, tree, sampling, thinks=plan.thinks, max_reply_tokens=reply_tokens)
 
                 def is_correct(text: str, problem: Any = problem) -> bool:
+                    if plan.thinks and "</think>" not in text:  # still thinking: no answer given yet
+                        return False
                     return check(problem, text, extract_final_answer(text))
 
                 found = label_problem(policy, build_question(problem.prompt, problem.format), is_correct, config)

@@ -9,14 +9,14 @@ BOLD, DIM, RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
 
 def shorten(text: str, width: int) -> str:
     """One line of at most `width` characters: whitespace collapsed, an ellipsis where cut."""
-    flat = " ".join(text.split())
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "…"
 
 
 def _marks(node: dict[str, Any]) -> str:
     marks = []
     if node.get("terminal"):
-        marks.append(f"answer {node['answer']}" if node.get("answer") is not None else "end")
+        marks.append(f"answer {shorten(node['answer'], 24)}" if node.get("answer") is not None else "end")
     if node.get("dropped"):
         marks.append("dropped")
     if node.get("cut"):

@@ -82,9 +82,9 @@ def test_kv_budget_takes_tokens_or_a_size() -> None:
 
     assert parse_kv_budget("4096") == (4096, False)
     assert parse_kv_budget("512MiB") == (512 << 20, True)
-    assert parse_kv_budget("1.5G") == (int(1.5 * (1 << 30)), True)
+    assert parse_kv_budget("1.5GiB") == (int(1.5 * (1 << 30)), True)
     assert parse_kv_budget("0") == (0, False)
-    for bad in ("lots", "12 parsecs", "1.5", "-3"):
+    for bad in ("lots", "12 parsecs", "1.5", "-3", "4k"):
         with pytest.raises(UsageError):
             parse_kv_budget(bad)
     with pytest.raises(UsageError):

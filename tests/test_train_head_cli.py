@@ -56,5 +56,9 @@ def test_train_head_labels_resumes_trains_and_the_head_loads(tmp_path: Path, qwe
 def test_train_head_refuses_test_data_and_missing_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["train-head", "--data", "gsm8k", "--out", str(tmp_path / "h.gguf")], capsys)
     assert code == ExitCode.USAGE and "test set" in err
+    code, _, err = run(["train-head", "--train-only", "--out", str(tmp_path / "h.gguf")], capsys)
+    assert code == ExitCode.USAGE and "no labels" in err
+    code, _, err = run(["train-head", "--rollouts", "0", "--out", str(tmp_path / "h.gguf")], capsys)
+    assert code == ExitCode.USAGE and "--rollouts" in err
     code, _, err = run(["head", "info", str(tmp_path / "none.gguf")], capsys)
     assert code != 0 and err.startswith("error:") and "Traceback" not in err

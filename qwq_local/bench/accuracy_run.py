@@ -19,10 +19,17 @@ from qwq_local import runtime
 from qwq_local.bench.accuracy import Outcome, format_table, run_accuracy
 from qwq_local.bench.datasets import Problem, load_problems
 from qwq_local.config import Settings
-from qwq_local.errors import UsageError
+from qwq_local.errors import ExitCode, UsageError
 
 SPEC = re.compile(r"^(direct|astar|beam|bon|sc)(?:@(\d+))?(?::([a-z+\-]+))?$")
 SCORERS = ("qhead", "self-eval", "rules")
+
+
+class _LoadFailed(BaseException):
+    """Carries a model-load failure past run_accuracy's per-run `except Exception`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,16 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     default = ("qhead",) if head is not None else tuple(DEFAULT_SCORERS)
     if needs_head and head is None and not as_json:
         typer.echo(f"note: no Q-value head for this model; default scorer {'+'.join(default)}", err=True)
+    kv_budget = runtime.kv_budget_tokens(plan, settings)
     model = chat = None
     try:
         def solve(problem: Problem, label: str) -> Outcome:
             nonlocal model, chat
-            model = model or runtime.load(plan, settings)  # not at all when every run is in the results
+            if model is None:  # loaded at the first run to do, not at all when every run is in the results
+                try:
+                    model = runtime.load(plan, settings)
+                except Exception as exc:  # not one wrong answer per run: the whole benchmark stops
+                    raise _LoadFailed(exc) from exc
             spec = next(s for s in specs if s.label == label)
             sampling = settings.sampling
             if sampling.seed is None:  # the same draws for a problem whatever ran before it
@@ -88,7 +100,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
                 result = solve_search(model, problem.prompt, problem.format, sampling, spec.name,
                                       configs[label], scorers, thinks=plan.thinks,
                                       head=head if "qhead" in scorers else None,
-                                      kv_budget=runtime.kv_budget_tokens(plan, settings), n_ctx=plan.n_ctx)
+                                      kv_budget=kv_budget, n_ctx=plan.n_ctx)
                 result.search.pop("_tree", None)
                 generated = result.search["generated_tokens"]
             text = (result.thinking + "\n</think>\n\n" if result.thinking else "") + result.answer
@@ -97,7 +109,10 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
             return Outcome(result.final_answer, text, generated, result.seconds, extra)
 
         started = time.perf_counter()
-        report = run_accuracy(problems, [s.label for s in specs], solve, results)
+        try:
+            report = run_accuracy(problems, [s.label for s in specs], solve, results)
+        except _LoadFailed as failed:
+            raise failed.error from None
     finally:
         if model is not None:
             model.close()
@@ -113,6 +128,8 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         plot_accuracy(report, plot, title=f"{data} · {settings.model}")
         if not as_json:
             typer.echo(f"plot: {plot}")
+    if report.interrupted:
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
 
 
 def _config(spec: StrategySpec, opts: dict[str, Any], plan: Any, settings: Settings, search_config: Any) -> Any:
