@@ -42,7 +42,7 @@ def run_chat_cmd(settings: Settings, *, show_thinking: bool, hide_thinking: bool
 def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
     """`/search astar|beam|bon|sc`: answer the turn with search on the KV tree (chat cache untouched)."""
 
-    def run(question: str, strategy: str) -> tuple[str, TurnStats, str]:
+    def run(question: str, strategy: str, earlier: list) -> tuple[str, TurnStats, str]:
         from qwq_local.search.config import SearchConfig
         from qwq_local.solve import solve_search
         from qwq_local.solve_cmd import DEFAULT_SCORERS, _load_head
@@ -53,7 +53,8 @@ def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
                               candidates=4, trajectories=4, beam=8, n_samples=4, beam_width=3,
                               max_expansions=24, time_limit=180.0)
         result = solve_search(model, question, "plain", settings.sampling, strategy, config, names,
-                              thinks=plan.thinks, head=head, n_ctx=plan.n_ctx)
+                              thinks=plan.thinks, head=head, n_ctx=plan.n_ctx, history=earlier,
+                              kv_budget=runtime.kv_budget_tokens(plan, settings))
         search = result.search
         search.pop("_tree", None)
         text = (f"<think>\n{result.thinking}\n</think>\n\n" if result.thinking else "") + result.answer

@@ -96,7 +96,7 @@ def solve_direct(chat: Any, problem: str, fmt: str, sampling: Sampling,
 
 def solve_search(model: Any, problem: str, fmt: str, sampling: Sampling, strategy: str,
                  config: Any, scorer_names: list[str], *, thinks: bool, head: Any = None,
-                 kv_budget: int | None = None, n_ctx: int = 8192) -> SolveResult:
+                 kv_budget: int | None = None, n_ctx: int = 8192, history: list | None = None) -> SolveResult:
     """Search over reasoning steps on the KV tree engine (A*, beam, best-of-N, self-consistency)."""
     from qwq_local.engine.kvtree import KVTree
     from qwq_local.engine.policy import TreePolicy
@@ -109,7 +109,7 @@ def solve_search(model: Any, problem: str, fmt: str, sampling: Sampling, strateg
     n_seq = max(config.beam, 1) + max(config.candidates, config.n_samples, 1) * 2 + 4
     with KVTree(model, n_ctx=n_ctx, n_seq_max=min(n_seq, 256), kv_budget=kv_budget,
                 hidden=head is not None) as tree:
-        policy = TreePolicy(model, tree, sampling, thinks=thinks)
+        policy = TreePolicy(model, tree, sampling, thinks=thinks, history=history)
         scorer = build_scorer(scorer_names, policy, qhead=head) if scorer_names else None
         result = run(strategy, question, config, policy, scorer)
         policy.close()

@@ -291,23 +291,24 @@ def test_save_writes_a_markdown_transcript_atomically(history: History, tmp_path
 
 
 def test_search_strategy_runs_the_runner_and_folds_the_tree(history: History) -> None:
-    calls: list[tuple[str, str]] = []
+    calls: list[tuple[str, str, list]] = []
 
-    def runner(question: str, strategy: str) -> tuple[str, TurnStats, str]:
-        calls.append((question, strategy))
+    def runner(question: str, strategy: str, earlier: list) -> tuple[str, TurnStats, str]:
+        calls.append((question, strategy, [(m.role, m.content) for m in earlier]))
         stats = TurnStats(thinking_tokens=30, answer_tokens=3, seconds=2.0, thinking_seconds=1.5, ctx_used=99)
         return "<think>\nsearched steps\n</think>\n\n\\boxed{42}", stats, "17 nodes, 3 answers\nroot -> a -> b"
 
-    c = chat("/search astar\rWhat is 6*7?\r/tree\r/search direct\rq2\r", history, strategy_runner=runner)
-    assert calls == [("What is 6*7?", "astar")]
+    c = chat("q1\r/search astar\rWhat is 6*7?\r/tree\r/search direct\rq2\r", history, strategy_runner=runner)
+    answer1 = c.stored()[0].answer
+    assert calls == [("What is 6*7?", "astar", [("user", "q1"), ("assistant", answer1)])]  # the conversation too
     assert "strategy for the next turns: astar" in c.out
     assert "▸ Thought for 1.5 s · 30 tokens  (/think to open)" in c.out
     assert "▸ astar: 17 nodes, 3 answers  (/tree to open)" in c.out
     assert "\\boxed{42}\n" in c.out and "root -> a -> b" in c.out
-    first, second = c.stored()
+    _, first, second = c.stored()
     assert (first.strategy, first.answer, first.thinking) == ("astar", "\\boxed{42}", "searched steps")
-    assert second.strategy == "direct" and len(c.model.calls) == 1
-    assert c.sent() == [("user", "What is 6*7?"), ("assistant", "\\boxed{42}"), ("user", "q2")]
+    assert second.strategy == "direct" and len(c.model.calls) == 2
+    assert c.sent()[-3:] == [("user", "What is 6*7?"), ("assistant", "\\boxed{42}"), ("user", "q2")]
 
 
 def test_search_without_a_runner_is_refused(history: History) -> None:

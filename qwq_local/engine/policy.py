@@ -48,6 +48,7 @@ class TreePolicy:
         *,
         thinks: bool,
         max_reply_tokens: int | None = None,
+        history: list[Message] | None = None,
     ) -> None:
         self.model = model
         self.tree = tree
@@ -59,6 +60,7 @@ class TreePolicy:
         self._rng = random.Random(sampling.seed if sampling.seed is not None else random.randrange(2**31))
         self._generated = 0
         self._judge: Branch | None = None
+        self.history = list(history or [])  # earlier turns (final answers only) before each question
 
     @property
     def stats(self) -> LMStats:
@@ -75,7 +77,7 @@ class TreePolicy:
         return handle
 
     def prompt_tokens(self, question: str) -> list[int]:
-        text = self.model.render_chat([Message("user", question)])
+        text = self.model.render_chat([*self.history, Message("user", question)])
         if self.thinks and not text.endswith(THINK_OPEN):
             text += THINK_OPEN
         return self.model.tokenize(text)

@@ -98,5 +98,5 @@ class ChatModel(Protocol):
         ...
 
 
-StrategyRunner = Callable[[str, str], "tuple[str, Stats, str]"]
-"""strategy_runner(question, strategy) -> (reply text, stats, tree summary) for non-direct strategies."""
+StrategyRunner = Callable[[str, str, list], "tuple[str, Stats, str]"]
+"""strategy_runner(question, strategy, earlier messages) -> (reply text, stats, tree summary), non-direct."""

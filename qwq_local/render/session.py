@@ -191,7 +191,7 @@ class ChatSession:
         info(self.env, f"searching with {self.strategy}… (Ctrl-C stops)")
         start = clock()
         try:
-            text, reported, tree = self.strategy_runner(prompt, self.strategy)
+            text, reported, tree = self.strategy_runner(prompt, self.strategy, self.messages_for(prompt)[:-1])
             stats = TurnStats.of(reported)
         except KeyboardInterrupt:
             stats = TurnStats(seconds=clock() - start, n_ctx=self.model.n_ctx, stop_reason="interrupted")
