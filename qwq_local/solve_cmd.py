@@ -30,7 +30,7 @@ def run_solve(settings: Settings, file: str, *, strategy: str, fmt: str, show_th
     plan = runtime.plan_model(resolved, settings)
     if strategy != "direct":
         search = dict(search, config=search_config(search, plan, settings),
-                      kv_budget=opts["kv_budget"])
+                      kv_budget=runtime.kv_budget_tokens(plan, settings))
     model = runtime.load(plan, settings)
     try:
         if strategy == "direct":

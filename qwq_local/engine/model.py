@@ -75,7 +75,8 @@ def _quiet(enabled: bool) -> Iterator[None]:
         yield
         return
     try:
-        with open(os.devnull, "w") as null:
+        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+            # llama-cpp-python's log callback prints to sys.stderr, llama.cpp to fd 2
             os.dup2(null.fileno(), 2)
             yield
     finally:
