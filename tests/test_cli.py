@@ -120,3 +120,17 @@ def test_bad_search_option_is_a_usage_error(capsys: pytest.CaptureFixture[str], 
                             "--candidates", "0"], capsys)
     assert code == ExitCode.USAGE and "candidates" in err and err.count("\n") == 1
 
+
+@pytest.mark.model
+def test_astar_uses_the_shipped_head_by_default(capsys: pytest.CaptureFixture[str], qwen_path: Path) -> None:
+    """The catalog ships a Q-value head for qwen2.5-coder-0.5b: A* scores with it unless told otherwise."""
+    code, out, err = run_cli(["solve", str(NATALIA), "--model", "qwen2.5-coder-0.5b", "--strategy", "astar",
+                              "--candidates", "2", "--trajectories", "1", "--max-expansions", "3",
+                              "--max-tokens", "200", "--ctx", "2048", "--seed", "2", "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["scorer"] == "qhead" and "no Q-value head" not in err
+    code, out, _ = run_cli(["head", "info", str(Path(__file__).parent.parent / "models" /
+                                               "qwen2.5-coder-0.5b.qhead.gguf"), "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["architecture"] == "qwen2" and info["n_embd"] == 896 and info["n_states"] > 0
