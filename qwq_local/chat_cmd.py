@@ -20,6 +20,8 @@ def run_chat_cmd(settings: Settings, *, show_thinking: bool, hide_thinking: bool
 
     if show_thinking and hide_thinking:
         raise UsageError("--show-thinking and --hide-thinking cannot be used together")
+    if think_budget is not None and think_budget < 1:
+        raise UsageError("--think-budget must be at least 1 token")
     env = Env.from_process()
     history = History(settings.data_dir / "history.db")
     if resume_latest and resume is None:
@@ -47,7 +49,7 @@ def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
         from qwq_local.solve import solve_search
         from qwq_local.solve_cmd import DEFAULT_SCORERS, _load_head
 
-        head = _load_head(plan, required=False)
+        head = None if strategy == "sc" else _load_head(plan, required=False)  # sc votes: no scorer
         names = [] if strategy == "sc" else (["qhead"] if head is not None else DEFAULT_SCORERS)
         config = SearchConfig(thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
                               candidates=4, trajectories=4, beam=8, n_samples=4, beam_width=3,
@@ -60,10 +62,12 @@ def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
         text = (f"<think>\n{result.thinking}\n</think>\n\n" if result.thinking else "") + result.answer
         stats = TurnStats(result.prompt_tokens, search.get("evaluated_tokens", 0), result.thinking_tokens,
                           result.answer_tokens, result.seconds, 0.0, search.get("peak_kv_tokens", 0),
-                          plan.n_ctx, "eos")
+                          plan.n_ctx, "eos" if search.get("complete", True) else "length")
         summary = (f"{strategy}: {search.get('expansions', 0)} expansions · {search.get('nodes', 0)} nodes · "
                    f"{search.get('generated_tokens', 0)} generated · answers {search.get('terminal_answers')} · "
                    f"scorer {search.get('scorer') or '-'}")
+        if not search.get("complete", True):
+            summary += f" · stopped by its {search.get('stop_reason') or 'budget'} budget before a reply finished"
         if head is None and strategy in ("astar", "beam", "bon"):
             summary += " (no Q-value head for this model)"
         return text, stats, summary

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 
 from qwq_local import __version__
@@ -118,6 +117,7 @@ def solve(
     candidates: int = typer.Option(6, "--candidates", "-K", help="Candidate steps per expansion."),
     trajectories: int = typer.Option(6, "--trajectories", "-N", help="Terminal answers to collect."),
     beam: int = typer.Option(16, "--beam", "-B", help="Most open nodes kept."),
+    beam_width: int = typer.Option(4, "--beam-width", help="Paths kept per depth by beam search."),
     lam: float = typer.Option(1.0, "--lambda", help="Weight of h in f = g + lambda*h."),
     agg: str = typer.Option("min", "--agg", help="min | max | sum | mean | last"),
     scorer: Optional[str] = typer.Option(None, "--scorer", help="qhead | self-eval | rules, comma-separated."),
@@ -137,7 +137,7 @@ def solve(
                              models_dir=models_dir, kv_budget=kv_budget)
     run_solve(settings, file, strategy=strategy, fmt=fmt, show_thinking=show_thinking, as_json=as_json,
               search=dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
-                          time_limit=time_limit, max_tokens=max_tokens, max_expansions=max_expansions,
+                          beam_width=beam_width, time_limit=time_limit, max_tokens=max_tokens, max_expansions=max_expansions,
                           max_depth=max_depth),
               scorer=scorer, show_tree=show_tree, trace=trace)
 
@@ -198,13 +198,13 @@ def history_search(text: str = typer.Argument(...)) -> None:
 
 @history_app.command("show")
 def history_show(conversation: Optional[int] = typer.Argument(None, help="ID (default: latest)."),
-                 markdown: bool = typer.Option(True, "--markdown/--no-markdown"),
+                 markdown: bool = typer.Option(True, "--markdown/--no-markdown", help="--no-markdown: JSON."),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Export one conversation as markdown or JSON."""
     from qwq_local.render.history_view import print_export
 
     env, history = _history_env()
-    print_export(env, history, conversation, "json" if as_json else "markdown")
+    print_export(env, history, conversation, "json" if as_json or not markdown else "markdown")
 
 
 # ------------------------------------------------------------------------------------------- head
@@ -261,8 +261,13 @@ def bench_engine_cmd(
     """KV tree vs naive re-prefill (recompute ratio, wall time) and batched tok/s vs raw llama.cpp."""
     from qwq_local.bench.run import run_engine_bench
 
-    run_engine_bench(settings_from(models_dir=models_dir), model, [int(k) for k in ks.split(",")], steps,
-                     kv_budget, as_json)
+    try:
+        counts = [int(k) for k in ks.split(",") if k.strip()]
+    except ValueError:
+        raise UsageError(f"--k {ks!r}: give sibling counts such as 1,2,4,8") from None
+    if not counts or any(not 1 <= k <= 128 for k in counts):
+        raise UsageError(f"--k {ks!r}: each sibling count must be from 1 to 128")
+    run_engine_bench(settings_from(models_dir=models_dir), model, counts, steps, kv_budget, as_json)
 
 
 @bench_app.command("chat")
@@ -324,11 +329,30 @@ def _resume_with_id(args: list[str]) -> list[str]:
     return out
 
 
+def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, exits, aborts) of click and of the copy of it that newer Typer versions vendor."""
+    usage: list[type] = []
+    exits: list[type] = [typer.Exit]
+    aborts: list[type] = [typer.Abort]
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found = __import__(module, fromlist=["ClickException"])
+        except ImportError:
+            continue
+        usage += [c for c in (getattr(found, "ClickException", None),) if c is not None]
+        exits += [c for c in (getattr(found, "Exit", None),) if c is not None]
+        aborts += [c for c in (getattr(found, "Abort", None),) if c is not None]
+    return tuple(usage), tuple(exits), tuple(aborts)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; QwqError becomes `error: message` and its exit code (tracebacks with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("QWQ_DEBUG") == "1"
+    if "--debug" in args:  # accepted anywhere on the line, as the error hint suggests
+        args = ["--debug"] + [a for a in args if a != "--debug"]
     args = _resume_with_id(args)
+    usage_errors, exits, aborts = _click_classes()
     try:
         code = app(args=args, prog_name="qwq", standalone_mode=False)
     except QwqError as exc:
@@ -336,14 +360,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"error: {exc.message}", err=True)
         sys.exit(int(exc.exit_code))
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except exits as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except usage_errors as exc:
         if debug:
             raise
-        exc.show()
+        exc.show()  # type: ignore[attr-defined]
         sys.exit(int(ExitCode.USAGE))
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, *aborts):
         if debug:
             raise
         typer.echo("interrupted", err=True)

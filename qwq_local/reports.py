@@ -68,7 +68,7 @@ def print_info(plan: Any, as_json: bool = False) -> None:
     lines = [
         f"file          {d['path']} ({fmt_bytes(d['file_size'])}{', %d shards' % d['shards'] if d['shards'] > 1 else ''})",
         f"model         {d['name'] or '?'} · {d['architecture']} · {d['parameters'] / 1e9:.2f} B params · {d['quant']}",
-        f"context       native {d['native_context'] or '?':,} · rope base {d['rope']['freq_base']}",
+        f"context       native {_count(d['native_context'])} · rope base {d['rope']['freq_base']}",
         f"shape         {d['n_layer']} layers · {d['n_head']} heads ({d['n_head_kv']} KV) · head dim {d['head_dim']} · embd {d['n_embd']}",
         f"chat template {'from GGUF' if d['chat_template'] else 'none (ChatML used)'}",
         f"KV cache      {fmt_bytes(d['kv_bytes_per_token'])}/token · {fmt_bytes(p['kv_bytes'])} at ctx {p['ctx']:,}",
@@ -123,3 +123,7 @@ def print_doctor(report: dict[str, Any], as_json: bool = False) -> None:
     if gpu and not ll["gpu_offload"]:
         lines.append("hint          a GPU is present but llama.cpp was built for CPU: see README, 'GPU offload'")
     typer.echo("\n".join(lines))
+
+
+def _count(value: int | None) -> str:
+    return f"{value:,}" if value else "?"

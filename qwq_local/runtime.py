@@ -84,12 +84,20 @@ def kv_budget_tokens(plan: ModelPlan, settings: Settings) -> int | None:
     return amount or None
 
 
-def load(plan: ModelPlan, settings: Settings, *, verbose: bool = False):  # -> LoadedModel
-    """Load the planned model into llama.cpp."""
+# The chat context a search-only command loads beside its KV tree: the tree holds the planned context.
+SEARCH_ONLY_CTX = 512
+
+
+def load(plan: ModelPlan, settings: Settings, *, verbose: bool = False, chat_ctx: int | None = None):
+    """Load the planned model into llama.cpp (-> LoadedModel).
+
+    `chat_ctx`: a smaller context for the one-sequence chat engine, for commands whose work happens in
+    a KV tree of the planned size, so that the KV cache is not held twice.
+    """
     from qwq_local.engine.model import LoadedModel, LoadOptions
 
     seed = settings.sampling.seed if settings.sampling.seed is not None else 0xFFFFFFFF
     return LoadedModel(Path(plan.resolved.path), LoadOptions(
-        n_ctx=plan.n_ctx, n_gpu_layers=plan.offload.llama_n_gpu_layers, rope=plan.rope,
+        n_ctx=min(chat_ctx, plan.n_ctx) if chat_ctx else plan.n_ctx, n_gpu_layers=plan.offload.llama_n_gpu_layers, rope=plan.rope,
         seed=seed, verbose=verbose,
     ))

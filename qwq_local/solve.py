@@ -11,7 +11,7 @@ from typing import Any, Callable, TextIO
 from qwq_local.config import Sampling
 from qwq_local.errors import ExitCode, InputFileError
 from qwq_local.prompts import build_question, detect_format
-from qwq_local.search.answer import extract_final_answer, split_thinking
+from qwq_local.search.answer import END_THINK, extract_final_answer, split_thinking
 
 
 def read_problem(source: str, stdin: TextIO = sys.stdin) -> str:
@@ -117,6 +117,8 @@ def solve_search(model: Any, problem: str, fmt: str, sampling: Sampling, strateg
         prompt_tokens = len(policy.prompt_tokens(question))
     seconds = time.perf_counter() - start
     thinking, answer = split_thinking(result.text)
+    if thinks and END_THINK not in result.text:  # stopped by a budget inside the thinking: no answer yet
+        thinking, answer = result.text, ""
     n_think = len(model.tokenize(thinking, bos=False)) if thinking else 0
     return SolveResult(
         model=model.name, strategy=strategy, format=fmt, answer=answer.strip(),
@@ -129,6 +131,7 @@ def solve_search(model: Any, problem: str, fmt: str, sampling: Sampling, strateg
             "generated_tokens": stats.generated_tokens, "evaluated_tokens": stats.evaluated_tokens,
             "peak_kv_tokens": stats.peak_kv_tokens, "terminal_answers": result.terminal_answers,
             "chosen_path": result.chosen_path, "scorer": "+".join(scorer_names),
+            "complete": result.complete, "stop_reason": result.stop_reason,
             "_tree": result.tree,
         },
     )

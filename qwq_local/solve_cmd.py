@@ -25,30 +25,43 @@ def run_solve(settings: Settings, file: str, *, strategy: str, fmt: str, show_th
         raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     if fmt not in ("auto", "math", "choice", "code", "plain"):
         raise UsageError(f"unknown format {fmt!r}; choose from auto, math, choice, code, plain")
+    if strategy == "direct" and (scorer or show_tree or trace):
+        raise UsageError("--scorer, --show-tree and --trace need a search strategy (astar, beam, bon, sc)")
+    if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
+        raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)
     resolved = runtime.locate(settings.model, settings)
     plan = runtime.plan_model(resolved, settings)
-    if strategy != "direct":
-        search = dict(search, config=search_config(search, plan, settings),
-                      kv_budget=runtime.kv_budget_tokens(plan, settings))
-    model = runtime.load(plan, settings)
+    if strategy != "direct":  # every search option checked, and the head loaded, before the model
+        config = search_config(search, plan, settings)
+        kv_budget = runtime.kv_budget_tokens(plan, settings)
+        names, head = scorer_plan(scorer, strategy, plan, quiet=as_json)
+        search = dict(search, config=config, kv_budget=kv_budget, scorers=names, head=head)
+    model = runtime.load(plan, settings, chat_ctx=None if strategy == "direct" else runtime.SEARCH_ONLY_CTX)
     try:
         if strategy == "direct":
             result = _direct(model, plan, problem, fmt, settings, show_thinking, as_json)
         else:
-            result = _search(model, plan, problem, fmt, settings, strategy, search, scorer)
+            result = _search(model, plan, problem, fmt, settings, strategy, search)
     finally:
         model.close()
     tree = result.search.pop("_tree", None)
-    if trace is not None and tree is not None:
-        _write_json(trace, {"result": result.to_json(), "tree": tree})
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    if trace is not None and tree is not None:
+        try:
+            _write_json(trace, {"result": result.to_json(), "tree": tree})
+        except OSError as exc:
+            typer.echo(f"warning: could not write the trace {trace}: {exc.strerror or exc}", err=True)
+    if as_json:
         return
     if strategy != "direct":
         if show_thinking and result.thinking:
             typer.echo(result.thinking + "\n\n---\n")
         typer.echo(result.answer)
+        if not result.search.get("complete", True):
+            typer.echo(f"note: the search stopped ({result.search.get('stop_reason') or 'budget'}) before a reply "
+                       "finished; this is the best partial one", err=True)
     if show_tree and tree is not None:
         from qwq_local.render.console import Env
         from qwq_local.tree_view import render_tree
@@ -83,21 +96,37 @@ def _direct(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, setting
     return result
 
 
-def _search(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
-            strategy: str, opts: dict[str, Any], scorer: str | None) -> SolveResult:
-    names = [s.strip() for s in scorer.split(",")] if scorer else None
-    head = None
-    if names is None or "qhead" in names:
-        head = _load_head(plan, required=names is not None)
-        if names is None:
-            names = ["qhead"] if head is not None else DEFAULT_SCORERS
-            if head is None and strategy in ("astar", "beam", "bon"):
-                typer.echo(f"note: no Q-value head for this model; scoring with {'+'.join(names)}", err=True)
-    config = opts["config"]
+def scorer_plan(scorer: str | None, strategy: str, plan: runtime.ModelPlan,
+                quiet: bool = False) -> tuple[list[str], Any]:
+    """Scorer names and the Q-value head for a search, checked before the model loads.
+
+    No --scorer: the catalog's head for the model, else self-eval + rules (said in one line).
+    Self-consistency votes, so it takes no scorer and no head.
+    """
+    from qwq_local.value.combine import parse_scorers
+
     if strategy == "sc":
-        names = []
-    return solve_search(model, problem, fmt, settings.sampling, strategy, config, names,
-                        thinks=plan.thinks, head=head, kv_budget=opts["kv_budget"],
+        if scorer:
+            raise UsageError("--scorer: self-consistency (sc) votes on answers and uses no scorer")
+        return [], None
+    if scorer is None:
+        head = _load_head(plan, required=False)
+        names = ["qhead"] if head is not None else list(DEFAULT_SCORERS)
+        if head is None and not quiet:
+            typer.echo(f"note: no Q-value head for this model; scoring with {'+'.join(names)}", err=True)
+        return names, head
+    try:
+        parsed = parse_scorers([scorer])
+    except ValueError as exc:
+        raise UsageError(f"--scorer: {exc}") from None
+    head = _load_head(plan, required=True) if any(name == "qhead" for name, _ in parsed) else None
+    return [name if weight == 1 else f"{name}:{weight:g}" for name, weight in parsed], head
+
+
+def _search(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
+            strategy: str, opts: dict[str, Any]) -> SolveResult:
+    return solve_search(model, problem, fmt, settings.sampling, strategy, opts["config"], opts["scorers"],
+                        thinks=plan.thinks, head=opts["head"], kv_budget=opts["kv_budget"],
                         n_ctx=plan.n_ctx)
 
 
@@ -110,7 +139,7 @@ def search_config(opts: dict[str, Any], plan: runtime.ModelPlan, settings: Setti
             candidates=opts["candidates"], trajectories=opts["trajectories"], beam=opts["beam"],
             lam=opts["lam"], agg=opts["agg"], time_limit=opts.get("time_limit"),
             max_expansions=opts.get("max_expansions", 200), max_depth=opts.get("max_depth", 200),
-            n_samples=opts["trajectories"], beam_width=min(opts["beam"], 4),
+            n_samples=opts["trajectories"], beam_width=opts.get("beam_width", 4),
             thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
         )
     except ValueError as exc:
@@ -131,5 +160,9 @@ def _load_head(plan: runtime.ModelPlan, required: bool) -> Any:
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

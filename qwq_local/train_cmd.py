@@ -66,7 +66,7 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
         typer.echo(f"labels: all {problems} problems already in {store.path}", err=True)
         return
     config = RolloutConfig(rollouts=rollouts, max_steps=max_steps, reply_tokens=reply_tokens)
-    model = runtime.load(plan, settings)
+    model = runtime.load(plan, settings, chat_ctx=runtime.SEARCH_ONLY_CTX)
     n_seq = min(rollouts + max_steps + 4, 256)
     started, states = time.perf_counter(), 0
     try:

@@ -74,10 +74,18 @@ def test_not_enough_memory(capsys: pytest.CaptureFixture[str], qwen_path: Path,
     assert code == ExitCode.OUT_OF_MEMORY and "not enough memory" in err
 
 
-def test_debug_shows_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "qwq_local", "--debug", "solve", str(tmp_path / "x.md")],
-                          capture_output=True, text=True)
-    assert proc.returncode != 0 and "Traceback" in proc.stderr
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_traceback(tmp_path: Path, where: str) -> None:
+    args = ["solve", str(tmp_path / "x.md")]
+    args = ["--debug", *args] if where == "before" else [*args, "--debug"]
+    proc = subprocess.run([sys.executable, "-m", "qwq_local", *args], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "no such file" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["models", "--bogus"], ["solve"], ["no-such-command"]])
+def test_bad_command_line_is_a_usage_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(args, capsys)
+    assert code == ExitCode.USAGE and "Traceback" not in err and ("Usage:" in err or "Error" in err)
 
 
 def test_info_shows_plan(capsys: pytest.CaptureFixture[str], qwen_path: Path) -> None:
@@ -113,6 +121,30 @@ def test_solve_astar_shows_and_traces_the_tree(capsys: pytest.CaptureFixture[str
     data = json.loads(trace.read_text())
     assert 1 <= data["result"]["expansions"] <= 4
     assert {n["id"] for n in data["tree"] if n["chosen"]} == set(data["result"]["chosen_path"])
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--strategy", "astar", "--scorer", "magic"], "unknown scorer 'magic'"),
+    (["--strategy", "astar", "--scorer", "rules:x"], "must be a number"),
+    (["--strategy", "sc", "--scorer", "rules"], "uses no scorer"),
+    (["--show-tree"], "need a search strategy"),
+    (["--strategy", "astar", "--trace", "/no/such/dir/tree.json"], "not a file in an existing directory"),
+])
+def test_search_flags_are_checked_before_the_model_loads(capsys: pytest.CaptureFixture[str], qwen_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, extra: list[str],
+                                                         words: str) -> None:
+    from qwq_local import runtime
+
+    monkeypatch.setattr(runtime, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, _, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path), *extra], capsys)
+    assert code == ExitCode.USAGE and words in err and err.count("\n") == 1
+
+
+def test_other_bad_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["bench", "engine", "--k", "1,x"], capsys)
+    assert code == ExitCode.USAGE and "sibling counts" in err
+    code, _, err = run_cli(["chat", "--model", "qwen2.5-coder-0.5b", "--think-budget", "0"], capsys)
+    assert code == ExitCode.USAGE and "--think-budget" in err
 
 
 def test_bad_search_option_is_a_usage_error(capsys: pytest.CaptureFixture[str], qwen_path: Path) -> None:

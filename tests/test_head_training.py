@@ -246,7 +246,7 @@ def test_label_store_write_reopen_and_resume(tmp_path: Path) -> None:
     path = tmp_path / "labels" / "states.jsonl"
     p1, p2, p3 = label_rows("p1", 3), label_rows("p2", 2), label_rows("p3", 4)
     store = LabelStore(path)
-    assert store.done_problems() == set() and len(store) == 0
+    assert store.done_problems() == set() and len(store) == 0 and store.rows() == []  # no file yet
     store.append(p1)
     store.append(p2)
     assert store.done_problems() == {"p1", "p2"}

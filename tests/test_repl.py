@@ -311,6 +311,16 @@ def test_search_strategy_runs_the_runner_and_folds_the_tree(history: History) ->
     assert c.sent()[-3:] == [("user", "What is 6*7?"), ("assistant", "\\boxed{42}"), ("user", "q2")]
 
 
+def test_a_searched_reply_without_thinking_tags_is_all_answer(history: History) -> None:
+    def runner(question: str, strategy: str, earlier: list) -> tuple[str, TurnStats, str]:
+        return "The answer is \\boxed{7}.", TurnStats(answer_tokens=6, seconds=1.0), "2 nodes"
+
+    c = chat("/search bon\rq\r", history, strategy_runner=runner, think_budget=50)
+    assert c.model.thinks
+    (turn,) = c.stored()
+    assert (turn.answer, turn.thinking) == ("The answer is \\boxed{7}.", "")
+
+
 def test_search_without_a_runner_is_refused(history: History) -> None:
     c = chat("/search beam\r/search nope\r/search\rq\r", history)
     assert "search strategies are not available in this session" in c.err

@@ -13,7 +13,7 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from qwq_local.engine.plan import RopePlan
-from qwq_local.errors import ExitCode, ModelFileError
+from qwq_local.errors import ExitCode, ModelFileError, OutOfMemoryError
 
 if TYPE_CHECKING:  # pragma: no cover
     from qwq_local.engine.chat import Message
@@ -112,6 +112,9 @@ class LoadedModel:
                     **kwargs,
                 )
         except ValueError as exc:
+            if "llama_context" in str(exc) or "llama_batch" in str(exc):  # the weights loaded; memory did not
+                raise OutOfMemoryError(f"{self.path.name}: llama.cpp could not allocate a {options.n_ctx}-token "
+                                       "context; try a smaller --ctx or fewer --gpu-layers") from exc
             raise ModelFileError(f"{self.path.name}: llama.cpp could not load it ({exc})",
                                  ExitCode.CORRUPT_MODEL) from exc
         self.name = self.path.name

@@ -196,7 +196,8 @@ class ChatSession:
         except KeyboardInterrupt:
             stats = TurnStats(seconds=clock() - start, n_ctx=self.model.n_ctx, stop_reason="interrupted")
             text, tree = "", ""
-        thinking, answer = split_thinking(text, starts_in_thinking=self.model.thinks)
+        # the runner marks any thinking with explicit tags: untagged text is all answer
+        thinking, answer = split_thinking(text, starts_in_thinking=False)
         if thinking.strip():
             view.thinking_done(thinking, stats.thinking_seconds, stats.thinking_tokens)
         if tree.strip():

@@ -41,7 +41,7 @@ class WeightedScorer:
         return weighted / total
 
 
-def _parse(names: Sequence[str]) -> list[tuple[str, float]]:
+def parse_scorers(names: Sequence[str]) -> list[tuple[str, float]]:
     """`["rules,self-eval:2"]` -> [("rules", 1.0), ("self-eval", 2.0)]; a name may carry `:weight`."""
     parsed: list[tuple[str, float]] = []
     for entry in names:
@@ -72,7 +72,7 @@ def build_scorer(names: Sequence[str], lm: StepLM | None, qhead: Scorer | None =
     `qhead` is a scorer built elsewhere (the Q-value head) and passed in.
     """
     parts: list[tuple[Scorer, float]] = []
-    for name, weight in _parse(names):
+    for name, weight in parse_scorers(names):
         scorer: Scorer
         if name == "rules":
             scorer = RulesScorer()

@@ -167,7 +167,9 @@ class LabelStore:
 
     def _committed_rows(self) -> list[dict[str, Any]]:
         scan = self._current()
-        rows = []
+        rows: list[dict[str, Any]] = []
+        if not scan.batches:  # no file yet, or nothing committed in it
+            return rows
         with self.path.open("rb") as f:
             for batch in scan.batches.values():
                 for _, offset, length in batch:
