@@ -53,7 +53,7 @@ def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
         names = [] if strategy == "sc" else (["qhead"] if head is not None else DEFAULT_SCORERS)
         config = SearchConfig(thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
                               candidates=4, trajectories=4, beam=8, n_samples=4, beam_width=3,
-                              max_expansions=24, time_limit=180.0)
+                              max_expansions=24, time_limit=180.0, finish_partial=True)
         result = solve_search(model, question, "plain", settings.sampling, strategy, config, names,
                               thinks=plan.thinks, head=head, n_ctx=plan.n_ctx, history=earlier,
                               kv_budget=runtime.kv_budget_tokens(plan, settings))

@@ -140,7 +140,7 @@ def search_config(opts: dict[str, Any], plan: runtime.ModelPlan, settings: Setti
             lam=opts["lam"], agg=opts["agg"], time_limit=opts.get("time_limit"),
             max_expansions=opts.get("max_expansions", 200), max_depth=opts.get("max_depth", 200),
             n_samples=opts["trajectories"], beam_width=opts.get("beam_width", 4),
-            thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
+            thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens, finish_partial=True,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -177,6 +177,19 @@ def test_returns_the_best_open_path_when_nothing_finishes() -> None:
     assert not result.complete
 
 
+def test_finish_partial_completes_the_best_open_path_when_the_budget_runs_out() -> None:
+    tree: dict[str, Any] = {"A": {"A so \\boxed{3}": None}, "B": {"B so \\boxed{7}": None}}
+    scores = {"A": 0.2, "B": 0.3}
+    result, lm = run(tree, scores, max_expansions=1, finish_partial=True, thinking=False)
+    # The root was the one expansion; B (f .6) is the best open node and is completed as a whole reply.
+    assert result.stop_reason == "expansions" and result.complete
+    assert result.text == "BB so \\boxed{7}" and result.final_answer == "7"
+    assert lm.sample_calls[-1].path == ("B",) and lm.sample_calls[-1].stop.delimiter is None
+    assert result.terminal_answers == []  # the search itself finished nothing
+    unfinished, _ = run(tree, scores, max_expansions=1, thinking=False)
+    assert not unfinished.complete and unfinished.final_answer is None
+
+
 def test_a_stated_answer_after_think_ends_a_path() -> None:
     tree: dict[str, Any] = {"<think>\nhmm\n\n": {"maybe \\boxed{2}\n\n": {"</think>\n\nSo": {"\\boxed{5}": {}}}}}
     result, lm = run(tree)

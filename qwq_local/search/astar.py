@@ -105,6 +105,34 @@ class AStar:
             worst.dropped = True
             self.tree.release(worst)
 
+    def _finish(self, node: Node) -> Node:
+        """Complete an open path as a whole reply (at most 3 calls: thinking, then the answer).
+
+        Used when the budget ran out before any path finished, so that a search always answers.
+        """
+        end_think = self.config.stop.end_think
+        self.open.discard(node.id)
+        for _ in range(3):
+            before = self.tree.text(node)
+            more = self.lm.sample(node.branch, 1, self.config.reply_stop())
+            node.expanded = True
+            self.tree.release(node)
+            if not more:
+                return node
+            child = self.tree.add_child(node, more[0], reward=None)
+            child.g, child.h, child.f = node.g, 0.0, node.g
+            if is_terminal(more[0], before, thinking=self.config.thinking, end_think=end_think):
+                child.terminal = True
+                child.answer = extract_final_answer(before + more[0].text, end_think)
+                self.tree.release(child)
+                return child
+            if more[0].n_tokens == 0:
+                self.tree.release(child)
+                return child
+            node = child
+        self.tree.release(node)
+        return node
+
     def _result(self, root: Node, stop_reason: str) -> SearchResult:
         def rank(node: Node) -> tuple[float, int]:
             return (node.f, -node.id)
@@ -114,6 +142,8 @@ class AStar:
         else:
             leaves = self.tree.open_leaves()  # open, cut at max depth, or dead ends
             chosen = max(leaves, key=rank) if leaves else root
+            if self.config.finish_partial and chosen.id in self.open:
+                chosen = self._finish(chosen)
         return self.tree.result(
             "astar",
             chosen,

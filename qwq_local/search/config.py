@@ -37,6 +37,7 @@ class SearchConfig:
     beam_width: int = 4  # nodes kept per level by beam search
     thinking: bool = True  # the policy thinks first (QwQ): only text after </think> can end a path early
     max_reply_tokens: int = 8192  # token limit of one whole reply (direct, best-of-n, self-consistency)
+    finish_partial: bool = False  # A* out of budget with nothing finished: complete the best open path
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
