@@ -83,6 +83,9 @@ class FakeChat:
                     forced = intervene(thinking, thinking_tokens) if intervene else None
                     if forced is not None:
                         self.forced.append(forced)
+                        thinking += forced
+                        thinking_tokens += len(pieces_of(forced))
+                        intervene(thinking, thinking_tokens)  # the count with the forced words, as the engine does
                         yield forced
                         in_thinking, thinking_seconds = False, time.monotonic() - start
                         after = reply.text.split("</think>", 1)

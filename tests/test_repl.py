@@ -27,7 +27,7 @@ from qwq_local.history import History, Turn
 from qwq_local.render.chatmodel import TurnStats
 from qwq_local.render.console import Env
 from qwq_local.render.repl import SlashCompleter, run_chat
-from tests.fake_chat import DEFAULT_REPLY, FakeChat, Reply
+from tests.fake_chat import DEFAULT_REPLY, FakeChat, Reply, pieces_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CTRL_C, CTRL_D, ALT_ENTER = "\x03", "\x04", "\x1b\r"
@@ -164,14 +164,17 @@ def test_budget_command_cuts_thinking_and_says_why(history: History) -> None:
     assert "· thinking budget of 3 tokens reached; the model was told to answer now" in c.out
     assert len(c.model.forced) == 1 and c.model.forced[0].endswith("</think>\n\n")
     first, second = c.stored()
-    assert first.thinking_tokens == 3 and first.answer == "The answer is 42."
+    forced = len(pieces_of(c.model.forced[0]))
+    assert first.thinking_tokens == 3 + forced and first.answer == "The answer is 42."
+    assert f"▸ Thought for 0.0 s · {3 + forced} tokens" in c.out  # the fold line counts the forced words too
     assert second.thinking_tokens == 11
     assert "usage: /budget N" in c.err
 
 
 def test_think_budget_flag(history: History) -> None:
     c = chat("q\r", history, think_budget=5)
-    assert c.stored()[0].thinking_tokens == 5 and "budget of 5 tokens" in c.out
+    forced = len(pieces_of(c.model.forced[0]))
+    assert c.stored()[0].thinking_tokens == 5 + forced and "budget of 5 tokens" in c.out
 
 
 def test_loop_guard_breaks_a_repeating_thought(history: History) -> None:
@@ -418,7 +421,7 @@ def test_piped_stdin_answers_each_line(history: History) -> None:
 
 def test_piped_stdin_runs_commands(history: History, tmp_path: Path) -> None:
     c = piped(f"/budget 2\nq\n/save {tmp_path / 't.md'}\n/exit\nnever\n", history)
-    assert len(c.model.calls) == 1 and c.stored()[0].thinking_tokens == 2
+    assert len(c.model.calls) == 1 and c.stored()[0].thinking_tokens == 2 + len(pieces_of(c.model.forced[0]))
     assert (tmp_path / "t.md").exists()
 
 

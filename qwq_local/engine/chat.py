@@ -142,9 +142,11 @@ class LlamaChat:
                 if in_think and intervene is not None:
                     extra = intervene("".join(thinking_text), n_think)
                     if extra:
-                        yield extra
                         inject = self.model.tokenize(extra, bos=False)
                         n_think += len(inject)
+                        thinking_text.append(extra)
+                        intervene("".join(thinking_text), n_think)  # the count with the forced words
+                        yield extra
                         if THINK_CLOSE in extra:
                             in_think = False
                             think_end = time.perf_counter()

@@ -13,7 +13,11 @@ from typing import Any, Protocol
 from qwq_local.config import Sampling
 
 Intervene = Callable[[str, int], "str | None"]
-"""Called with (thinking text so far, thinking tokens so far); a returned string is forced into the reply."""
+"""Called with (thinking text so far, thinking tokens so far); a returned string is forced into the reply.
+
+After forcing a string the model calls it once more, with the text and count including that string
+(so a fold line drawn when the forced `</think>` arrives shows the whole section); that return is ignored.
+"""
 
 
 @dataclass
