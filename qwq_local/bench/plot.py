@@ -15,27 +15,25 @@ def plot_accuracy(report: AccuracyReport, path: Path, title: str | None = None) 
         from matplotlib.figure import Figure
     except ImportError:
         raise QwqError("plotting needs matplotlib: pip install 'qwq-local[bench]'") from None
-    figure = Figure(figsize=(7, 4.5), dpi=120)
+    figure = Figure(figsize=(9, 4.5), dpi=120)
     FigureCanvasAgg(figure)  # Agg without touching pyplot's global backend
     axes = figure.add_subplot()
     tokens = [s.mean_tokens for s in report.scores]
-    for score in report.scores:
+    for score in report.scores:  # labelled in the legend, not beside the points, which often sit close together
         accuracy = 100 * score.accuracy
         errors = [[accuracy - 100 * score.ci_low], [100 * score.ci_high - accuracy]]
-        axes.errorbar([score.mean_tokens], [accuracy], yerr=errors, fmt="o", capsize=4, label=score.strategy)
-        axes.annotate(
-            f"{score.strategy} {accuracy:.1f}%", (score.mean_tokens, accuracy),
-            textcoords="offset points", xytext=(6, 6), fontsize=9,
-        )
+        axes.errorbar([score.mean_tokens], [accuracy], yerr=errors, fmt="o", capsize=4,
+                      label=f"{score.strategy}: {accuracy:.1f}% · {score.mean_tokens:,.0f} tok")
     if tokens and min(tokens) > 0 and max(tokens) / min(tokens) > 20:
         axes.set_xscale("log")
-    axes.set_ylim(0, 100)
+    top = max((100 * s.ci_high for s in report.scores), default=100.0)
+    axes.set_ylim(0, min(100.0, 10 * (top // 10 + 1)))
     axes.set_xlabel("mean generated tokens per problem")
     axes.set_ylabel("accuracy (%)")
     axes.set_title(title or f"{report.problems} problems, 95% Wilson intervals")
     axes.grid(alpha=0.3)
     if report.scores:
-        axes.legend(loc="lower right", fontsize=8)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
