@@ -58,12 +58,13 @@ def synthetic_prompt(model: LoadedModel, n_tokens: int) -> list[int]:
     return model.tokenize(model.render_chat([Message("user", model.detokenize(body))]))
 
 
-def _pop_order(shape: SearchShape) -> Callable[[list[tuple[int, Any]]], int]:
+def _pop_order(shape: SearchShape) -> Callable[[list[tuple[int, Any]]], int | None]:
     rng = random.Random(shape.seed)
 
-    def pick(open_nodes: list[tuple[int, Any]]) -> int:
+    def pick(open_nodes: list[tuple[int, Any]]) -> int | None:
+        """A seeded-random open node above the depth limit; None when every reply has ended."""
         candidates = [i for i, (depth, _) in enumerate(open_nodes) if depth < shape.depth]
-        return rng.choice(candidates)
+        return rng.choice(candidates) if candidates else None
 
     return pick
 
@@ -80,10 +81,17 @@ def run_tree_search(model: LoadedModel, shape: SearchShape, sampling: Sampling, 
         pick = _pop_order(shape)
         stop = StepStop(delimiter=None, max_tokens=shape.step_tokens)
         for _ in range(shape.expansions):
-            depth, node = open_nodes.pop(pick(open_nodes))
+            index = pick(open_nodes)
+            if index is None:
+                break
+            depth, node = open_nodes.pop(index)
             children = policy.sample(node, shape.branching, stop)
             policy.release(node)
-            open_nodes += [(depth + 1, c.branch) for c in children if not c.finished]
+            for child in children:
+                if child.finished:  # an ended reply is not expanded: its cells go back at once
+                    policy.release(child.branch)
+                else:
+                    open_nodes.append((depth + 1, child.branch))
         seconds = time.perf_counter() - start
         stats = tree.stats
         out = {
@@ -114,19 +122,25 @@ def run_naive_search(model: LoadedModel, shape: SearchShape, sampling: Sampling)
     distinct = len(prompt)
     generated = 0
     for _ in range(shape.expansions):
-        depth, prefix = open_nodes.pop(pick(open_nodes))
+        index = pick(open_nodes)
+        if index is None:
+            break
+        depth, prefix = open_nodes.pop(index)
         for _k in range(shape.branching):
             toks: list[int] = []
+            finished = False
             for tok in llama.generate(prefix, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
                                       temp=sampling.temperature, repeat_penalty=1.0, reset=True):
                 if model.is_eog(tok):
+                    finished = True
                     break
                 toks.append(tok)
                 if len(toks) >= shape.step_tokens:
                     break
             generated += len(toks)
             distinct += len(toks)
-            open_nodes.append((depth + 1, prefix + toks))
+            if not finished:  # as on the tree: a reply that ended is not expanded again
+                open_nodes.append((depth + 1, prefix + toks))
     seconds = time.perf_counter() - start
     evaluated = perf_evaluated(llama.ctx) - before
     return {
