@@ -125,7 +125,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     if plot is not None:
         from qwq_local.bench.plot import plot_accuracy
 
-        plot_accuracy(report, plot, title=f"{data} · {settings.model} · {report.problems} problems, 95% Wilson intervals")
+        plot_accuracy(report, plot, title=f"{data} · {settings.model}")
         if not as_json:
             typer.echo(f"plot: {plot}")
     if report.interrupted:

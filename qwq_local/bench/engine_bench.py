@@ -10,7 +10,7 @@ import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Iterator
 
 from qwq_local.config import Sampling
 from qwq_local.engine.chat import LlamaChat, Message
@@ -58,15 +58,15 @@ def synthetic_prompt(model: LoadedModel, n_tokens: int) -> list[int]:
     return model.tokenize(model.render_chat([Message("user", model.detokenize(body))]))
 
 
-def _pop_order(shape: SearchShape) -> Callable[[list[tuple[int, Any]]], int | None]:
+def _expansions(shape: SearchShape, open_nodes: list[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    """Pop up to `shape.expansions` seeded-random open nodes above the depth limit from the live list
+    (the caller appends children between pops); stop early when every reply has ended."""
     rng = random.Random(shape.seed)
-
-    def pick(open_nodes: list[tuple[int, Any]]) -> int | None:
-        """A seeded-random open node above the depth limit; None when every reply has ended."""
+    for _ in range(shape.expansions):
         candidates = [i for i, (depth, _) in enumerate(open_nodes) if depth < shape.depth]
-        return rng.choice(candidates) if candidates else None
-
-    return pick
+        if not candidates:
+            return
+        yield open_nodes.pop(rng.choice(candidates))
 
 
 def run_tree_search(model: LoadedModel, shape: SearchShape, sampling: Sampling, kv_budget: int | None) -> dict:
@@ -78,13 +78,8 @@ def run_tree_search(model: LoadedModel, shape: SearchShape, sampling: Sampling, 
         policy = TreePolicy(model, tree, sampling, thinks=False, max_reply_tokens=10**6)
         handle = policy.open_tokens(prompt)
         open_nodes: list[tuple[int, int]] = [(0, handle)]
-        pick = _pop_order(shape)
         stop = StepStop(delimiter=None, max_tokens=shape.step_tokens)
-        for _ in range(shape.expansions):
-            index = pick(open_nodes)
-            if index is None:
-                break
-            depth, node = open_nodes.pop(index)
+        for depth, node in _expansions(shape, open_nodes):
             children = policy.sample(node, shape.branching, stop)
             policy.release(node)
             for child in children:
@@ -118,14 +113,9 @@ def run_naive_search(model: LoadedModel, shape: SearchShape, sampling: Sampling)
     before = perf_evaluated(llama.ctx)
     start = time.perf_counter()
     open_nodes: list[tuple[int, list[int]]] = [(0, prompt)]
-    pick = _pop_order(shape)
     distinct = len(prompt)
     generated = 0
-    for _ in range(shape.expansions):
-        index = pick(open_nodes)
-        if index is None:
-            break
-        depth, prefix = open_nodes.pop(index)
+    for depth, prefix in _expansions(shape, open_nodes):
         for _k in range(shape.branching):
             toks: list[int] = []
             finished = False

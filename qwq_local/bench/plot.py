@@ -9,7 +9,8 @@ from qwq_local.errors import QwqError
 
 
 def plot_accuracy(report: AccuracyReport, path: Path, title: str | None = None) -> Path:
-    """Write the report's accuracy (Wilson 95% error bars) against mean generated tokens to `path`."""
+    """Write the report's accuracy (Wilson 95% error bars) against mean generated tokens to `path`;
+    `title` (data set, model) is followed by the problem count."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -30,7 +31,8 @@ def plot_accuracy(report: AccuracyReport, path: Path, title: str | None = None) 
     axes.set_ylim(0, min(100.0, 10 * (top // 10 + 1)))
     axes.set_xlabel("mean generated tokens per problem")
     axes.set_ylabel("accuracy (%)")
-    axes.set_title(title or f"{report.problems} problems, 95% Wilson intervals")
+    counted = f"{report.problems} problems, 95% Wilson intervals"
+    axes.set_title(f"{title} · {counted}" if title else counted)
     axes.grid(alpha=0.3)
     if report.scores:
         axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
