@@ -35,7 +35,8 @@ def test_real_repl_session(qwen_path: Path, user_path: Path) -> None:
         child.expect("Thinking of turn 1")
         child.expect(PROMPT)
         child.sendline("/budget 400")
-        child.expect(PROMPT)
+        child.expect_exact("thinking budget: 400 tokens")  # not PROMPT alone: the redrawn input line holds ">>>" too,
+        child.expect(PROMPT)  # and a line typed before the next prompt could meet the Ctrl-C below at that prompt
         child.sendline("Write a very long story about a lighthouse keeper.")
         child.expect_exact("lighthouse keeper.")  # the echo of what we typed
         child.expect_exact("\x1b[?2004l")  # prompt_toolkit has let go of the terminal: the reply streams
