@@ -113,7 +113,6 @@ def run_naive_search(model: LoadedModel, shape: SearchShape, sampling: Sampling)
     before = perf_evaluated(llama.ctx)
     start = time.perf_counter()
     open_nodes: list[tuple[int, list[int]]] = [(0, prompt)]
-    distinct = len(prompt)
     generated = 0
     for depth, prefix in _expansions(shape, open_nodes):
         for _k in range(shape.branching):
@@ -128,11 +127,11 @@ def run_naive_search(model: LoadedModel, shape: SearchShape, sampling: Sampling)
                 if len(toks) >= shape.step_tokens:
                     break
             generated += len(toks)
-            distinct += len(toks)
             if not finished:  # as on the tree: a reply that ended is not expanded again
                 open_nodes.append((depth + 1, prefix + toks))
     seconds = time.perf_counter() - start
     evaluated = perf_evaluated(llama.ctx) - before
+    distinct = len(prompt) + generated  # the prompt, then every generated token once
     return {
         "seconds": round(seconds, 2),
         "evaluated_tokens": evaluated,
