@@ -4,13 +4,13 @@
 #        STRATEGIES=direct,sc@4,bon@4,astar:self-eval+rules benchmarks/run.sh accuracy 100   (a subset)
 #   engine    KV tree vs naive re-prefill and batched decode vs raw llama.cpp   (~4 min on 2 cores)
 #   chat      qwq's decode tok/s vs create_completion, 2nd-turn prompt evaluation  (~1 min)
-#   accuracy  GSM8K, first LIMIT problems (default 100), seven strategies        (~5 min a problem on 2 cores)
+#   accuracy  GSM8K, first LIMIT problems (default 100), eight strategies        (~5 min a problem on 2 cores)
 # The accuracy run is resumable: run it again and it goes on from its results file.
 set -euo pipefail
 cd "$(dirname "$0")"
 what=${1:-all}
 limit=${2:-100}
-strategies=${STRATEGIES:-direct,sc@4,sc@8,bon@4,astar:self-eval+rules,astar:qhead,astar:qhead+rules}
+strategies=${STRATEGIES:-direct,sc@4,bon@4,sc@8,bon@8,astar:self-eval+rules,astar:qhead,astar:qhead+rules}
 mkdir -p out
 stamp() { echo "# $(date -u +%FT%TZ) · $(nproc) cores · $(uname -m)"; }
 

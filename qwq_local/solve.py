@@ -98,9 +98,36 @@ def solve_search(model: Any, problem: str, fmt: str, sampling: Sampling, strateg
                  config: Any, scorer_names: list[str], *, thinks: bool, head: Any = None,
                  kv_budget: int | None = None, n_ctx: int = 8192, history: list | None = None) -> SolveResult:
     """Search over reasoning steps on the KV tree engine (A*, beam, best-of-N, self-consistency)."""
+    from qwq_local.search.strategies import run
+
+    def search(question: str, policy: Any, scorer: Any) -> tuple[Any, ...]:
+        return (run(strategy, question, config, policy, scorer),)
+
+    return _on_tree(model, problem, fmt, sampling, config, scorer_names, search, thinks=thinks, head=head,
+                    kv_budget=kv_budget, n_ctx=n_ctx, history=history)[0]
+
+
+def solve_sc_and_bon(model: Any, problem: str, fmt: str, sampling: Sampling, config: Any,
+                     scorer_names: list[str], *, thinks: bool, head: Any = None, kv_budget: int | None = None,
+                     n_ctx: int = 8192) -> tuple[SolveResult, SolveResult]:
+    """Self-consistency and best-of-N from one sampling of `config.n_samples` replies (for benchmarks)."""
+    from qwq_local.search.pooled import sc_and_bon
+
+    def search(question: str, policy: Any, scorer: Any) -> tuple[Any, ...]:
+        return sc_and_bon(question, config, policy, scorer)
+
+    by_vote, by_score = _on_tree(model, problem, fmt, sampling, config, scorer_names, search, thinks=thinks,
+                                 head=head, kv_budget=kv_budget, n_ctx=n_ctx)
+    by_vote.search["scorer"] = ""
+    return by_vote, by_score
+
+
+def _on_tree(model: Any, problem: str, fmt: str, sampling: Sampling, config: Any, scorer_names: list[str],
+             search: Callable[[str, Any, Any], tuple[Any, ...]], *, thinks: bool, head: Any,
+             kv_budget: int | None, n_ctx: int, history: list | None = None) -> list[SolveResult]:
+    """Run `search(question, policy, scorer)` on a fresh KV tree; a SolveResult for each SearchResult it gives."""
     from qwq_local.engine.kvtree import KVTree
     from qwq_local.engine.policy import TreePolicy
-    from qwq_local.search.strategies import run
     from qwq_local.value.combine import build_scorer
 
     fmt = detect_format(problem) if fmt == "auto" else fmt
@@ -111,17 +138,22 @@ def solve_search(model: Any, problem: str, fmt: str, sampling: Sampling, strateg
                 hidden=head is not None) as tree:
         policy = TreePolicy(model, tree, sampling, thinks=thinks, history=history)
         scorer = build_scorer(scorer_names, policy, qhead=head) if scorer_names else None
-        result = run(strategy, question, config, policy, scorer)
+        results = search(question, policy, scorer)
         policy.close()
         stats = policy.stats
         prompt_tokens = len(policy.prompt_tokens(question))
     seconds = time.perf_counter() - start
+    return [_search_result(model, fmt, r, stats, prompt_tokens, seconds, scorer_names, thinks) for r in results]
+
+
+def _search_result(model: Any, fmt: str, result: Any, stats: Any, prompt_tokens: int, seconds: float,
+                   scorer_names: list[str], thinks: bool) -> SolveResult:
     thinking, answer = split_thinking(result.text)
     if thinks and END_THINK not in result.text:  # stopped by a budget inside the thinking: no answer yet
         thinking, answer = result.text, ""
     n_think = len(model.tokenize(thinking, bos=False)) if thinking else 0
     return SolveResult(
-        model=model.name, strategy=strategy, format=fmt, answer=answer.strip(),
+        model=model.name, strategy=result.strategy, format=fmt, answer=answer.strip(),
         final_answer=result.final_answer, thinking=thinking.strip(),
         prompt_tokens=prompt_tokens, thinking_tokens=n_think,
         answer_tokens=len(model.tokenize(answer, bos=False)) if answer else 0,

@@ -10,6 +10,7 @@ from qwq_local.search.beam import beam_search
 from qwq_local.search.bon import best_of_n
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.direct import direct
+from qwq_local.search.pooled import sc_and_bon
 from qwq_local.search.sc import majority, self_consistency
 from qwq_local.search.strategies import STRATEGIES, needs_scorer, run
 from tests.fakes import FakeClock, FixedScorer, ScriptedLM, script_from_tree
@@ -75,6 +76,24 @@ def test_best_of_n_picks_the_best_scored_reply() -> None:
 def test_best_of_n_needs_a_scorer() -> None:
     with pytest.raises(ValueError, match="needs a scorer"):
         best_of_n("q", config(), replies("x"), None)
+
+
+def test_sc_and_bon_rank_one_sampling_as_each_would_alone() -> None:
+    texts = ("r1 \\boxed{1}", "r2 \\boxed{2}", "r3 \\boxed{2}", "r4 \\boxed{4}")
+    values = {"r1 \\boxed{1}": 0.2, "r2 \\boxed{2}": 0.1, "r3 \\boxed{2}": 0.3, "r4 \\boxed{4}": 0.9}
+    lm = replies(*texts)
+    by_vote, by_score = sc_and_bon("q", config(), lm, FixedScorer(values))
+    assert len(lm.sample_calls) == 1 and lm.sample_calls[0].k == 4  # one sampling for both
+    assert lm.live == set()
+    alone_vote = self_consistency("q", config(), replies(*texts), None)
+    alone_score = best_of_n("q", config(), replies(*texts), FixedScorer(values))
+    for pooled, alone in ((by_vote, alone_vote), (by_score, alone_score)):
+        assert (pooled.strategy, pooled.final_answer, pooled.text, pooled.chosen_path, pooled.terminal_answers) == (
+            alone.strategy, alone.final_answer, alone.text, alone.chosen_path, alone.terminal_answers)
+    assert by_vote.final_answer == "2" and by_score.final_answer == "4"
+    assert [n["id"] for n in by_vote.tree if n["chosen"]] == [0, 2]  # each result marks only its own choice
+    assert [n["id"] for n in by_score.tree if n["chosen"]] == [0, 4]
+    assert by_vote.tree[2]["f"] == 0.5 and by_score.tree[2]["f"] == 0.1
 
 
 def test_beam_search_keeps_its_width() -> None:

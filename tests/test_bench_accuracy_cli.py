@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qwq_local.bench.accuracy_run import StrategySpec, parse_strategy
+from qwq_local.bench.accuracy_run import StrategySpec, pair_replies, parse_strategy
 from qwq_local.cli import main
 from qwq_local.errors import ExitCode, UsageError
 
@@ -23,6 +23,12 @@ def test_strategy_specs() -> None:
             parse_strategy(bad)
 
 
+def test_sc_and_bon_with_the_same_n_are_paired() -> None:
+    specs = [parse_strategy(s) for s in ("sc@4", "bon@8", "bon@4:rules", "bon@4", "sc@8", "sc@2", "astar@4")]
+    assert pair_replies(specs) == {"sc@4": "bon@4:rules", "bon@4:rules": "sc@4", "sc@8": "bon@8", "bon@8": "sc@8"}
+    assert pair_replies([parse_strategy("sc"), parse_strategy("bon")]) == {"sc": "bon", "bon": "sc"}
+
+
 @pytest.mark.model
 def test_bench_accuracy_runs_resumes_and_plots(tmp_path: Path, qwen_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -30,7 +36,7 @@ def test_bench_accuracy_runs_resumes_and_plots(tmp_path: Path, qwen_path: Path,
     data.write_text("\n".join(json.dumps({"id": f"p{i}", "question": q, "answer": a}) for i, (q, a) in
                               enumerate([("What is 2 + 3?", "#### 5"), ("What is 10 - 4?", "#### 6")])) + "\n")
     results, plot = tmp_path / "runs.jsonl", tmp_path / "acc.png"
-    args = ["bench", "accuracy", "--data", str(data), "--strategy", "direct,sc@2,astar:rules", "--model",
+    args = ["bench", "accuracy", "--data", str(data), "--strategy", "direct,sc@2,bon@2:rules,astar:rules", "--model",
             str(qwen_path), "--max-tokens", "120", "--ctx", "2048", "--candidates", "2", "--trajectories", "1",
             "--max-expansions", "3", "--results", str(results), "--plot", str(plot), "--json"]
     with pytest.raises(SystemExit) as exc:
@@ -39,12 +45,18 @@ def test_bench_accuracy_runs_resumes_and_plots(tmp_path: Path, qwen_path: Path,
     report = json.loads(capsys.readouterr().out)
     assert report["problems"] == 2 and report["pending"] == 0
     by_name = {s["strategy"]: s for s in report["scores"]}
-    assert set(by_name) == {"direct", "sc@2", "astar:rules"}
+    assert set(by_name) == {"direct", "sc@2", "bon@2:rules", "astar:rules"}
     assert by_name["direct"]["correct"] >= 1  # the 0.5B model adds small numbers
     assert all(s["mean_tokens"] > 0 and s["errors"] == 0 for s in by_name.values())
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = results.read_text().splitlines()
-    assert len(runs) == 6
+    assert len(runs) == 8
+    records = {(r["strategy"], r["problem_id"]): r for r in map(json.loads, runs)}
+    for pid in ("p0", "p1"):  # sc@2 and bon@2 chose from the same two replies, sampled once
+        sc, bon = records[("sc@2", pid)], records[("bon@2:rules", pid)]
+        assert sc["extra"]["pooled_with"] == "bon@2:rules" and bon["extra"]["pooled_with"] == "sc@2"
+        assert sc["extra"]["terminal_answers"] == bon["extra"]["terminal_answers"]
+        assert sc["generated_tokens"] == bon["generated_tokens"]
     with pytest.raises(SystemExit):  # a rerun finds every run done and loads nothing new
         main(args)
     assert json.loads(capsys.readouterr().out)["scores"] == report["scores"]

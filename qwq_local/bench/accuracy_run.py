@@ -73,6 +73,9 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     if needs_head and head is None and not as_json:
         typer.echo(f"note: no Q-value head for this model; default scorer {'+'.join(default)}", err=True)
     kv_budget = runtime.kv_budget_tokens(plan, settings)
+    partners = pair_replies(specs)
+    by_label = {s.label: s for s in specs}
+    pooled: dict[tuple[str, str], Outcome] = {}  # a pooled pair's other half, until its turn comes
     model = chat = None
     try:
         def solve(problem: Problem, label: str) -> Outcome:
@@ -82,7 +85,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
                     model = runtime.load(plan, settings)
                 except Exception as exc:  # not one wrong answer per run: the whole benchmark stops
                     raise _LoadFailed(exc) from exc
-            spec = next(s for s in specs if s.label == label)
+            spec = by_label[label]
             sampling = settings.sampling
             if sampling.seed is None:  # the same draws for a problem whatever ran before it
                 sampling = replace(sampling, seed=_seed(problem.id))
@@ -92,21 +95,31 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
 
                 chat = chat or LlamaChat(model, think=True if plan.thinks else None)
                 result = solve_direct(chat, problem.prompt, problem.format, sampling)
-                generated = result.thinking_tokens + result.answer_tokens
-            else:
-                from qwq_local.solve import solve_search
+                return _outcome(result, result.thinking_tokens + result.answer_tokens)
+            partner = partners.get(label)
+            if partner is not None:
+                if (problem.id, label) in pooled:
+                    return pooled.pop((problem.id, label))
+                from qwq_local.solve import solve_sc_and_bon
 
-                scorers = [] if spec.name == "sc" else list(spec.scorers or default)
-                result = solve_search(model, problem.prompt, problem.format, sampling, spec.name,
-                                      configs[label], scorers, thinks=plan.thinks,
-                                      head=head if "qhead" in scorers else None,
-                                      kv_budget=kv_budget, n_ctx=plan.n_ctx)
-                result.search.pop("_tree", None)
-                generated = result.search["generated_tokens"]
-            text = (result.thinking + "\n</think>\n\n" if result.thinking else "") + result.answer
-            extra = {k: result.search[k] for k in ("expansions", "evaluated_tokens", "terminal_answers")
-                     if k in result.search}
-            return Outcome(result.final_answer, text, generated, result.seconds, extra)
+                sc_label, bon_label = (label, partner) if spec.name == "sc" else (partner, label)
+                scorers = list(by_label[bon_label].scorers or default)
+                by_vote, by_score = solve_sc_and_bon(
+                    model, problem.prompt, problem.format, sampling, configs[label], scorers, thinks=plan.thinks,
+                    head=head if "qhead" in scorers else None, kv_budget=kv_budget, n_ctx=plan.n_ctx)
+                outcomes = {sc_label: _outcome(by_vote, by_vote.search["generated_tokens"], pooled_with=bon_label),
+                            bon_label: _outcome(by_score, by_score.search["generated_tokens"], pooled_with=sc_label)}
+                pooled.clear()  # only this problem's other half is kept
+                pooled[(problem.id, partner)] = outcomes[partner]
+                return outcomes[label]
+            from qwq_local.solve import solve_search
+
+            scorers = [] if spec.name == "sc" else list(spec.scorers or default)
+            result = solve_search(model, problem.prompt, problem.format, sampling, spec.name,
+                                  configs[label], scorers, thinks=plan.thinks,
+                                  head=head if "qhead" in scorers else None,
+                                  kv_budget=kv_budget, n_ctx=plan.n_ctx)
+            return _outcome(result, result.search["generated_tokens"])
 
         started = time.perf_counter()
         try:
@@ -130,6 +143,28 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
             typer.echo(f"plot: {plot}")
     if report.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))
+
+
+def pair_replies(specs: list[StrategySpec]) -> dict[str, str]:
+    """sc@N and bon@N with the same N, each mapped to the other: they rank one sampling of N replies.
+
+    Both then see the same draws (the comparison is of the choosing alone) for the cost of one.
+    """
+    pairs: dict[str, str] = {}
+    for sc in (s for s in specs if s.name == "sc"):
+        bon = next((s for s in specs if s.name == "bon" and s.n == sc.n and s.label not in pairs), None)
+        if bon is not None:
+            pairs[sc.label], pairs[bon.label] = bon.label, sc.label
+    return pairs
+
+
+def _outcome(result: Any, generated: int, pooled_with: str | None = None) -> Outcome:
+    """A SolveResult as the benchmark records it."""
+    text = (result.thinking + "\n</think>\n\n" if result.thinking else "") + result.answer
+    extra = {k: result.search[k] for k in ("expansions", "evaluated_tokens", "terminal_answers") if k in result.search}
+    if pooled_with is not None:
+        extra["pooled_with"] = pooled_with
+    return Outcome(result.final_answer, text, generated, result.seconds, extra)
 
 
 def _config(spec: StrategySpec, opts: dict[str, Any], plan: Any, settings: Settings, search_config: Any) -> Any:

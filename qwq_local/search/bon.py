@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from qwq_local.search.budget import Budget
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.protocol import Scorer, SearchResult, StepLM
-from qwq_local.search.replies import sample_replies, whole_candidate
-from qwq_local.search.tree import SearchTree, safe_score
+from qwq_local.search.replies import replies_result, sample_replies, whole_candidate
+from qwq_local.search.tree import Node, SearchTree, safe_score
+
+
+def rank(question: str, leaves: Sequence[Node], tree: SearchTree, scorer: Scorer) -> Node | None:
+    """The best-scored reply, each whole reply scored as one step; finished ones first, ties to the earliest."""
+    for leaf in leaves:
+        leaf.reward = leaf.g = leaf.f = safe_score(scorer, question, [], whole_candidate(tree, leaf))
+    return max(leaves, key=lambda n: (n.terminal, n.f, -n.id)) if leaves else None
 
 
 def best_of_n(question: str, config: SearchConfig, lm: StepLM, scorer: Scorer | None) -> SearchResult:
@@ -17,19 +26,7 @@ def best_of_n(question: str, config: SearchConfig, lm: StepLM, scorer: Scorer | 
     budget = Budget(config, lm)
     try:
         leaves, stop_reason = sample_replies(question, config.n_samples, config, lm, tree, budget)
-        for leaf in leaves:
-            leaf.reward = leaf.g = leaf.f = safe_score(scorer, question, [], whole_candidate(tree, leaf))
-        # Finished replies rank before unfinished ones, then by score, then by sampling order.
-        chosen = (
-            max(leaves, key=lambda n: (n.terminal, n.f, -n.id)) if leaves else tree.nodes[0]
-        )
-        return tree.result(
-            "bon",
-            chosen,
-            terminals=[leaf for leaf in leaves if leaf.terminal],
-            expansions=budget.expansions,
-            stop_reason=stop_reason,
-            end_think=config.stop.end_think,
-        )
+        chosen = rank(question, leaves, tree, scorer)
+        return replies_result(tree, "bon", chosen, leaves, budget.expansions, stop_reason, config)
     finally:
         tree.release_all()

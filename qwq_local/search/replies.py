@@ -7,7 +7,7 @@ from dataclasses import replace
 from qwq_local.search.answer import extract_final_answer, find_explicit_answer
 from qwq_local.search.budget import Budget
 from qwq_local.search.config import SearchConfig
-from qwq_local.search.protocol import Candidate, StepLM
+from qwq_local.search.protocol import Candidate, SearchResult, StepLM
 from qwq_local.search.steps import is_terminal
 from qwq_local.search.tree import Node, SearchTree
 
@@ -68,4 +68,17 @@ def whole_candidate(tree: SearchTree, leaf: Node) -> Candidate:
         text=tree.text(leaf),
         n_tokens=sum(c.n_tokens for c in sampled),
         logprob=sum(c.logprob for c in sampled),
+    )
+
+
+def replies_result(tree: SearchTree, strategy: str, chosen: Node | None, leaves: list[Node], expansions: int,
+                   stop_reason: str, config: SearchConfig) -> SearchResult:
+    """The result of a whole-reply strategy that picked `chosen` (the root when nothing was sampled)."""
+    return tree.result(
+        strategy,
+        chosen if chosen is not None else tree.nodes[0],
+        terminals=[leaf for leaf in leaves if leaf.terminal],
+        expansions=expansions,
+        stop_reason=stop_reason,
+        end_think=config.stop.end_think,
     )

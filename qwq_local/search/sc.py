@@ -9,8 +9,8 @@ from qwq_local.search.answer import normalize_for_vote
 from qwq_local.search.budget import Budget
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.protocol import Scorer, SearchResult, StepLM
-from qwq_local.search.tree import SearchTree
-from qwq_local.search.replies import sample_replies
+from qwq_local.search.replies import replies_result, sample_replies
+from qwq_local.search.tree import Node, SearchTree
 
 
 def majority(answers: Sequence[str | None]) -> str | None:
@@ -22,6 +22,17 @@ def majority(answers: Sequence[str | None]) -> str | None:
     return max(counts, key=lambda key: (counts[key], -keys.index(key)))
 
 
+def vote(leaves: Sequence[Node]) -> Node | None:
+    """The first reply that gives the majority answer; each reply's g and f become its answer's vote share."""
+    winner = majority([leaf.answer for leaf in leaves])
+    votes = Counter(normalize_for_vote(leaf.answer) for leaf in leaves if leaf.answer is not None)
+    for leaf in leaves:
+        share = votes[normalize_for_vote(leaf.answer)] / len(leaves) if leaf.answer is not None else 0.0
+        leaf.g = leaf.f = share
+    backers = [leaf for leaf in leaves if leaf.answer is not None and normalize_for_vote(leaf.answer) == winner]
+    return backers[0] if backers else (leaves[0] if leaves else None)
+
+
 def self_consistency(
     question: str, config: SearchConfig, lm: StepLM, scorer: Scorer | None = None
 ) -> SearchResult:
@@ -30,20 +41,6 @@ def self_consistency(
     budget = Budget(config, lm)
     try:
         leaves, stop_reason = sample_replies(question, config.n_samples, config, lm, tree, budget)
-        winner = majority([leaf.answer for leaf in leaves])
-        votes = Counter(normalize_for_vote(leaf.answer) for leaf in leaves if leaf.answer is not None)
-        for leaf in leaves:
-            share = votes[normalize_for_vote(leaf.answer)] / len(leaves) if leaf.answer is not None else 0.0
-            leaf.g = leaf.f = share
-        backers = [leaf for leaf in leaves if leaf.answer is not None and normalize_for_vote(leaf.answer) == winner]
-        chosen = backers[0] if backers else (leaves[0] if leaves else tree.nodes[0])
-        return tree.result(
-            "sc",
-            chosen,
-            terminals=[leaf for leaf in leaves if leaf.terminal],
-            expansions=budget.expansions,
-            stop_reason=stop_reason,
-            end_think=config.stop.end_think,
-        )
+        return replies_result(tree, "sc", vote(leaves), leaves, budget.expansions, stop_reason, config)
     finally:
         tree.release_all()
