@@ -100,32 +100,48 @@ def solve_search(model: Any, problem: str, fmt: str, sampling: Sampling, strateg
     """Search over reasoning steps on the KV tree engine (A*, beam, best-of-N, self-consistency)."""
     from qwq_local.search.strategies import run
 
-    def search(question: str, policy: Any, scorer: Any) -> tuple[Any, ...]:
-        return (run(strategy, question, config, policy, scorer),)
+    def search(question: str, policy: Any, scorer: Any, mark: Mark) -> list[Marked]:
+        return [mark(run(strategy, question, config, policy, scorer))]
 
-    return _on_tree(model, problem, fmt, sampling, config, scorer_names, search, thinks=thinks, head=head,
-                    kv_budget=kv_budget, n_ctx=n_ctx, history=history)[0]
+    result = _on_tree(model, problem, fmt, sampling, config, scorer_names, search, thinks=thinks, head=head,
+                      kv_budget=kv_budget, n_ctx=n_ctx, history=history)[0]
+    assert isinstance(result, SolveResult)
+    return result
 
 
 def solve_sc_and_bon(model: Any, problem: str, fmt: str, sampling: Sampling, config: Any,
                      scorer_names: list[str], *, thinks: bool, head: Any = None, kv_budget: int | None = None,
-                     n_ctx: int = 8192) -> tuple[SolveResult, SolveResult]:
-    """Self-consistency and best-of-N from one sampling of `config.n_samples` replies (for benchmarks)."""
-    from qwq_local.search.pooled import sc_and_bon
+                     n_ctx: int = 8192) -> tuple[SolveResult, SolveResult | Exception]:
+    """Self-consistency and best-of-N from one sampling of `config.n_samples` replies (for benchmarks).
 
-    def search(question: str, policy: Any, scorer: Any) -> tuple[Any, ...]:
-        return sc_and_bon(question, config, policy, scorer)
+    The vote's seconds and tokens end where it chose; a scorer's failure is returned in place of best-of-N's result,
+    so that the vote stands without it.
+    """
+    from qwq_local.search.pooled import SampledReplies
+
+    def search(question: str, policy: Any, scorer: Any, mark: Mark) -> list[Marked]:
+        with SampledReplies(question, config, policy) as replies:
+            by_vote = mark(replies.vote())
+            try:
+                return [by_vote, mark(replies.rank(scorer))]
+            except Exception as exc:
+                return [by_vote, (exc, 0.0, None)]
 
     by_vote, by_score = _on_tree(model, problem, fmt, sampling, config, scorer_names, search, thinks=thinks,
                                  head=head, kv_budget=kv_budget, n_ctx=n_ctx)
+    assert isinstance(by_vote, SolveResult)
     by_vote.search["scorer"] = ""
     return by_vote, by_score
 
 
+Marked = tuple[Any, float, Any]  # a SearchResult (or the error in its place), when it was ready, the LM's stats then
+Mark = Callable[[Any], Marked]
+
+
 def _on_tree(model: Any, problem: str, fmt: str, sampling: Sampling, config: Any, scorer_names: list[str],
-             search: Callable[[str, Any, Any], tuple[Any, ...]], *, thinks: bool, head: Any,
-             kv_budget: int | None, n_ctx: int, history: list | None = None) -> list[SolveResult]:
-    """Run `search(question, policy, scorer)` on a fresh KV tree; a SolveResult for each SearchResult it gives."""
+             search: Callable[[str, Any, Any, Mark], list[Marked]], *, thinks: bool, head: Any,
+             kv_budget: int | None, n_ctx: int, history: list | None = None) -> list[SolveResult | Exception]:
+    """Run `search(question, policy, scorer, mark)` on a fresh KV tree; a SolveResult for each result it marked."""
     from qwq_local.engine.kvtree import KVTree
     from qwq_local.engine.policy import TreePolicy
     from qwq_local.value.combine import build_scorer
@@ -138,12 +154,12 @@ def _on_tree(model: Any, problem: str, fmt: str, sampling: Sampling, config: Any
                 hidden=head is not None) as tree:
         policy = TreePolicy(model, tree, sampling, thinks=thinks, history=history)
         scorer = build_scorer(scorer_names, policy, qhead=head) if scorer_names else None
-        results = search(question, policy, scorer)
+        marked = search(question, policy, scorer, lambda result: (result, time.perf_counter(), policy.stats))
         policy.close()
-        stats = policy.stats
         prompt_tokens = len(policy.prompt_tokens(question))
-    seconds = time.perf_counter() - start
-    return [_search_result(model, fmt, r, stats, prompt_tokens, seconds, scorer_names, thinks) for r in results]
+    return [result if isinstance(result, Exception) else
+            _search_result(model, fmt, result, stats, prompt_tokens, at - start, scorer_names, thinks)
+            for result, at, stats in marked]
 
 
 def _search_result(model: Any, fmt: str, result: Any, stats: Any, prompt_tokens: int, seconds: float,

@@ -53,7 +53,7 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from qwq_local.bench.checks import check
-    from qwq_local.bench.datasets import load_problems
+    from qwq_local.bench.datasets import load_problems, problem_seed
     from qwq_local.engine.kvtree import KVTree
     from qwq_local.engine.policy import TreePolicy
     from qwq_local.prompts import build_question
@@ -77,7 +77,7 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
         ) as bar:
             task = bar.add_task("labels", total=len(todo), note="")
             for problem in todo:
-                sampling = replace(settings.sampling, seed=_seed(seed, problem.id), max_tokens=reply_tokens)
+                sampling = replace(settings.sampling, seed=problem_seed(problem.id, seed), max_tokens=reply_tokens)
                 policy = TreePolicy(model, tree, sampling, thinks=plan.thinks, max_reply_tokens=reply_tokens)
 
                 def is_correct(text: str, problem: Any = problem) -> bool:
@@ -144,12 +144,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _seed(seed: int, problem_id: str) -> int:
-    import zlib
-
-    return (zlib.crc32(problem_id.encode()) ^ seed) & 0x7FFFFFFF
 
 
 def _tty() -> bool:

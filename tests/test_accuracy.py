@@ -10,6 +10,7 @@ import pytest
 from qwq_local.bench.accuracy import (
     AccuracyReport,
     Outcome,
+    PairedSolve,
     format_table,
     run_accuracy,
     wilson_interval,
@@ -177,6 +178,54 @@ def test_a_raising_solve_is_recorded_as_wrong(tmp_path: Path) -> None:
     ok = next(r for r in records if r["problem_id"] == "p0")
     assert ok["final_answer"] == "1" and ok["extra"] == {"steps": 3} and ok["reference"] == "1"
     assert ok["generated_tokens"] == 10 and ok["text"] == "so \\boxed{1}"
+
+
+class FakePairs:
+    """Solves a pair in one call: `sc@N` answers right; `bon@N` right on even problems, raising on p1 if `bon_fails`."""
+
+    def __init__(self, bon_fails: bool = False) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.bon_fails = bon_fails
+
+    def __call__(self, problem: Problem, strategy: str, partner: str) -> tuple[Outcome | Exception, Outcome | Exception]:
+        self.calls.append((problem.id, strategy, partner))
+        number = int(problem.id[1:])
+        got: dict[str, Outcome | Exception] = {}
+        for name in (strategy, partner):
+            if name.startswith("bon") and self.bon_fails and number == 1:
+                got[name] = RuntimeError("scorer fell over")
+            else:
+                answer = problem.answer if name.startswith("sc") or number % 2 == 0 else "0"
+                got[name] = Outcome(answer, f"\\boxed{{{answer}}}", 80, 2.0, {"n": name})
+        return got[strategy], got[partner]
+
+
+PAIRS = {"sc@4": "bon@4", "bon@4": "sc@4", "sc@8": "bon@8", "bon@8": "sc@8"}
+
+
+def test_paired_strategies_share_one_run_whatever_their_order(tmp_path: Path) -> None:
+    pairs, single = FakePairs(), FakeSolver()
+    solve = PairedSolve(PAIRS, pairs, single)
+    report = run_accuracy(problems(2), ["sc@4", "sc@8", "good", "bon@4", "bon@8"], solve, progress=False)
+    assert pairs.calls == [("p0", "sc@4", "bon@4"), ("p0", "sc@8", "bon@8"),
+                           ("p1", "sc@4", "bon@4"), ("p1", "sc@8", "bon@8")]
+    assert single.calls == [("good", "p0"), ("good", "p1")]
+    assert [report.score(s).correct for s in ("sc@4", "bon@4", "sc@8", "bon@8")] == [2, 1, 2, 1]
+    # Resumed with one half already done: the pair runs once and the done half is not written again.
+    results = write_jsonl(tmp_path / "r.jsonl", [])
+    run_accuracy(problems(1), ["sc@4"], PairedSolve(PAIRS, FakePairs(), single), results, progress=False)
+    again = FakePairs()
+    run_accuracy(problems(1), ["sc@4", "bon@4"], PairedSolve(PAIRS, again, single), results, progress=False)
+    assert again.calls == [("p0", "bon@4", "sc@4")]
+    assert [json.loads(line)["strategy"] for line in results.read_text().splitlines()] == ["sc@4", "bon@4"]
+
+
+def test_a_failing_half_fails_only_its_own_strategy(tmp_path: Path) -> None:
+    pairs = FakePairs(bon_fails=True)
+    report = run_accuracy(problems(3), ["sc@4", "bon@4"], PairedSolve(PAIRS, pairs, FakeSolver()), progress=False)
+    assert len(pairs.calls) == 3  # the failure was kept for bon's turn, not solved again
+    assert (report.score("sc@4").correct, report.score("sc@4").errors) == (3, 0)
+    assert (report.score("bon@4").correct, report.score("bon@4").errors) == (2, 1)
 
 
 def test_ctrl_c_stops_cleanly_and_compares_like_with_like(tmp_path: Path) -> None:

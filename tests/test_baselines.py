@@ -10,7 +10,7 @@ from qwq_local.search.beam import beam_search
 from qwq_local.search.bon import best_of_n
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.direct import direct
-from qwq_local.search.pooled import sc_and_bon
+from qwq_local.search.pooled import SampledReplies
 from qwq_local.search.sc import majority, self_consistency
 from qwq_local.search.strategies import STRATEGIES, needs_scorer, run
 from tests.fakes import FakeClock, FixedScorer, ScriptedLM, script_from_tree
@@ -78,11 +78,14 @@ def test_best_of_n_needs_a_scorer() -> None:
         best_of_n("q", config(), replies("x"), None)
 
 
-def test_sc_and_bon_rank_one_sampling_as_each_would_alone() -> None:
+def test_sampled_replies_vote_and_rank_as_sc_and_bon_would_alone() -> None:
     texts = ("r1 \\boxed{1}", "r2 \\boxed{2}", "r3 \\boxed{2}", "r4 \\boxed{4}")
     values = {"r1 \\boxed{1}": 0.2, "r2 \\boxed{2}": 0.1, "r3 \\boxed{2}": 0.3, "r4 \\boxed{4}": 0.9}
     lm = replies(*texts)
-    by_vote, by_score = sc_and_bon("q", config(), lm, FixedScorer(values))
+    with SampledReplies("q", config(), lm) as sampled:
+        by_vote, by_score = sampled.vote(), sampled.rank(FixedScorer(values))
+        with pytest.raises(ValueError, match="needs a scorer"):
+            sampled.rank(None)
     assert len(lm.sample_calls) == 1 and lm.sample_calls[0].k == 4  # one sampling for both
     assert lm.live == set()
     alone_vote = self_consistency("q", config(), replies(*texts), None)

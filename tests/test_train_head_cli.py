@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -43,16 +44,25 @@ def test_train_head_labels_resumes_trains_and_the_head_loads(tmp_path: Path, qwe
     # A longer run labels only the new problems, then trains on all of them (or says why it cannot).
     code, _, err = run(common + ["--problems", "4"], capsys)
     assert store.done_problems() == {f"t{i}" for i in range(4)} and len(store) > first
-    if code == 0:
-        head = QHead.load(out, architecture="qwen2", n_embd=896)
-        assert head.meta.n_states == len(store) and head.meta.n_problems == 4
-        assert "auc" in head.meta.metrics and head.meta.model_sha256
-        code, shown, _ = run(["head", "info", str(out)], capsys)
-        assert code == 0 and "qwen2" in shown and "held-out auc" in shown
-    else:  # every label one class: a clear one-line error, not a traceback
+    if code != 0:  # every label one class: a clear one-line error, not a traceback
         lines = err.strip().splitlines()
         assert lines[-1].startswith("error: cannot train") and "Traceback" not in err
         assert not any(line.startswith("llama_") for line in lines)  # llama.cpp's chatter stays quiet
+        # Which branch a run takes depends on the draws; for a head that surely trains, each real state gets a
+        # twin under a new problem with the opposite outcome, and --train-only trains on the stored labels.
+        twins = []
+        for r in store.rows():
+            won = not any(r.correct)
+            twins.append(replace(r, problem_id=f"flip-{r.problem_id}", q_max=float(won), q_mean=float(won),
+                                 correct=[won] * r.n_rollouts))
+        store.append(twins)
+        code, _, err = run(common + ["--problems", "4", "--train-only"], capsys)
+    assert code == 0, err
+    head = QHead.load(out, architecture="qwen2", n_embd=896)
+    assert head.meta.n_states == len(store) and head.meta.n_problems == len({r.problem_id for r in store.rows()})
+    assert "auc" in head.meta.metrics and head.meta.model_sha256
+    code, shown, _ = run(["head", "info", str(out)], capsys)
+    assert code == 0 and "qwen2" in shown and "held-out auc" in shown
 
 
 def test_train_head_refuses_test_data_and_missing_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

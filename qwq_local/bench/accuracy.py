@@ -35,6 +35,34 @@ Solve = Callable[[Problem, str], Outcome]
 Check = Callable[[Problem, str, str | None], bool]
 
 
+SolvePair = Callable[[Problem, str, str], "tuple[Outcome | Exception, Outcome | Exception]"]
+
+
+class PairedSolve:
+    """A Solve where paired strategies share one run: the first of a pair to come up solves both.
+
+    `partners` maps each paired strategy to the other; `solve_pair(problem, strategy, partner)` returns both
+    outcomes (an error in place of an outcome fails only that strategy). The partner's outcome is kept until its
+    turn on the same problem; other strategies go to `solve`.
+    """
+
+    def __init__(self, partners: dict[str, str], solve_pair: SolvePair, solve: Solve) -> None:
+        self.partners, self.solve_pair, self.solve = partners, solve_pair, solve
+        self._held: dict[tuple[str, str], Outcome | Exception] = {}
+
+    def __call__(self, problem: Problem, strategy: str) -> Outcome:
+        partner = self.partners.get(strategy)
+        if partner is None:
+            return self.solve(problem, strategy)
+        self._held = {key: got for key, got in self._held.items() if key[0] == problem.id}
+        got = self._held.pop((problem.id, strategy), None)
+        if got is None:
+            got, self._held[(problem.id, partner)] = self.solve_pair(problem, strategy, partner)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+
 @dataclass(frozen=True)
 class StrategyScore:
     """One strategy's accuracy over the scored problems, with its 95% Wilson interval and costs."""

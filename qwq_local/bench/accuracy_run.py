@@ -16,8 +16,8 @@ from typing import Any
 import typer
 
 from qwq_local import runtime
-from qwq_local.bench.accuracy import Outcome, format_table, run_accuracy
-from qwq_local.bench.datasets import Problem, load_problems
+from qwq_local.bench.accuracy import Outcome, PairedSolve, format_table, run_accuracy
+from qwq_local.bench.datasets import Problem, load_problems, problem_seed
 from qwq_local.config import Settings
 from qwq_local.errors import ExitCode, UsageError
 
@@ -73,57 +73,63 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     if needs_head and head is None and not as_json:
         typer.echo(f"note: no Q-value head for this model; default scorer {'+'.join(default)}", err=True)
     kv_budget = runtime.kv_budget_tokens(plan, settings)
-    partners = pair_replies(specs)
     by_label = {s.label: s for s in specs}
-    pooled: dict[tuple[str, str], Outcome] = {}  # a pooled pair's other half, until its turn comes
     model = chat = None
+
+    def loaded() -> Any:
+        nonlocal model
+        if model is None:  # loaded at the first run to do, not at all when every run is in the results
+            try:
+                model = runtime.load(plan, settings)
+            except Exception as exc:  # not one wrong answer per run: the whole benchmark stops
+                raise _LoadFailed(exc) from exc
+        return model
+
+    def seeded(problem: Problem) -> Any:
+        sampling = settings.sampling
+        if sampling.seed is None:  # the same draws for a problem whatever ran before it
+            sampling = replace(sampling, seed=problem_seed(problem.id))
+        return sampling
+
+    def scorers_of(spec: StrategySpec) -> tuple[list[str], Any]:
+        scorers = [] if spec.name == "sc" else list(spec.scorers or default)
+        return scorers, head if "qhead" in scorers else None
+
+    def solve(problem: Problem, label: str) -> Outcome:
+        nonlocal chat
+        spec = by_label[label]
+        if spec.name == "direct":
+            from qwq_local.engine.chat import LlamaChat
+            from qwq_local.solve import solve_direct
+
+            chat = chat or LlamaChat(loaded(), think=True if plan.thinks else None)
+            result = solve_direct(chat, problem.prompt, problem.format, seeded(problem))
+            return _outcome(result, result.thinking_tokens + result.answer_tokens)
+        from qwq_local.solve import solve_search
+
+        scorers, its_head = scorers_of(spec)
+        result = solve_search(loaded(), problem.prompt, problem.format, seeded(problem), spec.name, configs[label],
+                              scorers, thinks=plan.thinks, head=its_head, kv_budget=kv_budget, n_ctx=plan.n_ctx)
+        return _outcome(result, result.search["generated_tokens"])
+
+    def solve_pair(problem: Problem, label: str, partner: str) -> tuple[Outcome | Exception, Outcome | Exception]:
+        from qwq_local.solve import solve_sc_and_bon
+
+        sc_label, bon_label = (label, partner) if by_label[label].name == "sc" else (partner, label)
+        scorers, its_head = scorers_of(by_label[bon_label])
+        by_vote, by_score = solve_sc_and_bon(loaded(), problem.prompt, problem.format, seeded(problem),
+                                             configs[label], scorers, thinks=plan.thinks, head=its_head,
+                                             kv_budget=kv_budget, n_ctx=plan.n_ctx)
+        outcomes = {sc_label: _outcome(by_vote, by_vote.search["generated_tokens"], pooled_with=bon_label),
+                    bon_label: by_score if isinstance(by_score, Exception) else
+                    _outcome(by_score, by_score.search["generated_tokens"], pooled_with=sc_label)}
+        return outcomes[label], outcomes[partner]
+
     try:
-        def solve(problem: Problem, label: str) -> Outcome:
-            nonlocal model, chat
-            if model is None:  # loaded at the first run to do, not at all when every run is in the results
-                try:
-                    model = runtime.load(plan, settings)
-                except Exception as exc:  # not one wrong answer per run: the whole benchmark stops
-                    raise _LoadFailed(exc) from exc
-            spec = by_label[label]
-            sampling = settings.sampling
-            if sampling.seed is None:  # the same draws for a problem whatever ran before it
-                sampling = replace(sampling, seed=_seed(problem.id))
-            if spec.name == "direct":
-                from qwq_local.engine.chat import LlamaChat
-                from qwq_local.solve import solve_direct
-
-                chat = chat or LlamaChat(model, think=True if plan.thinks else None)
-                result = solve_direct(chat, problem.prompt, problem.format, sampling)
-                return _outcome(result, result.thinking_tokens + result.answer_tokens)
-            partner = partners.get(label)
-            if partner is not None:
-                if (problem.id, label) in pooled:
-                    return pooled.pop((problem.id, label))
-                from qwq_local.solve import solve_sc_and_bon
-
-                sc_label, bon_label = (label, partner) if spec.name == "sc" else (partner, label)
-                scorers = list(by_label[bon_label].scorers or default)
-                by_vote, by_score = solve_sc_and_bon(
-                    model, problem.prompt, problem.format, sampling, configs[label], scorers, thinks=plan.thinks,
-                    head=head if "qhead" in scorers else None, kv_budget=kv_budget, n_ctx=plan.n_ctx)
-                outcomes = {sc_label: _outcome(by_vote, by_vote.search["generated_tokens"], pooled_with=bon_label),
-                            bon_label: _outcome(by_score, by_score.search["generated_tokens"], pooled_with=sc_label)}
-                pooled.clear()  # only this problem's other half is kept
-                pooled[(problem.id, partner)] = outcomes[partner]
-                return outcomes[label]
-            from qwq_local.solve import solve_search
-
-            scorers = [] if spec.name == "sc" else list(spec.scorers or default)
-            result = solve_search(model, problem.prompt, problem.format, sampling, spec.name,
-                                  configs[label], scorers, thinks=plan.thinks,
-                                  head=head if "qhead" in scorers else None,
-                                  kv_budget=kv_budget, n_ctx=plan.n_ctx)
-            return _outcome(result, result.search["generated_tokens"])
-
         started = time.perf_counter()
         try:
-            report = run_accuracy(problems, [s.label for s in specs], solve, results)
+            report = run_accuracy(problems, [s.label for s in specs],
+                                  PairedSolve(pair_replies(specs), solve_pair, solve), results)
         except _LoadFailed as failed:
             raise failed.error from None
     finally:
@@ -174,9 +180,3 @@ def _config(spec: StrategySpec, opts: dict[str, Any], plan: Any, settings: Setti
     if spec.n is not None:
         opts["trajectories"] = spec.n
     return search_config(opts, plan, settings)
-
-
-def _seed(problem_id: str) -> int:
-    import zlib
-
-    return zlib.crc32(problem_id.encode()) & 0x7FFFFFFF

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,11 @@ def _problem(record: dict[str, Any], where: str, default_id: str) -> Problem:
         if field in record and "answer" in record:
             return Problem(id=ident, kind=kind, prompt=str(record[field]), answer=str(record["answer"]))
     raise InputFileError(f"{where}: expected fields question/answer, problem/answer or text/test_list")
+
+
+def problem_seed(problem_id: str, base: int = 0) -> int:
+    """A sampling seed fixed by the problem (and `base`): the same draws for it whatever ran before."""
+    return (zlib.crc32(problem_id.encode()) ^ base) & 0x7FFFFFFF
 
 
 def load_problems(data: str, limit: int | None = None, data_dir: Path | None = None) -> list[Problem]:

@@ -18,7 +18,7 @@ class RolloutConfig:
     rollouts: int = 4  # M: completions sampled from just after each step
     max_steps: int = 12  # steps of the sampled trajectory
     stop: StepStop = StepStop()  # where a step ends
-    reply_tokens: int = 512  # token limit of one rollout
+    reply_tokens: int = 512  # token limit of a whole reply: the trajectory so far and its rollout together
 
     def __post_init__(self) -> None:
         if self.rollouts < 1 or self.max_steps < 1 or self.reply_tokens < 1:
