@@ -117,13 +117,15 @@ def solve_sc_and_bon(model: Any, problem: str, fmt: str, sampling: Sampling, con
     The vote's seconds and tokens end where it chose; a scorer's failure is returned in place of best-of-N's result,
     so that the vote stands without it.
     """
-    from qwq_local.search.pooled import SampledReplies
+    from qwq_local.search.bon import rank
+    from qwq_local.search.replies import SampledReplies
+    from qwq_local.search.sc import vote
 
     def search(question: str, policy: Any, scorer: Any, mark: Mark) -> list[Marked]:
         with SampledReplies(question, config, policy) as replies:
-            by_vote = mark(replies.vote())
+            by_vote = mark(replies.result("sc", vote(replies.leaves)))
             try:
-                return [by_vote, mark(replies.rank(scorer))]
+                return [by_vote, mark(replies.result("bon", rank(question, replies.leaves, replies.tree, scorer)))]
             except Exception as exc:
                 return [by_vote, (exc, 0.0, None)]
 

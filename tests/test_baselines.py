@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from qwq_local.search.beam import beam_search
-from qwq_local.search.bon import best_of_n
+from qwq_local.search.bon import best_of_n, rank
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.direct import direct
-from qwq_local.search.pooled import SampledReplies
-from qwq_local.search.sc import majority, self_consistency
+from qwq_local.search.replies import SampledReplies
+from qwq_local.search.sc import majority, self_consistency, vote
 from qwq_local.search.strategies import STRATEGIES, needs_scorer, run
 from tests.fakes import FakeClock, FixedScorer, ScriptedLM, script_from_tree
 
@@ -83,9 +83,10 @@ def test_sampled_replies_vote_and_rank_as_sc_and_bon_would_alone() -> None:
     values = {"r1 \\boxed{1}": 0.2, "r2 \\boxed{2}": 0.1, "r3 \\boxed{2}": 0.3, "r4 \\boxed{4}": 0.9}
     lm = replies(*texts)
     with SampledReplies("q", config(), lm) as sampled:
-        by_vote, by_score = sampled.vote(), sampled.rank(FixedScorer(values))
+        by_vote = sampled.result("sc", vote(sampled.leaves))
+        by_score = sampled.result("bon", rank("q", sampled.leaves, sampled.tree, FixedScorer(values)))
         with pytest.raises(ValueError, match="needs a scorer"):
-            sampled.rank(None)
+            rank("q", sampled.leaves, sampled.tree, None)
     assert len(lm.sample_calls) == 1 and lm.sample_calls[0].k == 4  # one sampling for both
     assert lm.live == set()
     alone_vote = self_consistency("q", config(), replies(*texts), None)

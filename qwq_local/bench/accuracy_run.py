@@ -104,13 +104,13 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
 
             chat = chat or LlamaChat(loaded(), think=True if plan.thinks else None)
             result = solve_direct(chat, problem.prompt, problem.format, seeded(problem))
-            return _outcome(result, result.thinking_tokens + result.answer_tokens)
+            return _outcome(result)
         from qwq_local.solve import solve_search
 
         scorers, its_head = scorers_of(spec)
         result = solve_search(loaded(), problem.prompt, problem.format, seeded(problem), spec.name, configs[label],
                               scorers, thinks=plan.thinks, head=its_head, kv_budget=kv_budget, n_ctx=plan.n_ctx)
-        return _outcome(result, result.search["generated_tokens"])
+        return _outcome(result)
 
     def solve_pair(problem: Problem, label: str, partner: str) -> tuple[Outcome | Exception, Outcome | Exception]:
         from qwq_local.solve import solve_sc_and_bon
@@ -120,9 +120,8 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         by_vote, by_score = solve_sc_and_bon(loaded(), problem.prompt, problem.format, seeded(problem),
                                              configs[label], scorers, thinks=plan.thinks, head=its_head,
                                              kv_budget=kv_budget, n_ctx=plan.n_ctx)
-        outcomes = {sc_label: _outcome(by_vote, by_vote.search["generated_tokens"], pooled_with=bon_label),
-                    bon_label: by_score if isinstance(by_score, Exception) else
-                    _outcome(by_score, by_score.search["generated_tokens"], pooled_with=sc_label)}
+        outcomes = {sc_label: _outcome(by_vote, pooled_with=bon_label),
+                    bon_label: by_score if isinstance(by_score, Exception) else _outcome(by_score, pooled_with=sc_label)}
         return outcomes[label], outcomes[partner]
 
     try:
@@ -164,8 +163,9 @@ def pair_replies(specs: list[StrategySpec]) -> dict[str, str]:
     return pairs
 
 
-def _outcome(result: Any, generated: int, pooled_with: str | None = None) -> Outcome:
+def _outcome(result: Any, pooled_with: str | None = None) -> Outcome:
     """A SolveResult as the benchmark records it."""
+    generated = result.search.get("generated_tokens", result.thinking_tokens + result.answer_tokens)
     text = (result.thinking + "\n</think>\n\n" if result.thinking else "") + result.answer
     extra = {k: result.search[k] for k in ("expansions", "evaluated_tokens", "terminal_answers") if k in result.search}
     if pooled_with is not None:

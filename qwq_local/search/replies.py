@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import TracebackType
 
 from qwq_local.search.answer import extract_final_answer, find_explicit_answer
 from qwq_local.search.budget import Budget
@@ -71,14 +72,41 @@ def whole_candidate(tree: SearchTree, leaf: Node) -> Candidate:
     )
 
 
-def replies_result(tree: SearchTree, strategy: str, chosen: Node | None, leaves: list[Node], expansions: int,
-                   stop_reason: str, config: SearchConfig) -> SearchResult:
-    """The result of a whole-reply strategy that picked `chosen` (the root when nothing was sampled)."""
-    return tree.result(
-        strategy,
-        chosen if chosen is not None else tree.nodes[0],
-        terminals=[leaf for leaf in leaves if leaf.terminal],
-        expansions=expansions,
-        stop_reason=stop_reason,
-        end_think=config.stop.end_think,
-    )
+class SampledReplies:
+    """`n` (default `config.n_samples`) whole replies sampled once, for one chooser or several; `close()` releases
+    their branches."""
+
+    def __init__(self, question: str, config: SearchConfig, lm: StepLM, n: int | None = None) -> None:
+        self.config = config
+        self.tree = SearchTree(lm)
+        self.budget = Budget(config, lm)
+        try:
+            count = config.n_samples if n is None else n
+            self.leaves, self.stop_reason = sample_replies(question, count, config, lm, self.tree, self.budget)
+        except BaseException:
+            self.tree.release_all()
+            raise
+
+    def result(self, strategy: str, chosen: Node | None) -> SearchResult:
+        """The result of choosing `chosen` (the root when nothing was sampled); an earlier choice's marks stay
+        in its own result's tree."""
+        for node in self.tree.nodes:
+            node.chosen = False
+        return self.tree.result(
+            strategy,
+            chosen if chosen is not None else self.tree.nodes[0],
+            terminals=[leaf for leaf in self.leaves if leaf.terminal],
+            expansions=self.budget.expansions,
+            stop_reason=self.stop_reason,
+            end_think=self.config.stop.end_think,
+        )
+
+    def close(self) -> None:
+        self.tree.release_all()
+
+    def __enter__(self) -> SampledReplies:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()

@@ -6,11 +6,10 @@ from collections import Counter
 from typing import Sequence
 
 from qwq_local.search.answer import normalize_for_vote
-from qwq_local.search.budget import Budget
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.protocol import Scorer, SearchResult, StepLM
-from qwq_local.search.replies import replies_result, sample_replies
-from qwq_local.search.tree import Node, SearchTree
+from qwq_local.search.replies import SampledReplies
+from qwq_local.search.tree import Node
 
 
 def majority(answers: Sequence[str | None]) -> str | None:
@@ -37,10 +36,5 @@ def self_consistency(
     question: str, config: SearchConfig, lm: StepLM, scorer: Scorer | None = None
 ) -> SearchResult:
     """Sample `config.n_samples` replies and return the first one that gives the majority answer."""
-    tree = SearchTree(lm)
-    budget = Budget(config, lm)
-    try:
-        leaves, stop_reason = sample_replies(question, config.n_samples, config, lm, tree, budget)
-        return replies_result(tree, "sc", vote(leaves), leaves, budget.expansions, stop_reason, config)
-    finally:
-        tree.release_all()
+    with SampledReplies(question, config, lm) as replies:
+        return replies.result("sc", vote(replies.leaves))
