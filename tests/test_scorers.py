@@ -88,6 +88,13 @@ def test_arithmetic_is_never_evaluated_as_code() -> None:
     assert check_arithmetic("1/0 = 1") is None
 
 
+def test_a_very_long_sum_is_not_judged_rather_than_crashing() -> None:
+    for terms in (1000, 1500, 2000, 5000):  # parsed, but deeper than the recursion limit to evaluate
+        long_sum = "1+" * (terms - 1) + f"1 = {terms}"
+        assert check_arithmetic(long_sum) is None
+        assert score(f"So {long_sum}.") == rules.NEUTRAL
+
+
 def test_code_that_does_not_parse_scores_low() -> None:
     assert score("Code:\n```python\ndef f(x):\n    return x +\n```\n") == rules.BAD_CODE
     assert score("def f(x):\n    return x +* 2\n") == rules.BAD_CODE

@@ -47,9 +47,9 @@ def _evaluate(expression: str) -> Fraction:
     """The exact value of a numeric expression (+ - * / ** and parentheses only), without eval()."""
     try:
         tree = ast.parse(expression.strip(), mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return _value(tree.body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # a very long chain overflows the stack
         raise _Unevaluable from None
-    return _value(tree.body)
 
 
 def _value(node: ast.AST) -> Fraction:
