@@ -124,12 +124,14 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
 
 def run_head_info(path: Path, as_json: bool) -> None:
     import json
+    import math
 
     from qwq_local.value.qhead import QHead
 
     info = QHead.load(path).describe()
-    if as_json:
-        typer.echo(json.dumps(info, indent=2, default=str))
+    if as_json:  # a metric that could not be computed (NaN: one class held out) is null, as JSON allows
+        info["metrics"] = {k: v if math.isfinite(v) else None for k, v in (info.get("metrics") or {}).items()}
+        typer.echo(json.dumps(info, indent=2, default=str, allow_nan=False))
         return
     metrics = info.pop("metrics", {}) or {}
     for key, value in info.items():

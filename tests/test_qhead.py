@@ -221,3 +221,22 @@ def test_sigmoid_is_stable_at_extremes() -> None:
     out = sigmoid(np.array([-1000.0, 0.0, 1000.0]))
     np.testing.assert_allclose(out, [0.0, 0.5, 1.0])
     assert np.all(np.isfinite(out))
+
+
+def test_head_info_json_writes_an_uncomputable_metric_as_null(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from qwq_local.cli import main
+
+    path = write_head(tmp_path / "h.gguf", linear_weights(rng), meta(metrics={"auc": float("nan"), "ece": 0.125}))
+    with pytest.raises(SystemExit) as exited:
+        main(["head", "info", str(path), "--json"])
+    assert exited.value.code == 0
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    info = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert info["metrics"] == {"auc": None, "ece": 0.125}
