@@ -166,3 +166,16 @@ def test_astar_uses_the_shipped_head_by_default(capsys: pytest.CaptureFixture[st
                                                "qwen2.5-coder-0.5b.qhead.gguf"), "--json"], capsys)
     info = json.loads(out)
     assert code == 0 and info["architecture"] == "qwen2" and info["n_embd"] == 896 and info["n_states"] > 0
+
+
+def test_a_full_disk_is_one_line_and_its_own_exit_code(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import errno
+
+    def write_fails(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "labels.jsonl"))
+
+    monkeypatch.setattr("qwq_local.train_cmd.run_head_info", write_fails)
+    code, _, err = run_cli(["head", "info", str(tmp_path / "h.gguf")], capsys)
+    assert code == ExitCode.DISK_FULL and err.count("\n") == 1
+    assert "disk full writing" in err and "labels.jsonl" in err and "Traceback" not in err
