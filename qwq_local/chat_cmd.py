@@ -29,6 +29,10 @@ def run_chat_cmd(settings: Settings, *, show_thinking: bool, hide_thinking: bool
     if resume is not None and history.conversation(resume) is None:
         raise UsageError(f"no conversation {resume} in the history; `qwq history` lists them")
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    if settings.head is not None:  # a wrong --head is found now, not at the first /search
+        from qwq_local.solve_cmd import load_head
+
+        load_head(plan, settings, required=True)
     model = runtime.load(plan, settings)
     # A thinking budget makes even a model that does not think on its own open a <think> section.
     chat = LlamaChat(model, think=True if (plan.thinks or think_budget) else None)
@@ -47,10 +51,9 @@ def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
     def run(question: str, strategy: str, earlier: list) -> tuple[str, TurnStats, str]:
         from qwq_local.search.config import SearchConfig
         from qwq_local.solve import solve_search
-        from qwq_local.solve_cmd import DEFAULT_SCORERS, _load_head
+        from qwq_local.solve_cmd import scorer_plan
 
-        head = None if strategy == "sc" else _load_head(plan, required=False)  # sc votes: no scorer
-        names = [] if strategy == "sc" else (["qhead"] if head is not None else DEFAULT_SCORERS)
+        names, head = scorer_plan(None, strategy, plan, settings, quiet=True)  # the summary says what scored
         config = SearchConfig(thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
                               candidates=4, trajectories=4, beam=8, n_samples=4, beam_width=3,
                               max_expansions=24, time_limit=180.0, finish_partial=True)

@@ -27,6 +27,7 @@ ModelOpt = typer.Option(None, "--model", "-m", help="Catalog name, .gguf path or
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Where weights live (QWQ_MODELS_DIR).")
 CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (YaRN beyond the native length).")
 GpuOpt = typer.Option(None, "--gpu-layers", help="auto | all | N layers on the GPU.")
+HeadOpt = typer.Option(None, "--head", help="Q-value head .gguf instead of the catalog's (QWQ_HEAD).")
 
 
 def _version(value: bool) -> None:
@@ -122,6 +123,7 @@ def solve(
     lam: float = typer.Option(1.0, "--lambda", help="Weight of h in f = g + lambda*h."),
     agg: str = typer.Option("min", "--agg", help="min | max | sum | mean | last"),
     scorer: Optional[str] = typer.Option(None, "--scorer", help="qhead | self-eval | rules, comma-separated."),
+    head: Optional[Path] = HeadOpt,
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the search."),
     max_expansions: int = typer.Option(200, "--max-expansions", help="Most expansions (sample calls)."),
     max_depth: int = typer.Option(200, "--max-depth", help="Most steps in a path."),
@@ -135,7 +137,7 @@ def solve(
 
     settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                              seed=seed, max_tokens=max_tokens, ctx=ctx, gpu_layers=gpu_layers,
-                             models_dir=models_dir, kv_budget=kv_budget)
+                             models_dir=models_dir, kv_budget=kv_budget, head=head)
     run_solve(settings, file, strategy=strategy, fmt=fmt, show_thinking=show_thinking, as_json=as_json,
               search=dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
                           beam_width=beam_width, time_limit=time_limit, max_tokens=max_tokens, max_expansions=max_expansions,
@@ -158,12 +160,13 @@ def chat(
     ctx: Optional[int] = CtxOpt,
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
+    head: Optional[Path] = HeadOpt,
 ) -> None:
     """Interactive chat with folded thinking (piped stdin: one message a line)."""
     from qwq_local.chat_cmd import run_chat_cmd
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
-                             gpu_layers=gpu_layers, models_dir=models_dir)
+                             gpu_layers=gpu_layers, models_dir=models_dir, head=head)
     code = run_chat_cmd(settings, show_thinking=show_thinking, hide_thinking=hide_thinking,
                         think_budget=think_budget, resume=resume, resume_latest=resume_latest)
     if code:
@@ -308,12 +311,13 @@ def bench_accuracy_cmd(
     as_json: bool = typer.Option(False, "--json"),
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
+    head: Optional[Path] = HeadOpt,
 ) -> None:
     """Accuracy, generated tokens and seconds per problem of each strategy on the same problems."""
     from qwq_local.bench.accuracy_run import run_accuracy_bench
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
-                             gpu_layers=gpu_layers, models_dir=models_dir)
+                             gpu_layers=gpu_layers, models_dir=models_dir, head=head)
     run_accuracy_bench(settings, data, limit, strategy,
                        dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
                             max_expansions=max_expansions, time_limit=time_limit),

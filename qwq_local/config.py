@@ -55,6 +55,7 @@ class Settings:
     ctx: int = 8192
     gpu_layers: str = "auto"
     kv_budget: str = "0"  # KV cells for a search: tokens ("4096") or bytes ("512MiB", "2GB"); 0 = the context
+    head: Path | None = None  # a Q-value head file used instead of the catalog's head for the model
     sampling: Sampling = Sampling()
 
 
@@ -89,7 +90,7 @@ def default_models_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 
 _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
-_SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir"}
+_SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head"}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -105,7 +106,7 @@ def _coerce(key: str, value: Any) -> Any:
     if key == "kv_budget":
         parse_kv_budget(str(value))  # a bad size is a usage error now, not after the model loads
         return str(value)
-    if key == "models_dir":
+    if key in ("models_dir", "head"):
         return Path(str(value)).expanduser()
     return str(value)
 

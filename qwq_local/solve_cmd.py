@@ -35,7 +35,7 @@ def run_solve(settings: Settings, file: str, *, strategy: str, fmt: str, show_th
     if strategy != "direct":  # every search option checked, and the head loaded, before the model
         config = search_config(search, plan, settings)
         kv_budget = runtime.kv_budget_tokens(plan, settings)
-        names, head = scorer_plan(scorer, strategy, plan, quiet=as_json)
+        names, head = scorer_plan(scorer, strategy, plan, settings, quiet=as_json)
         search = dict(search, config=config, kv_budget=kv_budget, scorers=names, head=head)
     model = runtime.load(plan, settings, chat_ctx=None if strategy == "direct" else runtime.SEARCH_ONLY_CTX)
     try:
@@ -96,11 +96,11 @@ def _direct(model: Any, plan: runtime.ModelPlan, problem: str, fmt: str, setting
     return result
 
 
-def scorer_plan(scorer: str | None, strategy: str, plan: runtime.ModelPlan,
+def scorer_plan(scorer: str | None, strategy: str, plan: runtime.ModelPlan, settings: Settings,
                 quiet: bool = False) -> tuple[list[str], Any]:
     """Scorer names and the Q-value head for a search, checked before the model loads.
 
-    No --scorer: the catalog's head for the model, else self-eval + rules (said in one line).
+    No --scorer: the head (--head, else the catalog's for the model), else self-eval + rules (said in one line).
     Self-consistency votes, so it takes no scorer and no head.
     """
     from qwq_local.value.combine import parse_scorers
@@ -110,7 +110,7 @@ def scorer_plan(scorer: str | None, strategy: str, plan: runtime.ModelPlan,
             raise UsageError("--scorer: self-consistency (sc) votes on answers and uses no scorer")
         return [], None
     if scorer is None:
-        head = _load_head(plan, required=False)
+        head = load_head(plan, settings, required=False)
         names = ["qhead"] if head is not None else list(DEFAULT_SCORERS)
         if head is None and not quiet:
             typer.echo(f"note: no Q-value head for this model; scoring with {'+'.join(names)}", err=True)
@@ -119,7 +119,7 @@ def scorer_plan(scorer: str | None, strategy: str, plan: runtime.ModelPlan,
         parsed = parse_scorers([scorer])
     except ValueError as exc:
         raise UsageError(f"--scorer: {exc}") from None
-    head = _load_head(plan, required=True) if any(name == "qhead" for name, _ in parsed) else None
+    head = load_head(plan, settings, required=True) if any(name == "qhead" for name, _ in parsed) else None
     return [name if weight == 1 else f"{name}:{weight:g}" for name, weight in parsed], head
 
 
@@ -146,16 +146,30 @@ def search_config(opts: dict[str, Any], plan: runtime.ModelPlan, settings: Setti
         raise UsageError(str(exc)) from None
 
 
-def _load_head(plan: runtime.ModelPlan, required: bool) -> Any:
-    path = plan.resolved.head
+def load_head(plan: runtime.ModelPlan, settings: Settings, required: bool) -> Any:
+    """The Q-value head for the model: `settings.head` (--head, QWQ_HEAD) if set, else the catalog's, else None.
+
+    It must fit the model: architecture and width always, and the model file's sha256 where the catalog records it.
+    """
+    path = settings.head if settings.head is not None else plan.resolved.head
     if path is None:
         if required:
             raise UsageError("--scorer qhead: the catalog has no Q-value head for this model "
-                             "(train one with `qwq train-head`)")
+                             "(train one with `qwq train-head` and pass it with --head FILE)")
         return None
+    if not path.is_file():
+        raise UsageError(f"--head {path}: no such file")
     from qwq_local.value.qhead import QHead
 
-    return QHead.load(path, model_info=plan.info)
+    return QHead.load(path, model_info=plan.info, model_sha256=_model_sha256(plan))
+
+
+def _model_sha256(plan: runtime.ModelPlan) -> str | None:
+    """The recorded sha256 of the model's (first) file, from the catalog; None for a file given by path."""
+    spec = plan.resolved.spec
+    if spec is None:
+        return None
+    return next((f.sha256 for f in spec.files if f.basename == plan.resolved.path.name), None)
 
 
 def _write_json(path: Path, data: Any) -> None:

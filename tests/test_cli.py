@@ -179,3 +179,47 @@ def test_a_full_disk_is_one_line_and_its_own_exit_code(capsys: pytest.CaptureFix
     code, _, err = run_cli(["head", "info", str(tmp_path / "h.gguf")], capsys)
     assert code == ExitCode.DISK_FULL and err.count("\n") == 1
     assert "disk full writing" in err and "labels.jsonl" in err and "Traceback" not in err
+
+
+def _head_file(path: Path, **meta: object) -> Path:
+    import numpy as np
+
+    from qwq_local.value.qhead import QHeadMeta, QHeadWeights, write_head
+
+    fields: dict[str, object] = {"architecture": "qwen2", "n_embd": 896, "model_sha256": "", "step_delimiter": "\n\n",
+                                 "training_data": "test", "n_problems": 1, "n_states": 2, "metrics": {},
+                                 "created": "2026-11-24T00:00:00+00:00"}
+    fields.update(meta)
+    n = int(fields["n_embd"])  # type: ignore[arg-type]
+    return write_head(path, QHeadWeights(mean=np.zeros(n), std=np.ones(n), w=np.zeros(n), b=[0.0]),
+                      QHeadMeta(**fields))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("model", "meta", "code_wanted", "words"), [
+    ("path", None, ExitCode.USAGE, "no such file"),
+    ("path", {"architecture": "llama"}, ExitCode.HEAD_MISMATCH, "llama"),
+    ("path", {"n_embd": 64}, ExitCode.HEAD_MISMATCH, "64"),
+    ("catalog", {"model_sha256": "0" * 64}, ExitCode.HEAD_MISMATCH, "sha256"),
+])
+def test_a_head_that_does_not_fit_is_refused_before_the_model_loads(
+    capsys: pytest.CaptureFixture[str], qwen_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    model: str, meta: dict[str, object] | None, code_wanted: ExitCode, words: str,
+) -> None:
+    from qwq_local import runtime
+
+    monkeypatch.setattr(runtime, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    head = tmp_path / "h.gguf" if meta is None else _head_file(tmp_path / "h.gguf", **meta)
+    name = str(qwen_path) if model == "path" else "qwen2.5-coder-0.5b"
+    for command in (["solve", str(NATALIA), "--strategy", "astar"], ["chat"]):
+        code, _, err = run_cli([*command, "--model", name, "--head", str(head)], capsys)
+        assert code == code_wanted and words in err and err.count("\n") == 1, err
+
+
+def test_a_head_is_taken_from_the_environment_too(capsys: pytest.CaptureFixture[str], qwen_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from qwq_local import runtime
+
+    monkeypatch.setattr(runtime, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setenv("QWQ_HEAD", str(tmp_path / "nowhere.gguf"))
+    code, _, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path), "--strategy", "bon"], capsys)
+    assert code == ExitCode.USAGE and "nowhere.gguf: no such file" in err

@@ -63,6 +63,16 @@ def test_train_head_labels_resumes_trains_and_the_head_loads(tmp_path: Path, qwe
     assert "auc" in head.meta.metrics and head.meta.model_sha256
     code, shown, _ = run(["head", "info", str(out)], capsys)
     assert code == 0 and "qwen2" in shown and "held-out auc" in shown
+    # The trained head is used by a search: the model given by path has no catalog head, --head gives it one.
+    problem = tmp_path / "p.md"
+    problem.write_text("What is 4 + 4?\n")
+    solve = ["solve", str(problem), "--model", str(qwen_path), "--strategy", "bon", "--trajectories", "2",
+             "--max-tokens", "24", "--ctx", "2048", "--seed", "1", "--json"]
+    code, shown, err = run(solve, capsys)
+    assert code == 0 and json.loads(shown)["scorer"] == "self-eval+rules" and "no Q-value head" in err
+    code, shown, err = run(solve + ["--head", str(out)], capsys)
+    assert code == 0, err
+    assert json.loads(shown)["scorer"] == "qhead" and "no Q-value head" not in err
 
 
 def test_train_head_refuses_test_data_and_missing_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
