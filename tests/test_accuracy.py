@@ -211,13 +211,15 @@ def test_paired_strategies_share_one_run_whatever_their_order(tmp_path: Path) ->
                            ("p1", "sc@4", "bon@4"), ("p1", "sc@8", "bon@8")]
     assert single.calls == [("good", "p0"), ("good", "p1")]
     assert [report.score(s).correct for s in ("sc@4", "bon@4", "sc@8", "bon@8")] == [2, 1, 2, 1]
-    # Resumed with one half already done: the pair runs once and the done half is not written again.
+    # Resumed with one half already recorded: the other half runs alone (its draws are not the recorded half's),
+    # and the recorded half is not written again; a pair with neither half recorded is still pooled.
     results = write_jsonl(tmp_path / "r.jsonl", [])
     run_accuracy(problems(1), ["sc@4"], PairedSolve(PAIRS, FakePairs(), single), results, progress=False)
-    again = FakePairs()
-    run_accuracy(problems(1), ["sc@4", "bon@4"], PairedSolve(PAIRS, again, single), results, progress=False)
-    assert again.calls == [("p0", "bon@4", "sc@4")]
-    assert [json.loads(line)["strategy"] for line in results.read_text().splitlines()] == ["sc@4", "bon@4"]
+    again, alone = FakePairs(), FakeSolver()
+    run_accuracy(problems(2), ["sc@4", "bon@4"], PairedSolve(PAIRS, again, alone), results, progress=False)
+    assert alone.calls == [("bon@4", "p0")] and again.calls == [("p1", "sc@4", "bon@4")]
+    assert [(r["strategy"], r["problem_id"]) for r in map(json.loads, results.read_text().splitlines())] == [
+        ("sc@4", "p0"), ("bon@4", "p0"), ("sc@4", "p1"), ("bon@4", "p1")]
 
 
 def test_a_failing_half_fails_only_its_own_strategy(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,16 +43,18 @@ class PairedSolve:
 
     `partners` maps each paired strategy to the other; `solve_pair(problem, strategy, partner)` returns both
     outcomes (an error in place of an outcome fails only that strategy). The partner's outcome is kept until its
-    turn on the same problem; other strategies go to `solve`.
+    turn on the same problem; other strategies go to `solve`, and so does a strategy whose partner is already in
+    `done` (a resumed results file): its record must not claim draws it did not share.
     """
 
     def __init__(self, partners: dict[str, str], solve_pair: SolvePair, solve: Solve) -> None:
         self.partners, self.solve_pair, self.solve = partners, solve_pair, solve
+        self.done: Container[tuple[str, str]] = ()  # runs recorded before this run; run_accuracy sets it
         self._held: dict[tuple[str, str], Outcome | Exception] = {}
 
     def __call__(self, problem: Problem, strategy: str) -> Outcome:
         partner = self.partners.get(strategy)
-        if partner is None:
+        if partner is None or (partner, problem.id) in self.done:
             return self.solve(problem, strategy)
         self._held = {key: got for key, got in self._held.items() if key[0] == problem.id}
         got = self._held.pop((problem.id, strategy), None)
@@ -252,6 +254,8 @@ def run_accuracy(
                 raise UsageError(f"{name} {value!r} appears twice")
             seen.add(value)
     done = _read_results(results_path) if results_path is not None else {}
+    if isinstance(solve, PairedSolve):
+        solve.done = set(done)  # as found: a partner this run records still shares its draws
     wanted = [(p, s) for p in problems for s in strategies]
     show = progress if progress is not None else sys.stderr.isatty()
     interrupted = False
