@@ -20,6 +20,9 @@ from qwq_local.config import Settings
 from qwq_local.errors import QwqError, UsageError
 
 
+MAX_FAILURES_IN_A_ROW = 3  # problems in a row whose labelling raised: the run stops with the error
+
+
 def labels_path_for(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".gguf") + ".labels.jsonl")
 
@@ -37,6 +40,8 @@ def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: in
         raise UsageError(f"--target must be max or mean, not {target!r}")
     if problems < 0 or not 1 <= rollouts <= 64 or max_steps < 1 or reply_tokens < 1 or epochs < 1:
         raise UsageError("--problems must be >= 0, --rollouts 1..64, --max-steps, --reply-tokens and --epochs >= 1")
+    if out.is_dir() or not out.parent.is_dir():  # found now, not after hours of labelling
+        raise UsageError(f"--out {out}: not a file in an existing directory")
     store = LabelStore(labels or labels_path_for(out))
     if train_only and (not store.path.exists() or len(store) == 0):
         raise UsageError(f"no labels in {store.path}: run without --train-only first")
@@ -68,7 +73,7 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
     config = RolloutConfig(rollouts=rollouts, max_steps=max_steps, reply_tokens=reply_tokens)
     model = runtime.load(plan, settings, chat_ctx=runtime.SEARCH_ONLY_CTX)
     n_seq = min(rollouts + max_steps + 4, 256)
-    started, states = time.perf_counter(), 0
+    started, states, skipped = time.perf_counter(), 0, []
     try:
         with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=n_seq, kv_budget=kv_budget,
                     hidden=True) as tree, Progress(
@@ -85,8 +90,20 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
                         return False
                     return check(problem, text, extract_final_answer(text))
 
-                found = label_problem(policy, build_question(problem.prompt, problem.format), is_correct, config)
-                policy.close()
+                try:
+                    found = label_problem(policy, build_question(problem.prompt, problem.format), is_correct, config)
+                except Exception as exc:  # one bad problem must not stop every resume at the same place
+                    skipped.append(problem.id)
+                    if len(skipped) >= MAX_FAILURES_IN_A_ROW:  # not the problems: the model or the machine
+                        raise
+                    bar.console.print(f"warning: problem {problem.id} skipped ({type(exc).__name__}: {exc})")
+                    bar.update(task, advance=1)
+                    continue
+                finally:
+                    policy.close()
+                for skip in skipped:  # marked done (no labels) once a later problem shows the model works
+                    store.append([], problem_id=skip)
+                skipped.clear()
                 store.append([LabelRow(problem.id, lab.step_index, lab.step_text, lab.q_max, lab.q_mean,
                                        len(lab.correct), lab.correct, np.asarray(lab.hidden, dtype=np.float32))
                               for lab in found], problem_id=problem.id)

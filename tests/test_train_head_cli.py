@@ -84,3 +84,39 @@ def test_train_head_refuses_test_data_and_missing_labels(tmp_path: Path, capsys:
     assert code == ExitCode.USAGE and "--rollouts" in err
     code, _, err = run(["head", "info", str(tmp_path / "none.gguf")], capsys)
     assert code != 0 and err.startswith("error:") and "Traceback" not in err
+
+
+def test_a_problem_that_fails_is_skipped_and_a_failing_model_stops_the_run(
+    tmp_path: Path, qwen_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qwq_local.value.rollouts as rollouts
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": f"t{i}", "question": q, "answer": f"#### {a}"}) + "\n"
+                            for i, (q, a) in enumerate(PROBLEMS)))
+    out = tmp_path / "head.gguf"
+    common = ["train-head", "--model", str(qwen_path), "--data", str(data), "--out", str(out), "--ctx", "2048"]
+    store = LabelStore(out.with_name("head.labels.jsonl"))
+
+    def label_problem(policy: object, question: str, *args: object) -> list:
+        if "10 - 4" in question or failing_everywhere:
+            raise RuntimeError("decode failed")
+        return []
+
+    failing_everywhere = False
+    monkeypatch.setattr(rollouts, "label_problem", label_problem)
+    code, _, err = run(common + ["--problems", "3"], capsys)
+    assert "warning: problem t1 skipped (RuntimeError: decode failed)" in err
+    assert store.done_problems() == {"t0", "t1", "t2"}  # t1 will not stop every later resume
+    assert code != 0 and "error: " in err and "Traceback" not in err  # no labels at all to train on
+    failing_everywhere = True
+    code, _, err = run(common + ["--problems", "6"], capsys)
+    assert code == ExitCode.ERROR and err.strip().splitlines()[-1].startswith("error: RuntimeError: decode failed")
+    assert store.done_problems() == {"t0", "t1", "t2"}  # three failures in a row: none marked done
+
+
+def test_train_head_checks_out_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["train-head", "--out", str(tmp_path / "no" / "h.gguf")], capsys)
+    assert code == ExitCode.USAGE and "not a file in an existing directory" in err
+    code, _, err = run(["train-head", "--out", str(tmp_path)], capsys)
+    assert code == ExitCode.USAGE and "not a file in an existing directory" in err
