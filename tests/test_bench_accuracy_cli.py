@@ -67,3 +67,21 @@ def test_bench_accuracy_bad_strategy_is_usage(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exc:
         main(["bench", "accuracy", "--strategy", "direct,dfs"])
     assert exc.value.code == ExitCode.USAGE and "bad strategy" in capsys.readouterr().err
+
+
+def test_bench_accuracy_checks_the_plot_before_it_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from qwq_local import runtime
+
+    monkeypatch.setattr(runtime, "locate", lambda *a, **k: pytest.fail("got as far as the model"))
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "accuracy", "--strategy", "direct", "--plot", str(tmp_path)])
+    assert exc.value.code == ExitCode.USAGE and "a directory, not a .png file" in capsys.readouterr().err
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "accuracy", "--strategy", "direct", "--plot", str(tmp_path / "p.png")])
+    assert exc.value.code == ExitCode.ERROR and "plotting needs matplotlib" in capsys.readouterr().err

@@ -64,6 +64,10 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     from qwq_local.solve_cmd import DEFAULT_SCORERS, load_head, search_config
 
     specs = [parse_strategy(s) for s in strategies.split(",") if s.strip()]
+    if plot is not None:
+        from qwq_local.bench.plot import check_can_plot
+
+        check_can_plot(plot)
     problems = load_problems(data, limit)
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
     configs = {s.label: _config(s, opts, plan, settings, search_config) for s in specs}

@@ -5,7 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from qwq_local.bench.accuracy import AccuracyReport
-from qwq_local.errors import QwqError
+from qwq_local.errors import QwqError, UsageError
+
+
+def check_can_plot(path: Path) -> None:
+    """Fail before a long run, not after it, when the plot could not be written."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise QwqError("plotting needs matplotlib: pip install 'qwq-local[bench]'")
+    if path.is_dir():
+        raise UsageError(f"--plot {path}: a directory, not a .png file")
 
 
 def plot_accuracy(report: AccuracyReport, path: Path, title: str | None = None) -> Path:
