@@ -44,19 +44,24 @@ def val_mask(groups: np.ndarray, report) -> np.ndarray:
     return np.isin(groups, report.val_groups)
 
 
+def train_mask(groups: np.ndarray, report) -> np.ndarray:
+    return ~np.isin(groups, report.val_groups) & ~np.isin(groups, report.test_groups)
+
+
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_learns_separable_data_and_calibrates(kind: str) -> None:
     X, y, groups = synthetic()
     weights, report = train_head(X, y, groups, kind=kind, hidden=16)
     assert weights.kind == kind
-    assert report.val.auc > 0.9
-    assert report.val.ece < 0.1
-    assert report.val.accuracy > 0.8
-    assert report.val.n == report.n_val and report.n_train + report.n_val == len(y)
-    # The report's held-out numbers are those of the returned weights on the held-out rows.
-    mask = val_mask(groups, report)
-    assert roc_auc(y[mask], weights.predict(X[mask])) == pytest.approx(report.val.auc)
-    assert sum(row.count for row in report.val.reliability) == report.n_val
+    assert report.test.auc > 0.9
+    assert report.test.ece < 0.1
+    assert report.test.accuracy > 0.8
+    assert report.test.n == report.n_test and report.n_train + report.n_val + report.n_test == len(y)
+    # The head's recorded numbers are those of the returned weights on the test rows, which chose nothing.
+    mask = np.isin(groups, report.test_groups)
+    assert roc_auc(y[mask], weights.predict(X[mask])) == pytest.approx(report.test.auc)
+    assert report.head_metrics()["auc"] == report.test.auc
+    assert sum(row.count for row in report.test.reliability) == report.n_test
 
 
 def test_trained_head_round_trips_through_a_file(tmp_path: Path) -> None:
@@ -75,15 +80,23 @@ def test_soft_labels_are_accepted() -> None:
     rng = np.random.default_rng(0)
     soft = np.clip(y * 0.8 + rng.random(len(y)) * 0.2, 0, 1)  # like q_mean over a few rollouts
     _, report = train_head(X, soft, groups, epochs=20)
-    assert report.val.auc > 0.85
+    assert report.test.auc > 0.85
 
 
-def test_validation_groups_never_straddle() -> None:
+def test_validation_and_test_groups_never_straddle() -> None:
     X, y, groups = synthetic(seed=1, n_problems=50)
     _, report = train_head(X, y, groups, epochs=2)
-    in_val = val_mask(groups, report)
+    in_val, in_test = val_mask(groups, report), np.isin(groups, report.test_groups)
     assert report.n_val == int(in_val.sum()) == 10 * len(report.val_groups) == 100
-    assert report.n_train_groups + len(report.val_groups) == 50
+    assert report.n_test == int(in_test.sum()) == 10 * len(report.test_groups) == 100
+    assert not set(report.val_groups) & set(report.test_groups)
+    assert report.n_train_groups + len(report.val_groups) + len(report.test_groups) == 50
+
+
+def test_too_few_problems_for_three_splits() -> None:
+    X, y, groups = synthetic(seed=1, n_problems=2)
+    with pytest.raises(ValueError, match="at least 3 problems"):
+        train_head(X, y, groups, epochs=2)
 
 
 @settings(max_examples=60, deadline=None)
@@ -117,22 +130,22 @@ def test_class_balance_on_ten_to_one_data() -> None:
     assert 0.05 < y.mean() < 0.12  # about 10:1
     weights, report = train_head(X, y, groups)
     positive = y >= 0.5
-    in_train = ~val_mask(groups, report)
+    in_train = train_mask(groups, report)
     w_pos, w_neg = report.class_weights["positive"], report.class_weights["negative"]
     assert w_pos * positive[in_train].sum() == pytest.approx(w_neg * (~positive[in_train]).sum())
     assert w_pos > 5 * w_neg
     p = weights.predict(X)
     assert 0.02 < (p >= 0.5).mean() < 0.5  # not all one class
-    assert report.val.auc > 0.9
+    assert report.test.auc > 0.9
     assert p[positive].mean() > 0.5 > p[~positive].mean()
-    assert report.val.ece < 0.1  # the prior shift restores calibration under the real 10:1 ratio
+    assert report.test.ece < 0.1  # the prior shift restores calibration under the real 10:1 ratio
 
 
 def test_prior_correction_only_shifts_the_bias() -> None:
     X, y, groups = synthetic(seed=2, offset=10.0, scale=8.0)
     corrected, report = train_head(X, y, groups, epochs=10)
     balanced, plain_report = train_head(X, y, groups, epochs=10, prior_correction=False)
-    in_train = ~val_mask(groups, report)
+    in_train = train_mask(groups, report)
     n_pos = int((y[in_train] >= 0.5).sum())
     assert report.prior_shift == pytest.approx(math.log(n_pos / (in_train.sum() - n_pos)))
     assert plain_report.prior_shift == 0.0
@@ -175,7 +188,7 @@ def test_on_epoch_reports_each_epoch() -> None:
     "change, message",
     [
         (lambda X, y, g: (X, np.zeros_like(y), g), "all one class"),
-        (lambda X, y, g: (X, y, np.zeros_like(g)), "at least 2 problems"),
+        (lambda X, y, g: (X, y, np.zeros_like(g)), "at least 3 problems"),
         (lambda X, y, g: (X, y * 2, g), "in \\[0, 1\\]"),
         (lambda X, y, g: (X[:, 0], y, g), "2-D"),
         (lambda X, y, g: (X, y[:-1], g), "must both have shape"),

@@ -50,24 +50,28 @@ class TrainReport:
     hidden: int
     n_train: int
     n_val: int
+    n_test: int
     n_train_groups: int
-    val_groups: list[Any]
+    val_groups: list[Any]  # problems whose loss chose the epoch (early stopping)
+    test_groups: list[Any]  # problems seen by nothing in training: the head's reported metrics
     epochs_run: int
     best_epoch: int  # 1-based epoch whose weights were kept
     stopped_early: bool
     train_loss: list[float]  # mean (class-weighted) BCE of each epoch's minibatches
-    val_loss: list[float]  # (class-weighted) BCE on the held-out split after each epoch
+    val_loss: list[float]  # (class-weighted) BCE on the early-stopping split after each epoch
     class_weights: dict[str, float]  # sample weight of positive (y >= 0.5) and negative states
     prior_shift: float  # added to the output bias to undo class balancing (0 without balance or prior_correction)
     train: Metrics
     val: Metrics
+    test: Metrics
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def head_metrics(self) -> dict[str, float]:
-        """The held-out numbers a head file records (`QHeadMeta.metrics`)."""
-        return {"auc": self.val.auc, "ece": self.val.ece, "brier": self.val.brier, "accuracy": self.val.accuracy}
+        """The held-out numbers a head file records (`QHeadMeta.metrics`): on the test problems, which neither
+        fitted the weights nor chose the epoch."""
+        return {"auc": self.test.auc, "ece": self.test.ece, "brier": self.test.brier, "accuracy": self.test.accuracy}
 
 
 def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
@@ -172,6 +176,27 @@ def split_by_group(
     return best
 
 
+def split_three_ways(
+    groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int, y: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices (train, validation, test), each problem on one side; needs at least 3 problems."""
+    if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction and test_fraction must be > 0 with a sum below 1, "
+                         f"got {val_fraction} and {test_fraction}")
+    groups = np.asarray(groups)
+    if np.unique(groups).size < 3:
+        raise ValueError(f"need states from at least 3 problems (train, validation, test), "
+                         f"got {np.unique(groups).size}")
+    rest, test = split_by_group(groups, test_fraction, seed, y)
+    train, val = split_by_group(groups[rest], val_fraction / (1 - test_fraction), seed + 1,
+                                None if y is None else np.asarray(y)[rest])
+    return rest[train], rest[val], test
+
+
+def _group_list(groups: np.ndarray) -> list[Any]:
+    return [g.item() if isinstance(g, np.generic) else g for g in np.unique(groups)]
+
+
 def _class_weights(positive: np.ndarray, balance: bool) -> tuple[float, float]:
     """Sample weights (positive, negative) giving both classes equal total weight, or (1, 1)."""
     n, n_pos = positive.size, int(positive.sum())
@@ -273,16 +298,18 @@ def train_head(
     l2: float = 1e-4,
     batch_size: int = 256,
     val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
     patience: int = 10,
     seed: int = 0,
     balance: bool = True,
     prior_correction: bool = True,
     on_epoch: EpochCallback | None = None,
 ) -> tuple[QHeadWeights, TrainReport]:
-    """Fit a head with Adam on class-weighted binary cross-entropy; keep the epoch with the lowest held-out loss.
+    """Fit a head with Adam on class-weighted binary cross-entropy; keep the epoch with the lowest validation loss.
 
-    Problems (`groups`) are split whole into train and validation; inputs are standardised with the training
-    split's mean and std. With `balance`, positive (y >= 0.5) and negative states get equal total weight; with
+    Problems (`groups`) are split whole into train, validation (early stopping) and test (the reported metrics,
+    untouched by training); about `val_fraction` and `test_fraction` of the problems each. Inputs are standardised
+    with the training split's mean and std. With `balance`, positive (y >= 0.5) and negative states get equal total weight; with
     `prior_correction` too, the output bias is then shifted by log(n_pos / n_neg) so that the predictions are
     probabilities under the real class ratio again (without it they are as if both classes were equally common).
     """
@@ -290,7 +317,7 @@ def train_head(
     y = np.asarray(y, dtype=np.float64)
     groups = np.asarray(groups)
     _check_inputs(X, y, groups, kind)
-    train, val = split_by_group(groups, val_fraction, seed, y)
+    train, val, test = split_three_ways(groups, val_fraction, test_fraction, seed, y)
     positive = y >= 0.5
     n_pos = int(positive[train].sum())
     if n_pos in (0, train.size):
@@ -339,8 +366,10 @@ def train_head(
         hidden=hidden if kind == "mlp" else 0,
         n_train=int(train.size),
         n_val=int(val.size),
+        n_test=int(test.size),
         n_train_groups=int(np.unique(groups[train]).size),
-        val_groups=[g.item() if isinstance(g, np.generic) else g for g in np.unique(groups[val])],
+        val_groups=_group_list(groups[val]),
+        test_groups=_group_list(groups[test]),
         epochs_run=len(train_losses),
         best_epoch=best_epoch,
         stopped_early=len(train_losses) < epochs,
@@ -350,6 +379,7 @@ def train_head(
         prior_shift=shift,
         train=evaluate(y[train], _predict(weights, X, train)),
         val=evaluate(y[val], _predict(weights, X, val)),
+        test=evaluate(y[test], _predict(weights, X, test)),
     )
     return weights, report
 
