@@ -299,3 +299,18 @@ def test_reference_answers_pass_their_own_checks() -> None:
             else:
                 reply = f"<think>\n...\n</think>\nThe answer is $\\boxed{{{problem.answer}}}$."
             assert check(problem, reply, None), (name, problem.id, problem.answer)
+
+
+def test_runs_of_another_setup_are_not_resumed(tmp_path: Path) -> None:
+    results = write_jsonl(tmp_path / "r.jsonl", [])
+    run_accuracy(problems(1), ["good"], FakeSolver(), results, progress=False, setup={"model": "a", "K": 4})
+    assert json.loads(results.read_text())["setup"] == {"model": "a", "K": 4}
+    with pytest.raises(UsageError, match="model 'a' \\(this run: 'b'\\)"):
+        run_accuracy(problems(2), ["good"], FakeSolver(), results, progress=False, setup={"model": "b", "K": 4})
+    solver = FakeSolver()  # the same setup resumes; records from before setups were kept are taken as they are
+    with results.open("a") as handle:
+        handle.write(json.dumps({"strategy": "good", "problem_id": "p1", "correct": True, "generated_tokens": 1,
+                                 "seconds": 1.0, "error": None, "extra": {}}) + "\n")
+    report = run_accuracy(problems(3), ["good"], solver, results, progress=False, setup={"model": "a", "K": 4})
+    assert solver.calls == [("good", "p2")] and report.problems == 3
+

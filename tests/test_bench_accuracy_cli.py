@@ -61,6 +61,11 @@ def test_bench_accuracy_runs_resumes_and_plots(tmp_path: Path, qwen_path: Path,
         main(args)
     assert json.loads(capsys.readouterr().out)["scores"] == report["scores"]
     assert results.read_text().splitlines() == runs
+    setup = records[("direct", "p0")]["setup"]
+    assert setup["model"] == qwen_path.name and setup["max_tokens"] == 120 and setup["candidates"] == 2
+    with pytest.raises(SystemExit) as exc:  # other settings do not resume these runs
+        main([a if a != "120" else "100" for a in args])
+    assert exc.value.code == ExitCode.USAGE and "max_tokens 120 (this run: 100)" in capsys.readouterr().err
 
 
 def test_bench_accuracy_bad_strategy_is_usage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -142,6 +142,17 @@ def _read_results(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return records
 
 
+def _check_setup(done: dict[tuple[str, str], dict[str, Any]], setup: dict[str, Any], path: Path | None) -> None:
+    """Refuse to resume runs made with another model or settings (records from before setups were kept pass)."""
+    for record in done.values():
+        theirs = record.get("setup")
+        if theirs is None or theirs == setup:
+            continue
+        differ = sorted(k for k in set(theirs) | set(setup) if theirs.get(k) != setup.get(k))
+        said = ", ".join(f"{k} {theirs.get(k)!r} (this run: {setup.get(k)!r})" for k in differ)
+        raise UsageError(f"{path} holds runs made with {said}: pass another --results to keep both")
+
+
 def _attempt(problem: Problem, strategy: str, solve: Solve, checker: Check) -> dict[str, Any]:
     """The result record of one strategy on one problem; a solver or checker error counts as wrong."""
     record: dict[str, Any] = {
@@ -237,12 +248,14 @@ def run_accuracy(
     progress: bool | None = None,
     *,
     checker: Check = check,
+    setup: dict[str, Any] | None = None,
 ) -> AccuracyReport:
     """Run every strategy on every problem (problems outer, so a partial run is like for like) and score them.
 
     Each finished run is appended to `results_path` (JSONL) at once; runs already there are skipped,
     so a rerun resumes. `progress`: True shows a bar on stderr, False never, None when stderr is a tty.
-    Ctrl-C stops after the current run and returns the report so far (`interrupted`).
+    Ctrl-C stops after the current run and returns the report so far (`interrupted`). `setup` (model and
+    settings) is written into each record; a results file whose records were made with another setup is refused.
     """
     strategies = list(strategies)
     if not strategies:
@@ -254,6 +267,8 @@ def run_accuracy(
                 raise UsageError(f"{name} {value!r} appears twice")
             seen.add(value)
     done = _read_results(results_path) if results_path is not None else {}
+    if setup is not None:
+        _check_setup(done, setup, results_path)
     if isinstance(solve, PairedSolve):
         solve.done = set(done)  # as found: a partner this run records still shares its draws
     wanted = [(p, s) for p in problems for s in strategies]
@@ -276,6 +291,8 @@ def run_accuracy(
                 if (strategy, problem.id) in done:
                     continue
                 record = _attempt(problem, strategy, solve, checker)
+                if setup is not None:
+                    record["setup"] = setup
                 if handle is not None:
                     _append(handle, record)
                 done[(strategy, problem.id)] = record

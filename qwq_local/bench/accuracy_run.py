@@ -132,7 +132,8 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         started = time.perf_counter()
         try:
             report = run_accuracy(problems, [s.label for s in specs],
-                                  PairedSolve(pair_replies(specs), solve_pair, solve), results)
+                                  PairedSolve(pair_replies(specs), solve_pair, solve), results,
+                                  setup=_setup(settings, data, opts, plan))
         except _LoadFailed as failed:
             raise failed.error from None
     finally:
@@ -184,3 +185,11 @@ def _config(spec: StrategySpec, opts: dict[str, Any], plan: Any, settings: Setti
     if spec.n is not None:
         opts["trajectories"] = spec.n
     return search_config(opts, plan, settings)
+
+
+def _setup(settings: Settings, data: str, opts: dict[str, Any], plan: Any) -> dict[str, Any]:
+    """What a run's result depends on besides its strategy and problem: records of another setup do not mix."""
+    sampling = settings.sampling
+    return {"model": plan.resolved.path.name, "data": data, "ctx": plan.n_ctx, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": sampling.seed,
+            "max_tokens": sampling.max_tokens, **{k: opts[k] for k in sorted(opts)}}
