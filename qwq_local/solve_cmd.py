@@ -12,9 +12,9 @@ import typer
 from qwq_local import runtime
 from qwq_local.config import Settings
 from qwq_local.errors import UsageError
+from qwq_local.search.strategies import STRATEGIES, needs_scorer
 from qwq_local.solve import SolveResult, read_problem, solve_direct, solve_search
 
-STRATEGIES = ("direct", "astar", "beam", "bon", "sc")
 DEFAULT_SCORERS = ["self-eval", "rules"]
 
 
@@ -105,9 +105,9 @@ def scorer_plan(scorer: str | None, strategy: str, plan: runtime.ModelPlan, sett
     """
     from qwq_local.value.combine import parse_scorers
 
-    if strategy == "sc":
+    if not needs_scorer(strategy):
         if scorer:
-            raise UsageError("--scorer: self-consistency (sc) votes on answers and uses no scorer")
+            raise UsageError(f"--scorer: {strategy} uses no scorer (self-consistency votes on answers)")
         return [], None
     if scorer is None:
         head = load_head(plan, settings, required=False)

@@ -20,9 +20,10 @@ from qwq_local.bench.accuracy import Outcome, PairedSolve, format_table, run_acc
 from qwq_local.bench.datasets import Problem, load_problems, problem_seed
 from qwq_local.config import Settings
 from qwq_local.errors import ExitCode, UsageError
+from qwq_local.search.strategies import needs_scorer
+from qwq_local.value.combine import SCORER_NAMES
 
 SPEC = re.compile(r"^(direct|astar|beam|bon|sc)(?:@(\d+))?(?::([a-z+\-]+))?$")
-SCORERS = ("qhead", "self-eval", "rules")
 
 
 class _LoadFailed(BaseException):
@@ -48,11 +49,11 @@ def parse_strategy(text: str) -> StrategySpec:
     name, n, scorers = match.group(1), match.group(2), match.group(3)
     names = tuple(scorers.split("+")) if scorers else None
     for scorer in names or ():
-        if scorer not in SCORERS:
-            raise UsageError(f"unknown scorer {scorer!r} in {text!r}; choose from {', '.join(SCORERS)}")
+        if scorer not in SCORER_NAMES:
+            raise UsageError(f"unknown scorer {scorer!r} in {text!r}; choose from {', '.join(SCORER_NAMES)}")
     if n is not None and int(n) < 1:
         raise UsageError(f"{text!r}: N must be at least 1")
-    if name in ("direct", "sc") and names:
+    if not needs_scorer(name) and names:
         raise UsageError(f"{text!r}: {name} takes no scorer")
     if name == "direct" and n is not None:
         raise UsageError(f"{text!r}: direct takes no @N")
@@ -71,7 +72,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     problems = load_problems(data, limit)
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
     configs = {s.label: _config(s, opts, plan, settings, search_config) for s in specs}
-    needs_head = any(s.scorers is None or "qhead" in s.scorers for s in specs if s.name not in ("direct", "sc"))
+    needs_head = any(s.scorers is None or "qhead" in s.scorers for s in specs if needs_scorer(s.name))
     head = load_head(plan, settings, required=any("qhead" in (s.scorers or ()) for s in specs)) if needs_head else None
     default = ("qhead",) if head is not None else tuple(DEFAULT_SCORERS)
     if needs_head and head is None and not as_json:
@@ -96,7 +97,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         return sampling
 
     def scorers_of(spec: StrategySpec) -> tuple[list[str], Any]:
-        scorers = [] if spec.name == "sc" else list(spec.scorers or default)
+        scorers = list(spec.scorers or default) if needs_scorer(spec.name) else []
         return scorers, head if "qhead" in scorers else None
 
     def solve(problem: Problem, label: str) -> Outcome:

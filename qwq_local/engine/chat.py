@@ -44,11 +44,6 @@ class TurnStats:
     def generated_tokens(self) -> int:
         return self.thinking_tokens + self.answer_tokens
 
-    @property
-    def decode_tokens_per_second(self) -> float:
-        decode = self.seconds - self.prefill_seconds
-        return self.generated_tokens / decode if decode > 0 else 0.0
-
 
 def strip_thinking(text: str) -> str:
     """The final answer only: everything up to and including `</think>` removed."""
