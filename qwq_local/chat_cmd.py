@@ -29,10 +29,9 @@ def run_chat_cmd(settings: Settings, *, show_thinking: bool, hide_thinking: bool
     if resume is not None and history.conversation(resume) is None:
         raise UsageError(f"no conversation {resume} in the history; `qwq history` lists them")
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
-    if settings.head is not None:  # a wrong --head is found now, not at the first /search
-        from qwq_local.solve_cmd import load_head
+    from qwq_local.solve_cmd import load_head
 
-        load_head(plan, settings, required=True)
+    head = load_head(plan, settings, required=settings.head is not None)  # once; a wrong --head is found now
     model = runtime.load(plan, settings)
     # A thinking budget makes even a model that does not think on its own open a <think> section.
     chat = LlamaChat(model, think=True if (plan.thinks or think_budget) else None)
@@ -40,25 +39,27 @@ def run_chat_cmd(settings: Settings, *, show_thinking: bool, hide_thinking: bool
     try:
         return run_chat(chat, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
                         think_budget=think_budget, resume=resume,
-                        strategy_runner=_strategy_runner(model, plan, settings))
+                        strategy_runner=_strategy_runner(model, plan, settings, head))
     finally:
         model.close()
 
 
-def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
+def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings, head: Any):
     """`/search astar|beam|bon|sc`: answer the turn with search on the KV tree (chat cache untouched)."""
 
     def run(question: str, strategy: str, earlier: list) -> tuple[str, TurnStats, str]:
         from qwq_local.search.config import SearchConfig
+        from qwq_local.search.strategies import needs_scorer
         from qwq_local.solve import solve_search
-        from qwq_local.solve_cmd import scorer_plan
+        from qwq_local.solve_cmd import default_scorers
 
-        names, head = scorer_plan(None, strategy, plan, settings, quiet=True)  # the summary says what scored
+        names = default_scorers(head) if needs_scorer(strategy) else []  # the summary says what scored
         config = SearchConfig(thinking=plan.thinks, max_reply_tokens=settings.sampling.max_tokens,
                               candidates=4, trajectories=4, beam=8, n_samples=4, beam_width=3,
                               max_expansions=24, time_limit=180.0, finish_partial=True)
         result = solve_search(model, question, "plain", settings.sampling, strategy, config, names,
-                              thinks=plan.thinks, head=head, n_ctx=plan.n_ctx, history=earlier,
+                              thinks=plan.thinks, head=head if "qhead" in names else None, n_ctx=plan.n_ctx,
+                              history=earlier,
                               kv_budget=runtime.kv_budget_tokens(plan, settings))
         search = result.search
         search.pop("_tree", None)
@@ -71,7 +72,7 @@ def _strategy_runner(model: Any, plan: runtime.ModelPlan, settings: Settings):
                    f"scorer {search.get('scorer') or '-'}")
         if not search.get("complete", True):
             summary += f" · stopped by its {search.get('stop_reason') or 'budget'} budget before a reply finished"
-        if head is None and strategy in ("astar", "beam", "bon"):
+        if head is None and needs_scorer(strategy):
             summary += " (no Q-value head for this model)"
         return text, stats, summary
 

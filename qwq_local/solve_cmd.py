@@ -18,6 +18,11 @@ from qwq_local.solve import SolveResult, read_problem, solve_direct, solve_searc
 DEFAULT_SCORERS = ["self-eval", "rules"]
 
 
+def default_scorers(head: Any) -> list[str]:
+    """What a search scores with when no --scorer is given: the Q-value head if there is one."""
+    return ["qhead"] if head is not None else list(DEFAULT_SCORERS)
+
+
 def run_solve(settings: Settings, file: str, *, strategy: str, fmt: str, show_thinking: bool,
               as_json: bool, search: dict[str, Any], scorer: str | None, show_tree: bool,
               trace: Path | None) -> None:
@@ -111,7 +116,7 @@ def scorer_plan(scorer: str | None, strategy: str, plan: runtime.ModelPlan, sett
         return [], None
     if scorer is None:
         head = load_head(plan, settings, required=False)
-        names = ["qhead"] if head is not None else list(DEFAULT_SCORERS)
+        names = default_scorers(head)
         if head is None and not quiet:
             typer.echo(f"note: no Q-value head for this model; scoring with {'+'.join(names)}", err=True)
         return names, head

@@ -62,7 +62,7 @@ def parse_strategy(text: str) -> StrategySpec:
 
 def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, opts: dict[str, Any],
                        results: Path | None, as_json: bool, plot: Path | None) -> None:
-    from qwq_local.solve_cmd import DEFAULT_SCORERS, load_head, search_config
+    from qwq_local.solve_cmd import default_scorers, load_head, search_config
 
     specs = [parse_strategy(s) for s in strategies.split(",") if s.strip()]
     if plot is not None:
@@ -74,7 +74,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     configs = {s.label: _config(s, opts, plan, settings, search_config) for s in specs}
     needs_head = any(s.scorers is None or "qhead" in s.scorers for s in specs if needs_scorer(s.name))
     head = load_head(plan, settings, required=any("qhead" in (s.scorers or ()) for s in specs)) if needs_head else None
-    default = ("qhead",) if head is not None else tuple(DEFAULT_SCORERS)
+    default = default_scorers(head)
     if needs_head and head is None and not as_json:
         typer.echo(f"note: no Q-value head for this model; default scorer {'+'.join(default)}", err=True)
     kv_budget = runtime.kv_budget_tokens(plan, settings)
