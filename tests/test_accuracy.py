@@ -303,14 +303,27 @@ def test_reference_answers_pass_their_own_checks() -> None:
 
 def test_runs_of_another_setup_are_not_resumed(tmp_path: Path) -> None:
     results = write_jsonl(tmp_path / "r.jsonl", [])
-    run_accuracy(problems(1), ["good"], FakeSolver(), results, progress=False, setup={"model": "a", "K": 4})
+    setups = {"good": {"model": "a", "K": 4}}
+    run_accuracy(problems(1), ["good"], FakeSolver(), results, progress=False, setups=setups)
     assert json.loads(results.read_text())["setup"] == {"model": "a", "K": 4}
-    with pytest.raises(UsageError, match="model 'a' \\(this run: 'b'\\)"):
-        run_accuracy(problems(2), ["good"], FakeSolver(), results, progress=False, setup={"model": "b", "K": 4})
+    with pytest.raises(UsageError, match="holds good runs made with model 'a' \\(this run: 'b'\\)"):
+        run_accuracy(problems(2), ["good"], FakeSolver(), results, progress=False,
+                     setups={"good": {"model": "b", "K": 4}})
     solver = FakeSolver()  # the same setup resumes; records from before setups were kept are taken as they are
     with results.open("a") as handle:
         handle.write(json.dumps({"strategy": "good", "problem_id": "p1", "correct": True, "generated_tokens": 1,
                                  "seconds": 1.0, "error": None, "extra": {}}) + "\n")
-    report = run_accuracy(problems(3), ["good"], solver, results, progress=False, setup={"model": "a", "K": 4})
+    report = run_accuracy(problems(3), ["good"], solver, results, progress=False, setups=setups)
     assert solver.calls == [("good", "p2")] and report.problems == 3
+    # A setting the records do not name (added later, like the head) passes; one they name must agree.
+    with_head = {"good": {"model": "a", "K": 4, "head": "h1"}, "other": {"model": "z"}}
+    run_accuracy(problems(4), ["good", "other"], FakeSolver(), results, progress=False, setups=with_head)
+    with pytest.raises(UsageError, match="head 'h1' \\(this run: 'h2'\\)"):
+        run_accuracy(problems(5), ["good"], FakeSolver(), results, progress=False,
+                     setups={"good": {"model": "a", "K": 4, "head": "h2"}})
+    # Only the strategies of this run are checked: "other" was made with model z.
+    solver = FakeSolver()
+    run_accuracy(problems(5), ["good"], solver, results, progress=False, setups={"good": with_head["good"]})
+    assert solver.calls == [("good", "p4")]
+
 

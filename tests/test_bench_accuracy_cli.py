@@ -63,6 +63,8 @@ def test_bench_accuracy_runs_resumes_and_plots(tmp_path: Path, qwen_path: Path,
     assert results.read_text().splitlines() == runs
     setup = records[("direct", "p0")]["setup"]
     assert setup["model"] == qwen_path.name and setup["max_tokens"] == 120 and setup["candidates"] == 2
+    assert "scorers" not in setup and records[("astar:rules", "p0")]["setup"]["scorers"] == "rules"
+    assert "head" not in records[("astar:rules", "p0")]["setup"]  # a model given by path has no catalog head
     with pytest.raises(SystemExit) as exc:  # other settings do not resume these runs
         main([a if a != "120" else "100" for a in args])
     assert exc.value.code == ExitCode.USAGE and "max_tokens 120 (this run: 100)" in capsys.readouterr().err
@@ -90,3 +92,39 @@ def test_bench_accuracy_checks_the_plot_before_it_runs(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as exc:
         main(["bench", "accuracy", "--strategy", "direct", "--plot", str(tmp_path / "p.png")])
     assert exc.value.code == ExitCode.ERROR and "plotting needs matplotlib" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_bench_records_keep_the_head_that_scored_them(tmp_path: Path, qwen_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from qwq_local.value.qhead import QHeadMeta, QHeadWeights, write_head
+
+    def head(name: str, seed: int) -> Path:
+        w = np.random.default_rng(seed).normal(size=896)
+        meta = QHeadMeta(architecture="qwen2", n_embd=896, model_sha256="", step_delimiter="\n\n",
+                         training_data="test", n_problems=1, n_states=2, metrics={},
+                         created="2026-11-24T00:00:00+00:00")
+        return write_head(tmp_path / name, QHeadWeights(mean=np.zeros(896), std=np.ones(896), w=w, b=[0.0]), meta)
+
+    data = tmp_path / "easy.jsonl"
+    data.write_text(json.dumps({"id": "p0", "question": "What is 2 + 3?", "answer": "#### 5"}) + "\n")
+    results = tmp_path / "runs.jsonl"
+    args = ["bench", "accuracy", "--data", str(data), "--model", str(qwen_path), "--max-tokens", "24", "--ctx", "2048",
+            "--results", str(results), "--json", "--head"]
+    with pytest.raises(SystemExit) as exc:
+        main(args + [str(head("h1.gguf", 1)), "--strategy", "direct,bon@2"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    records = {r["strategy"]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert records["bon@2"]["setup"]["scorers"] == "qhead" and records["bon@2"]["setup"]["head"].startswith(
+        "h1.gguf sha256:")
+    assert "head" not in records["direct"]["setup"] and "scorers" not in records["direct"]["setup"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # scored by another head: not resumed as if it were this one's
+        main(args + [str(head("h2.gguf", 2)), "--strategy", "direct,bon@2"])
+    err = capsys.readouterr().err
+    assert exc.value.code == ExitCode.USAGE and "holds bon@2 runs made with head 'h1.gguf sha256:" in err
+    with pytest.raises(SystemExit) as exc:  # a run the head does not score is the same run with either
+        main(args + [str(tmp_path / "h2.gguf"), "--strategy", "direct"])
+    assert exc.value.code == 0 and len(results.read_text().splitlines()) == 2

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -142,15 +142,20 @@ def _read_results(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return records
 
 
-def _check_setup(done: dict[tuple[str, str], dict[str, Any]], setup: dict[str, Any], path: Path | None) -> None:
-    """Refuse to resume runs made with another model or settings (records from before setups were kept pass)."""
-    for record in done.values():
-        theirs = record.get("setup")
-        if theirs is None or theirs == setup:
+def _check_setup(done: dict[tuple[str, str], dict[str, Any]], setups: Mapping[str, dict[str, Any]],
+                 path: Path | None) -> None:
+    """Refuse to resume runs of this run's strategies made with another model, head or settings.
+
+    What a record does not say passes: records from before setups (or a setting of them) were kept.
+    """
+    for (strategy, _), record in done.items():
+        theirs, ours = record.get("setup"), setups.get(strategy)
+        if theirs is None or ours is None:
             continue
-        differ = sorted(k for k in set(theirs) | set(setup) if theirs.get(k) != setup.get(k))
-        said = ", ".join(f"{k} {theirs.get(k)!r} (this run: {setup.get(k)!r})" for k in differ)
-        raise UsageError(f"{path} holds runs made with {said}: pass another --results to keep both")
+        differ = sorted(k for k in theirs if theirs[k] != ours.get(k))
+        if differ:
+            said = ", ".join(f"{k} {theirs[k]!r} (this run: {ours.get(k)!r})" for k in differ)
+            raise UsageError(f"{path} holds {strategy} runs made with {said}: pass another --results to keep both")
 
 
 def _attempt(problem: Problem, strategy: str, solve: Solve, checker: Check) -> dict[str, Any]:
@@ -248,14 +253,14 @@ def run_accuracy(
     progress: bool | None = None,
     *,
     checker: Check = check,
-    setup: dict[str, Any] | None = None,
+    setups: Mapping[str, dict[str, Any]] | None = None,
 ) -> AccuracyReport:
     """Run every strategy on every problem (problems outer, so a partial run is like for like) and score them.
 
     Each finished run is appended to `results_path` (JSONL) at once; runs already there are skipped,
     so a rerun resumes. `progress`: True shows a bar on stderr, False never, None when stderr is a tty.
-    Ctrl-C stops after the current run and returns the report so far (`interrupted`). `setup` (model and
-    settings) is written into each record; a results file whose records were made with another setup is refused.
+    Ctrl-C stops after the current run and returns the report so far (`interrupted`). `setups` (per strategy: model,
+    head and settings) go into each record; a results file whose records were made with another setup is refused.
     """
     strategies = list(strategies)
     if not strategies:
@@ -267,8 +272,8 @@ def run_accuracy(
                 raise UsageError(f"{name} {value!r} appears twice")
             seen.add(value)
     done = _read_results(results_path) if results_path is not None else {}
-    if setup is not None:
-        _check_setup(done, setup, results_path)
+    if setups is not None:
+        _check_setup(done, setups, results_path)
     if isinstance(solve, PairedSolve):
         solve.done = set(done)  # as found: a partner this run records still shares its draws
     wanted = [(p, s) for p in problems for s in strategies]
@@ -291,8 +296,8 @@ def run_accuracy(
                 if (strategy, problem.id) in done:
                     continue
                 record = _attempt(problem, strategy, solve, checker)
-                if setup is not None:
-                    record["setup"] = setup
+                if setups is not None and strategy in setups:
+                    record["setup"] = setups[strategy]
                 if handle is not None:
                     _append(handle, record)
                 done[(strategy, problem.id)] = record

@@ -18,6 +18,7 @@ import typer
 from qwq_local import runtime
 from qwq_local.bench.accuracy import Outcome, PairedSolve, format_table, run_accuracy
 from qwq_local.bench.datasets import Problem, load_problems, problem_seed
+from qwq_local.catalog.integrity import sha256_file
 from qwq_local.config import Settings
 from qwq_local.errors import ExitCode, UsageError
 from qwq_local.search.strategies import needs_scorer
@@ -75,6 +76,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     needs_head = any(s.scorers is None or "qhead" in s.scorers for s in specs if needs_scorer(s.name))
     head = load_head(plan, settings, required=any("qhead" in (s.scorers or ()) for s in specs)) if needs_head else None
     default = default_scorers(head)
+    head_id = f"{head.path.name} sha256:{sha256_file(head.path)[:16]}" if head is not None else None
     if needs_head and head is None and not as_json:
         typer.echo(f"note: no Q-value head for this model; default scorer {'+'.join(default)}", err=True)
     kv_budget = runtime.kv_budget_tokens(plan, settings)
@@ -134,7 +136,8 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         try:
             report = run_accuracy(problems, [s.label for s in specs],
                                   PairedSolve(pair_replies(specs), solve_pair, solve), results,
-                                  setup=_setup(settings, data, opts, plan))
+                                  setups={s.label: _setup(settings, data, opts, plan, scorers_of(s), head_id)
+                                          for s in specs})
         except _LoadFailed as failed:
             raise failed.error from None
     finally:
@@ -188,9 +191,16 @@ def _config(spec: StrategySpec, opts: dict[str, Any], plan: Any, settings: Setti
     return search_config(opts, plan, settings)
 
 
-def _setup(settings: Settings, data: str, opts: dict[str, Any], plan: Any) -> dict[str, Any]:
+def _setup(settings: Settings, data: str, opts: dict[str, Any], plan: Any, scoring: tuple[list[str], Any],
+           head_id: str | None) -> dict[str, Any]:
     """What a run's result depends on besides its strategy and problem: records of another setup do not mix."""
     sampling = settings.sampling
-    return {"model": plan.resolved.path.name, "data": data, "ctx": plan.n_ctx, "temperature": sampling.temperature,
-            "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": sampling.seed,
-            "max_tokens": sampling.max_tokens, **{k: opts[k] for k in sorted(opts)}}
+    setup = {"model": plan.resolved.path.name, "data": data, "ctx": plan.n_ctx, "temperature": sampling.temperature,
+             "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": sampling.seed,
+             "max_tokens": sampling.max_tokens, **{k: opts[k] for k in sorted(opts)}}
+    scorers, its_head = scoring
+    if scorers:  # a strategy named without scorers takes the default, which depends on the head found
+        setup["scorers"] = "+".join(scorers)
+    if its_head is not None:
+        setup["head"] = head_id
+    return setup
