@@ -6,7 +6,6 @@ from where it stopped; training reads every committed label.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +29,7 @@ def labels_path_for(out: Path) -> Path:
 def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: int, out: Path,
                    labels: Path | None, kind: str, target: str, max_steps: int, reply_tokens: int,
                    train_only: bool, seed: int, epochs: int) -> None:
-    from qwq_local.value.labels import LabelStore
+    from qwq_local.value.labels import LabelStore, model_identity
 
     if data in ("gsm8k", "math500", "mbpp"):
         raise UsageError(f"{data} is a test set: train on gsm8k-train or your own FILE.jsonl")
@@ -46,6 +45,8 @@ def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: in
     if train_only and (not store.path.exists() or len(store) == 0):
         raise UsageError(f"no labels in {store.path}: run without --train-only first")
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    store.model = model_identity(plan.resolved.path)
+    store.check_model()  # labels of another model's hidden states must not be added to, or train, this one's head
     kv_budget = runtime.kv_budget_tokens(plan, settings)
     if not train_only:
         _label(settings, plan, store, data, problems, rollouts, max_steps, reply_tokens, seed, kv_budget)
@@ -105,7 +106,8 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
                     store.append([], problem_id=skip)
                 skipped.clear()
                 store.append([LabelRow(problem.id, lab.step_index, lab.step_text, lab.q_max, lab.q_mean,
-                                       len(lab.correct), lab.correct, np.asarray(lab.hidden, dtype=np.float32))
+                                       len(lab.correct), lab.correct, np.asarray(lab.hidden, dtype=np.float32),
+                                       terminal=lab.terminal)
                               for lab in found], problem_id=problem.id)
                 states += len(found)
                 bar.update(task, advance=1, note=f"{states} states · {tree.stats.evaluated_tokens:,} tok evaluated")
@@ -117,6 +119,7 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
 
 def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str, target: str, seed: int,
            epochs: int) -> None:
+    from qwq_local.catalog.integrity import sha256_file
     from qwq_local.value.qhead import QHeadMeta, write_head
     from qwq_local.value.training import train_head
 
@@ -129,7 +132,7 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
     except ValueError as exc:
         raise QwqError(f"cannot train on {len(X)} states from {len(set(groups))} problems: {exc}") from None
     meta = QHeadMeta(
-        architecture=plan.info.architecture, n_embd=int(X.shape[1]), model_sha256=_sha256(plan.resolved.path),
+        architecture=plan.info.architecture, n_embd=int(X.shape[1]), model_sha256=sha256_file(plan.resolved.path),
         training_data=f"{Path(data).name if data.endswith('.jsonl') else data}; Q={target} over rollouts",
         n_problems=len(set(groups.tolist())), n_states=len(X), metrics=report.head_metrics(),
     )
@@ -155,14 +158,6 @@ def run_head_info(path: Path, as_json: bool) -> None:
         typer.echo(f"{key:>16}: {value!r}" if key == "step_delimiter" else f"{key:>16}: {value}")
     for key, value in metrics.items():
         typer.echo(f"{'held-out ' + key:>16}: {value:.4f}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tty() -> bool:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qwq_local.errors import InputFileError
+from qwq_local.errors import HeadMismatchError, InputFileError
 from qwq_local.value.labels import HEADER, LabelRow, LabelStore
 from qwq_local.value.qhead import QHead, QHeadMeta, sigmoid, write_head
 from qwq_local.value.training import (
@@ -364,6 +364,36 @@ def test_label_store_with_only_a_torn_header_starts_fresh(tmp_path: Path) -> Non
     assert LabelStore(path).done_problems() == set()
     LabelStore(path).append(label_rows("p1", 2))
     assert_loaded(LabelStore(path), label_rows("p1", 2))
+
+
+def test_label_store_keeps_which_rows_end_a_reply(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    store = LabelStore(tmp_path / "s.jsonl")
+    rows = label_rows("p1", 3)
+    rows[2] = replace(rows[2], terminal=True)
+    store.append(rows)
+    lines = store.path.read_text().splitlines()
+    assert ['"terminal"' in line for line in lines[1:4]] == [False, False, True]  # said only where true
+    assert [r.terminal for r in LabelStore(store.path).rows()] == [False, False, True]
+
+
+def test_label_store_refuses_rows_of_another_model(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    LabelStore(path).append(label_rows("old", 1))  # written before stores named their model: taken as it is
+    a, b = {"file": "a.gguf", "size": 10}, {"file": "b.gguf", "size": 10}
+    LabelStore(path, model=a).append(label_rows("p1", 2))
+    LabelStore(path, model=a).check_model()
+    assert LabelStore(path).model is None and LabelStore(path).done_problems() == {"old", "p1"}
+    other = LabelStore(path, model=b)
+    with pytest.raises(HeadMismatchError, match=r"holds labels of model a\.gguf \(10 bytes\), not b\.gguf"):
+        other.check_model()
+    with pytest.raises(HeadMismatchError):
+        other.append(label_rows("p2", 1))
+    assert LabelStore(path).done_problems() == {"old", "p1"}
+    LabelStore(path).append(label_rows("p3", 1))  # a handle that names no model checks nothing
+    with pytest.raises(HeadMismatchError):
+        LabelStore(path, model=b).check_model()  # the last commit naming a model still decides
 
 
 def test_stored_labels_train_a_head(tmp_path: Path) -> None:

@@ -115,6 +115,28 @@ def test_a_problem_that_fails_is_skipped_and_a_failing_model_stops_the_run(
     assert store.done_problems() == {"t0", "t1", "t2"}  # three failures in a row: none marked done
 
 
+def test_labels_of_another_model_are_refused_before_it_loads(tmp_path: Path, qwen_path: Path, smollm_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"id": "t0", "question": "What is 2 + 3?", "answer": "#### 5"}) + "\n")
+    labels = tmp_path / "shared.labels.jsonl"
+    common = ["train-head", "--data", str(data), "--problems", "1", "--rollouts", "1", "--max-steps", "1",
+              "--reply-tokens", "16", "--labels", str(labels), "--ctx", "2048"]
+    run(common + ["--model", str(qwen_path), "--out", str(tmp_path / "qwen.gguf")], capsys)
+    store = LabelStore(labels)
+    assert store.done_problems() == {"t0"}
+    with labels.open() as f:
+        commit = [json.loads(line) for line in f if '"done"' in line][-1]
+    assert commit["model"] == {"file": qwen_path.name, "size": qwen_path.stat().st_size}
+    for extra in ([], ["--train-only"]):
+        code, _, err = run(common + extra + ["--model", str(smollm_path), "--out", str(tmp_path / "s.gguf")], capsys)
+        assert code == ExitCode.HEAD_MISMATCH, err
+        assert err.strip() == (f"error: label store {labels} holds labels of model {qwen_path.name} "
+                               f"({qwen_path.stat().st_size} bytes), not {smollm_path.name} "
+                               f"({smollm_path.stat().st_size} bytes): pick another --labels path")
+        assert not (tmp_path / "s.gguf").exists()
+
+
 def test_train_head_checks_out_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["train-head", "--out", str(tmp_path / "no" / "h.gguf")], capsys)
     assert code == ExitCode.USAGE and "not a file in an existing directory" in err

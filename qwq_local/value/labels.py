@@ -3,11 +3,13 @@
 # File layout: a header line, then per committed problem its row lines followed by one commit line:
 #   {"kind": "header", "format": "qwq_local-labels", "version": 1}
 #   {"kind": "row", "problem_id": ..., "step_index": ..., "step_text": ..., "q_max": ..., "q_mean": ...,
-#    "n_rollouts": ..., "correct": [...], "n_embd": N, "hidden": base64 of N little-endian float32}
-#   {"kind": "done", "problem_id": ..., "n_rows": K}
+#    "n_rollouts": ..., "correct": [...], "n_embd": N, "hidden": base64 of N little-endian float32,
+#    "terminal": true (only at a reply's end)}
+#   {"kind": "done", "problem_id": ..., "n_rows": K, "model": {"file": NAME, "size": BYTES}}
 # Each append is written in one go, then flushed and fsynced. Rows count only once their commit line is there:
 # a torn tail, or rows left without a commit by a crash, are ignored on reading and cut off before the next append.
-# A problem committed twice keeps its latest rows.
+# A problem committed twice keeps its latest rows. The commit line names the model whose hidden states the rows hold
+# (absent in stores written before it did): a store refuses rows of another model, whose states would not fit.
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from qwq_local.errors import InputFileError
+from qwq_local.errors import HeadMismatchError, InputFileError
 
 try:
     import fcntl
@@ -51,6 +53,7 @@ class LabelRow:
     n_rollouts: int
     correct: list[bool]
     hidden: np.ndarray  # float32 [n_embd]
+    terminal: bool = False  # the state at a reply's end (its own outcome), not after a step inside it
 
     def to_json(self) -> str:
         hidden = np.asarray(self.hidden, dtype="<f4")
@@ -62,6 +65,7 @@ class LabelRow:
             "step_text": self.step_text[:MAX_STEP_CHARS], "q_max": float(self.q_max), "q_mean": float(self.q_mean),
             "n_rollouts": int(self.n_rollouts), "correct": [bool(c) for c in self.correct],
             "n_embd": int(hidden.size), "hidden": base64.b64encode(hidden.tobytes()).decode("ascii"),
+            **({"terminal": True} if self.terminal else {}),
         }, ensure_ascii=False)
 
 
@@ -73,14 +77,28 @@ class _Scan:
     end: int = 0
     size: int = 0
     n_embd: int | None = None
+    model: dict[str, Any] | None = None  # named by the last commit line that names one
+
+
+def model_identity(path: Path) -> dict[str, Any]:
+    """What a label store records of the model file its hidden states come from (cheap: no hashing)."""
+    return {"file": Path(path).name, "size": Path(path).stat().st_size}
 
 
 class LabelStore:
-    """Append-only label rows on disk; survives crashes and resumes where a run stopped."""
+    """Append-only label rows on disk; survives crashes and resumes where a run stopped.
 
-    def __init__(self, path: Path) -> None:
+    `model` (see `model_identity`) is written with each commit; a store that names another model is refused.
+    """
+
+    def __init__(self, path: Path, *, model: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.model = model
         self._scan: _Scan | None = None
+
+    def check_model(self) -> None:
+        """Raise HeadMismatchError when the store holds labels of a model other than `self.model`."""
+        _check_model(self.path, self._current().model, self.model)
 
     def done_problems(self) -> set[str]:
         """Problems whose rows are all committed (a resumed run skips them)."""
@@ -101,7 +119,7 @@ class LabelStore:
             return
         n_embds = {np.asarray(r.hidden).size for batch in by_problem.values() for r in batch}
         encoded = {pid: [(row.to_json() + "\n").encode() for row in batch] for pid, batch in by_problem.items()}
-        commits = {pid: _commit_line(pid, len(batch)) for pid, batch in encoded.items()}
+        commits = {pid: _commit_line(pid, len(batch), self.model) for pid, batch in encoded.items()}
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
@@ -109,6 +127,7 @@ class LabelStore:
             if fcntl is not None:
                 fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
             scan = self._current()
+            _check_model(self.path, scan.model, self.model)
             known = n_embds | ({scan.n_embd} if scan.n_embd is not None else set())
             if len(known) > 1:
                 raise ValueError(f"hidden states of different sizes {sorted(known)} in one label store {self.path}")
@@ -136,6 +155,7 @@ class LabelStore:
             scan.batches.pop(pid, None)
             scan.batches[pid] = batch
         scan.end = scan.size = offset
+        scan.model = self.model or scan.model
         if known:
             scan.n_embd = known.pop()
 
@@ -145,7 +165,7 @@ class LabelStore:
             LabelRow(
                 problem_id=row["problem_id"], step_index=row["step_index"], step_text=row["step_text"],
                 q_max=float(row["q_max"]), q_mean=float(row["q_mean"]), n_rollouts=row["n_rollouts"],
-                correct=[bool(c) for c in row["correct"]], hidden=_decode(row),
+                correct=[bool(c) for c in row["correct"]], hidden=_decode(row), terminal=row.get("terminal") is True,
             )
             for row in self._committed_rows()
         ]
@@ -219,6 +239,8 @@ class LabelStore:
                         scan.batches[pid] = [(_summary(r), o, n) for r, o, n in pending]
                         if pending:
                             scan.n_embd = pending[0][0]["n_embd"]
+                        if isinstance(item.get("model"), dict):
+                            scan.model = item["model"]
                     pending, broken = [], False
                     scan.end = offset + length
                 else:
@@ -227,9 +249,18 @@ class LabelStore:
         return scan
 
 
-def _commit_line(problem_id: str, n_rows: int) -> bytes:
-    line = json.dumps({"kind": "done", "problem_id": problem_id, "n_rows": n_rows}, ensure_ascii=False)
-    return (line + "\n").encode()
+def _commit_line(problem_id: str, n_rows: int, model: dict[str, Any] | None) -> bytes:
+    commit: dict[str, Any] = {"kind": "done", "problem_id": problem_id, "n_rows": n_rows}
+    if model is not None:
+        commit["model"] = model
+    return (json.dumps(commit, ensure_ascii=False) + "\n").encode()
+
+
+def _check_model(path: Path, stored: dict[str, Any] | None, wanted: dict[str, Any] | None) -> None:
+    if stored is not None and wanted is not None and stored != wanted:
+        raise HeadMismatchError(
+            f"label store {path} holds labels of model {stored.get('file')} ({stored.get('size')} bytes), "
+            f"not {wanted.get('file')} ({wanted.get('size')} bytes): pick another --labels path")
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ class RolloutConfig:
     max_steps: int = 12  # steps of the sampled trajectory
     stop: StepStop = StepStop()  # where a step ends
     reply_tokens: int = 512  # token limit of a whole reply: the trajectory so far and its rollout together
+    terminal: bool = True  # label each rollout's end too (its own outcome): the states best-of-N and A* finish on
 
     def __post_init__(self) -> None:
         if self.rollouts < 1 or self.max_steps < 1 or self.reply_tokens < 1:
@@ -31,6 +32,7 @@ class StepLabel:
     step_text: str
     hidden: Any  # the policy's hidden state at the step's last token
     correct: list[bool]  # one per rollout (the step's own answer when the reply ended there)
+    terminal: bool = False  # a reply's end (a rollout's, `step_text` its text; or the trajectory's last step)
 
     @property
     def q_max(self) -> float:
@@ -61,6 +63,7 @@ def label_problem(lm: StepLM, question: str, is_correct: Callable[[str], bool],
         labels = []
         for i, step in enumerate(steps):
             prefix = "".join(s.text for s in steps[: i + 1])
+            ends = []
             if step.finished:  # the reply ended with this step: its own answer is the only outcome
                 correct = [is_correct(prefix)]
             else:
@@ -68,8 +71,12 @@ def label_problem(lm: StepLM, question: str, is_correct: Callable[[str], bool],
                 correct = [is_correct(prefix + out.text) for out in outs]
                 for out in outs:
                     lm.release(out.branch)
+                if config.terminal:  # free labels: the hidden state at a whole reply's end, and whether it is right
+                    ends = [StepLabel(i, out.text, out.hidden, [ok], terminal=True)
+                            for out, ok in zip(outs, correct) if out.hidden is not None]
             if step.hidden is not None:
-                labels.append(StepLabel(i, step.text, step.hidden, correct))
+                labels.append(StepLabel(i, step.text, step.hidden, correct, terminal=step.finished))
+            labels += ends
         return labels
     finally:
         for handle in held:
