@@ -131,13 +131,13 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
                     bon_label: by_score if isinstance(by_score, Exception) else _outcome(by_score, pooled_with=sc_label)}
         return outcomes[label], outcomes[partner]
 
+    setup = _setup(settings, data, opts, plan)
     try:
         started = time.perf_counter()
         try:
             report = run_accuracy(problems, [s.label for s in specs],
                                   PairedSolve(pair_replies(specs), solve_pair, solve), results,
-                                  setups={s.label: _setup(settings, data, opts, plan, scorers_of(s), head_id)
-                                          for s in specs})
+                                  setups={s.label: {**setup, **_scoring(scorers_of(s)[0], head_id)} for s in specs})
         except _LoadFailed as failed:
             raise failed.error from None
     finally:
@@ -191,16 +191,17 @@ def _config(spec: StrategySpec, opts: dict[str, Any], plan: Any, settings: Setti
     return search_config(opts, plan, settings)
 
 
-def _setup(settings: Settings, data: str, opts: dict[str, Any], plan: Any, scoring: tuple[list[str], Any],
-           head_id: str | None) -> dict[str, Any]:
+def _setup(settings: Settings, data: str, opts: dict[str, Any], plan: Any) -> dict[str, Any]:
     """What a run's result depends on besides its strategy and problem: records of another setup do not mix."""
     sampling = settings.sampling
-    setup = {"model": plan.resolved.path.name, "data": data, "ctx": plan.n_ctx, "temperature": sampling.temperature,
-             "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": sampling.seed,
-             "max_tokens": sampling.max_tokens, **{k: opts[k] for k in sorted(opts)}}
-    scorers, its_head = scoring
-    if scorers:  # a strategy named without scorers takes the default, which depends on the head found
-        setup["scorers"] = "+".join(scorers)
-    if its_head is not None:
-        setup["head"] = head_id
-    return setup
+    return {"model": plan.resolved.path.name, "data": data, "ctx": plan.n_ctx, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": sampling.seed,
+            "max_tokens": sampling.max_tokens, **{k: opts[k] for k in sorted(opts)}}
+
+
+def _scoring(scorers: list[str], head_id: str | None) -> dict[str, Any]:
+    """A strategy's scorers (a default depends on the head found) and the head file when it is one of them."""
+    scoring: dict[str, Any] = {"scorers": "+".join(scorers)} if scorers else {}
+    if "qhead" in scorers:
+        scoring["head"] = head_id
+    return scoring
