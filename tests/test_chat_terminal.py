@@ -8,6 +8,7 @@ import subprocess
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -17,11 +18,11 @@ pytestmark = [pytest.mark.model, pytest.mark.slow]
 PROMPT = ">>>"
 
 
-def test_real_repl_session(qwen_path: Path, user_path: Path) -> None:
+def test_real_repl_session(qwen_path: Path, user_path: Path, spawn_terminal: Callable[..., Any]) -> None:
     env = dict(os.environ, QWQ_USER_PATH=str(user_path), PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm", COLUMNS="100",
                LINES="40")
     env.pop("NO_COLOR", None)
-    child = pexpect.spawn(sys.executable, ["-m", "qwq_local", "chat", "--model", str(qwen_path), "--ctx", "2048",
+    child = spawn_terminal(sys.executable, ["-m", "qwq_local", "chat", "--model", str(qwen_path), "--ctx", "2048",
                                            "--temperature", "0", "--think-budget", "16", "--max-tokens", "300"],
                           env=env, encoding="utf-8", timeout=120, dimensions=(40, 100))
     child.logfile_read = open(os.environ.get("QWQ_TEST_SCREEN", os.devnull), "w")

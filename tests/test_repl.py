@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from prompt_toolkit.completion import CompleteEvent
@@ -450,11 +450,11 @@ def _fake_chat_command(tmp_path: Path, **env: str) -> tuple[list[str], dict[str,
 
 
 @pytest.mark.slow
-def test_real_terminal_session_with_pexpect(tmp_path: Path) -> None:
+def test_real_terminal_session_with_pexpect(tmp_path: Path, spawn_terminal: Callable[..., Any]) -> None:
     pexpect = pytest.importorskip("pexpect")
     # pexpect is no terminal emulator: without NO_CPR prompt_toolkit waits ~2 s per prompt for a cursor report
     argv, environ = _fake_chat_command(tmp_path, FAKE_CHAT_SLOW="0.003", PROMPT_TOOLKIT_NO_CPR="1")
-    child = pexpect.spawn(argv[0], argv[1:], env=environ, cwd=str(ROOT), dimensions=(30, 100),
+    child = spawn_terminal(argv[0], argv[1:], env=environ, cwd=str(ROOT), dimensions=(30, 100),
                           encoding="utf-8", timeout=20)
     try:
         child.expect_exact("Ctrl-D exits")

@@ -19,5 +19,6 @@ def backend_info() -> dict[str, object]:
         "cuda": "cuda" in flags,
         "metal": "metal" in flags,
         "mmap": bool(llama_cpp.llama_supports_mmap()),
+        "amx": "amx_int8 = 1" in flags,
         "system_info": system,
     }
