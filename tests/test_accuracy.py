@@ -260,7 +260,8 @@ def test_duplicate_names_are_usage_errors() -> None:
 def test_table_and_json_shape() -> None:
     report = run_accuracy(problems(4), ["good", "half"], FakeSolver(), None, progress=False)
     table = format_table(report).splitlines()
-    assert table[0].split() == ["strategy", "n", "correct", "accuracy", "95%", "CI", "tokens/problem", "s/problem", "errors"]
+    assert table[0].split() == ["strategy", "n", "correct", "accuracy", "95%", "CI", "tokens/problem", "s/problem",
+                                "errors", "reached"]
     assert set(table[1]) <= {"-", " "}
     assert table[2].split()[:4] == ["good", "4", "4", "100.0%"]
     assert table[3].split()[:4] == ["half", "4", "2", "50.0%"]
@@ -268,9 +269,37 @@ def test_table_and_json_shape() -> None:
     data = json.loads(report.to_json())
     assert set(data) == {"scores", "problems", "pending", "interrupted", "results_path"}
     assert set(data["scores"][0]) == {
-        "strategy", "n", "correct", "accuracy", "ci_low", "ci_high", "mean_tokens", "mean_seconds", "errors",
+        "strategy", "n", "correct", "accuracy", "ci_low", "ci_high", "mean_tokens", "mean_seconds", "errors", "reached",
     }
     assert data["scores"][1]["accuracy"] == 0.5
+
+
+class SamplingSolver:
+    """`sc` keeps its samples' answers: the right one among them on p0 and p1, but picks it only on p0."""
+
+    def __call__(self, problem: Problem, strategy: str) -> Outcome:
+        number = int(problem.id[1:])
+        answers = {0: [problem.answer, "0"], 1: ["0", "x", None, problem.answer]}.get(number, ["0"])
+        final = problem.answer if number == 0 else "0"
+        extra = {"terminal_answers": answers} if strategy == "sc" else {}
+        return Outcome(final, f"\\boxed{{{final}}}", 10, 0.1, extra)
+
+
+def test_reached_counts_right_answers_among_the_finished_ones() -> None:
+    report = run_accuracy(problems(3), ["sc", "direct"], SamplingSolver(), None, progress=False)
+    sc, direct = report.score("sc"), report.score("direct")
+    assert (sc.correct, sc.reached) == (1, 2)
+    assert (direct.correct, direct.reached) == (1, None)  # it keeps no answers: nothing to count
+    table = format_table(report).splitlines()
+    assert table[2].split()[-1] == "2" and table[3].split()[-1] == "-" and table[-1].startswith("(reached:")
+
+    def fails(problem: Problem, text: str, answer: str | None) -> bool:
+        if text == "":
+            raise ValueError("cannot parse")
+        return True
+
+    report = run_accuracy(problems(3), ["sc"], SamplingSolver(), None, progress=False, checker=fails)
+    assert report.score("sc").reached == 0  # an answer the checker fails on is not right
 
 
 def test_plot_is_a_png(tmp_path: Path) -> None:

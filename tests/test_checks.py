@@ -8,16 +8,15 @@ import pytest
 
 from qwq_local.bench import checks
 from qwq_local.bench.checks import (
-    MathParseError,
     check,
     extract_code,
     math_equal,
     normalize_math,
     numbers_equal,
-    parse_latex,
     within,
 )
 from qwq_local.bench.datasets import Problem
+from qwq_local.bench.latex import MathParseError, parse_latex
 
 
 def gsm8k(answer: str) -> Problem:

@@ -78,6 +78,7 @@ class StrategyScore:
     mean_tokens: float  # generated tokens per problem
     mean_seconds: float  # seconds per problem
     errors: int  # problems whose solve raised (counted as wrong)
+    reached: int | None = None  # problems with a right answer among its finished ones (None: it keeps none)
 
 
 @dataclass(frozen=True)
@@ -190,14 +191,34 @@ def _append(handle: IO[str], record: dict[str, Any]) -> None:
     os.fsync(handle.fileno())
 
 
+def _reached(problem: Problem, record: dict[str, Any], checker: Check) -> bool | None:
+    """Whether a right answer is among the run's finished ones (every sample; A*'s finished paths).
+
+    None where the run keeps no answers (direct) or checking one needs its program (MBPP).
+    """
+    answers = (record.get("extra") or {}).get("terminal_answers")
+    if answers is None or problem.kind == "mbpp":
+        return None
+    def right(answer: str) -> bool:
+        try:
+            return bool(checker(problem, "", answer))
+        except Exception:  # noqa: BLE001 - as in _attempt, an answer the checker fails on counts as wrong
+            return False
+
+    return any(answer is not None and right(answer) for answer in answers)
+
+
 def _scores(
-    problems: Sequence[Problem], strategies: Sequence[str], done: dict[tuple[str, str], dict[str, Any]]
+    problems: Sequence[Problem], strategies: Sequence[str], done: dict[tuple[str, str], dict[str, Any]],
+    checker: Check | None = None,
 ) -> tuple[list[StrategyScore], int]:
-    """Each strategy's score over the problems that every strategy has finished."""
+    """Each strategy's score over the problems that every strategy has finished; `reached` too given a checker."""
+    by_id = {p.id: p for p in problems}
     scored = [p.id for p in problems if all((s, p.id) in done for s in strategies)]
     scores = []
     for strategy in strategies:
         records = [done[(strategy, pid)] for pid in scored]
+        reached = [] if checker is None else [_reached(by_id[pid], done[(strategy, pid)], checker) for pid in scored]
         n, correct = len(records), sum(bool(r["correct"]) for r in records)
         low, high = wilson_interval(correct, n)
         scores.append(
@@ -207,6 +228,7 @@ def _scores(
                 mean_tokens=sum(int(r["generated_tokens"]) for r in records) / n if n else 0.0,
                 mean_seconds=sum(float(r["seconds"]) for r in records) / n if n else 0.0,
                 errors=sum(r.get("error") is not None for r in records),
+                reached=sum(reached) if reached and None not in reached else None,
             )
         )
     return scores, len(scored)
@@ -304,7 +326,7 @@ def run_accuracy(
                 report_progress()
         except KeyboardInterrupt:
             interrupted = True
-    scores, scored = _scores(problems, strategies, done)
+    scores, scored = _scores(problems, strategies, done, checker)
     return AccuracyReport(
         scores=tuple(scores), problems=scored,
         pending=sum((s, p.id) not in done for p, s in wanted), interrupted=interrupted,
@@ -314,12 +336,12 @@ def run_accuracy(
 
 def format_table(report: AccuracyReport) -> str:
     """The report as a plain-text table, one row per strategy."""
-    header = ("strategy", "n", "correct", "accuracy", "95% CI", "tokens/problem", "s/problem", "errors")
+    header = ("strategy", "n", "correct", "accuracy", "95% CI", "tokens/problem", "s/problem", "errors", "reached")
     rows = [header] + [
         (
             s.strategy, str(s.n), str(s.correct), f"{100 * s.accuracy:.1f}%",
             f"[{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}]", f"{s.mean_tokens:.1f}", f"{s.mean_seconds:.2f}",
-            str(s.errors),
+            str(s.errors), "-" if s.reached is None else str(s.reached),
         )
         for s in report.scores
     ]
@@ -329,6 +351,8 @@ def format_table(report: AccuracyReport) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(s.reached is not None for s in report.scores):
+        lines.append("(reached: problems with a right answer among the strategy's finished ones, chosen or not)")
     if report.pending:
         why = "interrupted" if report.interrupted else "incomplete"
         lines.append(
