@@ -199,6 +199,7 @@ def _reached(problem: Problem, record: dict[str, Any], checker: Check) -> bool |
     answers = (record.get("extra") or {}).get("terminal_answers")
     if answers is None or problem.kind == "mbpp":
         return None
+
     def right(answer: str) -> bool:
         try:
             return bool(checker(problem, "", answer))
