@@ -122,7 +122,7 @@ def print_doctor(report: dict[str, Any], as_json: bool = False) -> None:
     ]
     if gpu and not ll["gpu_offload"]:
         lines.append("hint          a GPU is present but llama.cpp was built for CPU: see README, 'GPU offload'")
-    if ll.get("amx"):
+    if ll["amx"]:
         lines.append("hint          llama.cpp was built with AMX, which segfaults in the first decode on some Xeons: "
                      "if qwq crashes, see README, 'CPU builds'")
     typer.echo("\n".join(lines))

@@ -219,7 +219,7 @@ def _scores(
     scores = []
     for strategy in strategies:
         records = [done[(strategy, pid)] for pid in scored]
-        reached = [] if checker is None else [_reached(by_id[pid], done[(strategy, pid)], checker) for pid in scored]
+        reached = [] if checker is None else [_reached(by_id[pid], r, checker) for pid, r in zip(scored, records)]
         n, correct = len(records), sum(bool(r["correct"]) for r in records)
         low, high = wilson_interval(correct, n)
         scores.append(
