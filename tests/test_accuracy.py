@@ -275,13 +275,13 @@ def test_table_and_json_shape() -> None:
 
 
 class SamplingSolver:
-    """`sc` keeps its samples' answers: the right one among them on p0 and p1, but picks it only on p0."""
+    """Sampling strategies keep their samples' answers: the right one among them on p0 and p1, picked only on p0."""
 
     def __call__(self, problem: Problem, strategy: str) -> Outcome:
         number = int(problem.id[1:])
-        answers = {0: [problem.answer, "0"], 1: ["0", "x", None, problem.answer]}.get(number, ["0"])
+        answers = {0: [problem.answer, "0"], 1: ["0", "x", None, problem.answer]}.get(number, ["0", "0"])
         final = problem.answer if number == 0 else "0"
-        extra = {"terminal_answers": answers} if strategy == "sc" else {}
+        extra = {"terminal_answers": answers} if strategy != "direct" else {}
         return Outcome(final, f"\\boxed{{{final}}}", 10, 0.1, extra)
 
 
@@ -300,6 +300,18 @@ def test_reached_counts_right_answers_among_the_finished_ones() -> None:
 
     report = run_accuracy(problems(3), ["sc"], SamplingSolver(), None, progress=False, checker=fails)
     assert report.score("sc").reached == 0  # an answer the checker fails on is not right
+
+
+def test_reached_checks_each_answer_once() -> None:
+    calls: list[tuple[str, str | None]] = []
+
+    def counting(problem: Problem, text: str, answer: str | None) -> bool:
+        if text == "":  # a bare answer, as `reached` checks them
+            calls.append((problem.id, answer))
+        return check(problem, text, answer)
+
+    run_accuracy(problems(3), ["sc", "bon"], SamplingSolver(), None, progress=False, checker=counting)
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 5  # p0 1 (right first), p1 3, p2 1 ("0" twice)
 
 
 def test_plot_is_a_png(tmp_path: Path) -> None:

@@ -191,7 +191,7 @@ def _append(handle: IO[str], record: dict[str, Any]) -> None:
     os.fsync(handle.fileno())
 
 
-def _reached(problem: Problem, record: dict[str, Any], checker: Check) -> bool | None:
+def _reached(problem: Problem, record: dict[str, Any], right: Callable[[Problem, str], bool]) -> bool | None:
     """Whether a right answer is among the run's finished ones (every sample; A*'s finished paths).
 
     None where the run keeps no answers (direct) or checking one needs its program (MBPP).
@@ -199,14 +199,23 @@ def _reached(problem: Problem, record: dict[str, Any], checker: Check) -> bool |
     answers = (record.get("extra") or {}).get("terminal_answers")
     if answers is None or problem.kind == "mbpp":
         return None
+    return any(right(problem, answer) for answer in dict.fromkeys(a for a in answers if a is not None))
 
-    def right(answer: str) -> bool:
-        try:
-            return bool(checker(problem, "", answer))
-        except Exception:  # noqa: BLE001 - as in _attempt, an answer the checker fails on counts as wrong
-            return False
 
-    return any(answer is not None and right(answer) for answer in answers)
+def _answer_checker(checker: Check) -> Callable[[Problem, str], bool]:
+    """`checker` on a bare answer, each (problem, answer) checked once: samples repeat, and sc and bon share theirs."""
+    seen: dict[tuple[str, str], bool] = {}
+
+    def right(problem: Problem, answer: str) -> bool:
+        key = (problem.id, answer)
+        if key not in seen:
+            try:
+                seen[key] = bool(checker(problem, "", answer))
+            except Exception:  # noqa: BLE001 - as in _attempt, an answer the checker fails on counts as wrong
+                seen[key] = False
+        return seen[key]
+
+    return right
 
 
 def _scores(
@@ -215,11 +224,12 @@ def _scores(
 ) -> tuple[list[StrategyScore], int]:
     """Each strategy's score over the problems that every strategy has finished; `reached` too given a checker."""
     by_id = {p.id: p for p in problems}
+    right = None if checker is None else _answer_checker(checker)
     scored = [p.id for p in problems if all((s, p.id) in done for s in strategies)]
     scores = []
     for strategy in strategies:
         records = [done[(strategy, pid)] for pid in scored]
-        reached = [] if checker is None else [_reached(by_id[pid], r, checker) for pid, r in zip(scored, records)]
+        reached = [] if right is None else [_reached(by_id[pid], r, right) for pid, r in zip(scored, records)]
         n, correct = len(records), sum(bool(r["correct"]) for r in records)
         low, high = wilson_interval(correct, n)
         scores.append(
