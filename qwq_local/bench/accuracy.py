@@ -199,7 +199,7 @@ def _reached(problem: Problem, record: dict[str, Any], right: Callable[[Problem,
     answers = (record.get("extra") or {}).get("terminal_answers")
     if answers is None or problem.kind == "mbpp":
         return None
-    return any(right(problem, answer) for answer in dict.fromkeys(a for a in answers if a is not None))
+    return any(answer is not None and right(problem, answer) for answer in answers)  # `right` remembers repeats
 
 
 def _answer_checker(checker: Check) -> Callable[[Problem, str], bool]:
