@@ -252,6 +252,20 @@ def head_info_cmd(path: Path = typer.Argument(..., help="A Q-value head .gguf.")
     run_head_info(path, as_json)
 
 
+@head_app.command("eval")
+def head_eval_cmd(path: Path = typer.Argument(..., help="A Q-value head .gguf."),
+                  labels: Path = typer.Option(..., "--labels", help="A label store of `qwq train-head` (.jsonl)."),
+                  target: str = typer.Option("max", "--target", help="Q label: max or mean over rollouts."),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """A head's AUC, Brier and calibration on stored labels, by steps and reply ends, and how it picks a reply.
+
+    Use labels the head was not trained on (another problem range of `qwq train-head --labels`).
+    """
+    from qwq_local.train_cmd import run_head_eval
+
+    run_head_eval(path, labels, target, as_json)
+
+
 # ------------------------------------------------------------------------------------------ bench
 @bench_app.command("engine")
 def bench_engine_cmd(

@@ -16,7 +16,7 @@ import typer
 
 from qwq_local import runtime
 from qwq_local.config import Settings
-from qwq_local.errors import QwqError, UsageError
+from qwq_local.errors import ExitCode, InputFileError, QwqError, UsageError
 
 
 MAX_FAILURES_IN_A_ROW = 3  # problems in a row whose labelling raised: the run stops with the error
@@ -158,6 +158,48 @@ def run_head_info(path: Path, as_json: bool) -> None:
         typer.echo(f"{key:>16}: {value!r}" if key == "step_delimiter" else f"{key:>16}: {value}")
     for key, value in metrics.items():
         typer.echo(f"{'held-out ' + key:>16}: {value:.4f}")
+
+
+def run_head_eval(path: Path, labels: Path, target: str, as_json: bool) -> None:
+    import json
+    import math
+
+    from qwq_local.value.assess import assess
+    from qwq_local.value.labels import LabelStore
+    from qwq_local.value.qhead import QHead
+
+    if target not in ("max", "mean"):
+        raise UsageError(f"--target must be max or mean, not {target!r}")
+    if not labels.is_file():
+        raise InputFileError(f"label store not found: {labels}", ExitCode.FILE_NOT_FOUND)
+    head = QHead.load(path)
+    rows = LabelStore(labels).rows()
+    if not rows:
+        raise InputFileError(f"no committed labels in {labels}", ExitCode.EMPTY_INPUT)
+    X = np.stack([row.hidden for row in rows])
+    y = np.array([row.q_max if target == "max" else row.q_mean for row in rows])
+    found = assess(head.predict(X), y, np.array([row.terminal for row in rows]),
+                   np.array([row.problem_id for row in rows], dtype=str))
+    c = found.choice
+    if as_json:
+        def finite(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+
+        typer.echo(json.dumps({
+            "head": str(path), "labels": str(labels), "target": target,
+            "subsets": {name: {"problems": n, "states": m.n, "positives": m.positives, "auc": finite(m.auc),
+                               "brier": finite(m.brier), "ece": finite(m.ece)}
+                        for name, (n, m) in found.subsets.items()},
+            "choice": {"problems": c.problems, "head_right": c.head_right, "chance": round(c.chance, 3)},
+        }, indent=2, allow_nan=False))
+        return
+    typer.echo(f"{path.name} on {labels.name} (Q = {target} over rollouts)")
+    typer.echo(f"{'states':>9} {'problems':>9} {'n':>6} {'positive':>9} {'AUC':>6} {'Brier':>6} {'ECE':>6}")
+    for name, (n, m) in found.subsets.items():
+        typer.echo(f"{name:>9} {n:>9} {m.n:>6} {m.positives / m.n:>9.0%} {m.auc:>6.3f} {m.brier:>6.3f} {m.ece:>6.3f}")
+    if c.problems:
+        typer.echo(f"choosing a reply: the head's top one is right in {c.head_right} of {c.problems} problems with "
+                   f"right and wrong replies (a random pick: {c.chance:.1f})")
 
 
 def _tty() -> bool:

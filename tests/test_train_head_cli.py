@@ -63,6 +63,9 @@ def test_train_head_labels_resumes_trains_and_the_head_loads(tmp_path: Path, qwe
     assert "auc" in head.meta.metrics and head.meta.model_sha256
     code, shown, _ = run(["head", "info", str(out)], capsys)
     assert code == 0 and "qwen2" in shown and "held-out auc" in shown
+    code, shown, err = run(["head", "eval", str(out), "--labels", str(store.path), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(shown)["subsets"]["all"]["states"] == len(store)  # real states, read back and scored
     # The trained head is used by a search: the model given by path has no catalog head, --head gives it one.
     problem = tmp_path / "p.md"
     problem.write_text("What is 4 + 4?\n")
