@@ -35,8 +35,7 @@ def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: in
         raise UsageError(f"{data} is a test set: train on gsm8k-train or your own FILE.jsonl")
     if kind not in ("linear", "mlp"):
         raise UsageError(f"--kind must be linear or mlp, not {kind!r}")
-    if target not in ("max", "mean"):
-        raise UsageError(f"--target must be max or mean, not {target!r}")
+    _check_target(target)
     if problems < 0 or not 1 <= rollouts <= 64 or max_steps < 1 or reply_tokens < 1 or epochs < 1:
         raise UsageError("--problems must be >= 0, --rollouts 1..64, --max-steps, --reply-tokens and --epochs >= 1")
     if out.is_dir() or not out.parent.is_dir():  # found now, not after hours of labelling
@@ -144,13 +143,12 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
 
 def run_head_info(path: Path, as_json: bool) -> None:
     import json
-    import math
 
     from qwq_local.value.qhead import QHead
 
     info = QHead.load(path).describe()
     if as_json:  # a metric that could not be computed (NaN: one class held out) is null, as JSON allows
-        info["metrics"] = {k: v if math.isfinite(v) else None for k, v in (info.get("metrics") or {}).items()}
+        info["metrics"] = {k: _finite(v) for k, v in (info.get("metrics") or {}).items()}
         typer.echo(json.dumps(info, indent=2, default=str, allow_nan=False))
         return
     metrics = info.pop("metrics", {}) or {}
@@ -162,14 +160,12 @@ def run_head_info(path: Path, as_json: bool) -> None:
 
 def run_head_eval(path: Path, labels: Path, target: str, as_json: bool) -> None:
     import json
-    import math
 
     from qwq_local.value.assess import assess
     from qwq_local.value.labels import LabelStore
     from qwq_local.value.qhead import QHead
 
-    if target not in ("max", "mean"):
-        raise UsageError(f"--target must be max or mean, not {target!r}")
+    _check_target(target)
     if not labels.is_file():
         raise InputFileError(f"label store not found: {labels}", ExitCode.FILE_NOT_FOUND)
     head = QHead.load(path)
@@ -182,13 +178,10 @@ def run_head_eval(path: Path, labels: Path, target: str, as_json: bool) -> None:
                    np.array([row.problem_id for row in rows], dtype=str))
     c = found.choice
     if as_json:
-        def finite(v: float) -> float | None:
-            return v if math.isfinite(v) else None
-
         typer.echo(json.dumps({
             "head": str(path), "labels": str(labels), "target": target,
-            "subsets": {name: {"problems": n, "states": m.n, "positives": m.positives, "auc": finite(m.auc),
-                               "brier": finite(m.brier), "ece": finite(m.ece)}
+            "subsets": {name: {"problems": n, "states": m.n, "positives": m.positives, "auc": _finite(m.auc),
+                               "brier": _finite(m.brier), "ece": _finite(m.ece)}
                         for name, (n, m) in found.subsets.items()},
             "choice": {"problems": c.problems, "head_right": c.head_right, "chance": round(c.chance, 3)},
         }, indent=2, allow_nan=False))
@@ -200,6 +193,18 @@ def run_head_eval(path: Path, labels: Path, target: str, as_json: bool) -> None:
     if c.problems:
         typer.echo(f"choosing a reply: the head's top one is right in {c.head_right} of {c.problems} problems with "
                    f"right and wrong replies (a random pick: {c.chance:.1f})")
+
+
+def _check_target(target: str) -> None:
+    if target not in ("max", "mean"):
+        raise UsageError(f"--target must be max or mean, not {target!r}")
+
+
+def _finite(value: float) -> float | None:
+    """A metric for JSON: one that could not be computed (NaN: one class only) is null."""
+    import math
+
+    return value if math.isfinite(value) else None
 
 
 def _tty() -> bool:
