@@ -127,7 +127,7 @@ def main() -> int:
     import os
 
     from qwq_local.config import load_settings
-    from qwq_local.history import History
+    from qwq_local.render.history import History
     from qwq_local.render.console import Env
     from qwq_local.render.repl import run_chat
 

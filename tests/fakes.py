@@ -145,3 +145,33 @@ class FakeClock:
 
     def advance(self, seconds: float = 1.0) -> None:
         self.now += seconds
+
+
+class ScriptedPolicy(ScriptedLM):
+    """A ScriptedLM a whole `qwq solve` can run on: it also counts tokens (whitespace words) as a policy does."""
+
+    def prompt_tokens(self, question: str) -> list[int]:
+        return list(range(len(question.split())))
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def write_tiny_gguf(path: Any) -> Any:
+    """A header-only qwen2-shaped GGUF (2 layers, n_embd 64): enough to plan a model, not to run one."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(path, "qwen2")
+    writer.add_name("Tiny Qwen2")
+    writer.add_context_length(4096)
+    writer.add_embedding_length(64)
+    writer.add_block_count(2)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_tensor("token_embd.weight", np.zeros((32, 64), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

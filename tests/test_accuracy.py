@@ -15,8 +15,8 @@ from qwq_local.bench.accuracy import (
     run_accuracy,
     wilson_interval,
 )
-from qwq_local.bench.checks import check
-from qwq_local.bench.datasets import (
+from qwq_local.problems.checks import check
+from qwq_local.problems.datasets import (
     DATA_FILES,
     Problem,
     default_data_dir,

@@ -80,7 +80,7 @@ def test_bench_accuracy_checks_the_plot_before_it_runs(capsys: pytest.CaptureFix
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from qwq_local import runtime
+    from qwq_local.app import runtime
 
     monkeypatch.setattr(runtime, "locate", lambda *a, **k: pytest.fail("got as far as the model"))
     with pytest.raises(SystemExit) as exc:

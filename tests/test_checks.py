@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from qwq_local.bench import checks
-from qwq_local.bench.checks import (
+from qwq_local.problems import checks
+from qwq_local.problems.checks import (
     check,
     extract_code,
     math_equal,
@@ -15,7 +15,7 @@ from qwq_local.bench.checks import (
     numbers_equal,
     within,
 )
-from qwq_local.bench.datasets import Problem
+from qwq_local.problems.datasets import Problem
 from qwq_local.bench.latex import MathParseError, parse_latex
 
 

@@ -69,7 +69,7 @@ def test_context_too_large_even_with_yarn(capsys: pytest.CaptureFixture[str], qw
 
 def test_not_enough_memory(capsys: pytest.CaptureFixture[str], qwen_path: Path,
                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("qwq_local.runtime.ram_free_bytes", lambda: 100 * 1024**2)
+    monkeypatch.setattr("qwq_local.app.runtime.ram_free_bytes", lambda: 100 * 1024**2)
     code, _, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path)], capsys)
     assert code == ExitCode.OUT_OF_MEMORY and "not enough memory" in err
 
@@ -133,7 +133,7 @@ def test_solve_astar_shows_and_traces_the_tree(capsys: pytest.CaptureFixture[str
 def test_search_flags_are_checked_before_the_model_loads(capsys: pytest.CaptureFixture[str], qwen_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch, extra: list[str],
                                                          words: str) -> None:
-    from qwq_local import runtime
+    from qwq_local.app import runtime
 
     monkeypatch.setattr(runtime, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     code, _, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path), *extra], capsys)
@@ -175,7 +175,7 @@ def test_a_full_disk_is_one_line_and_its_own_exit_code(capsys: pytest.CaptureFix
     def write_fails(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "labels.jsonl"))
 
-    monkeypatch.setattr("qwq_local.train_cmd.run_head_info", write_fails)
+    monkeypatch.setattr("qwq_local.cli.head.print_head_info", write_fails)
     code, _, err = run_cli(["head", "info", str(tmp_path / "h.gguf")], capsys)
     assert code == ExitCode.DISK_FULL and err.count("\n") == 1
     assert "disk full writing" in err and "labels.jsonl" in err and "Traceback" not in err
@@ -205,7 +205,7 @@ def test_a_head_that_does_not_fit_is_refused_before_the_model_loads(
     capsys: pytest.CaptureFixture[str], qwen_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     model: str, meta: dict[str, object] | None, code_wanted: ExitCode, words: str,
 ) -> None:
-    from qwq_local import runtime
+    from qwq_local.app import runtime
 
     monkeypatch.setattr(runtime, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     head = tmp_path / "h.gguf" if meta is None else _head_file(tmp_path / "h.gguf", **meta)
@@ -217,7 +217,7 @@ def test_a_head_that_does_not_fit_is_refused_before_the_model_loads(
 
 def test_a_head_is_taken_from_the_environment_too(capsys: pytest.CaptureFixture[str], qwen_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from qwq_local import runtime
+    from qwq_local.app import runtime
 
     monkeypatch.setattr(runtime, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     monkeypatch.setenv("QWQ_HEAD", str(tmp_path / "nowhere.gguf"))

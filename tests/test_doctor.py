@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from qwq_local.cli import main
-from qwq_local.reports import print_doctor
+from qwq_local.render.reports import print_doctor
 
 
 def _report(amx: bool, gpu_offload: bool = False) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from qwq_local.errors import UsageError
-from qwq_local.history import (
+from qwq_local.render.history import (
     SCHEMA_VERSION,
     History,
     HistoryError,

@@ -94,7 +94,7 @@ def test_kv_budget_takes_tokens_or_a_size() -> None:
 
 @pytest.mark.model
 def test_kv_budget_in_bytes_becomes_tokens(qwen_path: Path) -> None:
-    from qwq_local import runtime
+    from qwq_local.app import runtime
     from qwq_local.config import load_settings
     from qwq_local.errors import UsageError
 

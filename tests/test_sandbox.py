@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qwq_local import sandbox
-from qwq_local.sandbox import run_python
+from qwq_local.problems import sandbox
+from qwq_local.problems.sandbox import run_python
 
 
 def test_clean_code_runs() -> None:

@@ -10,7 +10,7 @@ from qwq_local.config import Sampling
 from qwq_local.engine.kvtree import KVTree
 from qwq_local.engine.model import LoadedModel, LoadOptions
 from qwq_local.engine.policy import TreePolicy
-from qwq_local.prompts import build_question
+from qwq_local.problems.prompts import build_question
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.protocol import StepStop
 from qwq_local.search.strategies import run

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qwq_local.tree_view import render_tree, shorten
+from qwq_local.render.tree_view import render_tree, shorten
 
 
 def node(id, parent, depth, text="", f=0.0, **kw):

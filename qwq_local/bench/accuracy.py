@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from qwq_local.bench.checks import check
-from qwq_local.bench.datasets import Problem
+from qwq_local.problems.checks import check
+from qwq_local.problems.datasets import Problem
 from qwq_local.errors import ExitCode, InputFileError, UsageError
 
 Z_95 = 1.959963984540054

@@ -15,16 +15,21 @@ from typing import Any
 
 import typer
 
-from qwq_local import runtime
+from qwq_local.app import runtime
+from qwq_local.app.search import SearchSetup, default_scorers, load_head, prepare_search
+from qwq_local.app.solve import SolveResult
 from qwq_local.bench.accuracy import Outcome, PairedSolve, format_table, run_accuracy
-from qwq_local.bench.datasets import Problem, load_problems, problem_seed
 from qwq_local.catalog.integrity import sha256_file
 from qwq_local.config import Settings
 from qwq_local.errors import ExitCode, UsageError
+from qwq_local.problems.datasets import Problem, load_problems, problem_seed
+from qwq_local.search.config import SearchConfig
 from qwq_local.search.strategies import needs_scorer
-from qwq_local.value.combine import SCORER_NAMES
+from qwq_local.value.combine import ScorerChoice, parse_scorers, scorer_label
 
-SPEC = re.compile(r"^(direct|astar|beam|bon|sc)(?:@(\d+))?(?::([a-z+\-]+))?$")
+SPEC = re.compile(r"^(direct|astar|beam|bon|sc)(?:@(\d+))?(?::([a-z0-9+,:.\-]+))?$")
+# The search options a run's records are keyed by (a rerun with other values does not mix with them).
+RECORDED_OPTIONS = ("agg", "beam", "candidates", "lam", "max_expansions", "time_limit", "trajectories")
 
 
 class _LoadFailed(BaseException):
@@ -39,7 +44,14 @@ class StrategySpec:
     label: str
     name: str
     n: int | None
-    scorers: tuple[str, ...] | None  # None: the default for the model
+    scorers: tuple[str, ...] | None  # scorer names; None: the default for the model
+    weights: tuple[float, ...] | None = None  # their weights, when any is not 1
+
+    @property
+    def choices(self) -> tuple[ScorerChoice, ...] | None:
+        if self.scorers is None:
+            return None
+        return tuple(zip(self.scorers, self.weights or (1.0,) * len(self.scorers)))
 
 
 def parse_strategy(text: str) -> StrategySpec:
@@ -48,23 +60,23 @@ def parse_strategy(text: str) -> StrategySpec:
         raise UsageError(f"bad strategy {text!r}: write NAME[@N][:SCORER+SCORER], NAME one of "
                          "direct, astar, beam, bon, sc")
     name, n, scorers = match.group(1), match.group(2), match.group(3)
-    names = tuple(scorers.split("+")) if scorers else None
-    for scorer in names or ():
-        if scorer not in SCORER_NAMES:
-            raise UsageError(f"unknown scorer {scorer!r} in {text!r}; choose from {', '.join(SCORER_NAMES)}")
+    try:
+        choices = parse_scorers(scorers) if scorers else ()
+    except ValueError as exc:
+        raise UsageError(f"{text!r}: {exc}") from None
+    names = tuple(name for name, _ in choices) or None
+    weights = tuple(weight for _, weight in choices) if any(w != 1 for _, w in choices) else None
     if n is not None and int(n) < 1:
         raise UsageError(f"{text!r}: N must be at least 1")
     if not needs_scorer(name) and names:
         raise UsageError(f"{text!r}: {name} takes no scorer")
     if name == "direct" and n is not None:
         raise UsageError(f"{text!r}: direct takes no @N")
-    return StrategySpec(text.strip(), name, int(n) if n else None, names)
+    return StrategySpec(text.strip(), name, int(n) if n else None, names, weights)
 
 
-def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, opts: dict[str, Any],
+def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, options: SearchConfig,
                        results: Path | None, as_json: bool, plot: Path | None) -> None:
-    from qwq_local.solve_cmd import default_scorers, load_head, search_config
-
     specs = [parse_strategy(s) for s in strategies.split(",") if s.strip()]
     if plot is not None:
         from qwq_local.bench.plot import check_can_plot
@@ -72,14 +84,13 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         check_can_plot(plot)
     problems = load_problems(data, limit)
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
-    configs = {s.label: _config(s, opts, plan, settings, search_config) for s in specs}
-    needs_head = any(s.scorers is None or "qhead" in s.scorers for s in specs if needs_scorer(s.name))
-    head = load_head(plan, settings, required=any("qhead" in (s.scorers or ()) for s in specs)) if needs_head else None
+    needs_head = any(s.scorers is None or _names_qhead(s.choices) for s in specs if needs_scorer(s.name))
+    head = load_head(plan, settings, required=any(_names_qhead(s.choices or ()) for s in specs)) if needs_head else None
     default = default_scorers(head)
     head_id = f"{head.path.name} sha256:{sha256_file(head.path)[:16]}" if head is not None else None
     if needs_head and head is None and not as_json:
-        typer.echo(f"note: no Q-value head for this model; default scorer {'+'.join(default)}", err=True)
-    kv_budget = runtime.kv_budget_tokens(plan, settings)
+        typer.echo(f"note: no Q-value head for this model; default scorer {scorer_label(default)}", err=True)
+    setups = {s.label: _search_setup(s, options, plan, settings, head) for s in specs}
     by_label = {s.label: s for s in specs}
     model = chat = None
 
@@ -98,46 +109,42 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
             sampling = replace(sampling, seed=problem_seed(problem.id))
         return sampling
 
-    def scorers_of(spec: StrategySpec) -> tuple[list[str], Any]:
-        scorers = list(spec.scorers or default) if needs_scorer(spec.name) else []
-        return scorers, head if "qhead" in scorers else None
-
     def solve(problem: Problem, label: str) -> Outcome:
         nonlocal chat
         spec = by_label[label]
         if spec.name == "direct":
+            from qwq_local.app.solve import solve_direct
             from qwq_local.engine.chat import LlamaChat
-            from qwq_local.solve import solve_direct
 
             chat = chat or LlamaChat(loaded(), think=True if plan.thinks else None)
             result = solve_direct(chat, problem.prompt, problem.format, seeded(problem))
             return _outcome(result)
-        from qwq_local.solve import solve_search
+        from qwq_local.app.solve import TreePolicies, solve_search
 
-        scorers, its_head = scorers_of(spec)
-        result = solve_search(loaded(), problem.prompt, problem.format, seeded(problem), spec.name, configs[label],
-                              scorers, thinks=plan.thinks, head=its_head, kv_budget=kv_budget, n_ctx=plan.n_ctx)
+        setup = setups[label]
+        assert setup is not None
+        result = solve_search(setup, problem.prompt, problem.format, seeded(problem), TreePolicies(loaded()))
         return _outcome(result)
 
     def solve_pair(problem: Problem, label: str, partner: str) -> tuple[Outcome | Exception, Outcome | Exception]:
-        from qwq_local.solve import solve_sc_and_bon
+        from qwq_local.app.solve import TreePolicies, solve_sc_and_bon
 
         sc_label, bon_label = (label, partner) if by_label[label].name == "sc" else (partner, label)
-        scorers, its_head = scorers_of(by_label[bon_label])
-        by_vote, by_score = solve_sc_and_bon(loaded(), problem.prompt, problem.format, seeded(problem),
-                                             configs[label], scorers, thinks=plan.thinks, head=its_head,
-                                             kv_budget=kv_budget, n_ctx=plan.n_ctx)
+        bon, asked = setups[bon_label], setups[label]
+        assert bon is not None and asked is not None
+        by_vote, by_score = solve_sc_and_bon(replace(bon, config=asked.config), problem.prompt, problem.format,
+                                             seeded(problem), TreePolicies(loaded()))
         outcomes = {sc_label: _outcome(by_vote, pooled_with=bon_label),
                     bon_label: by_score if isinstance(by_score, Exception) else _outcome(by_score, pooled_with=sc_label)}
         return outcomes[label], outcomes[partner]
 
-    setup = _setup(settings, data, opts, plan)
+    setup = _setup(settings, data, options, plan)
     try:
         started = time.perf_counter()
         try:
             report = run_accuracy(problems, [s.label for s in specs],
                                   PairedSolve(pair_replies(specs), solve_pair, solve), results,
-                                  setups={s.label: {**setup, **_scoring(scorers_of(s)[0], head_id)} for s in specs})
+                                  setups={s.label: {**setup, **_scoring(setups[s.label], head_id)} for s in specs})
         except _LoadFailed as failed:
             raise failed.error from None
     finally:
@@ -172,36 +179,45 @@ def pair_replies(specs: list[StrategySpec]) -> dict[str, str]:
     return pairs
 
 
-def _outcome(result: Any, pooled_with: str | None = None) -> Outcome:
+def _outcome(result: SolveResult, pooled_with: str | None = None) -> Outcome:
     """A SolveResult as the benchmark records it."""
-    generated = result.search.get("generated_tokens", result.thinking_tokens + result.answer_tokens)
     text = (result.thinking + "\n</think>\n\n" if result.thinking else "") + result.answer
-    extra = {k: result.search[k] for k in ("expansions", "evaluated_tokens", "terminal_answers") if k in result.search}
+    extra: dict[str, Any] = {}
+    if result.search is not None:
+        extra = {"expansions": result.search.expansions, "evaluated_tokens": result.search.evaluated_tokens,
+                 "terminal_answers": result.search.terminal_answers}
     if pooled_with is not None:
         extra["pooled_with"] = pooled_with
-    return Outcome(result.final_answer, text, generated, result.seconds, extra)
+    return Outcome(result.final_answer, text, result.generated_tokens, result.seconds, extra)
 
 
-def _config(spec: StrategySpec, opts: dict[str, Any], plan: Any, settings: Settings, search_config: Any) -> Any:
+def _names_qhead(scorers: tuple[ScorerChoice, ...]) -> bool:
+    return any(name == "qhead" for name, _ in scorers)
+
+
+def _search_setup(spec: StrategySpec, options: SearchConfig, plan: Any, settings: Settings,
+                  head: Any) -> SearchSetup | None:
+    """The SearchSetup of one strategy (None for direct): @N sets its trajectories and samples."""
     if spec.name == "direct":
         return None
-    opts = dict(opts)
     if spec.n is not None:
-        opts["trajectories"] = spec.n
-    return search_config(opts, plan, settings)
+        options = replace(options, trajectories=spec.n)
+    return prepare_search(plan, settings, spec.name, options, spec.choices, head=head)
 
 
-def _setup(settings: Settings, data: str, opts: dict[str, Any], plan: Any) -> dict[str, Any]:
+def _setup(settings: Settings, data: str, options: SearchConfig, plan: Any) -> dict[str, Any]:
     """What a run's result depends on besides its strategy and problem: records of another setup do not mix."""
     sampling = settings.sampling
     return {"model": plan.resolved.path.name, "data": data, "ctx": plan.n_ctx, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": sampling.seed,
-            "max_tokens": sampling.max_tokens, **{k: opts[k] for k in sorted(opts)}}
+            "max_tokens": sampling.max_tokens, **{k: getattr(options, k) for k in RECORDED_OPTIONS}}
 
 
-def _scoring(scorers: list[str], head_id: str | None) -> dict[str, Any]:
+def _scoring(setup: SearchSetup | None, head_id: str | None) -> dict[str, Any]:
     """A strategy's scorers (a default depends on the head found) and the head file when it is one of them."""
-    scoring: dict[str, Any] = {"scorers": "+".join(scorers)} if scorers else {}
-    if "qhead" in scorers:
+    if setup is None or not setup.scorers:
+        return {}
+    scoring: dict[str, Any] = {"scorers": setup.scorer_label}
+    if _names_qhead(setup.scorers):
         scoring["head"] = head_id
     return scoring

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import typer
 
-from qwq_local import runtime
+from qwq_local.app import runtime
 from qwq_local.config import Settings
 
 

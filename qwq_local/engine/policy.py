@@ -82,6 +82,10 @@ class TreePolicy:
             text += THINK_OPEN
         return self.model.tokenize(text)
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as the model would write it (no BOS)."""
+        return len(self.model.tokenize(text, bos=False))
+
     def open(self, question: str) -> int:
         return self.open_tokens(self.prompt_tokens(question))
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwq_local.history import Turn, title_of, transcript_markdown
+from qwq_local.render.history import Turn, title_of, transcript_markdown
 from qwq_local.render.console import DIM, error, info, style, write
 from qwq_local.render.session import DIRECT, STRATEGIES, ChatSession
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from qwq_local.errors import UsageError
-from qwq_local.history import Conversation, History, SearchHit
+from qwq_local.render.history import Conversation, History, SearchHit
 from qwq_local.render.console import DIM, Env, info, style, write
 
 ExportFormat = Literal["markdown", "json"]

@@ -15,7 +15,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from qwq_local.config import Settings
 from qwq_local.errors import ExitCode, QwqError, UsageError
-from qwq_local.history import History
+from qwq_local.render.history import History
 from qwq_local.render.chatmodel import ChatModel, StrategyRunner
 from qwq_local.render.commands import COMMANDS, is_command, run_command
 from qwq_local.render.console import Env, ThinkingMode, error, info, warn

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from qwq_local.config import Settings
 from qwq_local.errors import QwqError, UsageError
-from qwq_local.history import History, Turn
+from qwq_local.render.history import History, Turn
 from qwq_local.render.chatmodel import ChatModel, Message, StrategyRunner, TurnStats
 from qwq_local.render.console import Env, ReplyView, ThinkingMode, info, tree_line, warn
 from qwq_local.render.guard import Intervention

@@ -1,4 +1,8 @@
-"""Scorers combined by weighted mean, and the scorer a CLI value such as `rules,self-eval` names."""
+"""Scorers combined by weighted mean, and the scorers a value such as `rules+self-eval:2` names.
+
+One syntax everywhere (`qwq solve --scorer`, `qwq bench accuracy -s astar:...`): names joined by `+`, each
+with an optional `:weight`; `,` is still read as `+`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from qwq_local.value.rules import RulesScorer
 from qwq_local.value.selfeval import SelfEvalScorer
 
 SCORER_NAMES = ("rules", "self-eval", "qhead")
+
+ScorerChoice = tuple[str, float]
+"""One scorer named for a search and its weight: ("self-eval", 2.0)."""
 
 
 @dataclass
@@ -41,11 +48,11 @@ class WeightedScorer:
         return weighted / total
 
 
-def parse_scorers(names: Sequence[str]) -> list[tuple[str, float]]:
-    """`["rules,self-eval:2"]` -> [("rules", 1.0), ("self-eval", 2.0)]; a name may carry `:weight`."""
-    parsed: list[tuple[str, float]] = []
-    for entry in names:
-        for item in entry.split(","):
+def parse_scorers(names: str | Sequence[str]) -> tuple[ScorerChoice, ...]:
+    """`"rules+self-eval:2"` -> (("rules", 1.0), ("self-eval", 2.0)); a name may carry `:weight`."""
+    parsed: list[ScorerChoice] = []
+    for entry in [names] if isinstance(names, str) else names:
+        for item in entry.replace(",", "+").split("+"):
             item = item.strip()
             if not item:
                 continue
@@ -62,17 +69,26 @@ def parse_scorers(names: Sequence[str]) -> list[tuple[str, float]]:
             parsed.append((name, weight))
     if not parsed:
         raise ValueError(f"no scorer named; choose from {', '.join(SCORER_NAMES)}")
-    return parsed
+    return tuple(parsed)
 
 
-def build_scorer(names: Sequence[str], lm: StepLM | None, qhead: Scorer | None = None) -> Scorer:
-    """The scorer for CLI values like `rules`, `self-eval`, `qhead` or `rules,self-eval` (`name:weight` too).
+def scorer_label(choices: Sequence[ScorerChoice]) -> str:
+    """The one spelling of parsed scorers, as reports show it: `rules+self-eval:2`."""
+    return "+".join(name if weight == 1 else f"{name}:{weight:g}" for name, weight in choices)
 
-    One name gives that scorer; several give their WeightedScorer (equal weights unless given).
+
+def build_scorer(names: str | Sequence[str], lm: StepLM | None, qhead: Scorer | None = None) -> Scorer:
+    """The scorer for values like `rules`, `self-eval`, `qhead` or `rules+self-eval` (`name:weight` too)."""
+    return scorer_of(parse_scorers(names), lm, qhead)
+
+
+def scorer_of(choices: Sequence[ScorerChoice], lm: StepLM | None, qhead: Scorer | None = None) -> Scorer:
+    """The scorer for parsed choices: one gives that scorer, several their WeightedScorer.
+
     `qhead` is a scorer built elsewhere (the Q-value head) and passed in.
     """
     parts: list[tuple[Scorer, float]] = []
-    for name, weight in parse_scorers(names):
+    for name, weight in choices:
         scorer: Scorer
         if name == "rules":
             scorer = RulesScorer()

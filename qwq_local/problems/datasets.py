@@ -31,7 +31,7 @@ class Problem:
     answer: str  # the reference answer; for mbpp the reference solution's code
     tests: tuple[str, ...] = ()  # mbpp asserts
     setup: str = ""  # mbpp test_setup_code, run between the solution and the asserts
-    format: str = "math"  # math | code, for qwq_local.prompts.build_question
+    format: str = "math"  # math | code, for qwq_local.problems.prompts.build_question
 
 
 def default_data_dir() -> Path | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict
 from typing import Any
 
@@ -76,29 +74,6 @@ def print_info(plan: Any, as_json: bool = False) -> None:
         f"offload       {p['summary']}",
     ]
     typer.echo("\n".join(lines))
-
-
-def doctor_report(settings: Any) -> dict[str, Any]:
-    from qwq_local.catalog import hub_reachable, offline_mode
-    from qwq_local.engine.plan import detect_gpu, ram_free_bytes
-    from qwq_local.engine.system import backend_info
-
-    gpu = detect_gpu()
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    disk = shutil.disk_usage(settings.models_dir)
-    offline = offline_mode()
-    return {
-        "llama_cpp": backend_info(),
-        "gpu": None if gpu is None else {"kind": gpu.kind, "name": gpu.name, "total": gpu.total_bytes,
-                                         "free": gpu.free_bytes},
-        "ram_free": ram_free_bytes(),
-        "cpu_count": os.cpu_count(),
-        "models_dir": str(settings.models_dir),
-        "disk_free": disk.free,
-        "data_dir": str(settings.data_dir),
-        "hub_offline_mode": offline,
-        "hub_reachable": False if offline else hub_reachable(timeout=3.0),
-    }
 
 
 def print_doctor(report: dict[str, Any], as_json: bool = False) -> None:

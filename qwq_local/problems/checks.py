@@ -10,9 +10,9 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from qwq_local.bench.datasets import Problem
+from qwq_local.problems.datasets import Problem
 from qwq_local.bench.latex import MathParseError, load_sympy, parse_latex
-from qwq_local.sandbox import run_python
+from qwq_local.problems.sandbox import run_python
 from qwq_local.search.answer import (
     boxed_answers,
     extract_final_answer,

@@ -1,4 +1,4 @@
-"""`qwq train-head`: rollout labels on the KV tree (resumable), then a numpy head written as GGUF.
+"""Training a Q-value head (`qwq train-head`): rollout labels on the KV tree (resumable), then a numpy head written as GGUF.
 
 Labels go to a JSONL store beside the head as each problem finishes, so an interrupted run goes on
 from where it stopped; training reads every committed label.
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import typer
 
-from qwq_local import runtime
+from qwq_local.app import runtime
 from qwq_local.config import Settings
-from qwq_local.errors import ExitCode, InputFileError, QwqError, UsageError
+from qwq_local.errors import QwqError, UsageError
 
 
 MAX_FAILURES_IN_A_ROW = 3  # problems in a row whose labelling raised: the run stops with the error
@@ -35,7 +35,7 @@ def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: in
         raise UsageError(f"{data} is a test set: train on gsm8k-train or your own FILE.jsonl")
     if kind not in ("linear", "mlp"):
         raise UsageError(f"--kind must be linear or mlp, not {kind!r}")
-    _check_target(target)
+    check_target(target)
     if problems < 0 or not 1 <= rollouts <= 64 or max_steps < 1 or reply_tokens < 1 or epochs < 1:
         raise UsageError("--problems must be >= 0, --rollouts 1..64, --max-steps, --reply-tokens and --epochs >= 1")
     if out.is_dir() or not out.parent.is_dir():  # found now, not after hours of labelling
@@ -57,11 +57,11 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from qwq_local.bench.checks import check
-    from qwq_local.bench.datasets import load_problems, problem_seed
+    from qwq_local.problems.checks import check
+    from qwq_local.problems.datasets import load_problems, problem_seed
     from qwq_local.engine.kvtree import KVTree
     from qwq_local.engine.policy import TreePolicy
-    from qwq_local.prompts import build_question
+    from qwq_local.problems.prompts import build_question
     from qwq_local.search.answer import extract_final_answer
     from qwq_local.value.labels import LabelRow
     from qwq_local.value.rollouts import RolloutConfig, label_problem
@@ -141,70 +141,9 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
                f"{meta.n_problems} problems · held-out " + " ".join(f"{k}={v:.3f}" for k, v in m.items()))
 
 
-def run_head_info(path: Path, as_json: bool) -> None:
-    import json
-
-    from qwq_local.value.qhead import QHead
-
-    info = QHead.load(path).describe()
-    if as_json:  # a metric that could not be computed (NaN: one class held out) is null, as JSON allows
-        info["metrics"] = {k: _finite(v) for k, v in (info.get("metrics") or {}).items()}
-        typer.echo(json.dumps(info, indent=2, default=str, allow_nan=False))
-        return
-    metrics = info.pop("metrics", {}) or {}
-    for key, value in info.items():
-        typer.echo(f"{key:>16}: {value!r}" if key == "step_delimiter" else f"{key:>16}: {value}")
-    for key, value in metrics.items():
-        typer.echo(f"{'held-out ' + key:>16}: {value:.4f}")
-
-
-def run_head_eval(path: Path, labels: Path, target: str, as_json: bool) -> None:
-    import json
-
-    from qwq_local.value.assess import assess
-    from qwq_local.value.labels import LabelStore
-    from qwq_local.value.qhead import QHead
-
-    _check_target(target)
-    if not labels.is_file():
-        raise InputFileError(f"label store not found: {labels}", ExitCode.FILE_NOT_FOUND)
-    head = QHead.load(path)
-    rows = LabelStore(labels).rows()
-    if not rows:
-        raise InputFileError(f"no committed labels in {labels}", ExitCode.EMPTY_INPUT)
-    X = np.stack([row.hidden for row in rows])
-    y = np.array([row.q_max if target == "max" else row.q_mean for row in rows])
-    found = assess(head.predict(X), y, np.array([row.terminal for row in rows]),
-                   np.array([row.problem_id for row in rows], dtype=str))
-    c = found.choice
-    if as_json:
-        typer.echo(json.dumps({
-            "head": str(path), "labels": str(labels), "target": target,
-            "subsets": {name: {"problems": n, "states": m.n, "positives": m.positives, "auc": _finite(m.auc),
-                               "brier": _finite(m.brier), "ece": _finite(m.ece)}
-                        for name, (n, m) in found.subsets.items()},
-            "choice": {"problems": c.problems, "head_right": c.head_right, "chance": round(c.chance, 3)},
-        }, indent=2, allow_nan=False))
-        return
-    typer.echo(f"{path.name} on {labels.name} (Q = {target} over rollouts)")
-    typer.echo(f"{'states':>9} {'problems':>9} {'n':>6} {'positive':>9} {'AUC':>6} {'Brier':>6} {'ECE':>6}")
-    for name, (n, m) in found.subsets.items():
-        typer.echo(f"{name:>9} {n:>9} {m.n:>6} {m.positives / m.n:>9.0%} {m.auc:>6.3f} {m.brier:>6.3f} {m.ece:>6.3f}")
-    if c.problems:
-        typer.echo(f"choosing a reply: the head's top one is right in {c.head_right} of {c.problems} problems with "
-                   f"right and wrong replies (a random pick: {c.chance:.1f})")
-
-
-def _check_target(target: str) -> None:
+def check_target(target: str) -> None:
     if target not in ("max", "mean"):
         raise UsageError(f"--target must be max or mean, not {target!r}")
-
-
-def _finite(value: float) -> float | None:
-    """A metric for JSON: one that could not be computed (NaN: one class only) is null."""
-    import math
-
-    return value if math.isfinite(value) else None
 
 
 def _tty() -> bool:

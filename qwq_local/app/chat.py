@@ -1,0 +1,59 @@
+"""The chat service: the model loaded once for `qwq chat`, and its `/search` turns on a KV tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qwq_local.app import runtime
+from qwq_local.app.search import CHAT_SEARCH, SearchSetup, load_head, prepare_search
+from qwq_local.app.solve import TreePolicies, solve_search
+from qwq_local.config import Settings
+from qwq_local.engine.chat import TurnStats
+from qwq_local.search.strategies import needs_scorer
+
+
+@dataclass(frozen=True)
+class ChatSetup:
+    """What `qwq chat` runs on, decided before the model loads: the model plan and the Q-value head."""
+
+    plan: runtime.ModelPlan
+    head: Any  # QHead | None
+
+
+def prepare_chat(settings: Settings) -> ChatSetup:
+    """Plan the model and load the head once (a wrong --head is found now, before the model loads)."""
+    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    return ChatSetup(plan, load_head(plan, settings, required=settings.head is not None))
+
+
+class SearchTurns:
+    """`/search astar|beam|bon|sc`: a chat turn answered by search on a KV tree (the chat's cache untouched)."""
+
+    def __init__(self, model: Any, setup: ChatSetup, settings: Settings) -> None:
+        self.policies = TreePolicies(model)
+        self.setup = setup
+        self.settings = settings
+
+    def search_setup(self, strategy: str) -> SearchSetup:
+        return prepare_search(self.setup.plan, self.settings, strategy, CHAT_SEARCH, head=self.setup.head)
+
+    def __call__(self, question: str, strategy: str, earlier: list) -> tuple[str, TurnStats, str]:
+        """(reply text, its stats, a one-line summary of the search) for `question` after `earlier` turns."""
+        setup = self.search_setup(strategy)
+        plan = self.setup.plan
+        result = solve_search(setup, question, "plain", self.settings.sampling, self.policies, history=earlier)
+        search = result.search
+        assert search is not None
+        text = (f"<think>\n{result.thinking}\n</think>\n\n" if result.thinking else "") + result.answer
+        stats = TurnStats(result.prompt_tokens, search.evaluated_tokens, result.thinking_tokens,
+                          result.answer_tokens, result.seconds, 0.0, search.peak_kv_tokens,
+                          plan.n_ctx, "eos" if search.complete else "length")
+        summary = (f"{strategy}: {search.expansions} expansions · {search.nodes} nodes · "
+                   f"{search.generated_tokens} generated · answers {search.terminal_answers} · "
+                   f"scorer {search.scorer or '-'}")
+        if not search.complete:
+            summary += f" · stopped by its {search.stop_reason or 'budget'} budget before a reply finished"
+        if self.setup.head is None and needs_scorer(strategy):
+            summary += " (no Q-value head for this model)"
+        return text, stats, summary

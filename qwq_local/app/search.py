@@ -1,0 +1,129 @@
+"""Everything a search needs, checked before the model loads: `prepare_search(...) -> SearchSetup`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from qwq_local.app import runtime
+from qwq_local.config import Settings
+from qwq_local.errors import UsageError
+from qwq_local.search.config import SearchConfig
+from qwq_local.search.strategies import STRATEGIES, needs_scorer
+from qwq_local.value.combine import ScorerChoice, parse_scorers, scorer_label
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qwq_local.value.qhead import QHead
+
+# The search knobs each front end starts from; their CLI options take these defaults.
+SOLVE_SEARCH = SearchConfig()
+CHAT_SEARCH = SearchConfig(candidates=4, trajectories=4, beam=8, n_samples=4, beam_width=3, max_expansions=24,
+                           time_limit=180.0)
+BENCH_SEARCH = SearchConfig(candidates=4, trajectories=4, beam=8, n_samples=4, max_expansions=40)
+
+DEFAULT_SCORERS: tuple[ScorerChoice, ...] = (("self-eval", 1.0), ("rules", 1.0))
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """A search ready to run: its strategy, full config, scorers and head, KV budget and model plan."""
+
+    strategy: str
+    config: SearchConfig
+    scorers: tuple[ScorerChoice, ...]
+    head: "QHead | None"
+    kv_budget: int | None
+    plan: runtime.ModelPlan
+    note: str | None = None  # what a front end should tell the user (the default scorers it fell back to)
+
+    @property
+    def scorer_label(self) -> str:
+        return scorer_label(self.scorers)
+
+
+def search_options(base: SearchConfig = SOLVE_SEARCH, **changes: Any) -> SearchConfig:
+    """`base` with `changes` (SearchConfig fields); a bad value is a usage error, not a traceback."""
+    known = {f.name for f in fields(SearchConfig)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise TypeError(f"not search options: {', '.join(unknown)}")
+    try:
+        return replace(base, **changes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_strategy(strategy: str) -> None:
+    """A usage error for a strategy name that is not one of STRATEGIES."""
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, options: SearchConfig,
+                   scorer: str | tuple[ScorerChoice, ...] | None = None, *, head: "QHead | None" = _UNSET,
+                   ) -> SearchSetup:
+    """The SearchSetup for `strategy` on the planned model: every check done, the head loaded, nothing decoded.
+
+    No scorer: the Q-value head (--head, else the catalog's) if there is one, else self-eval + rules (with a note).
+    Self-consistency votes, so it takes no scorer and no head. `head` given: that head, not loaded again.
+    """
+    check_strategy(strategy)
+    config = replace(options, n_samples=options.trajectories, thinking=plan.thinks,
+                     max_reply_tokens=settings.sampling.max_tokens, finish_partial=True)
+    kv_budget = runtime.kv_budget_tokens(plan, settings)
+    note = None
+    if not needs_scorer(strategy):
+        if scorer:
+            raise UsageError(f"--scorer: {strategy} uses no scorer (self-consistency votes on answers)")
+        return SearchSetup(strategy, config, (), None, kv_budget, plan)
+    if scorer is None:
+        found = load_head(plan, settings, required=False) if head is _UNSET else head
+        choices = default_scorers(found)
+        if found is None:
+            note = f"no Q-value head for this model; scoring with {scorer_label(choices)}"
+    else:
+        if isinstance(scorer, str):
+            try:
+                choices = parse_scorers(scorer)
+            except ValueError as exc:
+                raise UsageError(f"--scorer: {exc}") from None
+        else:
+            choices = tuple(scorer)
+        wants_head = any(name == "qhead" for name, _ in choices)
+        found = (load_head(plan, settings, required=True) if head is _UNSET else head) if wants_head else None
+        if wants_head and found is None:
+            raise UsageError("scorer qhead: no Q-value head for this model")
+    its_head = found if any(name == "qhead" for name, _ in choices) else None
+    return SearchSetup(strategy, config, choices, its_head, kv_budget, plan, note)
+
+
+def default_scorers(head: "QHead | None") -> tuple[ScorerChoice, ...]:
+    """What a search scores with when no scorer is named: the Q-value head if there is one."""
+    return (("qhead", 1.0),) if head is not None else DEFAULT_SCORERS
+
+
+def load_head(plan: runtime.ModelPlan, settings: Settings, required: bool) -> "QHead | None":
+    """The Q-value head for the model: `settings.head` (--head, QWQ_HEAD) if set, else the catalog's, else None.
+
+    It must fit the model: architecture and width always, and the model file's sha256 where the catalog records it.
+    """
+    path = settings.head if settings.head is not None else plan.resolved.head
+    if path is None:
+        if required:
+            raise UsageError("--scorer qhead: the catalog has no Q-value head for this model "
+                             "(train one with `qwq train-head` and pass it with --head FILE)")
+        return None
+    if not path.is_file():
+        raise UsageError(f"--head {path}: no such file")
+    from qwq_local.value.qhead import QHead
+
+    return QHead.load(path, model_info=plan.info, model_sha256=_model_sha256(plan))
+
+
+def _model_sha256(plan: runtime.ModelPlan) -> str | None:
+    """The recorded sha256 of the model's (first) file, from the catalog; None for a file given by path."""
+    spec = plan.resolved.spec
+    if spec is None:
+        return None
+    return next((f.sha256 for f in spec.files if f.basename == plan.resolved.path.name), None)

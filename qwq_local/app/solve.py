@@ -1,0 +1,261 @@
+"""Solve one problem: plain generation on the chat engine, or a search on a KV tree -> SolveResult."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, TextIO
+
+from qwq_local.app import runtime
+from qwq_local.app.search import SearchSetup
+from qwq_local.config import Sampling, Settings
+from qwq_local.errors import ExitCode, InputFileError
+from qwq_local.problems.prompts import build_question, detect_format
+from qwq_local.search.answer import END_THINK, extract_final_answer, split_thinking
+from qwq_local.search.protocol import LMStats, SearchResult, StepLM
+
+
+def read_problem(source: str, stdin: TextIO = sys.stdin) -> str:
+    """The problem text from a file or `-` (stdin); missing, directory and empty are user errors."""
+    if source == "-":
+        text = stdin.read()
+        where = "standard input"
+    else:
+        path = Path(source)
+        if path.is_dir():
+            raise InputFileError(f"{source} is a directory, not a problem file", ExitCode.IS_A_DIRECTORY)
+        if not path.exists():
+            raise InputFileError(f"no such file: {source}", ExitCode.FILE_NOT_FOUND)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputFileError(f"{source} is not UTF-8 text", ExitCode.EMPTY_INPUT) from None
+        where = source
+    if not text.strip():
+        raise InputFileError(f"{where} is empty: write the problem in it", ExitCode.EMPTY_INPUT)
+    return text
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """How a search found its reply: work done, KV held, answers met, why it stopped."""
+
+    expansions: int
+    nodes: int
+    generated_tokens: int
+    evaluated_tokens: int
+    peak_kv_tokens: int
+    terminal_answers: list[str | None]
+    chosen_path: list[int]
+    scorer: str
+    complete: bool
+    stop_reason: str
+
+
+@dataclass
+class SolveResult:
+    """One problem answered: the reply split into thinking and answer, its costs, and the search's stats and tree."""
+
+    model: str
+    strategy: str
+    format: str
+    answer: str
+    final_answer: str | None
+    thinking: str
+    prompt_tokens: int
+    thinking_tokens: int
+    answer_tokens: int
+    seconds: float
+    decode_seconds: float
+    search: SearchStats | None = None
+    tree: list[dict[str, Any]] = field(default_factory=list)  # every explored node (SearchTree.as_dicts())
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.search.generated_tokens if self.search else self.thinking_tokens + self.answer_tokens
+
+    @property
+    def complete(self) -> bool:
+        return self.search.complete if self.search else True
+
+    def to_json(self) -> dict[str, Any]:
+        """What `qwq solve --json` prints (the tree goes to --trace, not here)."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "strategy": self.strategy,
+            "format": self.format,
+            "answer": self.answer,
+            "final_answer": self.final_answer,
+            "thinking": self.thinking,
+            "tokens": {"prompt": self.prompt_tokens, "thinking": self.thinking_tokens,
+                       "answer": self.answer_tokens},
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": (round(self.generated_tokens / self.decode_seconds, 2)
+                                  if self.decode_seconds > 0 else 0.0),
+        }
+        if self.search is not None:
+            out.update(asdict(self.search))
+        return out
+
+
+class SearchPolicy(StepLM, Protocol):
+    """A StepLM a solve runs on: it also says how long a prompt and a text are in tokens."""
+
+    def prompt_tokens(self, question: str) -> list[int]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+PolicyFactory = Callable[[SearchSetup, Sampling, Sequence[Any]], ContextManager[SearchPolicy]]
+"""policies(setup, sampling, earlier messages) -> a context holding a fresh policy for one search."""
+
+
+class TreePolicies:
+    """The PolicyFactory on a loaded model: each search gets a fresh KV tree sized for it."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    @contextlib.contextmanager
+    def __call__(self, setup: SearchSetup, sampling: Sampling, history: Sequence[Any] = ()) -> Iterator[Any]:
+        from qwq_local.engine.kvtree import KVTree
+        from qwq_local.engine.policy import TreePolicy
+
+        config = setup.config
+        n_seq = max(config.beam, 1) + max(config.candidates, config.n_samples, 1) * 2 + 4
+        with KVTree(self.model, n_ctx=setup.plan.n_ctx, n_seq_max=min(n_seq, 256), kv_budget=setup.kv_budget,
+                    hidden=setup.head is not None) as tree:
+            policy = TreePolicy(self.model, tree, sampling, thinks=setup.plan.thinks, history=list(history))
+            try:
+                yield policy
+            finally:
+                policy.close()
+
+
+@contextlib.contextmanager
+def loaded_policies(plan: runtime.ModelPlan, settings: Settings) -> Iterator[PolicyFactory]:
+    """Load the planned model for search only (a small chat context beside the tree) and free it after."""
+    model = runtime.load(plan, settings, chat_ctx=runtime.SEARCH_ONLY_CTX)
+    try:
+        yield TreePolicies(model)
+    finally:
+        model.close()
+
+
+def solve_direct(chat: Any, problem: str, fmt: str, sampling: Sampling,
+                 on_piece: Callable[[str], None] | None = None) -> SolveResult:
+    """Plain generation through the chat engine (the reply streams through `on_piece`)."""
+    from qwq_local.engine.chat import Message
+
+    fmt = detect_format(problem) if fmt == "auto" else fmt
+    question = build_question(problem, fmt)
+    pieces = []
+    for piece in chat.stream([Message("user", question)], sampling):
+        pieces.append(piece)
+        if on_piece:
+            on_piece(piece)
+    text = "".join(pieces)
+    stats = chat.last_stats
+    thinking, answer = split_thinking(text)
+    return SolveResult(
+        model=chat.name, strategy="direct", format=fmt, answer=answer.strip(),
+        final_answer=extract_final_answer(text), thinking=thinking.strip(),
+        prompt_tokens=stats.prompt_tokens, thinking_tokens=stats.thinking_tokens,
+        answer_tokens=stats.answer_tokens, seconds=stats.seconds,
+        decode_seconds=stats.seconds - stats.prefill_seconds,
+    )
+
+
+def solve_search(setup: SearchSetup, problem: str, fmt: str, sampling: Sampling, policies: PolicyFactory, *,
+                 history: Sequence[Any] = ()) -> SolveResult:
+    """Search over reasoning steps (A*, beam, best-of-N, self-consistency) on a policy from `policies`."""
+    from qwq_local.search.strategies import run
+
+    def search(question: str, policy: SearchPolicy, scorer: Any, mark: Mark) -> list[Marked]:
+        return [mark(run(setup.strategy, question, setup.config, policy, scorer))]
+
+    result = _on_tree(setup, problem, fmt, sampling, policies, search, history)[0]
+    assert isinstance(result, SolveResult)
+    return result
+
+
+def solve_sc_and_bon(setup: SearchSetup, problem: str, fmt: str, sampling: Sampling, policies: PolicyFactory
+                     ) -> tuple[SolveResult, SolveResult | Exception]:
+    """Self-consistency and best-of-N (scored as `setup` says) from one sampling of `config.n_samples` replies.
+
+    The vote's seconds and tokens end where it chose; a scorer's failure is returned in place of best-of-N's result,
+    so that the vote stands without it.
+    """
+    from qwq_local.search.bon import rank
+    from qwq_local.search.replies import SampledReplies
+    from qwq_local.search.sc import vote
+
+    def search(question: str, policy: SearchPolicy, scorer: Any, mark: Mark) -> list[Marked]:
+        with SampledReplies(question, setup.config, policy) as replies:
+            by_vote = mark(replies.result("sc", vote(replies.leaves)), "")
+            try:
+                return [by_vote, mark(replies.result("bon", rank(question, replies.leaves, replies.tree, scorer)))]
+            except Exception as exc:
+                return [by_vote, (exc, 0.0, LMStats(), "")]
+
+    by_vote, by_score = _on_tree(setup, problem, fmt, sampling, policies, search, ())
+    assert isinstance(by_vote, SolveResult)
+    return by_vote, by_score
+
+
+Marked = tuple[Any, float, LMStats, str]  # a SearchResult (or the error in its place), when, the LM's stats, scorer
+Mark = Callable[..., Marked]
+
+
+def _on_tree(setup: SearchSetup, problem: str, fmt: str, sampling: Sampling, policies: PolicyFactory,
+             search: Callable[[str, SearchPolicy, Any, Mark], list[Marked]],
+             history: Sequence[Any]) -> list[SolveResult | Exception]:
+    """Run `search(question, policy, scorer, mark)` on a fresh policy; a SolveResult for each result it marked."""
+    from qwq_local.value.combine import scorer_of
+
+    fmt = detect_format(problem) if fmt == "auto" else fmt
+    question = build_question(problem, fmt)
+    start = time.perf_counter()
+    with policies(setup, sampling, history) as policy:
+        scorer = scorer_of(setup.scorers, policy, qhead=setup.head) if setup.scorers else None
+
+        def mark(result: SearchResult, scorer_label: str = setup.scorer_label) -> Marked:
+            return result, time.perf_counter(), policy.stats, scorer_label
+
+        marked = search(question, policy, scorer, mark)
+        prompt_tokens = len(policy.prompt_tokens(question))
+        return [result if isinstance(result, Exception) else
+                _search_result(policy, setup.plan.resolved.path.name, fmt, result, stats, prompt_tokens, at - start, label,
+                               setup.plan.thinks)
+                for result, at, stats, label in marked]
+
+
+def _search_result(policy: SearchPolicy, model_name: str, fmt: str, result: SearchResult, stats: LMStats,
+                   prompt_tokens: int, seconds: float, scorer_label: str, thinks: bool) -> SolveResult:
+    thinking, answer = split_thinking(result.text)
+    if thinks and END_THINK not in result.text:  # stopped by a budget inside the thinking: no answer yet
+        thinking, answer = result.text, ""
+    return SolveResult(
+        model=model_name, strategy=result.strategy, format=fmt, answer=answer.strip(),
+        final_answer=result.final_answer, thinking=thinking.strip(),
+        prompt_tokens=prompt_tokens, thinking_tokens=policy.count_tokens(thinking) if thinking else 0,
+        answer_tokens=policy.count_tokens(answer) if answer else 0,
+        seconds=seconds, decode_seconds=seconds,
+        search=SearchStats(
+            expansions=result.expansions, nodes=result.nodes, generated_tokens=stats.generated_tokens,
+            evaluated_tokens=stats.evaluated_tokens, peak_kv_tokens=stats.peak_kv_tokens,
+            terminal_answers=result.terminal_answers, chosen_path=result.chosen_path, scorer=scorer_label,
+            complete=result.complete, stop_reason=result.stop_reason,
+        ),
+        tree=result.tree,
+    )
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where front ends get policies for a planned model: the loaded GGUF, or in tests a scripted LM."""
+
+    policies: Callable[[runtime.ModelPlan, Settings], ContextManager[PolicyFactory]] = loaded_policies

@@ -1,0 +1,62 @@
+"""`qwq chat`: the REPL on a model loaded once, with `/search` turns answered by the search service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qwq_local.cli.root import CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
+from qwq_local.errors import UsageError
+
+
+@app.command()
+def chat(
+    model: Optional[str] = ModelOpt,
+    show_thinking: bool = typer.Option(False, "--show-thinking", help="Keep thinking open."),
+    hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Only a spinner while thinking."),
+    think_budget: Optional[int] = typer.Option(None, "--think-budget", help="Close thinking after N tokens."),
+    resume: Optional[int] = typer.Option(None, "--resume-id", hidden=True),
+    resume_latest: bool = typer.Option(False, "--resume", help="Continue the latest conversation; --resume ID that one."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    ctx: Optional[int] = CtxOpt,
+    gpu_layers: Optional[str] = GpuOpt,
+    models_dir: Optional[Path] = ModelsDirOpt,
+    head: Optional[Path] = HeadOpt,
+) -> None:
+    """Interactive chat with folded thinking (piped stdin: one message a line)."""
+    from qwq_local.app import runtime
+    from qwq_local.app.chat import SearchTurns, prepare_chat
+    from qwq_local.engine.chat import LlamaChat
+    from qwq_local.render.console import Env
+    from qwq_local.render.history import History
+    from qwq_local.render.repl import run_chat
+
+    settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
+                             gpu_layers=gpu_layers, models_dir=models_dir, head=head)
+    if show_thinking and hide_thinking:
+        raise UsageError("--show-thinking and --hide-thinking cannot be used together")
+    if think_budget is not None and think_budget < 1:
+        raise UsageError("--think-budget must be at least 1 token")
+    env = Env.from_process()
+    history = History(settings.data_dir / "history.db")
+    if resume_latest and resume is None:
+        resume = history.latest_id()
+    if resume is not None and history.conversation(resume) is None:
+        raise UsageError(f"no conversation {resume} in the history; `qwq history` lists them")
+    setup = prepare_chat(settings)
+    loaded = runtime.load(setup.plan, settings)
+    try:
+        # A thinking budget makes even a model that does not think on its own open a <think> section.
+        engine = LlamaChat(loaded, think=True if (setup.plan.thinks or think_budget) else None)
+        engine.name = settings.model
+        code = run_chat(engine, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
+                        think_budget=think_budget, resume=resume,
+                        strategy_runner=SearchTurns(loaded, setup, settings))
+    finally:
+        loaded.close()
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,153 @@
+"""`qwq solve`: read a markdown problem, answer it by plain generation or by search, print the result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from qwq_local.app import runtime
+from qwq_local.app.search import SOLVE_SEARCH as S
+from qwq_local.app.solve import Backend, SolveResult, read_problem
+from qwq_local.cli.root import CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
+from qwq_local.config import Settings
+from qwq_local.errors import UsageError
+from qwq_local.problems.prompts import FORMATS
+from qwq_local.search.strategies import STRATEGIES
+
+
+@app.command()
+def solve(
+    ctx: typer.Context,
+    file: str = typer.Argument(..., help="Markdown problem file, or - for stdin."),
+    model: Optional[str] = ModelOpt,
+    strategy: str = typer.Option("direct", "--strategy", "-s", help=" | ".join(STRATEGIES)),
+    fmt: str = typer.Option("auto", "--format", help=" | ".join(FORMATS) + " | auto"),
+    show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking too."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    min_p: Optional[float] = typer.Option(None, "--min-p"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    ctx_size: Optional[int] = CtxOpt,
+    gpu_layers: Optional[str] = GpuOpt,
+    models_dir: Optional[Path] = ModelsDirOpt,
+    candidates: int = typer.Option(S.candidates, "--candidates", "-K", help="Candidate steps per expansion."),
+    trajectories: int = typer.Option(S.trajectories, "--trajectories", "-N", help="Terminal answers to collect."),
+    beam: int = typer.Option(S.beam, "--beam", "-B", help="Most open nodes kept."),
+    beam_width: int = typer.Option(S.beam_width, "--beam-width", help="Paths kept per depth by beam search."),
+    lam: float = typer.Option(S.lam, "--lambda", help="Weight of h in f = g + lambda*h."),
+    agg: str = typer.Option(S.agg, "--agg", help="min | max | sum | mean | last"),
+    scorer: Optional[str] = typer.Option(None, "--scorer",
+                                         help="qhead | self-eval | rules, joined by + (NAME:WEIGHT weighs one)."),
+    head: Optional[Path] = HeadOpt,
+    time_limit: Optional[float] = typer.Option(S.time_limit, "--time-limit", help="Seconds for the search."),
+    max_expansions: int = typer.Option(S.max_expansions, "--max-expansions", help="Most expansions (sample calls)."),
+    max_depth: int = typer.Option(S.max_depth, "--max-depth", help="Most steps in a path."),
+    kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
+                                            help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
+    show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
+) -> None:
+    """Answer a markdown problem once, by plain generation or by search."""
+    from qwq_local.app.search import check_strategy, prepare_search, search_options
+
+    settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                             seed=seed, max_tokens=max_tokens, ctx=ctx_size, gpu_layers=gpu_layers,
+                             models_dir=models_dir, kv_budget=kv_budget, head=head)
+    check_strategy(strategy)
+    if fmt != "auto" and fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
+    if strategy == "direct" and (scorer or show_tree or trace):
+        raise UsageError("--scorer, --show-tree and --trace need a search strategy (astar, beam, bon, sc)")
+    if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
+        raise UsageError(f"--trace {trace}: not a file in an existing directory")
+    problem = read_problem(file)
+    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    if strategy == "direct":
+        result = _direct(plan, problem, fmt, settings, show_thinking, as_json)
+    else:  # every search option checked, and the head loaded, before the model
+        from qwq_local.app.solve import solve_search
+
+        options = search_options(S, candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
+                                 beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
+                                 max_depth=max_depth)
+        setup = prepare_search(plan, settings, strategy, options, scorer)
+        if setup.note and not as_json:
+            typer.echo(f"note: {setup.note}", err=True)
+        backend = ctx.obj if isinstance(ctx.obj, Backend) else Backend()
+        with backend.policies(plan, settings) as policies:
+            result = solve_search(setup, problem, fmt, settings.sampling, policies)
+    _print(result, as_json=as_json, show_thinking=show_thinking, show_tree=show_tree, trace=trace)
+
+
+def _print(result: SolveResult, *, as_json: bool, show_thinking: bool, show_tree: bool, trace: Path | None) -> None:
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    if trace is not None and result.search is not None:
+        try:
+            _write_json(trace, {"result": result.to_json(), "tree": result.tree})
+        except OSError as exc:
+            typer.echo(f"warning: could not write the trace {trace}: {exc.strerror or exc}", err=True)
+    if as_json:
+        return
+    if result.search is not None:
+        if show_thinking and result.thinking:
+            typer.echo(result.thinking + "\n\n---\n")
+        typer.echo(result.answer)
+        if not result.search.complete:
+            typer.echo(f"note: the search stopped ({result.search.stop_reason or 'budget'}) before a reply "
+                       "finished; this is the best partial one", err=True)
+    if show_tree and result.search is not None:
+        from qwq_local.render.console import Env
+        from qwq_local.render.tree_view import render_tree
+
+        typer.echo(render_tree(result.tree, color=Env.from_process().colors))
+    if result.final_answer is not None:
+        typer.echo(f"\nFinal answer: {result.final_answer}", err=True)
+
+
+def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings, show_thinking: bool,
+            as_json: bool) -> SolveResult:
+    """Plain generation, streamed to stdout as it comes (the thinking only with --show-thinking)."""
+    from qwq_local.app.solve import solve_direct
+    from qwq_local.engine.chat import LlamaChat
+
+    model = runtime.load(plan, settings)
+    try:
+        chat = LlamaChat(model, think=plan.thinks or None)
+        state = {"in_think": chat.thinks}
+
+        def echo(piece: str) -> None:
+            if as_json:
+                return
+            if state["in_think"]:
+                if show_thinking:
+                    sys.stdout.write(piece)
+                if "</think>" in piece:
+                    state["in_think"] = False
+                return
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        result = solve_direct(chat, problem, fmt, settings.sampling, on_piece=echo)
+    finally:
+        model.close()
+    if not as_json:
+        sys.stdout.write("\n")
+    return result
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
