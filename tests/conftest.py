@@ -1,8 +1,9 @@
-"""Shared fixtures: an isolated user directory for every test, and the tiny real models."""
+"""Shared fixtures: an isolated user directory for every test, the tiny real models, and the marks they imply."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import signal
 from pathlib import Path
@@ -11,6 +12,35 @@ from typing import Any, Callable
 import pytest
 
 MODELS_CACHE = Path(os.environ.get("QWQ_TEST_MODELS_DIR", Path.home() / ".cache" / "qwq_local" / "models"))
+
+
+MODEL_FIXTURES = frozenset({"qwen_path", "smollm_path"})
+PROCESS_FIXTURES = frozenset({"spawn_terminal"})
+PROCESS_MODULES = frozenset({"test_sandbox"})  # each test runs code in a child process under time limits
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real model `model`, and every process- or timeout-bound one `slow`.
+
+    `pytest -m "not model"` then runs offline on the fakes alone; a test need not remember its marks.
+    """
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & MODEL_FIXTURES and item.get_closest_marker("model") is None:
+            item.add_marker(pytest.mark.model)
+        if item.get_closest_marker("slow") is None and (
+                names & PROCESS_FIXTURES or item.module.__name__.rpartition(".")[2] in PROCESS_MODULES
+                or _starts_processes(item)):
+            item.add_marker(pytest.mark.slow)
+
+
+def _starts_processes(item: pytest.Item) -> bool:
+    function = getattr(item, "function", None)
+    try:
+        return function is not None and any(word in inspect.getsource(function)
+                                               for word in ("subprocess.", "multiprocessing", "Process("))
+    except (OSError, TypeError):
+        return False
 
 
 @pytest.fixture(autouse=True)

@@ -87,3 +87,12 @@ def test_search_setup_is_checked_and_typed(tiny_model: Path) -> None:
         result = solve_search(setup, "What is 48 + 24?", "math", settings.sampling, policies)
     assert result.search is not None and result.search.scorer == "rules+self-eval:2"
     assert result.tree and {n["id"] for n in result.tree if n["chosen"]} == set(result.search.chosen_path)
+
+
+def test_tests_that_need_a_model_are_marked(request: pytest.FixtureRequest) -> None:
+    """The conftest hook marks by fixture: `pytest -m "not model"` never touches a real model."""
+    items = {item.name: item for item in request.session.items}
+    cli_test = next((i for n, i in items.items() if n.startswith("test_solve_gsm8k_problem")), None)
+    if cli_test is not None:  # collected in this run
+        assert cli_test.get_closest_marker("model") is not None
+    assert request.node.get_closest_marker("model") is None
