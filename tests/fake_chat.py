@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from qwq_local.config import Sampling
-from qwq_local.render.chatmodel import Intervene, Message, TurnStats
+from qwq_local.dialog.messages import Message, TurnStats
+from qwq_local.render.chatmodel import Intervene
 
 DEFAULT_REPLY = "<think>\nLet me think about it.\n</think>\n\nThe answer is 42."
 _PIECES = re.compile(r"<think>\n?|</think>|\s+|\w+|[^\w\s]")  # the tags are single tokens, as in QwQ

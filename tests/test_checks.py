@@ -16,7 +16,7 @@ from qwq_local.problems.checks import (
     within,
 )
 from qwq_local.problems.datasets import Problem
-from qwq_local.bench.latex import MathParseError, parse_latex
+from qwq_local.problems.latex import MathParseError, parse_latex
 
 
 def gsm8k(answer: str) -> Problem:

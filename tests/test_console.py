@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prompt_toolkit.utils import get_cwidth
 
-from qwq_local.render.chatmodel import TurnStats
+from qwq_local.dialog.messages import TurnStats
 from qwq_local.render.console import (
     Env,
     ReplyView,

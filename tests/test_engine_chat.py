@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from qwq_local.config import Sampling
-from qwq_local.engine.chat import LlamaChat, Message, strip_thinking
+from qwq_local.dialog.messages import Message
+from qwq_local.dialog.think import strip_closed_thinking as strip_thinking
+from qwq_local.engine.chat import LlamaChat
 from qwq_local.engine.model import LoadedModel, LoadOptions
 from qwq_local.engine.plan import plan_rope
 

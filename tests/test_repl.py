@@ -24,7 +24,7 @@ from prompt_toolkit.output import DummyOutput
 from qwq_local.config import Sampling, load_settings
 from qwq_local.errors import ContextTooLargeError, ExitCode, UsageError
 from qwq_local.render.history import History, Turn
-from qwq_local.render.chatmodel import TurnStats
+from qwq_local.dialog.messages import TurnStats
 from qwq_local.render.console import Env
 from qwq_local.render.repl import SlashCompleter, run_chat
 from tests.fake_chat import DEFAULT_REPLY, FakeChat, Reply, pieces_of

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwq_local.render.guard import BUDGET_TEXT, LOOP_TEXT, Intervention, LoopRule
-from qwq_local.render.think import (
+from qwq_local.dialog.think import (
     Segment,
     ThinkParser,
     parse_reply,

@@ -9,7 +9,8 @@ from qwq_local.app import runtime
 from qwq_local.app.search import CHAT_SEARCH, SearchSetup, load_head, prepare_search
 from qwq_local.app.solve import TreePolicies, solve_search
 from qwq_local.config import Settings
-from qwq_local.engine.chat import TurnStats
+from qwq_local.dialog.messages import TurnStats
+from qwq_local.dialog.think import wrap_thinking
 from qwq_local.search.strategies import needs_scorer
 
 
@@ -45,7 +46,7 @@ class SearchTurns:
         result = solve_search(setup, question, "plain", self.settings.sampling, self.policies, history=earlier)
         search = result.search
         assert search is not None
-        text = (f"<think>\n{result.thinking}\n</think>\n\n" if result.thinking else "") + result.answer
+        text = wrap_thinking(result.thinking, result.answer)
         stats = TurnStats(result.prompt_tokens, search.evaluated_tokens, result.thinking_tokens,
                           result.answer_tokens, result.seconds, 0.0, search.peak_kv_tokens,
                           plan.n_ctx, "eos" if search.complete else "length")

@@ -14,7 +14,8 @@ from qwq_local.app.search import SearchSetup
 from qwq_local.config import Sampling, Settings
 from qwq_local.errors import ExitCode, InputFileError
 from qwq_local.problems.prompts import build_question, detect_format
-from qwq_local.search.answer import END_THINK, extract_final_answer, split_thinking
+from qwq_local.dialog.think import CLOSE, split_at_close
+from qwq_local.search.answer import extract_final_answer
 from qwq_local.search.protocol import LMStats, SearchResult, StepLM
 
 
@@ -148,7 +149,7 @@ def loaded_policies(plan: runtime.ModelPlan, settings: Settings) -> Iterator[Pol
 def solve_direct(chat: Any, problem: str, fmt: str, sampling: Sampling,
                  on_piece: Callable[[str], None] | None = None) -> SolveResult:
     """Plain generation through the chat engine (the reply streams through `on_piece`)."""
-    from qwq_local.engine.chat import Message
+    from qwq_local.dialog.messages import Message
 
     fmt = detect_format(problem) if fmt == "auto" else fmt
     question = build_question(problem, fmt)
@@ -159,7 +160,7 @@ def solve_direct(chat: Any, problem: str, fmt: str, sampling: Sampling,
             on_piece(piece)
     text = "".join(pieces)
     stats = chat.last_stats
-    thinking, answer = split_thinking(text)
+    thinking, answer = split_at_close(text)
     return SolveResult(
         model=chat.name, strategy="direct", format=fmt, answer=answer.strip(),
         final_answer=extract_final_answer(text), thinking=thinking.strip(),
@@ -235,8 +236,8 @@ def _on_tree(setup: SearchSetup, problem: str, fmt: str, sampling: Sampling, pol
 
 def _search_result(policy: SearchPolicy, model_name: str, fmt: str, result: SearchResult, stats: LMStats,
                    prompt_tokens: int, seconds: float, scorer_label: str, thinks: bool) -> SolveResult:
-    thinking, answer = split_thinking(result.text)
-    if thinks and END_THINK not in result.text:  # stopped by a budget inside the thinking: no answer yet
+    thinking, answer = split_at_close(result.text)
+    if thinks and CLOSE not in result.text:  # stopped by a budget inside the thinking: no answer yet
         thinking, answer = result.text, ""
     return SolveResult(
         model=model_name, strategy=result.strategy, format=fmt, answer=answer.strip(),

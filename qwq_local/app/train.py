@@ -59,6 +59,7 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
 
     from qwq_local.problems.checks import check
     from qwq_local.problems.datasets import load_problems, problem_seed
+    from qwq_local.dialog.think import CLOSE
     from qwq_local.engine.kvtree import KVTree
     from qwq_local.engine.policy import TreePolicy
     from qwq_local.problems.prompts import build_question
@@ -86,7 +87,7 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
                 policy = TreePolicy(model, tree, sampling, thinks=plan.thinks, max_reply_tokens=reply_tokens)
 
                 def is_correct(text: str, problem: Any = problem) -> bool:
-                    if plan.thinks and "</think>" not in text:  # still thinking: no answer given yet
+                    if plan.thinks and CLOSE not in text:  # still thinking: no answer given yet
                         return False
                     return check(problem, text, extract_final_answer(text))
 

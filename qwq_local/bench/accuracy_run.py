@@ -21,6 +21,7 @@ from qwq_local.app.solve import SolveResult
 from qwq_local.bench.accuracy import Outcome, PairedSolve, format_table, run_accuracy
 from qwq_local.catalog.integrity import sha256_file
 from qwq_local.config import Settings
+from qwq_local.dialog.think import wrap_thinking
 from qwq_local.errors import ExitCode, UsageError
 from qwq_local.problems.datasets import Problem, load_problems, problem_seed
 from qwq_local.search.config import SearchConfig
@@ -181,7 +182,7 @@ def pair_replies(specs: list[StrategySpec]) -> dict[str, str]:
 
 def _outcome(result: SolveResult, pooled_with: str | None = None) -> Outcome:
     """A SolveResult as the benchmark records it."""
-    text = (result.thinking + "\n</think>\n\n" if result.thinking else "") + result.answer
+    text = wrap_thinking(result.thinking, result.answer)
     extra: dict[str, Any] = {}
     if result.search is not None:
         extra = {"expansions": result.search.expansions, "evaluated_tokens": result.search.evaluated_tokens,

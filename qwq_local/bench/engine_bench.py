@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 from qwq_local.config import Sampling
-from qwq_local.engine.chat import LlamaChat, Message
+from qwq_local.dialog.messages import Message
+from qwq_local.engine.chat import LlamaChat
 from qwq_local.engine.kvtree import KVTree
 from qwq_local.engine.model import LoadedModel
 from qwq_local.engine.policy import TreePolicy

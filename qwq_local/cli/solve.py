@@ -116,26 +116,32 @@ def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
             as_json: bool) -> SolveResult:
     """Plain generation, streamed to stdout as it comes (the thinking only with --show-thinking)."""
     from qwq_local.app.solve import solve_direct
+    from qwq_local.dialog.think import ThinkParser
     from qwq_local.engine.chat import LlamaChat
 
     model = runtime.load(plan, settings)
     try:
         chat = LlamaChat(model, think=plan.thinks or None)
-        state = {"in_think": chat.thinks}
+        parser = ThinkParser(starts_in_thinking=chat.thinks)
+        shown = {"thinking": False}
 
-        def echo(piece: str) -> None:
-            if as_json:
-                return
-            if state["in_think"]:
-                if show_thinking:
-                    sys.stdout.write(piece)
-                if "</think>" in piece:
-                    state["in_think"] = False
-                return
-            sys.stdout.write(piece)
+        def write(segments: list[Any]) -> None:
+            for segment in segments:
+                if segment.kind == "thinking" and show_thinking:
+                    shown["thinking"] = True
+                elif segment.kind == "answer":
+                    if shown["thinking"]:  # the thinking shown ends as in a search's output
+                        sys.stdout.write("\n\n---\n")
+                        shown["thinking"] = False
+                else:
+                    continue
+                sys.stdout.write(segment.text)
             sys.stdout.flush()
 
-        result = solve_direct(chat, problem, fmt, settings.sampling, on_piece=echo)
+        result = solve_direct(chat, problem, fmt, settings.sampling,
+                              on_piece=None if as_json else lambda piece: write(parser.feed(piece)))
+        if not as_json:
+            write(parser.close())
     finally:
         model.close()
     if not as_json:

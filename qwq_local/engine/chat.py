@@ -3,52 +3,16 @@
 from __future__ import annotations
 
 import codecs
-import re
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from qwq_local.config import Sampling
+from qwq_local.dialog.messages import Message, TurnStats
+from qwq_local.dialog.think import CLOSE as THINK_CLOSE
+from qwq_local.dialog.think import OPEN_LINE as THINK_OPEN
+from qwq_local.dialog.think import strip_closed_thinking
 from qwq_local.engine.model import LoadedModel
 from qwq_local.errors import ExitCode, QwqError
-
-THINK_OPEN = "<think>\n"
-THINK_CLOSE = "</think>"
-_THINK_BLOCK = re.compile(r"^.*?</think>\s*", re.DOTALL)
-
-
-@dataclass
-class Message:
-    """One chat message; assistant content may still hold its thinking (it is stripped)."""
-
-    role: str
-    content: str
-
-
-@dataclass
-class TurnStats:
-    """What one reply cost: tokens seen, evaluated and generated, and time."""
-
-    prompt_tokens: int
-    evaluated_prompt_tokens: int
-    thinking_tokens: int
-    answer_tokens: int
-    seconds: float
-    thinking_seconds: float
-    ctx_used: int
-    n_ctx: int
-    stop_reason: str  # "eos" | "length" | "interrupted" | "context"
-    prefill_seconds: float = 0.0
-
-    @property
-    def generated_tokens(self) -> int:
-        return self.thinking_tokens + self.answer_tokens
-
-
-def strip_thinking(text: str) -> str:
-    """The final answer only: everything up to and including `</think>` removed."""
-    return _THINK_BLOCK.sub("", text, count=1) if THINK_CLOSE in text else text
-
 
 class LlamaChat:
     """A ChatModel over one loaded GGUF; keeps the KV cache across turns."""
@@ -64,7 +28,7 @@ class LlamaChat:
 
     def prompt_text(self, messages: list[Message]) -> str:
         """The rendered prompt: history holds final answers only; a thinking reply opens `<think>\\n`."""
-        clean = [Message(m.role, strip_thinking(m.content) if m.role == "assistant" else m.content)
+        clean = [Message(m.role, strip_closed_thinking(m.content) if m.role == "assistant" else m.content)
                  for m in messages]
         text = self.model.render_chat(clean)
         if self.thinks and not text.endswith(THINK_OPEN):

@@ -9,7 +9,8 @@ from typing import Sequence
 import llama_cpp
 import numpy as np
 
-from qwq_local.engine.model import LoadedModel, _quiet
+from qwq_local.engine.model import LoadedModel
+from qwq_local.engine.native import ContextSpec, NativeContext
 from qwq_local.errors import OutOfMemoryError, QwqError
 
 
@@ -144,28 +145,11 @@ class KVTree:
         recompute_max_tokens: int = 64,
     ) -> None:
         self.model = model
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = n_batch
-        params.n_ubatch = n_batch
-        params.n_seq_max = n_seq_max
-        params.kv_unified = True
-        if n_threads or model.options.n_threads:
-            params.n_threads = params.n_threads_batch = n_threads or model.options.n_threads
-        else:
-            params.n_threads = params.n_threads_batch = model.llama.context_params.n_threads
-        rope = model.options.rope
-        if rope is not None and rope.yarn:
-            params.rope_scaling_type = llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN
-            params.rope_freq_scale = rope.freq_scale
-            params.yarn_orig_ctx = rope.orig_ctx
-        if hidden:
-            params.embeddings = True
-            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
-        with _quiet(not model.options.verbose):  # llama.cpp logs the context set-up on stderr
-            self.ctx = llama_cpp.llama_init_from_model(model.model_ptr, params)
-        if not self.ctx:
-            raise OutOfMemoryError(f"llama.cpp could not create a {n_ctx}-token tree context")
+        self.native = NativeContext(model, ContextSpec(
+            n_ctx=n_ctx, n_batch=n_batch, batch_tokens=n_batch, n_seq_max=n_seq_max, embeddings=hidden,
+            n_threads=n_threads or model.options.n_threads or model.llama.context_params.n_threads,
+            yarn=True, quiet=True))  # llama.cpp logs the context set-up on stderr
+        self.ctx = self.native.ctx
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = n_batch
@@ -174,7 +158,7 @@ class KVTree:
         self.n_embd = model.n_embd
         self.budget = min(kv_budget or self.n_ctx, self.n_ctx)
         self.recompute_max_tokens = recompute_max_tokens
-        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.batch = self.native.batch
         self._free_seqs = list(range(n_seq_max - 1, -1, -1))
         self.branches: dict[int, Branch] = {}
         self.stats = TreeStats()
@@ -184,12 +168,9 @@ class KVTree:
 
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        if getattr(self, "batch", None) is not None:
-            llama_cpp.llama_batch_free(self.batch)
-            self.batch = None
-        if getattr(self, "ctx", None):
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
+        if getattr(self, "native", None) is not None:
+            self.native.close()
+            self.ctx = self.batch = None
 
     def __enter__(self) -> "KVTree":
         return self
@@ -209,7 +190,7 @@ class KVTree:
     def fork(self, parent: Branch) -> Branch:
         """A child sharing the parent's cells; its logits start as the parent's."""
         self._touch(parent)
-        self._ensure_resident(parent)
+        self.ensure_resident(parent)
         child = self._new_branch(list(parent.tokens))
         child.seq = self._take_seq()
         llama_cpp.llama_memory_seq_cp(self.mem, parent.seq, child.seq, -1, -1)
@@ -228,7 +209,7 @@ class KVTree:
             self._pinned.add(b.id)
         try:
             for b, toks in work:
-                self._ensure_resident(b)
+                self.ensure_resident(b)
             self._reserve(sum(len(t) for _, t in work))
             self._decode(work)
             self.stats.distinct_tokens += sum(len(t) for _, t in work)
@@ -275,7 +256,7 @@ class KVTree:
             self._pinned.add(b.id)
         try:
             for b, _ in rows:
-                self._ensure_resident(b)
+                self.ensure_resident(b)
             self._reserve(len(rows))
             self._decode([(b, [t]) for b, t in rows], keep=rest)
             self.stats.distinct_tokens += len(rows)
@@ -428,7 +409,7 @@ class KVTree:
         self._ref_chain(branch.span, -1)
         branch.span = None
 
-    def _ensure_resident(self, branch: Branch) -> None:
+    def ensure_resident(self, branch: Branch) -> None:
         """Bring an evicted branch back: restore its parked state or recompute its suffix."""
         if branch.seq is not None:
             return
@@ -517,13 +498,9 @@ def hidden_states(model: LoadedModel, tokens: Sequence[int], split: int = 0) -> 
     tokens[:split] are decoded first as their own batch: llama.cpp's CPU kernels round
     differently for different batch shapes, so a comparison holds the chunking equal.
     """
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = max(len(tokens), 64)
-    params.n_batch = params.n_ubatch = max(len(tokens), 64)
-    params.embeddings = True
-    params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
-    ctx = llama_cpp.llama_init_from_model(model.model_ptr, params)
-    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    native = NativeContext(model, ContextSpec(n_ctx=max(len(tokens), 64), n_batch=max(len(tokens), 64),
+                                              batch_tokens=len(tokens), embeddings=True))
+    ctx, batch = native.ctx, native.batch
     try:
         rows: list[np.ndarray] = []
         for lo, hi in ((0, split), (split, len(tokens))):
@@ -541,5 +518,4 @@ def hidden_states(model: LoadedModel, tokens: Sequence[int], split: int = 0) -> 
                                                shape=(model.n_embd,)).copy() for i in range(hi - lo)]
         return np.stack(rows)
     finally:
-        llama_cpp.llama_batch_free(batch)
-        llama_cpp.llama_free(ctx)
+        native.close()

@@ -16,7 +16,7 @@ from qwq_local.engine.plan import RopePlan
 from qwq_local.errors import ExitCode, ModelFileError, OutOfMemoryError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from qwq_local.engine.chat import Message
+    from qwq_local.dialog.messages import Message
 
 # Used only when a GGUF carries no chat template: ChatML, as Qwen models use.
 CHATML = (
@@ -64,7 +64,7 @@ def physical_cores() -> int:
 
 
 @contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
+def quiet_stderr(enabled: bool) -> Iterator[None]:
     """Silence llama.cpp's C-level stderr chatter while loading unless verbose."""
     if not enabled:
         yield
@@ -99,7 +99,7 @@ class LoadedModel:
                 yarn_orig_ctx=rope.orig_ctx,
             )
         try:
-            with _quiet(not options.verbose):
+            with quiet_stderr(not options.verbose):
                 self.llama = llama_cpp.Llama(
                     model_path=str(self.path),
                     n_ctx=options.n_ctx,
@@ -120,17 +120,17 @@ class LoadedModel:
         self.name = self.path.name
         self.n_ctx = self.llama.n_ctx()
         meta = self.llama.metadata
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
         self.eos_text = self._piece_text(self.llama.token_eos())
         self.bos_text = self._piece_text(self.llama.token_bos())
         self.chat_template = meta.get("tokenizer.chat_template") or CHATML
         self._formatter = Jinja2ChatFormatter(self.chat_template, self.eos_text, self.bos_text)
-        self._vocab = self.llama._model.vocab
         self._pieces: dict[int, bytes] = {}
 
     @property
     def model_ptr(self) -> "llama_cpp.llama_model_p":
         """The native model, for contexts of our own (the KV tree)."""
-        return self.llama._model.model
+        return self.llama.model
 
     @property
     def vocab(self) -> "llama_cpp.llama_vocab_p":
@@ -147,7 +147,7 @@ class LoadedModel:
     def _piece_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return self.llama._model.token_get_text(token)
+        return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8")
 
     def render_chat(self, messages: Sequence["Message"]) -> str:
         """Apply the GGUF's own chat template, ending with the assistant's generation prompt."""

@@ -8,7 +8,8 @@ import random
 from dataclasses import dataclass, field
 
 from qwq_local.config import Sampling
-from qwq_local.engine.chat import THINK_OPEN, Message
+from qwq_local.dialog.messages import Message
+from qwq_local.dialog.think import CLOSE, OPEN_LINE
 from qwq_local.engine.kvtree import Branch, KVTree, NativeSampler, SamplerSpec
 from qwq_local.engine.model import LoadedModel
 from qwq_local.search.protocol import Candidate, LMStats, StepStop
@@ -78,8 +79,8 @@ class TreePolicy:
 
     def prompt_tokens(self, question: str) -> list[int]:
         text = self.model.render_chat([*self.history, Message("user", question)])
-        if self.thinks and not text.endswith(THINK_OPEN):
-            text += THINK_OPEN
+        if self.thinks and not text.endswith(OPEN_LINE):
+            text += OPEN_LINE
         return self.model.tokenize(text)
 
     def count_tokens(self, text: str) -> int:
@@ -184,14 +185,14 @@ class TreePolicy:
         """
         text = self.model.render_chat([Message("user", prompt)])
         if self.thinks:
-            text += "" if text.endswith(THINK_OPEN) else THINK_OPEN
-            text += "\n</think>\n\n"
+            text += "" if text.endswith(OPEN_LINE) else OPEN_LINE
+            text += f"\n{CLOSE}\n\n"
         tokens = self.model.tokenize(text)
         judge = self._judge
         if judge is None or not judge.alive:
             judge = self._judge = self.tree.root(tokens)
         else:
-            self.tree._ensure_resident(judge)
+            self.tree.ensure_resident(judge)
             shared = 0
             for a, b in zip(judge.tokens, tokens):
                 if a != b:

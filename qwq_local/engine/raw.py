@@ -9,6 +9,7 @@ import llama_cpp
 
 from qwq_local.engine.kvtree import NativeSampler, SamplerSpec
 from qwq_local.engine.model import LoadedModel
+from qwq_local.engine.native import ContextSpec, NativeContext
 
 
 @dataclass
@@ -52,14 +53,10 @@ def create_completion_run(model: LoadedModel, prompt: str, max_tokens: int, temp
 def batched_decode_run(model: LoadedModel, prompt_tokens: list[int], k: int, steps: int,
                        temperature: float = 0.6, seed: int = 0) -> RawRun:
     """Raw llama.cpp batched decoding: K sequences share a prompt, one llama_decode per step."""
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = len(prompt_tokens) + k * (steps + 1) + 64
-    params.n_batch = params.n_ubatch = max(512, len(prompt_tokens))
-    params.n_seq_max = max(k, 1)
-    params.kv_unified = True
-    params.n_threads = params.n_threads_batch = model.llama.context_params.n_threads
-    ctx = llama_cpp.llama_init_from_model(model.model_ptr, params)
-    batch = llama_cpp.llama_batch_init(max(len(prompt_tokens), k), 0, 1)
+    native = NativeContext(model, ContextSpec(
+        n_ctx=len(prompt_tokens) + k * (steps + 1) + 64, n_batch=max(512, len(prompt_tokens)),
+        batch_tokens=max(len(prompt_tokens), k), n_seq_max=max(k, 1), n_threads=model.llama.context_params.n_threads))
+    ctx, batch = native.ctx, native.batch
     samplers = [NativeSampler(SamplerSpec(temperature=temperature, seed=seed + i), model.n_vocab) for i in range(k)]
     try:
         for i, tok in enumerate(prompt_tokens):
@@ -89,5 +86,4 @@ def batched_decode_run(model: LoadedModel, prompt_tokens: list[int], k: int, ste
     finally:
         for s in samplers:
             s.close()
-        llama_cpp.llama_batch_free(batch)
-        llama_cpp.llama_free(ctx)
+        native.close()

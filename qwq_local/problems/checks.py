@@ -11,13 +11,13 @@ from fractions import Fraction
 from typing import Any, TypeVar
 
 from qwq_local.problems.datasets import Problem
-from qwq_local.bench.latex import MathParseError, load_sympy, parse_latex
+from qwq_local.problems.latex import MathParseError, load_sympy, parse_latex
 from qwq_local.problems.sandbox import run_python
+from qwq_local.dialog.think import split_at_close
 from qwq_local.search.answer import (
     boxed_answers,
     extract_final_answer,
     normalize_for_vote,
-    split_thinking,
 )
 
 MATH_SECONDS = 5.0  # per comparison, so a pathological expression can't hang a benchmark
@@ -268,7 +268,7 @@ def _looks_like_code(text: str) -> bool:
 
 def extract_code(reply_text: str, final_answer: str | None = None) -> str | None:
     """The reply's program: its last ```python block (else last plain ``` block), else code-looking text."""
-    _, answer = split_thinking(reply_text)
+    _, answer = split_at_close(reply_text)
     sources = [answer, final_answer or ""]
     for source in sources:
         blocks = _FENCE.findall(source)

@@ -1,16 +1,16 @@
 """The chat-model contract the REPL programs against (the engine implements it; tests fake it).
 
-Defined here, not imported from the engine, so that `render/` never imports llama.cpp code.
-The engine's own `Message`/`TurnStats` need only the same attributes (structural typing).
+Defined here, not imported from the engine, so that `render/` never imports llama.cpp code; the message
+and stats types are the shared ones of `qwq_local.dialog.messages`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from qwq_local.config import Sampling
+from qwq_local.dialog.messages import Message, TurnStats
 
 Intervene = Callable[[str, int], "str | None"]
 """Called with (thinking text so far, thinking tokens so far); a returned string is forced into the reply.
@@ -18,14 +18,6 @@ Intervene = Callable[[str, int], "str | None"]
 After forcing a string the model calls it once more, with the text and count including that string
 (so a fold line drawn when the forced `</think>` arrives shows the whole section); that return is ignored.
 """
-
-
-@dataclass
-class Message:
-    """One chat message; roles are "system", "user" and "assistant"."""
-
-    role: str
-    content: str
 
 
 class Stats(Protocol):
@@ -49,25 +41,6 @@ class Stats(Protocol):
     def n_ctx(self) -> int: ...
     @property
     def stop_reason(self) -> str: ...
-
-
-@dataclass
-class TurnStats:
-    """What one reply cost; the REPL's own copy of any `Stats` (and its fallback when none came)."""
-
-    prompt_tokens: int = 0  # tokens of the whole rendered prompt this turn
-    evaluated_prompt_tokens: int = 0  # tokens llama.cpp actually evaluated (KV cache reuse makes this small)
-    thinking_tokens: int = 0
-    answer_tokens: int = 0
-    seconds: float = 0.0
-    thinking_seconds: float = 0.0
-    ctx_used: int = 0
-    n_ctx: int = 0
-    stop_reason: str = "eos"  # "eos" | "length" | "interrupted" (the engine may add others, e.g. "context")
-
-    @classmethod
-    def of(cls, stats: Stats) -> TurnStats:
-        return cls(**{f.name: getattr(stats, f.name) for f in fields(cls)})
 
 
 class ChatModel(Protocol):

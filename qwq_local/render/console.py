@@ -22,7 +22,7 @@ from typing import Any, Literal, TextIO
 from prompt_toolkit.utils import get_cwidth
 
 from qwq_local.config import user_data_dir
-from qwq_local.render.chatmodel import TurnStats
+from qwq_local.dialog.messages import TurnStats
 
 DIM, BOLD, YELLOW, RED, RESET = "\x1b[2m", "\x1b[1m", "\x1b[33m", "\x1b[31m", "\x1b[0m"
 UP, CLEAR_DOWN, CLEAR_LINE = "\x1b[{}A", "\x1b[J", "\x1b[2K"

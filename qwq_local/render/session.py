@@ -11,10 +11,11 @@ from dataclasses import dataclass, replace
 from qwq_local.config import Settings
 from qwq_local.errors import QwqError, UsageError
 from qwq_local.render.history import History, Turn
-from qwq_local.render.chatmodel import ChatModel, Message, StrategyRunner, TurnStats
+from qwq_local.dialog.messages import Message, TurnStats
+from qwq_local.render.chatmodel import ChatModel, StrategyRunner
 from qwq_local.render.console import Env, ReplyView, ThinkingMode, info, tree_line, warn
 from qwq_local.render.guard import Intervention
-from qwq_local.render.think import Segment, ThinkParser, split_thinking
+from qwq_local.dialog.think import Segment, ThinkParser, split_thinking
 
 DIRECT = "direct"
 STRATEGIES = (DIRECT, "astar", "beam", "bon", "sc")

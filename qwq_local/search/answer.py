@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-END_THINK = "</think>"
-START_THINK = "<think>"
+from qwq_local.dialog.think import CLOSE as END_THINK
+from qwq_local.dialog.think import split_at_close as split_thinking
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
@@ -13,18 +13,6 @@ _ANSWER_IS = re.compile(r"answer\"?\s*(?:is\b|:)\s*:?[ \t]*([^\n]*)", re.IGNOREC
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+(?:\.\d+)?)?")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _WRAPPERS = " \t*$\"'`:;,"
-
-
-def split_thinking(text: str, end_think: str = END_THINK) -> tuple[str, str]:
-    """(thinking, answer) split at the first `end_think`; without one, all of `text` is answer."""
-    at = text.find(end_think) if end_think else -1
-    if at < 0:
-        return "", text
-    thinking = text[:at]
-    stripped = thinking.lstrip()
-    if stripped.startswith(START_THINK):
-        thinking = stripped[len(START_THINK) :]
-    return thinking, text[at + len(end_think) :]
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:

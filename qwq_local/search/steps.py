@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qwq_local.search.answer import END_THINK, find_explicit_answer, split_thinking
+from qwq_local.dialog.think import CLOSE as END_THINK
+from qwq_local.dialog.think import split_at_close as split_thinking
+from qwq_local.search.answer import find_explicit_answer
 from qwq_local.search.protocol import Candidate
 
 

@@ -1,4 +1,4 @@
-"""A pure streaming parser that splits a reply into its thinking and its answer.
+"""The one place that knows QwQ's <think> tags: a pure streaming parser, and split, strip and wrap of whole replies.
 
 Rules (the same for any split of the reply into pieces):
 
@@ -22,6 +22,7 @@ from typing import Literal
 
 OPEN = "<think>"
 CLOSE = "</think>"
+OPEN_LINE = OPEN + "\n"  # how a chat template opens a thinking reply
 
 Kind = Literal["thinking", "answer"]
 
@@ -146,3 +147,26 @@ def split_thinking(text: str, *, starts_in_thinking: bool = False) -> tuple[str,
 def strip_thinking(text: str, *, starts_in_thinking: bool = False) -> str:
     """The final answer only (what earlier turns contribute to the history the model sees)."""
     return split_thinking(text, starts_in_thinking=starts_in_thinking)[1].strip()
+
+
+def split_at_close(text: str, close: str = CLOSE) -> tuple[str, str]:
+    """(thinking, answer) split at the first `close`; without one, all of `text` is answer (a leading <think> goes)."""
+    at = text.find(close) if close else -1
+    if at < 0:
+        return "", text
+    thinking = text[:at]
+    stripped = thinking.lstrip()
+    if stripped.startswith(OPEN):
+        thinking = stripped[len(OPEN) :]
+    return thinking, text[at + len(close) :]
+
+
+def strip_closed_thinking(text: str) -> str:
+    """What a reply leaves in the history the model sees: everything up to the first </think> (and the blank
+    after it) removed; a reply without one is kept whole."""
+    return split_at_close(text)[1].lstrip() if CLOSE in text else text
+
+
+def wrap_thinking(thinking: str, answer: str) -> str:
+    """A reply written back from its parts: the thinking in its tags, then the answer."""
+    return f"{OPEN_LINE}{thinking}\n{CLOSE}\n\n{answer}" if thinking else answer
