@@ -8,10 +8,13 @@ from typing import Optional
 import typer
 
 from qwq_local.app.search import BENCH_SEARCH as S
+from qwq_local.bench.choose import DEFAULT_CHOOSERS as CHOOSERS
+from qwq_local.bench.choose import STAT_SIGNALS
 from qwq_local.cli.root import CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, bench_app, settings_from
 from qwq_local.errors import UsageError
 
 BENCH_MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
+SIGNALS = (*STAT_SIGNALS, "short")
 
 
 @bench_app.command("engine")
@@ -83,3 +86,53 @@ def bench_accuracy(
     options = search_options(S, candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
                              max_expansions=max_expansions, time_limit=time_limit)
     run_accuracy_bench(settings, data, limit, strategy, options, results, as_json, plot)
+
+
+@bench_app.command("bank")
+def bench_bank(
+    results: Path = typer.Option(..., "--results", help="Directory of the bank (bank.jsonl); a rerun resumes it."),
+    data: str = typer.Option("gsm8k", "--data", help="gsm8k | gsm8k-train | math500 | mbpp | FILE.jsonl"),
+    offset: int = typer.Option(0, "--offset", help="Skip the first N problems."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Then take N problems."),
+    shape: str = typer.Option("2,2,2", "--shape", help="Children per state at each depth; the last level completes."),
+    model: Optional[str] = ModelOpt,
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
+    max_tokens: Optional[int] = typer.Option(512, "--max-tokens", help="Tokens of one reply."),
+    step_min_tokens: int = typer.Option(S.stop.min_tokens, "--step-min-tokens"),
+    ctx: Optional[int] = CtxOpt,
+    gpu_layers: Optional[str] = GpuOpt,
+    models_dir: Optional[Path] = ModelsDirOpt,
+) -> None:
+    """Sample a tree of replies per problem once and record every step's statistics, for `qwq bench choose`."""
+    from dataclasses import replace as _replace
+
+    from qwq_local.bench.bank import parse_shape
+    from qwq_local.bench.bank_run import run_bank
+
+    if offset < 0 or (limit is not None and limit < 1):
+        raise UsageError("--offset must be >= 0 and --limit >= 1")
+    try:
+        levels = parse_shape(shape)
+    except ValueError as exc:
+        raise UsageError(f"--shape: {exc}") from None
+    settings = settings_from(model=model, temperature=temperature, max_tokens=max_tokens, ctx=ctx,
+                             gpu_layers=gpu_layers, models_dir=models_dir)
+    stop = _replace(S.stop, min_tokens=step_min_tokens)
+    run_bank(settings, data, offset, limit, levels, results, stop, lambda line: typer.echo(line, err=True))
+
+
+@bench_app.command("choose")
+def bench_choose(
+    bank: list[Path] = typer.Argument(..., help="Bank directories (or bank.jsonl files) from `qwq bench bank`."),
+    chooser: str = typer.Option(",".join(CHOOSERS), "--chooser", "-c",
+                                help="Comma-separated: vote, top:SIG, wvote:SIG, filter:SIG@ETA."),
+    signal: str = typer.Option(",".join(SIGNALS), "--signal", help="Signals whose separation to report."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="The first N problems of the bank."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against leaves (1 .. S)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Every chooser and value signal on the same recorded samples: accuracy, sign test, AUC, accuracy by samples."""
+    from qwq_local.bench.choose_run import run_choose
+
+    run_choose(bank, [c.strip() for c in chooser.split(",") if c.strip()],
+               [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json)

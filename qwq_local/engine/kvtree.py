@@ -268,6 +268,11 @@ class KVTree:
         """The batch row holding the branch's last token after the latest decode."""
         return self._rows[branch.id]
 
+    def row_logits(self, branch: Branch) -> np.ndarray:
+        """The next-token logits of the branch's batch row (a view, valid until the next decode)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, self._rows[branch.id])
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
     def _decode(self, work: list[tuple[Branch, list[int]]], keep: Sequence[bool] | None = None) -> None:
         """Fill llama_batch ourselves (positions per branch) and decode.
 

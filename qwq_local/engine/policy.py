@@ -6,6 +6,9 @@ import codecs
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
 
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message
@@ -30,12 +33,30 @@ class _Child:
     sampler: NativeSampler
     decoder: "codecs.IncrementalDecoder"
     pending: int = -1
+    pending_stats: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    stats: list[tuple[float, float, float, float]] = field(default_factory=list)  # per token, see token_stats
     text: list[str] = field(default_factory=list)
     n_tokens: int = 0
     ending: bool = False
     finished: bool = False  # EOS sampled
     flush: bool = False  # decode the EOS too, for the hidden state at the reply's end
     at_limit: bool = False  # the whole reply reached its token limit
+
+
+TOP_K_CONFIDENCE = 20  # DeepConf's k: a token's confidence is -mean log-prob of the k likeliest tokens
+
+
+def token_stats(logits: np.ndarray, token: int, k: int = TOP_K_CONFIDENCE) -> tuple[float, float, float, float]:
+    """The sampled token's log-prob, DeepConf confidence, top-k entropy and self-certainty under `logits` (T = 1)."""
+    x = np.asarray(logits, dtype=np.float32)
+    top = float(x.max())
+    lse = top + math.log(float(np.exp(x - top).sum()))
+    best = np.partition(x, -k)[-k:]
+    p = np.exp(best - best.max())
+    p /= p.sum()
+    entropy = float(-(p * np.log(np.maximum(p, 1e-30))).sum())
+    certainty = lse - float(x.mean()) - math.log(x.size)
+    return float(x[token]) - lse, lse - float(best.mean()), entropy, certainty
 
 
 class TreePolicy:
@@ -112,16 +133,24 @@ class TreePolicy:
         return SamplerSpec(s.temperature, s.top_p, s.top_k, s.min_p, seed=self._rng.randrange(2**32))
 
     def sample(self, branch: int, k: int, stop: StepStop) -> list[Candidate]:
-        parent = self._states[branch]
-        children: list[_Child] = []
-        for _ in range(k):
-            b = self.tree.fork(parent.branch)
-            sampler = NativeSampler(self._spec(), self.tree.n_vocab)
-            child = _Child(_State(b, parent.in_think, parent.reply_tokens), sampler,
-                           codecs.getincrementaldecoder("utf-8")(errors="replace"))
-            child.pending = sampler.from_logits(parent.branch.logits)
-            children.append(child)
-        active = list(children)
+        return self.sample_many([(branch, k)], stop)[0]
+
+    def sample_many(self, requests: Sequence[tuple[int, int]], stop: StepStop) -> list[list[Candidate]]:
+        """`k` next steps from each `(branch, k)`, every child of every branch decoded in one batch per token."""
+        groups: list[list[_Child]] = []
+        for branch, k in requests:
+            parent = self._states[branch]
+            group = []
+            for _ in range(k):
+                b = self.tree.fork(parent.branch)
+                sampler = NativeSampler(self._spec(), self.tree.n_vocab)
+                child = _Child(_State(b, parent.in_think, parent.reply_tokens), sampler,
+                               codecs.getincrementaldecoder("utf-8")(errors="replace"))
+                child.pending = sampler.from_logits(parent.branch.logits)
+                child.pending_stats = token_stats(parent.branch.logits, child.pending)
+                group.append(child)
+            groups.append(group)
+        active = [child for group in groups for child in group]
         while active:
             rows, hidden = [], []
             for child in active:
@@ -138,16 +167,21 @@ class TreePolicy:
                     continue
                 row = self.tree.row_of(child.state.branch)
                 child.pending = child.sampler.from_context(self.tree.ctx, row)
+                child.pending_stats = token_stats(self.tree.row_logits(child.state.branch), child.pending)
                 active.append(child)
-        out = []
-        for child in children:
-            child.sampler.close()
-            state = child.state
-            out.append(Candidate(
-                text="".join(child.text), branch=self._handle(state), n_tokens=child.n_tokens,
-                finished=child.finished or child.at_limit, hidden=state.branch.hidden,
-            ))
-        return out
+        return [[self._candidate(child) for child in group] for group in groups]
+
+    def _candidate(self, child: _Child) -> Candidate:
+        child.sampler.close()
+        state = child.state
+        logprobs, confidences, entropies, certainties = (list(column) for column in zip(*child.stats)) \
+            if child.stats else ([], [], [], [])
+        return Candidate(
+            text="".join(child.text), branch=self._handle(state), n_tokens=child.n_tokens,
+            finished=child.finished or child.at_limit, hidden=state.branch.hidden, logprob=float(sum(logprobs)),
+            token_logprobs=logprobs, token_confidences=confidences, token_entropies=entropies,
+            token_certainties=certainties,
+        )
 
     def _accept(self, child: _Child, stop: StepStop) -> None:
         """Take the child's pending token into its step and decide whether the step ends."""
@@ -161,6 +195,7 @@ class TreePolicy:
             return
         piece = child.decoder.decode(self.model.token_bytes(token))
         child.text.append(piece)
+        child.stats.append(child.pending_stats)
         child.n_tokens += 1
         state.reply_tokens += 1
         self._generated += 1

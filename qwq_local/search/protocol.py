@@ -40,6 +40,10 @@ class Candidate:
     # the chosen token's log-prob and DeepConf's token confidence, -mean log-prob of the top-k tokens.
     token_logprobs: list[float] = field(default_factory=list)
     token_confidences: list[float] = field(default_factory=list)
+    # Where the full distribution is at hand: the entropy of the renormalised top-k, and self-certainty
+    # (arXiv 2502.18581: the KL divergence of uniform from the distribution, -mean log(V·p) over the vocabulary).
+    token_entropies: list[float] = field(default_factory=list)
+    token_certainties: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -1,0 +1,297 @@
+"""`qwq bench choose`: every chooser and value signal judged on the same recorded bank, in seconds.
+
+A chooser picks one answer from a problem's leaves: `vote` (plain majority), `top:SIG` (the leaf a signal values
+most), `wvote:SIG` (each leaf votes with weight exp(z) of its signal's z-score over the bank: weighted best-of-N,
+arXiv 2408.03314 section 5.1), `filter:SIG@ETA` (DeepConf offline, arXiv 2508.15260: the vote among the top ETA
+fraction of leaves by the signal). Signals are the leaves' log-prob statistics (`qwq_local.bench.bank.summarize`),
+`short` (fewer tokens), or any signal a caller adds (a Q-value head's value of the leaf's end state).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from qwq_local.search.answer import normalize_for_vote
+
+STAT_SIGNALS = ("mean_logprob", "mean_conf", "low_conf", "tail_conf", "neg_entropy", "certainty")
+DEFAULT_CHOOSERS = ("vote", "wvote:tail_conf", "wvote:low_conf", "wvote:mean_conf", "filter:tail_conf@0.5",
+                    "filter:low_conf@0.5", "top:tail_conf", "top:low_conf")
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """What a chooser sees of one reply: its answer, whether it is right, its signals, its tree position."""
+
+    answer: str | None
+    correct: bool
+    signals: Mapping[str, float | None]
+    tokens: int
+    node: int
+
+
+@dataclass(frozen=True)
+class BankProblem:
+    problem_id: str
+    leaves: tuple[Leaf, ...]
+    parents: Mapping[int, int | None]  # node id -> parent, to count the tokens of a subset of leaves
+    node_tokens: Mapping[int, int]
+    generated_tokens: int
+
+
+def from_records(records: Sequence[Mapping[str, Any]],
+                 extra: Callable[[Mapping[str, Any]], Sequence[Mapping[str, float]]] | None = None
+                 ) -> list[BankProblem]:
+    """Bank lines as choosers see them; `extra(record)` adds signals per leaf (e.g. a head's values)."""
+    problems = []
+    for record in records:
+        added = extra(record) if extra else [{} for _ in record["leaves"]]
+        leaves = []
+        for leaf, more in zip(record["leaves"], added):
+            signals: dict[str, float | None] = dict(leaf.get("stats") or {})
+            signals["short"] = -float(leaf["tokens"])
+            signals.update(more)
+            leaves.append(Leaf(leaf["answer"], bool(leaf["correct"]), signals, int(leaf["tokens"]), int(leaf["node"])))
+        nodes = record["nodes"]
+        problems.append(BankProblem(
+            str(record["problem_id"]), tuple(_spread(leaves, {n["id"]: n["parent"] for n in nodes})),
+            {n["id"]: n["parent"] for n in nodes}, {n["id"]: int(n["n_tokens"]) for n in nodes},
+            int(record.get("generated_tokens", 0)),
+        ))
+    return problems
+
+
+def _spread(leaves: list[Leaf], parents: Mapping[int, int | None]) -> list[Leaf]:
+    """Leaves ordered so that the first m of them come from branches as far apart as the tree allows."""
+    def ancestry(node: int) -> list[int]:
+        chain = [node]
+        while parents.get(chain[-1]) is not None:
+            chain.append(parents[chain[-1]])  # type: ignore[arg-type]
+        return chain[::-1]
+
+    def key(leaf: Leaf) -> tuple[int, ...]:
+        chain = ancestry(leaf.node)
+        ranks = []
+        for depth, node in enumerate(chain):
+            siblings = sorted(n for n, p in parents.items() if p == (chain[depth - 1] if depth else None))
+            ranks.append(siblings.index(node))
+        return tuple(reversed(ranks))
+
+    return sorted(leaves, key=key)
+
+
+# ----------------------------------------------------------------------------- choosers
+Chooser = Callable[[Sequence[Leaf], "Scales"], "Leaf | None"]
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Each signal's mean and spread over the whole bank, so that weights do not depend on its units."""
+
+    mean: Mapping[str, float]
+    std: Mapping[str, float]
+
+    def z(self, name: str, value: float | None) -> float | None:
+        if value is None or name not in self.mean:
+            return None
+        return (value - self.mean[name]) / (self.std[name] or 1.0)
+
+
+def bank_scales(problems: Sequence[BankProblem]) -> Scales:
+    values: dict[str, list[float]] = {}
+    for problem in problems:
+        for leaf in problem.leaves:
+            for name, value in leaf.signals.items():
+                if value is not None and math.isfinite(value):
+                    values.setdefault(name, []).append(value)
+    mean = {k: sum(v) / len(v) for k, v in values.items()}
+    std = {k: math.sqrt(sum((x - mean[k]) ** 2 for x in v) / len(v)) for k, v in values.items()}
+    return Scales(mean, std)
+
+
+def weighted_vote(leaves: Sequence[Leaf], weights: Sequence[float]) -> Leaf | None:
+    """The first leaf of the answer with the largest total weight (leaves without an answer do not vote)."""
+    totals: Counter[str] = Counter()
+    first: dict[str, Leaf] = {}
+    for leaf, weight in zip(leaves, weights):
+        if leaf.answer is None:
+            continue
+        key = normalize_for_vote(leaf.answer)
+        totals[key] += weight
+        first.setdefault(key, leaf)
+    if not totals:
+        return leaves[0] if leaves else None
+    order = list(first)
+    best = max(order, key=lambda key: (totals[key], -order.index(key)))
+    return first[best]
+
+
+def make_chooser(spec: str) -> Chooser:
+    """A chooser from `vote`, `top:SIG`, `wvote:SIG`, `filter:SIG@ETA`."""
+    kind, _, rest = spec.partition(":")
+    if kind == "vote" and not rest:
+        return lambda leaves, scales: weighted_vote(leaves, [1.0] * len(leaves))
+    signal, _, eta_text = rest.partition("@")
+    if not signal or kind not in ("top", "wvote", "filter") or (eta_text and kind != "filter"):
+        raise ValueError(f"chooser {spec!r}: write vote, top:SIGNAL, wvote:SIGNAL or filter:SIGNAL@ETA")
+    try:
+        eta = float(eta_text) if eta_text else 0.5
+    except ValueError:
+        raise ValueError(f"chooser {spec!r}: ETA must be a fraction such as 0.5") from None
+    if not 0 < eta <= 1:
+        raise ValueError(f"chooser {spec!r}: ETA must be in (0, 1]")
+
+    def value(leaf: Leaf, scales: Scales) -> float:
+        z = scales.z(signal, leaf.signals.get(signal))
+        return -math.inf if z is None else z
+
+    if kind == "top":
+        return lambda leaves, scales: max(leaves, key=lambda leaf: value(leaf, scales), default=None)
+    if kind == "wvote":
+        return lambda leaves, scales: weighted_vote(
+            leaves, [0.0 if value(leaf, scales) == -math.inf else math.exp(min(value(leaf, scales), 30.0))
+                     for leaf in leaves])
+
+    def filtered(leaves: Sequence[Leaf], scales: Scales) -> Leaf | None:
+        keep = max(1, math.ceil(eta * len(leaves)))
+        ranked = sorted(range(len(leaves)), key=lambda i: -value(leaves[i], scales))[:keep]
+        kept = [leaves[i] for i in sorted(ranked)]
+        return weighted_vote(kept, [1.0] * len(kept))
+
+    return filtered
+
+
+# ----------------------------------------------------------------------------- measures
+@dataclass
+class ChooserReport:
+    name: str
+    correct: int
+    total: int
+    wins: int  # problems this chooser gets right and the vote wrong
+    losses: int
+    p_value: float  # two-sided sign test against the vote
+    by_samples: list[float] = field(default_factory=list)  # accuracy with the first m leaves, m = 1 .. S
+    tokens_by_samples: list[float] = field(default_factory=list)  # mean generated tokens of those m leaves
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+@dataclass
+class SignalReport:
+    name: str
+    auc: float | None  # within-problem: P(a right leaf outvalues a wrong one), over mixed problems
+    top_right: float | None  # how often the top-valued leaf is right, in mixed problems
+    random_right: float | None  # a random leaf's chance in the same problems
+    mixed: int
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact binomial test of wins against losses (ties dropped)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    low = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def evaluate(problems: Sequence[BankProblem], choosers: Sequence[str], signals: Sequence[str]
+             ) -> tuple[list[ChooserReport], list[SignalReport], dict[str, float]]:
+    """Every chooser's accuracy (with a sign test against the vote, and by number of samples) and every signal's
+    within-problem separation, on the same leaves."""
+    scales = bank_scales(problems)
+    made = {name: make_chooser(name) for name in choosers}
+    vote = make_chooser("vote")
+    vote_right = [_right(vote(p.leaves, scales)) for p in problems]
+    reports = []
+    width = max((len(p.leaves) for p in problems), default=0)
+    for name, chooser in made.items():
+        right = [_right(chooser(p.leaves, scales)) for p in problems]
+        wins = sum(r and not v for r, v in zip(right, vote_right))
+        losses = sum(v and not r for r, v in zip(right, vote_right))
+        by_m, tokens_m = [], []
+        for m in range(1, width + 1):
+            by_m.append(sum(_right(chooser(p.leaves[:m], scales)) for p in problems) / max(len(problems), 1))
+            tokens_m.append(sum(subset_tokens(p, p.leaves[:m]) for p in problems) / max(len(problems), 1))
+        reports.append(ChooserReport(name, sum(right), len(problems), wins, losses, sign_test(wins, losses),
+                                     by_m, tokens_m))
+    signal_reports = [signal_report(problems, name, scales) for name in signals]
+    oracle = sum(any(leaf.correct for leaf in p.leaves) for p in problems)
+    summary = {"problems": len(problems), "oracle": oracle,
+               "mean_leaves": sum(len(p.leaves) for p in problems) / max(len(problems), 1),
+               "mean_tokens": sum(p.generated_tokens for p in problems) / max(len(problems), 1)}
+    return reports, signal_reports, summary
+
+
+def signal_report(problems: Sequence[BankProblem], name: str, scales: Scales) -> SignalReport:
+    aucs, tops, randoms = [], [], []
+    for problem in problems:
+        scored = [(leaf.signals.get(name), leaf.correct) for leaf in problem.leaves]
+        scored = [(v, c) for v, c in scored if v is not None and math.isfinite(v)]
+        right = [v for v, c in scored if c]
+        wrong = [v for v, c in scored if not c]
+        if not right or not wrong:
+            continue
+        pairs = sum(1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong)
+        aucs.append(pairs / (len(right) * len(wrong)))
+        best = max(v for v, _ in scored)
+        at_best = [c for v, c in scored if v == best]
+        tops.append(sum(at_best) / len(at_best))
+        randoms.append(len(right) / len(scored))
+    if not aucs:
+        return SignalReport(name, None, None, None, 0)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return SignalReport(name, mean(aucs), mean(tops), mean(randoms), len(aucs))
+
+
+def subset_tokens(problem: BankProblem, leaves: Sequence[Leaf]) -> int:
+    """Tokens generated for these leaves alone: every node on their paths once (shared prefixes once)."""
+    seen: set[int] = set()
+    for leaf in leaves:
+        node: int | None = leaf.node
+        while node is not None and node not in seen:
+            seen.add(node)
+            node = problem.parents.get(node)
+    return sum(problem.node_tokens.get(node, 0) for node in seen)
+
+
+def random_subset_accuracy(problems: Sequence[BankProblem], m: int, seed: int = 0) -> float:
+    """The vote's accuracy on m leaves drawn at random per problem (a check on the spread order)."""
+    rng = random.Random(seed)
+    vote = make_chooser("vote")
+    scales = bank_scales(problems)
+    hits = 0
+    for problem in problems:
+        leaves = list(problem.leaves)
+        rng.shuffle(leaves)
+        hits += _right(vote(leaves[:m], scales))
+    return hits / max(len(problems), 1)
+
+
+def _right(leaf: Leaf | None) -> bool:
+    return bool(leaf is not None and leaf.correct)
+
+
+def format_reports(reports: Sequence[ChooserReport], signals: Sequence[SignalReport], summary: Mapping[str, float]
+                   ) -> str:
+    n = int(summary["problems"])
+    lines = [f"{n} problems · {summary['mean_leaves']:.1f} leaves and {summary['mean_tokens']:.0f} generated tokens "
+             f"each · a right leaf in {int(summary['oracle'])} ({100 * summary['oracle'] / max(n, 1):.1f} %)", "",
+             f"{'chooser':<24} {'right':>6} {'acc %':>6} {'vs vote':>9} {'p':>6}"]
+    for r in reports:
+        lines.append(f"{r.name:<24} {r.correct:>6} {100 * r.accuracy:>6.1f} {f'+{r.wins}/-{r.losses}':>9} "
+                     f"{r.p_value:>6.3f}")
+    lines += ["", f"{'signal':<14} {'AUC':>6} {'top right':>10} {'random':>7} {'ratio':>6} {'mixed':>6}"]
+    for s in signals:
+        if s.auc is None:
+            lines.append(f"{s.name:<14} {'-':>6}")
+            continue
+        ratio = s.top_right / s.random_right if s.random_right else float("nan")
+        lines.append(f"{s.name:<14} {s.auc:>6.3f} {100 * s.top_right:>9.1f}% {100 * s.random_right:>6.1f}% "
+                     f"{ratio:>6.2f} {s.mixed:>6}")
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""`qwq bench choose`: read banks, evaluate choosers and signals (`qwq_local.bench.choose`), print, plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import typer
+
+from qwq_local.bench.bank_run import BANK_FILE, read_bank
+from qwq_local.bench.choose import ChooserReport, evaluate, format_reports, from_records, make_chooser
+from qwq_local.errors import InputFileError, UsageError
+
+
+def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence[str], limit: int | None,
+               plot: Path | None, as_json: bool) -> None:
+    for name in choosers:
+        try:
+            make_chooser(name)
+        except ValueError as exc:
+            raise UsageError(f"--chooser: {exc}") from None
+    if plot is not None:
+        from qwq_local.bench.plot import check_can_plot
+
+        check_can_plot(plot)
+    records = []
+    for bank in banks:
+        file = bank / BANK_FILE if bank.is_dir() else bank
+        if not file.exists():
+            raise InputFileError(f"{bank}: no bank here (run `qwq bench bank --results {bank}` first)")
+        records += list(read_bank(file).values())
+    if limit is not None:
+        records = records[:limit]
+    if not records:
+        raise UsageError("the bank holds no problems yet")
+    problems = from_records(records)
+    reports, signal_reports, summary = evaluate(problems, choosers, signals)
+    if as_json:
+        typer.echo(json.dumps({"summary": summary, "choosers": [asdict(r) for r in reports],
+                               "signals": [asdict(s) for s in signal_reports]}, indent=1))
+    else:
+        typer.echo(format_reports(reports, signal_reports, summary))
+    if plot is not None:
+        plot_by_samples(reports, plot, f"{', '.join(b.name for b in banks)} · {len(problems)} problems")
+        if not as_json:
+            typer.echo(f"plot: {plot}")
+
+
+def plot_by_samples(reports: Sequence[ChooserReport], path: Path, title: str) -> Path:
+    """Accuracy against mean generated tokens as leaves are added (1 .. S), one line per chooser."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 4.5), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for report in reports:
+        axes.plot(report.tokens_by_samples, [100 * a for a in report.by_samples], marker="o", markersize=3,
+                  label=f"{report.name}: {100 * report.accuracy:.1f}%")
+    axes.set_xlabel("mean generated tokens per problem (1 .. S leaves, shared prefixes counted once)")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path

@@ -1,0 +1,194 @@
+"""The search bank (`qwq bench bank`) and the choosers judged on it (`qwq bench choose`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwq_local.bench.bank import leaves, lowest_window, parse_shape, path, sample_tree, summarize
+from qwq_local.bench.bank_run import bank_record, read_bank, save_arrays
+from qwq_local.bench.choose import (
+    Leaf,
+    Scales,
+    bank_scales,
+    evaluate,
+    from_records,
+    make_chooser,
+    sign_test,
+    signal_report,
+    subset_tokens,
+    weighted_vote,
+)
+from qwq_local.problems.datasets import Problem
+from qwq_local.search.protocol import Candidate, StepStop
+from tests.fakes import ScriptedLM
+
+STOP = StepStop()
+REPLY = StepStop(delimiter=None, min_tokens=0, max_tokens=512)
+
+
+def two_two_two() -> ScriptedLM:
+    """A tree of shape 2,2,2 in which the second first step finishes the reply at once."""
+    return ScriptedLM({
+        (): ["A\n\n", ("B \\boxed{3}", True)],
+        ("A\n\n",): ["A1\n\n", "A2\n\n"],
+        ("A\n\n", "A1\n\n"): [("so \\boxed{5}", True), ("so \\boxed{6}", True)],
+        ("A\n\n", "A2\n\n"): [("so \\boxed{5}", True), ("so \\boxed{5}", True)],
+    })
+
+
+def test_sample_tree_branches_early_completes_last_and_releases_everything() -> None:
+    lm = two_two_two()
+    nodes = sample_tree("q", lm, (2, 2, 2), STOP, REPLY)
+    assert [n.depth for n in nodes] == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert [c.stop.delimiter for c in lm.sample_calls] == ["\n\n", "\n\n", None, None]
+    assert [c.k for c in lm.sample_calls] == [2, 2, 2, 2]
+    ends = leaves(nodes)
+    assert [n.text for n in ends] == ["B \\boxed{3}", "so \\boxed{5}", "so \\boxed{6}", "so \\boxed{5}", "so \\boxed{5}"]
+    assert "".join(n.text for n in path(nodes, ends[2])) == "A\n\nA1\n\nso \\boxed{6}"
+    assert lm.live == set()
+
+
+def test_bank_record_labels_every_leaf_and_keeps_the_tree() -> None:
+    nodes = sample_tree("q", two_two_two(), (2, 2, 2), STOP, REPLY)
+    problem = Problem("p1", "gsm8k", "q", "5")
+    record = bank_record(problem, nodes, (2, 2, 2), {"model": "m"}, 20, 30, 1.5, None)
+    assert [(leaf["answer"], leaf["correct"]) for leaf in record["leaves"]] == [
+        ("3", False), ("5", True), ("6", False), ("5", True), ("5", True)]
+    assert [n["parent"] for n in record["nodes"]] == [None, None, 0, 0, 2, 2, 3, 3]
+    assert record["leaves"][1]["tokens"] == 1 + 1 + 2  # whitespace tokens of its path, prefix included
+    json.dumps(record)
+
+
+def test_statistics_of_a_run_of_tokens() -> None:
+    conf = np.array([5.0] * 40 + [1.0] * 32 + [4.0] * 8, dtype=np.float32)
+    table = np.stack([np.full(80, -0.5), conf, np.full(80, 0.25), np.full(80, 3.0)], axis=1).astype(np.float32)
+    stats = summarize(table, window=32)
+    assert stats["mean_logprob"] == pytest.approx(-0.5)
+    assert stats["low_conf"] == pytest.approx(1.0)
+    assert stats["tail_conf"] == pytest.approx((24 * 1.0 + 8 * 4.0) / 32)
+    assert stats["neg_entropy"] == pytest.approx(-0.25) and stats["certainty"] == pytest.approx(3.0)
+    assert lowest_window(np.array([2.0, 4.0]), 32) == pytest.approx(3.0)
+    assert summarize(np.zeros((0, 4), dtype=np.float32))["mean_conf"] is None
+
+
+def test_shapes_are_checked() -> None:
+    assert parse_shape("2, 2,2") == (2, 2, 2)
+    for bad in ("", "0,2", "2,x", "17"):
+        with pytest.raises(ValueError):
+            parse_shape(bad)
+
+
+def test_arrays_and_a_torn_bank_line(tmp_path: Path) -> None:
+    lm = two_two_two()
+    lm.hidden = np.ones(4, dtype=np.float32)
+    nodes = sample_tree("q", lm, (2, 2, 2), STOP, REPLY)
+    save_arrays(tmp_path / "a" / "p1.npz", nodes)
+    with np.load(tmp_path / "a" / "p1.npz") as arrays:
+        assert arrays["hidden"].shape == (8, 4) and arrays["hidden"].dtype == np.float16
+        assert arrays["offsets"][-1] == sum(n.n_tokens for n in nodes) == len(arrays["tokens"])
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text('{"problem_id": "p1", "leaves": []}\n{"problem_id": "p2", "lea')
+    assert list(read_bank(bank)) == ["p1"]
+    assert bank.read_text() == '{"problem_id": "p1", "leaves": []}\n'
+
+
+def leaf(answer: str | None, correct: bool, conf: float, node: int = 0) -> Leaf:
+    return Leaf(answer, correct, {"conf": conf}, 10, node)
+
+
+def test_choosers_vote_weigh_filter_and_pick() -> None:
+    leaves_ = [leaf("7", False, 0.1, 1), leaf("7", False, 0.2, 2), leaf("9", True, 3.0, 3), leaf(None, False, 9.0, 4)]
+    scales = Scales({"conf": 0.0}, {"conf": 1.0})  # z = the raw value
+    assert make_chooser("vote")(leaves_, scales).answer == "7"
+    assert make_chooser("wvote:conf")(leaves_, scales).answer == "9"  # e^3 outweighs e^0.1 + e^0.2
+    assert make_chooser("filter:conf@0.5")(leaves_, scales).answer == "9"  # the top two: None and 9
+    assert make_chooser("top:conf")(leaves_, scales).answer is None  # the top leaf, even with no answer
+    assert weighted_vote([leaf("1", True, 0), leaf("2", False, 0)], [1.0, 1.0]).answer == "1"  # ties: first seen
+    for bad in ("vote:x", "top", "wvote:conf@0.5", "filter:conf@2", "rank:conf"):
+        with pytest.raises(ValueError):
+            make_chooser(bad)
+
+
+def test_sign_test_is_the_exact_binomial() -> None:
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == pytest.approx(2 / 32)
+    assert sign_test(7, 3) == pytest.approx(2 * (1 + 10 + 45 + 120) / 1024)
+
+
+def record(pid: str, answers: list[tuple[str, bool, float]]) -> dict:
+    nodes = [{"id": 0, "parent": None, "n_tokens": 5}] + [
+        {"id": i + 1, "parent": 0, "n_tokens": 10} for i in range(len(answers))]
+    return {"problem_id": pid, "generated_tokens": 5 + 10 * len(answers), "nodes": nodes,
+            "leaves": [{"node": i + 1, "answer": a, "correct": c, "tokens": 15, "stats": {"conf": s}}
+                       for i, (a, c, s) in enumerate(answers)]}
+
+
+def test_evaluate_compares_with_the_vote_on_the_same_leaves() -> None:
+    bank = [record("a", [("1", False, 0.0), ("1", False, 0.0), ("2", True, 5.0)]),
+            record("b", [("3", True, 1.0), ("3", True, 1.0), ("4", False, 0.0)]),
+            record("c", [("5", False, 0.0), ("5", False, 0.0), ("5", False, 0.0)])]
+    problems = from_records(bank)
+    reports, signals, summary = evaluate(problems, ["vote", "top:conf"], ["conf"])
+    vote, top = reports
+    assert (vote.correct, top.correct) == (1, 2) and (top.wins, top.losses) == (1, 0)
+    assert vote.by_samples == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert top.tokens_by_samples == pytest.approx([15, 25, 35])
+    assert summary["oracle"] == 2
+    conf = signals[0]
+    assert conf.mixed == 2 and conf.auc == pytest.approx(1.0) and conf.top_right == pytest.approx(1.0)
+    assert conf.random_right == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert subset_tokens(problems[0], problems[0].leaves[:2]) == 25
+    blind = signal_report(problems, "missing", bank_scales(problems))
+    assert blind.auc is None and blind.mixed == 0
+
+
+def test_leaves_are_spread_over_the_tree() -> None:
+    nodes = [{"id": 0, "parent": None}, {"id": 1, "parent": None}, {"id": 2, "parent": 0}, {"id": 3, "parent": 0},
+             {"id": 4, "parent": 1}, {"id": 5, "parent": 1}]
+    rec = {"problem_id": "x", "nodes": [{**n, "n_tokens": 1} for n in nodes],
+           "leaves": [{"node": n, "answer": str(n), "correct": False, "tokens": 2, "stats": {}} for n in (2, 3, 4, 5)]}
+    (problem,) = from_records([rec])
+    assert [lf.node for lf in problem.leaves] == [2, 4, 3, 5]  # first one leaf under each first step
+    assert not math.isnan(problem.leaves[0].signals["short"])
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from qwq_local.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_bank_and_choose_run_on_the_tiny_model(tmp_path: Path, smollm_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("QWQ_BANK_ARRAYS", str(tmp_path / "arrays"))
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"id": "t1", "question": "What is 2+3?", "answer": "5"}) + "\n")
+    out = tmp_path / "bank"
+    args = ["bench", "bank", "--data", str(problems), "--results", str(out), "--shape", "2,2",
+            "--max-tokens", "40", "--model", str(smollm_path)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    (line,) = (out / "bank.jsonl").read_text().splitlines()
+    rec = json.loads(line)
+    assert 2 <= len(rec["leaves"]) <= 4 and rec["generated_tokens"] > 0
+    assert all(leaf["stats"]["mean_conf"] is not None for leaf in rec["leaves"])
+    assert all(n["stats"]["mean_logprob"] <= 0 for n in rec["nodes"] if n["n_tokens"])
+    npz = next((tmp_path / "arrays").rglob("t1.npz"))
+    with np.load(npz) as arrays:
+        assert arrays["hidden"].shape[0] == len(rec["nodes"]) and not np.isnan(arrays["hidden"][-1]).any()
+        assert len(arrays["tokens"]) == sum(n["n_tokens"] for n in rec["nodes"])
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "1 of 1 problems done" in err
+    assert len((out / "bank.jsonl").read_text().splitlines()) == 1
+    code, stdout, err = run_cli(["bench", "choose", str(out), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["summary"]["problems"] == 1 and report["choosers"][0]["name"] == "vote"
