@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -185,7 +186,7 @@ def test_finish_partial_completes_the_best_open_path_when_the_budget_runs_out() 
     assert result.stop_reason == "expansions" and result.complete
     assert result.text == "BB so \\boxed{7}" and result.final_answer == "7"
     assert lm.sample_calls[-1].path == ("B",) and lm.sample_calls[-1].stop.delimiter is None
-    assert result.terminal_answers == []  # the search itself finished nothing
+    assert result.terminal_answers == ["7"]  # the completed path is a finished one
     unfinished, _ = run(tree, scores, max_expansions=1, thinking=False)
     assert not unfinished.complete and unfinished.final_answer is None
 
@@ -318,3 +319,63 @@ def test_aggregations(name: str, rewards: list[float], expected: float) -> None:
 def test_unknown_aggregation() -> None:
     with pytest.raises(ValueError, match="unknown aggregation 'median'"):
         get_agg("median")
+
+
+VOTES = {"A": {"A so \\boxed{3}": None, "A again so \\boxed{3}": None},
+         "B": {"B so \\boxed{7}": None, "B again so \\boxed{7}": None}}
+
+
+class BatchedLM(ScriptedLM):
+    """A ScriptedLM that also has the KV tree's `sample_many`, counting its calls."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.many_calls: list[list[tuple[int, int]]] = []
+
+    def sample_many(self, requests: list[tuple[int, int]], stop: StepStop) -> list[list[Any]]:
+        self.many_calls.append(list(requests))
+        return [self.sample(branch, k, stop) for branch, k in requests]
+
+
+def test_a_spent_budget_completes_the_best_nodes_until_n_paths_finish_in_one_batch() -> None:
+    lm = BatchedLM(script_from_tree(VOTES))
+    scores = {"A": 0.3, "B": 0.6, "A so \\boxed{3}": 0.5, "A again so \\boxed{3}": 0.5,
+              "B so \\boxed{7}": 0.5, "B again so \\boxed{7}": 0.5}
+    cfg = config(max_expansions=1, trajectories=4, completions=2, finish_partial=True, thinking=False)
+    result = astar("q", cfg, lm, FixedScorer(scores))
+    assert len(lm.many_calls) == 1 and [k for _, k in lm.many_calls[0]] == [2, 2]  # B first (higher f), then A
+    assert sorted(result.terminal_answers) == ["3", "3", "7", "7"]
+    assert result.final_answer == "7" and lm.live == set()
+    three = astar("q", replace(cfg, trajectories=3), BatchedLM(script_from_tree(VOTES)), FixedScorer(scores))
+    assert sorted(three.terminal_answers) == ["3", "7", "7"]  # 2 from B, the last one from A
+
+
+@pytest.mark.parametrize(("how", "answer"), [("best", "7"), ("vote", "3"), ("value", "3")])
+def test_finished_paths_answer_by_best_f_by_vote_or_by_value(how: str, answer: str) -> None:
+    tree = {"X": {"x so \\boxed{3}": None}, "Y": {"y so \\boxed{3}": None}, "Z": {"z so \\boxed{7}": None}}
+    scores = {"X": 0.6, "Y": 0.6, "Z": 0.7, "x so \\boxed{3}": 0.6, "y so \\boxed{3}": 0.6, "z so \\boxed{7}": 0.7}
+    result, _ = run(tree, scores, candidates=3, trajectories=3, choose=how, agg="min", thinking=False)
+    assert sorted(result.terminal_answers) == ["3", "3", "7"]
+    assert result.final_answer == answer  # odds: 1.5 + 1.5 for 3 against 2.33 for 7
+
+
+def test_value_vote_lets_one_sure_path_outweigh_two_doubtful_ones() -> None:
+    tree = {"X": {"x so \\boxed{3}": None}, "Y": {"y so \\boxed{3}": None}, "Z": {"z so \\boxed{7}": None}}
+    scores = {"X": 0.3, "Y": 0.3, "Z": 0.95, "x so \\boxed{3}": 0.3, "y so \\boxed{3}": 0.3, "z so \\boxed{7}": 0.95}
+    result, _ = run(tree, scores, candidates=3, trajectories=3, choose="value", thinking=False)
+    assert result.final_answer == "7"
+
+
+def test_nodes_cut_at_the_depth_limit_are_completed_not_lost() -> None:
+    lm = BatchedLM(script_from_tree(VOTES))
+    cfg = config(max_depth=1, trajectories=2, finish_partial=True, thinking=False)
+    result = astar("q", cfg, lm, FixedScorer({"A": 0.3, "B": 0.6}))
+    assert result.stop_reason == "exhausted" and result.complete
+    assert sorted(result.terminal_answers) == ["3", "7"] and lm.live == set()
+
+
+def test_choose_and_completions_are_checked() -> None:
+    with pytest.raises(ValueError, match="choose"):
+        SearchConfig(choose="mean")
+    with pytest.raises(ValueError, match="completions"):
+        SearchConfig(completions=0)

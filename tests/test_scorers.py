@@ -222,3 +222,38 @@ def test_build_scorer_by_name() -> None:
 def test_build_scorer_errors(names: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_scorer(names, ScriptedLM({}))
+
+
+def test_confidence_scorer_reads_the_steps_own_token_confidences() -> None:
+    import math as _math
+
+    from qwq_local.search.protocol import Candidate
+    from qwq_local.value.combine import build_scorer
+    from qwq_local.value.confidence import ConfidenceScorer
+
+    sure = Candidate("a", 0, 40, False, token_confidences=[12.0] * 40)
+    unsure_end = Candidate("b", 1, 40, False, token_confidences=[12.0] * 8 + [8.0] * 32)
+    dip = Candidate("c", 2, 40, False, token_confidences=[8.0] * 8 + [12.0] * 32)
+    tail, low, mean = ConfidenceScorer("tail"), ConfidenceScorer("low"), ConfidenceScorer("mean")
+    assert tail.score("q", [], sure) == pytest.approx(1 / (1 + _math.exp(-2.0)))
+    assert tail.score("q", [], unsure_end) < 0.5 < tail.score("q", [], dip)  # only the last 32 tokens count
+    assert low.confidence(dip) == pytest.approx(11.0) and low.confidence(unsure_end) == pytest.approx(8.0)
+    assert mean.confidence(dip) == pytest.approx(11.2)
+    assert tail.score("q", [], Candidate("d", 3, 0, True)) == 0.5  # an engine without log-probs: no opinion
+    with pytest.raises(ValueError):
+        ConfidenceScorer("median")
+    combined = build_scorer("confidence-low+rules:0", None)
+    assert combined.name == "confidence+rules"
+
+
+def test_token_stats_of_a_known_distribution() -> None:
+    import numpy as np
+
+    from qwq_local.engine.policy import token_stats
+
+    logits = np.log(np.array([0.5, 0.25, 0.25] + [1e-12] * 37, dtype=np.float64)).astype(np.float32)
+    logprob, confidence, entropy, certainty = token_stats(logits, 1, k=3)
+    assert logprob == pytest.approx(np.log(0.25), abs=1e-4)
+    assert confidence == pytest.approx(-(np.log(0.5) + 2 * np.log(0.25)) / 3, abs=1e-4)
+    assert entropy == pytest.approx(-(0.5 * np.log(0.5) + 0.5 * np.log(0.25)), abs=1e-4)
+    assert certainty == pytest.approx(-np.log(40) - np.mean(np.log(np.maximum(np.exp(logits.astype(np.float64)), 1e-45))), rel=1e-3)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qwq_local.search.protocol import Candidate, StepLM, StepStop
+from qwq_local.search.protocol import Candidate, StepLM, StepStop, sample_many
 
 WINDOW = 32  # tokens: DeepConf's lowest-group and tail windows, scaled to replies of a few hundred tokens
 TOKEN_COLUMNS = ("logprob", "confidence", "entropy", "certainty")
@@ -62,7 +62,7 @@ def sample_tree(question: str, lm: StepLM, shape: Sequence[int], stop: StepStop,
     frontier: list[tuple[int, int | None]] = [(lm.open(question), None)]  # (branch, node id)
     for depth, k in enumerate(shape):
         last = depth == len(shape) - 1
-        level = _sample_level(lm, [(branch, k) for branch, _ in frontier], reply_stop if last else stop)
+        level = sample_many(lm, [(branch, k) for branch, _ in frontier], reply_stop if last else stop)
         following: list[tuple[int, int | None]] = []
         for (branch, parent), candidates in zip(frontier, level):
             lm.release(branch)
@@ -77,13 +77,6 @@ def sample_tree(question: str, lm: StepLM, shape: Sequence[int], stop: StepStop,
                     following.append((cand.branch, node.id))
         frontier = following
     return nodes
-
-
-def _sample_level(lm: StepLM, requests: list[tuple[int, int]], stop: StepStop) -> list[list[Candidate]]:
-    many = getattr(lm, "sample_many", None)
-    if many is not None:
-        return many(requests, stop)
-    return [lm.sample(branch, k, stop) for branch, k in requests]
 
 
 def _node(node_id: int, parent: int | None, depth: int, cand: Candidate) -> BankNode:

@@ -10,12 +10,14 @@ it (its own step's score): the usual practical Q* approximation, which needs no 
 from __future__ import annotations
 
 import heapq
+import math
+from collections import defaultdict
 
 from qwq_local.search.aggregate import get_agg
-from qwq_local.search.answer import extract_final_answer
+from qwq_local.search.answer import extract_final_answer, normalize_for_vote
 from qwq_local.search.budget import Budget
 from qwq_local.search.config import SearchConfig
-from qwq_local.search.protocol import Scorer, SearchResult, StepLM
+from qwq_local.search.protocol import Scorer, SearchResult, StepLM, sample_many
 from qwq_local.search.steps import is_terminal
 from qwq_local.search.tree import Node, SearchTree, safe_score
 
@@ -34,6 +36,7 @@ class AStar:
         self.heap: list[tuple[float, int]] = []
         self.open: set[int] = set()
         self.terminals: list[Node] = []
+        self.cut: list[Node] = []  # at the depth limit: never expanded, but completed when paths are short
 
     def run(self) -> SearchResult:
         try:
@@ -41,6 +44,8 @@ class AStar:
             root.g = root.f = self.agg([])
             self._push(root)
             stop_reason = self._search()
+            if self.config.finish_partial and len(self.terminals) < self.config.trajectories:
+                self._complete(self.config.trajectories - len(self.terminals))
             return self._result(root, stop_reason)
         finally:
             self.tree.release_all()
@@ -79,7 +84,10 @@ class AStar:
                 self.tree.release(child)
             elif config.max_depth is not None and child.depth >= config.max_depth:
                 child.cut = True
-                self.tree.release(child)
+                if config.finish_partial:
+                    self.cut.append(child)
+                else:
+                    self.tree.release(child)
             else:
                 self._push(child)
         node.h = best
@@ -105,45 +113,59 @@ class AStar:
             worst.dropped = True
             self.tree.release(worst)
 
-    def _finish(self, node: Node) -> Node:
-        """Complete an open path as a whole reply (at most 3 calls: thinking, then the answer).
+    def _complete(self, wanted: int) -> None:
+        """Complete the best open (or depth-cut) paths to the end until `wanted` more paths have finished.
 
-        Used when the budget ran out before any path finished, so that a search always answers.
+        The budget has run out: as the beam search of search-and-learn and REBASE do, the best unfinished nodes
+        are finished as whole replies, `config.completions` from each, in one batched call, so that the answer is
+        chosen among N finished paths rather than read off one partial path.
         """
-        end_think = self.config.stop.end_think
-        self.open.discard(node.id)
-        for _ in range(3):
-            before = self.tree.text(node)
-            more = self.lm.sample(node.branch, 1, self.config.reply_stop())
-            node.expanded = True
-            self.tree.release(node)
-            if not more:
-                return node
-            child = self.tree.add_child(node, more[0], reward=None)
-            child.g, child.h, child.f = node.g, 0.0, node.g
-            if is_terminal(more[0], before, thinking=self.config.thinking, end_think=end_think):
-                child.terminal = True
-                child.answer = extract_final_answer(before + more[0].text, end_think)
-                self.tree.release(child)
-                return child
-            if more[0].n_tokens == 0:
-                self.tree.release(child)
-                return child
-            node = child
-        self.tree.release(node)
-        return node
+        per = self.config.completions
+        pool = [self.tree.nodes[i] for i in self.open] + self.cut
+        pool.sort(key=lambda n: (-n.f, n.id))
+        requests: list[tuple[Node, int]] = []
+        for node in pool[: math.ceil(wanted / per)]:
+            k = min(per, wanted - sum(k for _, k in requests))
+            requests.append((node, k))
+            self.open.discard(node.id)
+        pending = requests
+        for _ in range(3):  # an engine may pause at </think>: the answer follows in a second call
+            if not pending:
+                break
+            sampled = sample_many(self.lm, [(node.branch, k) for node, k in pending], self.config.reply_stop())
+            following: list[tuple[Node, int]] = []
+            for (node, _), candidates in zip(pending, sampled):
+                before = self.tree.text(node)
+                steps = self.tree.steps(node)
+                node.expanded = True
+                self.tree.release(node)
+                for candidate in candidates:
+                    q = safe_score(self.scorer, self.question, steps, candidate)
+                    child = self.tree.add_child(node, candidate, reward=q)
+                    child.g = self.agg(child.rewards)
+                    child.h = q
+                    child.f = child.g + self.config.lam * child.h
+                    if is_terminal(candidate, before, thinking=self.config.thinking,
+                                   end_think=self.config.stop.end_think):
+                        child.terminal = True
+                        child.answer = extract_final_answer(before + candidate.text, self.config.stop.end_think)
+                        self.terminals.append(child)
+                        self.tree.release(child)
+                    elif candidate.n_tokens > 0:
+                        following.append((child, 1))
+                    else:
+                        self.tree.release(child)
+            pending = following
 
     def _result(self, root: Node, stop_reason: str) -> SearchResult:
         def rank(node: Node) -> tuple[float, int]:
             return (node.f, -node.id)
 
         if self.terminals:
-            chosen = max(self.terminals, key=rank)
+            chosen = choose_terminal(self.terminals, self.config.choose)
         else:
             leaves = self.tree.open_leaves()  # open, cut at max depth, or dead ends
             chosen = max(leaves, key=rank) if leaves else root
-            if self.config.finish_partial and chosen.id in self.open:
-                chosen = self._finish(chosen)
         return self.tree.result(
             "astar",
             chosen,
@@ -152,6 +174,27 @@ class AStar:
             stop_reason=stop_reason,
             end_think=self.config.stop.end_think,
         )
+
+
+def choose_terminal(terminals: list[Node], how: str) -> Node:
+    """The finished path A* answers with: the best by f, or the best of the answer with the most votes, each path
+    voting with 1 (`vote`) or with the odds g / (1 - g) of its value (`value`: weighted best-of-N, arXiv 2408.03314
+    section 5.1; with the confidence scorer, the weight exp((c - center) / scale) of `qwq bench choose` wvote)."""
+    def rank(node: Node) -> tuple[float, int]:
+        return (node.f, -node.id)
+
+    if how == "best":
+        return max(terminals, key=rank)
+    totals: dict[str, float] = defaultdict(float)
+    for node in terminals:
+        if node.answer is not None:
+            g = min(max(node.g, 1e-6), 1 - 1e-6)
+            totals[normalize_for_vote(node.answer)] += 1.0 if how == "vote" else g / (1 - g)
+    if not totals:
+        return max(terminals, key=rank)
+    order = [normalize_for_vote(n.answer) for n in terminals if n.answer is not None]
+    winner = max(totals, key=lambda key: (totals[key], -order.index(key)))
+    return max((n for n in terminals if n.answer is not None and normalize_for_vote(n.answer) == winner), key=rank)
 
 
 def astar(question: str, config: SearchConfig, lm: StepLM, scorer: Scorer | None) -> SearchResult:

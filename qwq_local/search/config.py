@@ -19,6 +19,9 @@ def _at_least(name: str, value: int | float | None, low: int | float, *, optiona
         raise ValueError(f"{name} must be {limit}, got {value!r}")
 
 
+CHOOSE = ("best", "vote", "value")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """How a strategy searches and when it stops. Budgets set to None are unlimited."""
@@ -37,7 +40,9 @@ class SearchConfig:
     beam_width: int = 4  # nodes kept per level by beam search
     thinking: bool = True  # the policy thinks first (QwQ): only text after </think> can end a path early
     max_reply_tokens: int = 8192  # token limit of one whole reply (direct, best-of-n, self-consistency)
-    finish_partial: bool = False  # A* out of budget with nothing finished: complete the best open path
+    finish_partial: bool = False  # A* out of budget with fewer than N paths finished: complete the best open ones
+    completions: int = 1  # whole replies sampled from each node A* completes
+    choose: str = "best"  # A*'s answer among finished paths: best (highest f) | vote | value (value-weighted vote)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +68,9 @@ class SearchConfig:
         _at_least("n_samples", self.n_samples, 1)
         _at_least("beam_width", self.beam_width, 1)
         _at_least("max_reply_tokens", self.max_reply_tokens, 1)
+        _at_least("completions", self.completions, 1)
+        if self.choose not in CHOOSE:
+            raise ValueError(f"choose must be one of {', '.join(CHOOSE)}, got {self.choose!r}")
         if not callable(self.clock):
             raise ValueError("clock must be a callable returning seconds")
 

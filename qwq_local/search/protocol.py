@@ -77,6 +77,15 @@ class StepLM(Protocol):
         ...
 
 
+def sample_many(lm: StepLM, requests: Sequence[tuple[int, int]], stop: StepStop) -> list[list[Candidate]]:
+    """`k` next steps from each `(branch, k)`: in one batched decode where the LM has `sample_many` (the KV
+    tree), else one `sample` call per branch."""
+    many = getattr(lm, "sample_many", None)
+    if many is not None:
+        return many(requests, stop)
+    return [lm.sample(branch, k, stop) for branch, k in requests]
+
+
 class Scorer(Protocol):
     """A process reward: how likely `candidate`, after `steps`, leads to a correct answer."""
 

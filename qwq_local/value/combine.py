@@ -14,7 +14,7 @@ from qwq_local.search.protocol import Candidate, Scorer, StepLM
 from qwq_local.value.rules import RulesScorer
 from qwq_local.value.selfeval import SelfEvalScorer
 
-SCORER_NAMES = ("rules", "self-eval", "qhead")
+SCORER_NAMES = ("rules", "self-eval", "qhead", "confidence", "confidence-low", "confidence-mean")
 
 ScorerChoice = tuple[str, float]
 """One scorer named for a search and its weight: ("self-eval", 2.0)."""
@@ -92,6 +92,10 @@ def scorer_of(choices: Sequence[ScorerChoice], lm: StepLM | None, qhead: Scorer 
         scorer: Scorer
         if name == "rules":
             scorer = RulesScorer()
+        elif name.startswith("confidence"):
+            from qwq_local.value.confidence import ConfidenceScorer
+
+            scorer = ConfidenceScorer(name.partition("-")[2] or "tail")
         elif name == "self-eval":
             if lm is None:
                 raise ValueError("scorer 'self-eval' needs the policy model, but none was given")
