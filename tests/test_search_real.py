@@ -92,3 +92,33 @@ def test_every_candidate_has_a_hidden_state_even_at_eos(model: LoadedModel) -> N
         for kid in kids:
             assert kid.hidden is not None and kid.hidden.shape == (model.n_embd,)
         policy.close()
+
+
+def test_sample_many_decodes_several_branches_together_with_token_confidences(model: LoadedModel) -> None:
+    tree, policy = policy_for(model)
+    with tree:
+        root = policy.open(QUESTION)
+        (a, b) = policy.sample(root, 2, StepStop(min_tokens=4, max_tokens=24))
+        calls = tree.stats.decode_calls
+        groups = policy.sample_many([(a.branch, 2), (b.branch, 1)], StepStop(min_tokens=4, max_tokens=24))
+        assert [len(g) for g in groups] == [2, 1]
+        longest = max(c.n_tokens for g in groups for c in g)
+        assert tree.stats.decode_calls - calls <= longest + 1  # one decode per token position for all three
+        for cand in (a, b, *groups[0], *groups[1]):
+            assert len(cand.token_logprobs) == len(cand.token_confidences) == cand.n_tokens
+            assert all(lp <= 0 for lp in cand.token_logprobs) and all(c > 0 for c in cand.token_confidences)
+            assert cand.logprob == pytest.approx(sum(cand.token_logprobs))
+        policy.close()
+
+
+def test_default_style_astar_completes_n_paths_and_votes_by_confidence(model: LoadedModel) -> None:
+    tree, policy = policy_for(model, budget=4000)
+    config = SearchConfig(candidates=2, trajectories=4, beam=8, max_depth=1, completions=2, choose="value",
+                          finish_partial=True, thinking=False, max_reply_tokens=120,
+                          stop=StepStop(min_tokens=4, max_tokens=48))
+    with tree:
+        result = run("astar", QUESTION, config, policy, build_scorer("confidence", policy))
+        policy.close()
+        assert not tree.branches
+    assert result.complete and len(result.terminal_answers) == 4
+    assert result.expansions == 1  # the root; both first steps were completed twice each

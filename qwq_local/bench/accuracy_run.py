@@ -30,7 +30,8 @@ from qwq_local.value.combine import ScorerChoice, parse_scorers, scorer_label
 
 SPEC = re.compile(r"^(direct|astar|beam|bon|sc)(?:@(\d+))?(?::([a-z0-9+,:.\-]+))?$")
 # The search options a run's records are keyed by (a rerun with other values does not mix with them).
-RECORDED_OPTIONS = ("agg", "beam", "candidates", "lam", "max_expansions", "time_limit", "trajectories")
+RECORDED_OPTIONS = ("agg", "beam", "candidates", "choose", "completions", "lam", "max_depth", "max_expansions",
+                    "time_limit", "trajectories")
 
 
 class _LoadFailed(BaseException):

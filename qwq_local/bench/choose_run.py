@@ -5,17 +5,50 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import typer
 
-from qwq_local.bench.bank_run import BANK_FILE, read_bank
+from qwq_local.bench.bank_run import BANK_FILE, arrays_root, read_bank
 from qwq_local.bench.choose import ChooserReport, evaluate, format_reports, from_records, make_chooser
 from qwq_local.errors import InputFileError, UsageError
 
 
+def head_signals(head_path: Path) -> Callable[[Mapping[str, Any]], list[dict[str, float]]]:
+    """Signals from a Q-value head over the bank's recorded hidden states: the value of the leaf's end state
+    (`head`) and the lowest value along its path (`head_min`). Needs the bank's arrays in the user cache."""
+    from qwq_local.value.qhead import QHead
+
+    head = QHead.load(head_path)
+    root = arrays_root()
+
+    def signals(record: Mapping[str, Any]) -> list[dict[str, float]]:
+        name = record.get("arrays")
+        file = root / name if name else None
+        if file is None or not file.exists():
+            raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
+                                 "rerun `qwq bench bank` with the same --results to rebuild them")
+        with np.load(file) as arrays:
+            hidden = arrays["hidden"].astype(np.float32)
+        if hidden.shape[1] != head.weights.n_embd:
+            raise UsageError(f"--head {head_path}: {head.weights.n_embd} wide, the bank's states {hidden.shape[1]}")
+        values = head.predict(np.nan_to_num(hidden))
+        parents = {n["id"]: n["parent"] for n in record["nodes"]}
+        out = []
+        for leaf in record["leaves"]:
+            chain, node = [], leaf["node"]
+            while node is not None:
+                chain.append(float(values[node]))
+                node = parents[node]
+            out.append({"head": float(values[leaf["node"]]), "head_min": min(chain)})
+        return out
+
+    return signals
+
+
 def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence[str], limit: int | None,
-               plot: Path | None, as_json: bool) -> None:
+               plot: Path | None, as_json: bool, head: Path | None = None) -> None:
     for name in choosers:
         try:
             make_chooser(name)
@@ -35,7 +68,7 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
         records = records[:limit]
     if not records:
         raise UsageError("the bank holds no problems yet")
-    problems = from_records(records)
+    problems = from_records(records, head_signals(head) if head is not None else None)
     reports, signal_reports, summary = evaluate(problems, choosers, signals)
     if as_json:
         typer.echo(json.dumps({"summary": summary, "choosers": [asdict(r) for r in reports],

@@ -69,6 +69,9 @@ def bench_accuracy(
     lam: float = typer.Option(S.lam, "--lambda"),
     agg: str = typer.Option(S.agg, "--agg"),
     max_expansions: int = typer.Option(S.max_expansions, "--max-expansions"),
+    max_depth: int = typer.Option(S.max_depth, "--max-depth"),
+    completions: int = typer.Option(S.completions, "--completions"),
+    choose: str = typer.Option(S.choose, "--choose", help="A*'s answer: best | vote | value."),
     time_limit: Optional[float] = typer.Option(S.time_limit, "--time-limit", help="Seconds per search."),
     results: Optional[Path] = typer.Option(None, "--results", help="JSONL of runs; a rerun resumes it."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against generated tokens."),
@@ -84,7 +87,8 @@ def bench_accuracy(
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
                              gpu_layers=gpu_layers, models_dir=models_dir, head=head)
     options = search_options(S, candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
-                             max_expansions=max_expansions, time_limit=time_limit)
+                             max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
+                             completions=completions, choose=choose)
     run_accuracy_bench(settings, data, limit, strategy, options, results, as_json, plot)
 
 
@@ -129,10 +133,11 @@ def bench_choose(
     signal: str = typer.Option(",".join(SIGNALS), "--signal", help="Signals whose separation to report."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="The first N problems of the bank."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against leaves (1 .. S)."),
+    head: Optional[Path] = typer.Option(None, "--head", help="A Q-value head: adds the signals head, head_min."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Every chooser and value signal on the same recorded samples: accuracy, sign test, AUC, accuracy by samples."""
     from qwq_local.bench.choose_run import run_choose
 
     run_choose(bank, [c.strip() for c in chooser.split(",") if c.strip()],
-               [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json)
+               [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json, head)

@@ -49,6 +49,9 @@ def solve(
     time_limit: Optional[float] = typer.Option(S.time_limit, "--time-limit", help="Seconds for the search."),
     max_expansions: int = typer.Option(S.max_expansions, "--max-expansions", help="Most expansions (sample calls)."),
     max_depth: int = typer.Option(S.max_depth, "--max-depth", help="Most steps in a path."),
+    completions: int = typer.Option(S.completions, "--completions",
+                                    help="Replies completed from each open node when the budget runs out."),
+    choose: str = typer.Option(S.choose, "--choose", help="A*'s answer: best | vote | value (value-weighted vote)."),
     kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
                                             help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
@@ -76,7 +79,7 @@ def solve(
 
         options = search_options(S, candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
                                  beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
-                                 max_depth=max_depth)
+                                 max_depth=max_depth, completions=completions, choose=choose)
         setup = prepare_search(plan, settings, strategy, options, scorer)
         if setup.note and not as_json:
             typer.echo(f"note: {setup.note}", err=True)
