@@ -1,0 +1,40 @@
+"""Run the server: load the model once, serve until Ctrl-C, cancel what is in flight, free the model."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from qwq_local.config import Settings
+from qwq_local.serve.options import ServeOptions
+
+GRACE_SECONDS = 3  # Ctrl-C: streams still open after this long are closed (their generation is cancelled)
+
+
+def serve(settings: Settings, options: ServeOptions) -> None:
+    """Load `settings.model` and serve the OpenAI API on `options.host:port` until interrupted."""
+    import uvicorn
+
+    from qwq_local.app.reply import ReplyService
+    from qwq_local.serve.app import create_app
+
+    options.check()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("qwq.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    service = ReplyService.load(settings)
+    try:
+        app = create_app(service, options)
+        config = uvicorn.Config(app, host=options.host, port=options.port, access_log=False, log_level="warning",
+                                timeout_graceful_shutdown=GRACE_SECONDS, lifespan="on")
+        server = uvicorn.Server(config)
+        url = f"http://{'[' + options.host + ']' if ':' in options.host else options.host}:{options.port}/v1"
+        log.info("qwq serve: %s at %s (models: %s)%s", service.name, url, service.name,
+                 "" if options.api_key else ", no API key")
+        server.run()
+    finally:
+        service.close()
+        log.info("qwq serve: stopped")
