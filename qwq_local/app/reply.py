@@ -100,7 +100,11 @@ class ReplyResult:
 
 
 class Cancelled(Exception):
-    """The caller went away; the reply was stopped."""
+    """The caller went away; the reply was stopped after `tokens` generated tokens."""
+
+    def __init__(self, tokens: int = 0) -> None:
+        super().__init__(f"cancelled after {tokens} tokens")
+        self.tokens = tokens
 
 
 class ChatEngine(Protocol):
@@ -236,17 +240,20 @@ class ReplyService:
                                       think=True if request.think_budget else None)
             parser = ThinkParser()
         out = _Collector(emit, request.stop, trim=parser is not None)
-        stopped = False
+        stopped = was_cancelled = False
         try:
             for piece in stream:
                 if cancelled():
-                    raise Cancelled()
+                    was_cancelled = True
+                    break
                 out.add(parser.feed(piece) if parser else [Segment("answer", piece)])
                 if out.stops.hit:
                     stopped = True
                     break
         finally:
             stream.close()
+        if was_cancelled:
+            raise Cancelled(TurnStats.of(self.chat.last_stats).generated_tokens)
         if not stopped:
             out.add(parser.close() if parser else [])
             out.finish()
@@ -271,7 +278,7 @@ class ReplyService:
 
         def on_sample(policy: Any) -> None:
             if cancelled():
-                raise Cancelled()
+                raise Cancelled(policy.stats.generated_tokens)
             calls[0] += 1
             emit(Progress(f"{choice.strategy}: sample call {calls[0]}, "
                           f"{policy.stats.generated_tokens} tokens generated"))

@@ -102,8 +102,8 @@ def _guarded(endpoint: Callable[[Request], Any]) -> Callable[[Request], Any]:
             return await endpoint(request)
         except ApiError as exc:
             return _error(request, exc)
-        except Cancelled:
-            return _error(request, ApiError(499, "the client went away", code="cancelled"))
+        except Cancelled as exc:
+            return _error(request, ApiError(499, f"the client went away: {exc}", code="cancelled"))
         except QwqError as exc:  # a usage error found by the service (a context too small, a scorer unknown)
             return _error(request, ApiError(400, exc.message))
         except Exception as exc:
@@ -191,7 +191,8 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
                 yield data(exc.body())
             except QwqError as exc:
                 yield data(ApiError(400, exc.message).body())
-            except Cancelled:
+            except Cancelled as exc:
+                request.state.note = f"client went away: {exc}"
                 return
             except Exception as exc:
                 log.error("internal error while streaming: %s: %s", type(exc).__name__, exc)
@@ -208,9 +209,16 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
         finally:
             if not job.future.done():
                 job.cancel()
-                request.state.note = "client went away"
+                job.future.add_done_callback(lambda f: _log_cancelled(f, request.method, request.url.path))
 
     return EventSourceResponse(chunks(), ping=PING_SECONDS)
+
+
+def _log_cancelled(future: "asyncio.Future[Any]", method: str, path: str) -> None:
+    """The line for a stream whose client went away, once its generation has stopped."""
+    exc = None if future.cancelled() else future.exception()
+    if isinstance(exc, Cancelled):
+        log.info("%s %s stopped: the client went away (%s)", method, path, exc)
 
 
 def _note(request: Request, result: ReplyResult) -> None:

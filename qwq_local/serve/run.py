@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from qwq_local.config import Settings
@@ -34,7 +35,17 @@ def serve(settings: Settings, options: ServeOptions) -> None:
         url = f"http://{'[' + options.host + ']' if ':' in options.host else options.host}:{options.port}/v1"
         log.info("qwq serve: %s at %s (models: %s)%s", service.name, url, service.name,
                  "" if options.api_key else ", no API key")
-        server.run()
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn re-raises it after its shutdown
+        try:
+            server.run()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: uvicorn has already closed every request
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         service.close()
         log.info("qwq serve: stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
