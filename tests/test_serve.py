@@ -328,3 +328,16 @@ def test_options_refuse_an_open_address_without_a_key() -> None:
         ServeOptions(host="0.0.0.0").check()
     assert ServeOptions(host="0.0.0.0", api_key=KEY).check().host == "0.0.0.0"
     assert ServeOptions().check().host == "127.0.0.1"
+
+
+def test_qwq_serve_refuses_an_open_address_without_a_key_before_loading(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from qwq_local.cli import main
+
+    monkeypatch.setattr(ReplyService, "load", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--host", "0.0.0.0", "--port", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --host 0.0.0.0 makes the server reachable from other machines: give --api-key KEY "
+        "(or bind 127.0.0.1)")

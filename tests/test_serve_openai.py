@@ -224,6 +224,16 @@ def test_a_client_that_goes_away_frees_its_slot(server: Server) -> None:
     assert 4 <= int(found.group(1)) < 1500
 
 
+
+def test_a_client_that_stops_waiting_for_a_whole_reply_cancels_it(server: Server) -> None:
+    body = {"model": MODEL, "prompt": "10, 20, 30, 40,", "max_tokens": 1500, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/completions", json=body, headers=server.auth, timeout=2)
+    found = server.wait_for_log(r"POST /v1/completions 499 .*cancelled after (\d+) tokens")
+    assert int(found.group(1)) < 1500
+    assert chat(server, [{"role": "user", "content": "Say hi."}], max_tokens=4).choices[0].message.content
+
+
 MALFORMED: list[tuple[str, dict[str, str], Any, int]] = [
     ("/chat/completions", {}, {"model": MODEL, "messages": STORY}, 401),  # no key
     ("/models", {"Authorization": "Bearer nope-nope-nope"}, None, 401),
