@@ -295,3 +295,19 @@ def test_ctrl_c_stops_the_server_with_a_reply_in_flight(smollm_path: Path, tmp_p
         assert running.stop() == 0
     log = running.log.read_text()
     assert "qwq serve: stopped" in log and "Traceback" not in log
+
+
+def test_bench_serve_reports_the_server_beside_the_model_driven_directly(smollm_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "qwq_local", "bench", "serve", "--models-dir",
+                          str(smollm_path.parent.parent), "-m", MODEL, "--clients", "1,3", "--requests", "3",
+                          "--max-tokens", "6", "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["rows"]
+    assert [row["clients"] for row in rows] == [1, 3]
+    for row in rows:
+        for side in ("server", "direct"):
+            assert row[side]["requests"] == 3 and 0 < row[side]["tokens"] <= 18
+            assert row[side]["tokens_per_second"] > 0 and row[side]["requests_per_minute"] > 0
+        assert row["ratio"] == pytest.approx(row["server"]["tokens_per_second"] / row["direct"]["tokens_per_second"],
+                                             rel=0.01)
