@@ -341,3 +341,33 @@ def test_qwq_serve_refuses_an_open_address_without_a_key_before_loading(monkeypa
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --host 0.0.0.0 makes the server reachable from other machines: give --api-key KEY "
         "(or bind 127.0.0.1)")
+
+
+class FailingChat(FakeChat):
+    """A chat model whose generation fails as the engine's can: a prompt that fills the context, or a bug."""
+
+    error: Exception = RuntimeError("boom")
+
+    def stream(self, messages: Any, sampling: Any, **kwargs: Any) -> Iterator[str]:
+        def fail() -> Iterator[str]:
+            raise self.error
+            yield ""
+
+        return fail()
+
+
+@pytest.mark.parametrize("error, status", [(None, 400), (RuntimeError("boom in the engine"), 500)])
+def test_a_failing_generation_is_an_error_reply_streamed_or_not(error: Exception | None, status: int,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from qwq_local.engine.chat import ContextFullError
+
+    chat = FailingChat(name="fake")
+    chat.error = error or ContextFullError("the conversation (5,000 tokens) fills the context (4,096)")
+    with client(chat) as c:
+        r = c.post("/v1/chat/completions", json={"model": "fake", "messages": USER})
+        assert r.status_code == status and "Traceback" not in r.text
+        assert ("fills the context" in r.json()["error"]["message"]) == (status == 400)
+        with c.stream("POST", "/v1/chat/completions", json={"model": "fake", "messages": USER, "stream": True}) as s:
+            payloads, _ = events(s)
+        assert payloads[-1]["error"]["type"] == ("invalid_request_error" if status == 400 else "server_error")
+        assert c.get("/v1/models").status_code == 200
