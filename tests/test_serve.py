@@ -17,7 +17,7 @@ from qwq_local.dialog.messages import Message
 from qwq_local.render.guard import BUDGET_TEXT
 from qwq_local.serve.app import create_app
 from qwq_local.serve.options import ServeOptions
-from tests.fake_chat import FakeChat, Reply
+from tests.fake_chat import FakeChat
 from tests.fakes import ScriptedPolicy, script_from_tree, write_tiny_gguf
 
 KEY = "sk-test-0123456789"

@@ -16,7 +16,7 @@ def serve(settings: Settings, options: ServeOptions) -> None:
     """Load `settings.model` and serve the OpenAI API on `options.host:port` until interrupted."""
     import uvicorn
 
-    from qwq_local.app.reply import ReplyService
+    from qwq_local.app.reply import SEARCH_STRATEGIES, ReplyService
     from qwq_local.serve.app import create_app
 
     options.check()
@@ -33,7 +33,7 @@ def serve(settings: Settings, options: ServeOptions) -> None:
                                 timeout_graceful_shutdown=GRACE_SECONDS, lifespan="on")
         server = uvicorn.Server(config)
         url = f"http://{'[' + options.host + ']' if ':' in options.host else options.host}:{options.port}/v1"
-        log.info("qwq serve: %s at %s (models: %s)%s", service.name, url, service.name,
+        log.info("qwq serve: %s (and +%s for search) at %s%s", service.name, ", +".join(SEARCH_STRATEGIES), url,
                  "" if options.api_key else ", no API key")
         previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn re-raises it after its shutdown
         try:
