@@ -14,7 +14,7 @@ from qwq_local.app import runtime
 from qwq_local.app.reply import Cancelled, Delta, ReplyRequest, ReplyService, SearchRunner, StopScanner
 from qwq_local.config import Sampling, load_settings
 from qwq_local.dialog.messages import Message
-from qwq_local.render.guard import BUDGET_TEXT
+from qwq_local.dialog.guard import BUDGET_TEXT
 from qwq_local.serve.app import create_app
 from qwq_local.serve.options import ServeOptions
 from tests.fake_chat import FakeChat

@@ -19,7 +19,7 @@ from qwq_local.config import Sampling, Settings
 from qwq_local.dialog.messages import Message, TurnStats
 from qwq_local.dialog.think import Segment, ThinkParser, strip_closed_thinking
 from qwq_local.errors import UsageError
-from qwq_local.render.guard import Intervention
+from qwq_local.dialog.guard import Intervention
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.strategies import STRATEGIES
 
