@@ -371,3 +371,21 @@ def test_a_failing_generation_is_an_error_reply_streamed_or_not(error: Exception
             payloads, _ = events(s)
         assert payloads[-1]["error"]["type"] == ("invalid_request_error" if status == 400 else "server_error")
         assert c.get("/v1/models").status_code == 200
+
+
+def test_qwq_serve_on_a_port_in_use_says_so_before_loading(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from qwq_local.cli import main
+
+    monkeypatch.setattr(ReplyService, "load", lambda *a: pytest.fail("the model was loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "--port", str(port)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use")

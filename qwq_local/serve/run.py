@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 
 from qwq_local.config import Settings
+from qwq_local.errors import UsageError
 from qwq_local.serve.options import ServeOptions
 
 GRACE_SECONDS = 3  # Ctrl-C: streams still open after this long are closed (their generation is cancelled)
@@ -20,6 +22,7 @@ def serve(settings: Settings, options: ServeOptions) -> None:
     from qwq_local.serve.app import create_app
 
     options.check()
+    _check_free(options.host, options.port)  # before a model that may take minutes to load
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     log = logging.getLogger("qwq.serve")
@@ -49,3 +52,15 @@ def serve(settings: Settings, options: ServeOptions) -> None:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _check_free(host: str, port: int) -> None:
+    """A usage error now if the address cannot be bound (a port in use, a host not on this machine)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
