@@ -90,7 +90,6 @@ def create_app(service: ReplyService, options: ServeOptions = ServeOptions()) ->
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
-    app.state.queue = queue
     return app
 
 
