@@ -46,14 +46,21 @@ class FakeChat:
     samplings: list[Sampling] = field(default_factory=list)
     forced: list[str] = field(default_factory=list)  # what intervene() made the model write
     resets: int = 0
+    thinks_asked: list[bool | None] = field(default_factory=list)  # the `think` of every stream() call
     closed: int = 0  # streams closed early by the caller
 
-    def stream(self, messages: list[Message], sampling: Sampling, *, intervene: Intervene | None = None) -> Iterator[str]:
+    def stream(self, messages: list[Message], sampling: Sampling, *, intervene: Intervene | None = None,
+               think: bool | None = None) -> Iterator[str]:
         self.calls.append([Message(m.role, m.content) for m in messages])
         self.samplings.append(sampling)
+        self.thinks_asked.append(think)
         item = self.replies.pop(0) if self.replies else self.default
         reply = item if isinstance(item, Reply) else Reply(item)
         return self._generate(messages, reply, intervene)
+
+    def continue_text(self, text: str, sampling: Sampling) -> Iterator[str]:
+        """A raw completion: the next scripted reply continues `text` (no template, no thinking)."""
+        return self.stream([Message("raw", text)], sampling, think=False)
 
     def _generate(self, messages: list[Message], reply: Reply, intervene: Intervene | None) -> Iterator[str]:
         start = time.monotonic()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qwq_local.render.guard import BUDGET_TEXT, LOOP_TEXT, Intervention, LoopRule
+from qwq_local.dialog.guard import BUDGET_TEXT, LOOP_TEXT, Intervention, LoopRule
 from qwq_local.dialog.think import (
     Segment,
     ThinkParser,

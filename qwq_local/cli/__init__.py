@@ -9,7 +9,7 @@ import sys
 import typer
 
 # Each command module registers its commands on the app, in the order `qwq --help` lists them.
-from qwq_local.cli import models, solve, chat, head, bench, history  # noqa: F401,I001
+from qwq_local.cli import models, solve, chat, serve, head, bench, history  # noqa: F401,I001
 from qwq_local.cli.root import app
 from qwq_local.errors import ExitCode, QwqError
 

@@ -1,4 +1,4 @@
-"""`qwq bench engine|chat|accuracy`: engine speed against raw llama.cpp, and strategies' accuracy."""
+"""`qwq bench engine|chat|accuracy|serve`: engine speed against raw llama.cpp, strategies' accuracy, server load."""
 
 from __future__ import annotations
 
@@ -141,3 +141,42 @@ def bench_choose(
 
     run_choose(bank, [c.strip() for c in chooser.split(",") if c.strip()],
                [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json, head)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    model: Optional[str] = ModelOpt,
+    clients: str = typer.Option("1,4,8", "--clients", help="Concurrent client counts."),
+    requests: int = typer.Option(16, "--requests", help="Requests per client count."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens of each reply."),
+    ctx: Optional[int] = CtxOpt,
+    gpu_layers: Optional[str] = GpuOpt,
+    models_dir: Optional[Path] = ModelsDirOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Requests/min and tokens/s through `qwq serve` at 1, 4, 8 clients vs the same model driven directly."""
+    import json
+
+    from qwq_local.serve.bench import run_serve_bench
+
+    try:
+        levels = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError:
+        raise UsageError(f"--clients {clients!r}: give client counts such as 1,4,8") from None
+    if not levels or any(not 1 <= c <= 64 for c in levels):
+        raise UsageError(f"--clients {clients!r}: each client count must be from 1 to 64")
+    if requests < 1 or max_tokens < 1:
+        raise UsageError("--requests and --max-tokens must be at least 1")
+    settings = settings_from(model=model, ctx=ctx, gpu_layers=gpu_layers, models_dir=models_dir)
+    rows = run_serve_bench(settings, levels, requests, max_tokens)
+    if as_json:
+        typer.echo(json.dumps({"model": settings.model, "requests": requests, "max_tokens": max_tokens,
+                               "rows": [row.to_json() for row in rows]}, indent=2))
+        return
+    typer.echo(f"qwq bench serve · {settings.model} · {requests} requests of {max_tokens} tokens per row")
+    typer.echo(f"{'clients':>7}  {'server req/min':>14}  {'server tok/s':>12}  {'direct req/min':>14}  "
+               f"{'direct tok/s':>12}  {'ratio':>6}")
+    for row in rows:
+        typer.echo(f"{row.clients:>7}  {row.served.requests_per_minute:>14.1f}  {row.served.tokens_per_second:>12.1f}"
+                   f"  {row.direct.requests_per_minute:>14.1f}  {row.direct.tokens_per_second:>12.1f}"
+                   f"  {row.ratio:>6.2f}")

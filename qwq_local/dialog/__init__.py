@@ -1,1 +1,2 @@
-"""What every layer says about a chat: messages and turn stats, and the <think> tags of a reply (pure Python)."""
+"""What every layer says about a chat: messages and turn stats, the <think> tags of a reply, the thinking budget
+and loop guard (pure Python)."""

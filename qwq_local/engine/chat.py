@@ -26,12 +26,15 @@ class LlamaChat:
         self.template_thinks = opens_thinking
         self.thinks = opens_thinking if think is None else think
 
-    def prompt_text(self, messages: list[Message]) -> str:
-        """The rendered prompt: history holds final answers only; a thinking reply opens `<think>\\n`."""
+    def prompt_text(self, messages: list[Message], think: bool | None = None) -> str:
+        """The rendered prompt: history holds final answers only; a thinking reply opens `<think>\\n`.
+
+        `think`: True opens the thinking even on a model that does not think on its own (None: `self.thinks`).
+        """
         clean = [Message(m.role, strip_closed_thinking(m.content) if m.role == "assistant" else m.content)
                  for m in messages]
         text = self.model.render_chat(clean)
-        if self.thinks and not text.endswith(THINK_OPEN):
+        if (self.thinks if think is None else think) and not text.endswith(THINK_OPEN):
             text += THINK_OPEN
         return text
 
@@ -44,18 +47,28 @@ class LlamaChat:
         sampling: Sampling,
         *,
         intervene: Callable[[str, int], str | None] | None = None,
+        think: bool | None = None,
     ) -> Iterator[str]:
-        """Yield the reply's text pieces; a thinking reply starts with `<think>\\n`."""
+        """Yield the reply's text pieces; a thinking reply starts with `<think>\\n` (`think` as in prompt_text)."""
+        thinks = self.thinks if think is None else think
+        return self._generate(self.prompt_text(messages, thinks), thinks, sampling, intervene)
+
+    def continue_text(self, text: str, sampling: Sampling) -> Iterator[str]:
+        """Yield the continuation of raw `text` (no chat template, no thinking): a plain text completion."""
+        return self._generate(text, False, sampling, None)
+
+    def _generate(self, prompt_text: str, thinks: bool, sampling: Sampling,
+                  intervene: Callable[[str, int], str | None] | None) -> Iterator[str]:
         llama = self.model.llama
         start = time.perf_counter()
-        prompt = self.model.tokenize(self.prompt_text(messages))
+        prompt = self.model.tokenize(prompt_text)
         if len(prompt) >= self.n_ctx:
             self.last_stats = TurnStats(len(prompt), 0, 0, 0, 0.0, 0.0, len(prompt), self.n_ctx, "context")
             raise ContextFullError(f"the conversation ({len(prompt):,} tokens) fills the context "
                                    f"({self.n_ctx:,}); use /reset or a larger --ctx")
         cached = _common_prefix(llama.input_ids[: llama.n_tokens].tolist(), prompt)
         evaluated = len(prompt) - min(cached, len(prompt) - 1)
-        in_think = self.thinks
+        in_think = thinks
         thinking_text: list[str] = []
         n_think = n_answer = 0
         think_end = start
@@ -131,7 +144,7 @@ class LlamaChat:
                 thinking_tokens=n_think,
                 answer_tokens=n_answer,
                 seconds=now - start,
-                thinking_seconds=((think_end if not in_think else now) - start) if self.thinks or n_think else 0.0,
+                thinking_seconds=((think_end if not in_think else now) - start) if thinks or n_think else 0.0,
                 ctx_used=llama.n_tokens,
                 n_ctx=self.n_ctx,
                 stop_reason=stop_reason,

@@ -14,7 +14,7 @@ from qwq_local.render.history import History, Turn
 from qwq_local.dialog.messages import Message, TurnStats
 from qwq_local.render.chatmodel import ChatModel, StrategyRunner
 from qwq_local.render.console import Env, ReplyView, ThinkingMode, info, tree_line, warn
-from qwq_local.render.guard import Intervention
+from qwq_local.dialog.guard import Intervention
 from qwq_local.dialog.think import Segment, ThinkParser, split_thinking
 
 DIRECT = "direct"

@@ -1,0 +1,1 @@
+"""`qwq serve`: the OpenAI-compatible HTTP front end, as thin over app/ as the CLI is."""
