@@ -192,3 +192,22 @@ def test_bank_and_choose_run_on_the_tiny_model(tmp_path: Path, smollm_path: Path
     assert code == 0, err
     report = json.loads(stdout)
     assert report["summary"]["problems"] == 1 and report["choosers"][0]["name"] == "vote"
+
+
+def test_choosers_are_compared_with_accuracy_runs_on_the_same_problems(tmp_path: Path) -> None:
+    from qwq_local.bench.choose_run import compare_with, read_baselines
+
+    results = tmp_path / "runs.jsonl"
+    lines = [{"strategy": "sc@8", "problem_id": "a", "correct": True, "generated_tokens": 100},
+             {"strategy": "sc@8", "problem_id": "b", "correct": False, "generated_tokens": 300},
+             {"strategy": "sc@8", "problem_id": "zz", "correct": True, "generated_tokens": 999}]
+    results.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    problems = from_records([record("a", [("1", False, 0.0), ("2", True, 5.0)]),
+                             record("b", [("3", True, 1.0), ("4", False, 0.0)])])
+    reports, _, _ = evaluate(problems, ["top:conf"], [])
+    (row,) = compare_with(problems, reports, ["top:conf"], read_baselines([results]))
+    assert (row["problems"], row["baseline_right"], row["chooser_right"]) == (2, 1, 2)
+    assert row["baseline_tokens"] == 200 and (row["wins"], row["losses"]) == (1, 0)
+    results.write_text("not json\n")
+    with pytest.raises(Exception, match="not an accuracy results line"):
+        read_baselines([results])

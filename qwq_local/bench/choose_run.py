@@ -11,7 +11,16 @@ import numpy as np
 import typer
 
 from qwq_local.bench.bank_run import BANK_FILE, arrays_root, read_bank
-from qwq_local.bench.choose import ChooserReport, evaluate, format_reports, from_records, make_chooser
+from qwq_local.bench.choose import (
+    BankProblem,
+    ChooserReport,
+    bank_scales,
+    evaluate,
+    format_reports,
+    from_records,
+    make_chooser,
+    sign_test,
+)
 from qwq_local.errors import InputFileError, UsageError
 
 
@@ -48,7 +57,8 @@ def head_signals(head_path: Path) -> Callable[[Mapping[str, Any]], list[dict[str
 
 
 def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence[str], limit: int | None,
-               plot: Path | None, as_json: bool, head: Path | None = None) -> None:
+               plot: Path | None, as_json: bool, head: Path | None = None, baselines: Sequence[Path] = ()
+               ) -> None:
     for name in choosers:
         try:
             make_chooser(name)
@@ -70,11 +80,14 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
         raise UsageError("the bank holds no problems yet")
     problems = from_records(records, head_signals(head) if head is not None else None)
     reports, signal_reports, summary = evaluate(problems, choosers, signals)
+    compared = compare_with(problems, reports, choosers, read_baselines(baselines)) if baselines else []
     if as_json:
         typer.echo(json.dumps({"summary": summary, "choosers": [asdict(r) for r in reports],
-                               "signals": [asdict(s) for s in signal_reports]}, indent=1))
+                               "signals": [asdict(s) for s in signal_reports], "baselines": compared}, indent=1))
     else:
         typer.echo(format_reports(reports, signal_reports, summary))
+        if compared:
+            typer.echo("\n" + format_baselines(compared))
     if plot is not None:
         plot_by_samples(reports, plot, f"{', '.join(b.name for b in banks)} · {len(problems)} problems")
         if not as_json:
@@ -101,3 +114,55 @@ def plot_by_samples(reports: Sequence[ChooserReport], path: Path, title: str) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+def read_baselines(paths: Sequence[Path]) -> dict[str, dict[str, tuple[bool, int]]]:
+    """Per strategy, per problem: (right, generated tokens) from `qwq bench accuracy --results` files."""
+    out: dict[str, dict[str, tuple[bool, int]]] = {}
+    for path in paths:
+        if not path.is_file():
+            raise InputFileError(f"--baseline {path}: no such results file")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                entry = (bool(record["correct"]), int(record["generated_tokens"]))
+                out.setdefault(str(record["strategy"]), {})[str(record["problem_id"])] = entry
+            except (ValueError, KeyError, TypeError):
+                raise InputFileError(f"{path}:{number}: not an accuracy results line") from None
+    return out
+
+
+def compare_with(problems: Sequence[BankProblem], reports: Sequence[ChooserReport], choosers: Sequence[str],
+                 baselines: Mapping[str, Mapping[str, tuple[bool, int]]]) -> list[dict[str, Any]]:
+    """Each chooser against each baseline strategy on the problems both have: accuracy, tokens, sign test."""
+    scales = bank_scales(problems)
+    rows = []
+    for strategy, runs in baselines.items():
+        shared = [p for p in problems if p.problem_id in runs]
+        if not shared:
+            continue
+        base_right = [runs[p.problem_id][0] for p in shared]
+        base_tokens = sum(runs[p.problem_id][1] for p in shared) / len(shared)
+        bank_tokens = sum(p.generated_tokens for p in shared) / len(shared)
+        for name in choosers:
+            chooser = make_chooser(name)
+            right = [bool(c is not None and c.correct) for c in (chooser(p.leaves, scales) for p in shared)]
+            wins = sum(r and not b for r, b in zip(right, base_right))
+            losses = sum(b and not r for r, b in zip(right, base_right))
+            rows.append({"baseline": strategy, "chooser": name, "problems": len(shared),
+                         "baseline_right": sum(base_right), "baseline_tokens": base_tokens,
+                         "chooser_right": sum(right), "chooser_tokens": bank_tokens, "wins": wins,
+                         "losses": losses, "p_value": sign_test(wins, losses)})
+    return rows
+
+
+def format_baselines(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = [f"{'chooser':<24} {'baseline':<10} {'n':>4} {'chooser':>8} {'tokens':>7} {'baseline':>9} {'tokens':>7} "
+             f"{'+/-':>8} {'p':>6}"]
+    for r in rows:
+        lines.append(f"{r['chooser']:<24} {r['baseline']:<10} {r['problems']:>4} {r['chooser_right']:>8} "
+                     f"{r['chooser_tokens']:>7.0f} {r['baseline_right']:>9} {r['baseline_tokens']:>7.0f} "
+                     f"{'+%d/-%d' % (r['wins'], r['losses']):>8} {r['p_value']:>6.3f}")
+    return "\n".join(lines)

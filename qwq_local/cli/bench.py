@@ -134,13 +134,15 @@ def bench_choose(
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="The first N problems of the bank."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against leaves (1 .. S)."),
     head: Optional[Path] = typer.Option(None, "--head", help="A Q-value head: adds the signals head, head_min."),
+    baseline: list[Path] = typer.Option([], "--baseline",
+                                        help="`qwq bench accuracy` results: its strategies on the same problems."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Every chooser and value signal on the same recorded samples: accuracy, sign test, AUC, accuracy by samples."""
     from qwq_local.bench.choose_run import run_choose
 
     run_choose(bank, [c.strip() for c in chooser.split(",") if c.strip()],
-               [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json, head)
+               [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json, head, baseline)
 
 
 @bench_app.command("serve")
