@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from qwq_local.config import Sampling
-from qwq_local.dialog.messages import Message, TurnStats
 
 Intervene = Callable[[str, int], "str | None"]
 """Called with (thinking text so far, thinking tokens so far); a returned string is forced into the reply.

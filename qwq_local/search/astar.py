@@ -14,11 +14,10 @@ import math
 from collections import defaultdict
 
 from qwq_local.search.aggregate import get_agg
-from qwq_local.search.answer import extract_final_answer, normalize_for_vote
+from qwq_local.search.answer import normalize_for_vote
 from qwq_local.search.budget import Budget
 from qwq_local.search.config import SearchConfig
-from qwq_local.search.protocol import Scorer, SearchResult, StepLM, sample_many
-from qwq_local.search.steps import is_terminal
+from qwq_local.search.protocol import Candidate, Scorer, SearchResult, StepLM, sample_many
 from qwq_local.search.tree import Node, SearchTree, safe_score
 
 
@@ -73,16 +72,10 @@ class AStar:
         for candidate in self.tree.release_duplicates(candidates):
             q = safe_score(self.scorer, self.question, steps, candidate)
             best = max(best, q)
-            child = self.tree.add_child(node, candidate, reward=q)
-            child.g = self.agg(child.rewards)
-            child.h = q
-            child.f = child.g + config.lam * child.h
-            if is_terminal(candidate, text_so_far, thinking=config.thinking, end_think=config.stop.end_think):
-                child.terminal = True
-                child.answer = extract_final_answer(text_so_far + candidate.text, config.stop.end_think)
-                self.terminals.append(child)
-                self.tree.release(child)
-            elif config.max_depth is not None and child.depth >= config.max_depth:
+            child = self._child(node, candidate, q, text_so_far)
+            if child.terminal:
+                continue
+            if config.max_depth is not None and child.depth >= config.max_depth:
                 child.cut = True
                 if config.finish_partial:
                     self.cut.append(child)
@@ -93,6 +86,18 @@ class AStar:
         node.h = best
         node.f = node.g + config.lam * node.h
         self._trim()
+
+    def _child(self, node: Node, candidate: Candidate, q: float, text_so_far: str) -> Node:
+        """A scored child: g aggregates the path's rewards, h is its own step's value until it is expanded."""
+        config = self.config
+        child = self.tree.add_step(node, candidate, q, text_so_far, thinking=config.thinking,
+                                   end_think=config.stop.end_think)
+        child.g = self.agg(child.rewards)
+        child.h = q
+        child.f = child.g + config.lam * child.h
+        if child.terminal:
+            self.terminals.append(child)
+        return child
 
     def _push(self, node: Node) -> None:
         heapq.heappush(self.heap, (-node.f, node.id))
@@ -141,17 +146,10 @@ class AStar:
                 self.tree.release(node)
                 for candidate in candidates:
                     q = safe_score(self.scorer, self.question, steps, candidate)
-                    child = self.tree.add_child(node, candidate, reward=q)
-                    child.g = self.agg(child.rewards)
-                    child.h = q
-                    child.f = child.g + self.config.lam * child.h
-                    if is_terminal(candidate, before, thinking=self.config.thinking,
-                                   end_think=self.config.stop.end_think):
-                        child.terminal = True
-                        child.answer = extract_final_answer(before + candidate.text, self.config.stop.end_think)
-                        self.terminals.append(child)
-                        self.tree.release(child)
-                    elif candidate.n_tokens > 0:
+                    child = self._child(node, candidate, q, before)
+                    if child.terminal:
+                        continue
+                    if candidate.n_tokens > 0:
                         following.append((child, 1))
                     else:
                         self.tree.release(child)

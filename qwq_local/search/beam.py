@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from qwq_local.search.aggregate import get_agg
-from qwq_local.search.answer import extract_final_answer
 from qwq_local.search.budget import Budget
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.protocol import Scorer, SearchResult, StepLM
-from qwq_local.search.steps import is_terminal
 from qwq_local.search.tree import Node, SearchTree, safe_score
 
 
@@ -87,13 +85,10 @@ class BeamSearch:
         children: list[Node] = []
         for candidate in self.tree.release_duplicates(candidates):
             q = safe_score(self.scorer, self.question, steps, candidate)
-            child = self.tree.add_child(node, candidate, reward=q)
+            child = self.tree.add_step(node, candidate, q, text_so_far, thinking=config.thinking, end_think=end_think)
             child.g = child.f = self.agg(child.rewards)
-            if is_terminal(candidate, text_so_far, thinking=config.thinking, end_think=end_think):
-                child.terminal = True
-                child.answer = extract_final_answer(text_so_far + candidate.text, end_think)
+            if child.terminal:
                 self.terminals.append(child)
-                self.tree.release(child)
             elif config.max_depth is not None and child.depth >= config.max_depth:
                 child.cut = True
                 self.tree.release(child)

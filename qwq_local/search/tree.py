@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from qwq_local.search.answer import extract_final_answer, find_explicit_answer
 from qwq_local.search.protocol import Candidate, Scorer, SearchResult, StepLM
+from qwq_local.search.steps import is_terminal
 
 
 @dataclass
@@ -67,6 +68,17 @@ class SearchTree:
             candidate=candidate,
         )
         return self._add(node)
+
+    def add_step(self, parent: Node, candidate: Candidate, reward: float | None, text_so_far: str, *,
+                 thinking: bool, end_think: str) -> Node:
+        """The child `candidate` makes of `parent`; when it ends the reply it is terminal, with its answer, and its
+        branch is freed (A*, beam search and A*'s completions share this bookkeeping)."""
+        child = self.add_child(parent, candidate, reward)
+        if is_terminal(candidate, text_so_far, thinking=thinking, end_think=end_think):
+            child.terminal = True
+            child.answer = extract_final_answer(text_so_far + candidate.text, end_think)
+            self.release(child)
+        return child
 
     def _add(self, node: Node) -> Node:
         self.nodes.append(node)
