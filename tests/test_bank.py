@@ -211,3 +211,26 @@ def test_choosers_are_compared_with_accuracy_runs_on_the_same_problems(tmp_path:
     results.write_text("not json\n")
     with pytest.raises(Exception, match="not an accuracy results line"):
         read_baselines([results])
+
+
+def test_a_head_values_the_banks_recorded_states(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local.bench.choose_run import head_signals
+    from qwq_local.value.qhead import QHeadWeights, write_head
+    from tests.test_qhead import meta
+
+    monkeypatch.setenv("QWQ_BANK_ARRAYS", str(tmp_path / "arrays"))
+    lm = two_two_two()
+    nodes = sample_tree("q", lm, (2, 2, 2), STOP, REPLY)
+    for node in nodes:  # a state's first coordinate: its id, so the head's value rises with it
+        node.hidden = np.array([float(node.id), 0.0, 0.0, 0.0], dtype=np.float32)
+    save_arrays(tmp_path / "arrays" / "b" / "p1.npz", nodes)
+    rec = bank_record(Problem("p1", "gsm8k", "q", "5"), nodes, (2, 2, 2), {}, 1, 1, 1.0, "b/p1.npz")
+    head = write_head(tmp_path / "h.gguf", QHeadWeights(mean=np.zeros(4), std=np.ones(4), w=[1.0, 0, 0, 0], b=[0.0]),
+                      meta(n_embd=4))
+    values = head_signals(head)(rec)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert [v["head"] for v in values] == pytest.approx([sig(lf["node"]) for lf in rec["leaves"]], rel=1e-3)
+    assert values[1]["head_min"] == pytest.approx(sig(0.0), rel=1e-3)  # its path starts at state 0
+    rec["arrays"] = "b/missing.npz"
+    with pytest.raises(Exception, match="not in the cache"):
+        head_signals(head)(rec)
