@@ -234,3 +234,51 @@ def test_a_head_values_the_banks_recorded_states(tmp_path: Path, monkeypatch: py
     rec["arrays"] = "b/missing.npz"
     with pytest.raises(Exception, match="not in the cache"):
         head_signals(head)(rec)
+
+
+def test_monte_carlo_labels_are_the_leaves_below_each_state() -> None:
+    from qwq_local.value.bank_labels import leaves_below
+
+    nodes = sample_tree("q", two_two_two(), (2, 2, 2), STOP, REPLY)
+    rec = bank_record(Problem("p1", "gsm8k", "q", "5"), nodes, (2, 2, 2), {}, 1, 1, 1.0, None)
+    below = leaves_below(rec)
+    assert below[0] == [True, False, True, True]  # A: under it 5, 6, 5, 5
+    assert below[1] == [False]  # B ended the reply at once with 3
+    assert below[3] == [True, True] and below[4] == [True]
+
+
+def test_train_head_on_a_bank_of_training_problems(tmp_path: Path, smollm_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from qwq_local.value.bank_labels import leaves_below
+    from qwq_local.value.qhead import QHead
+
+    monkeypatch.setenv("QWQ_BANK_ARRAYS", str(tmp_path / "arrays"))
+    rng = np.random.default_rng(0)
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    lines = []
+    for i in range(12):  # the first coordinate says whether the leaves below are right
+        lm = two_two_two()
+        nodes = sample_tree("q", lm, (2, 2, 2), STOP, REPLY)
+        answer = "5" if i % 2 else "6"
+        rec = bank_record(Problem(f"t{i}", "gsm8k", "q", answer), nodes, (2, 2, 2), {"data": "gsm8k-train"},
+                          1, 1, 1.0, f"b/t{i}.npz")
+        below = leaves_below(rec)
+        for node in nodes:
+            node.hidden = rng.normal(size=576).astype(np.float32)
+            node.hidden[0] = 3.0 * (sum(below[node.id]) / len(below[node.id]) - 0.5)
+        save_arrays(tmp_path / "arrays" / "b" / f"t{i}.npz", nodes)
+        lines.append(json.dumps(rec))
+    (bank / "bank.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "h.gguf"
+    code, _, err = run_cli(["train-head", "--bank", str(bank), "--out", str(out), "--model", str(smollm_path),
+                            "--epochs", "30", "--target", "mean"], capsys)
+    assert code == 0, err
+    head = QHead.load(out)
+    assert head.meta.n_states == 12 * 8 and head.meta.n_problems == 12 and "bank of gsm8k-train" in head.meta.training_data
+    test = bank.parent / "test-bank"
+    test.mkdir()
+    (test / "bank.jsonl").write_text(lines[0].replace('"gsm8k-train"', '"gsm8k"') + "\n")
+    code, _, err = run_cli(["train-head", "--bank", str(test), "--out", str(out), "--model", str(smollm_path)], capsys)
+    assert code == 2 and "test problems" in err

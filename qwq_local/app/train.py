@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import typer
@@ -28,8 +28,12 @@ def labels_path_for(out: Path) -> Path:
 
 def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: int, out: Path,
                    labels: Path | None, kind: str, target: str, max_steps: int, reply_tokens: int,
-                   train_only: bool, seed: int, epochs: int) -> None:
+                   train_only: bool, seed: int, epochs: int, banks: Sequence[Path] = ()) -> None:
     from qwq_local.value.labels import LabelStore, model_identity
+
+    if banks:
+        train_from_banks(settings, banks, out=out, kind=kind, target=target, seed=seed, epochs=epochs)
+        return
 
     if data in ("gsm8k", "math500", "mbpp"):
         raise UsageError(f"{data} is a test set: train on gsm8k-train or your own FILE.jsonl")
@@ -117,13 +121,42 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
                f"-> {store.path}", err=True)
 
 
+def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, kind: str, target: str, seed: int,
+                     epochs: int) -> None:
+    """Train a head on the states of search banks (`qwq bench bank` on training problems): Monte-Carlo labels."""
+    from qwq_local.bench.bank_run import arrays_root, read_bank
+    from qwq_local.value.bank_labels import bank_states
+
+    if kind not in ("linear", "mlp"):
+        raise UsageError(f"--kind must be linear or mlp, not {kind!r}")
+    check_target(target)
+    records = []
+    for bank in banks:
+        found = read_bank(bank)
+        if not found:
+            raise UsageError(f"--bank {bank}: no bank lines there")
+        records += list(found.values())
+    datasets = {str(r.get("setup", {}).get("data")) for r in records}
+    if datasets & {"gsm8k", "math500", "mbpp"}:
+        raise UsageError(f"--bank: {', '.join(sorted(datasets))} holds test problems: bank gsm8k-train instead")
+    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    X, y_max, y_mean, groups = bank_states(records, arrays_root())
+    if len(X) == 0:
+        raise QwqError("the banks hold no states with hidden states")
+    if X.shape[1] != plan.info.n_embd:
+        raise UsageError(f"--bank: its hidden states are {X.shape[1]} wide, {settings.model}'s {plan.info.n_embd}")
+    _train(plan, (X, y_max, y_mean, groups), out, "bank of " + ", ".join(sorted(datasets)), kind, target, seed,
+           epochs)
+
+
 def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str, target: str, seed: int,
            epochs: int) -> None:
+    """Train on a label store (or ready (X, y_max, y_mean, groups) arrays) and write the head."""
     from qwq_local.catalog.integrity import sha256_file
     from qwq_local.value.qhead import QHeadMeta, write_head
     from qwq_local.value.training import train_head
 
-    X, y_max, y_mean, groups = store.load()
+    X, y_max, y_mean, groups = store if isinstance(store, tuple) else store.load()
     if len(X) == 0:
         raise QwqError(f"no labels in {store.path}: run without --train-only first")
     y = y_max if target == "max" else y_mean

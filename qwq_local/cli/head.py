@@ -31,6 +31,8 @@ def train_head(
     kv_budget: Optional[str] = typer.Option(None, "--kv-budget", help="Tokens (4096) or bytes (512MiB, 2GB)."),
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
+    bank: list[Path] = typer.Option([], "--bank", help="Train on these search banks' states (Monte-Carlo labels) "
+                                    "instead of labelling by rollouts."),
 ) -> None:
     """Label steps by rollouts (resumable) and train a Q-value head on the policy's hidden states."""
     from qwq_local.app.train import run_train_head
@@ -39,7 +41,7 @@ def train_head(
                              models_dir=models_dir, kv_budget=kv_budget)
     run_train_head(settings, data=data, problems=problems, rollouts=rollouts, out=out, labels=labels, kind=kind,
                    target=target, max_steps=max_steps, reply_tokens=reply_tokens, train_only=train_only,
-                   seed=seed, epochs=epochs)
+                   seed=seed, epochs=epochs, banks=bank)
 
 
 @head_app.command("info")

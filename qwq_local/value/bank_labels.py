@@ -1,0 +1,52 @@
+"""Monte-Carlo labels from a search bank: a state's value is the outcome of the leaves sampled below it.
+
+Every recorded step end (the bank's early states, and each reply's end) is one labelled hidden state: Q-max = some leaf
+below is right, Q-mean = the share of right leaves below. The bank of training problems is the head's training data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from qwq_local.errors import InputFileError
+
+
+def leaves_below(record: Mapping[str, Any]) -> dict[int, list[bool]]:
+    """Node id -> the correctness of every leaf in its subtree (a leaf's list is its own outcome)."""
+    parents = {n["id"]: n["parent"] for n in record["nodes"]}
+    below: dict[int, list[bool]] = {n["id"]: [] for n in record["nodes"]}
+    for leaf in record["leaves"]:
+        node: int | None = leaf["node"]
+        while node is not None:
+            below[node].append(bool(leaf["correct"]))
+            node = parents[node]
+    return below
+
+
+def bank_states(records: Iterable[Mapping[str, Any]], arrays_root: Path
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y_max, y_mean, groups) over every recorded state with a hidden state and leaves below it."""
+    xs: list[np.ndarray] = []
+    y_max: list[float] = []
+    y_mean: list[float] = []
+    groups: list[str] = []
+    for record in records:
+        file = arrays_root / str(record.get("arrays") or "")
+        if not record.get("arrays") or not file.is_file():
+            raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
+                                 "rerun `qwq bench bank` with the same --results to rebuild them")
+        with np.load(file) as arrays:
+            hidden = arrays["hidden"].astype(np.float32)
+        for node, outcomes in leaves_below(record).items():
+            if not outcomes or hidden.shape[1] == 0 or not np.isfinite(hidden[node]).all():
+                continue
+            xs.append(hidden[node])
+            y_max.append(float(any(outcomes)))
+            y_mean.append(sum(outcomes) / len(outcomes))
+            groups.append(str(record["problem_id"]))
+    if not xs:
+        return np.zeros((0, 0), np.float32), np.zeros(0), np.zeros(0), np.zeros(0, dtype=str)
+    return np.stack(xs), np.asarray(y_max), np.asarray(y_mean), np.asarray(groups, dtype=str)
