@@ -24,7 +24,7 @@ from qwq_local.bench.choose import (
     weighted_vote,
 )
 from qwq_local.problems.datasets import Problem
-from qwq_local.search.protocol import Candidate, StepStop
+from qwq_local.search.protocol import StepStop
 from tests.fakes import ScriptedLM
 
 STOP = StepStop()
