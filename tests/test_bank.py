@@ -106,10 +106,11 @@ def test_choosers_vote_weigh_filter_and_pick() -> None:
     scales = Scales({"conf": 0.0}, {"conf": 1.0})  # z = the raw value
     assert make_chooser("vote")(leaves_, scales).answer == "7"
     assert make_chooser("wvote:conf")(leaves_, scales).answer == "9"  # e^3 outweighs e^0.1 + e^0.2
+    assert make_chooser("wvote:conf^0.1")(leaves_, scales).answer == "7"  # e^.3 does not outweigh e^.01 + e^.02
     assert make_chooser("filter:conf@0.5")(leaves_, scales).answer == "9"  # the top two: None and 9
     assert make_chooser("top:conf")(leaves_, scales).answer is None  # the top leaf, even with no answer
     assert weighted_vote([leaf("1", True, 0), leaf("2", False, 0)], [1.0, 1.0]).answer == "1"  # ties: first seen
-    for bad in ("vote:x", "top", "wvote:conf@0.5", "filter:conf@2", "rank:conf"):
+    for bad in ("vote:x", "top", "wvote:conf@0.5", "filter:conf@2", "rank:conf", "top:conf^2", "wvote:conf^x"):
         with pytest.raises(ValueError):
             make_chooser(bad)
 

@@ -1,8 +1,8 @@
 """`qwq bench choose`: every chooser and value signal judged on the same recorded bank, in seconds.
 
 A chooser picks one answer from a problem's leaves: `vote` (plain majority), `top:SIG` (the leaf a signal values
-most), `wvote:SIG` (each leaf votes with weight exp(z) of its signal's z-score over the bank: weighted best-of-N,
-arXiv 2408.03314 section 5.1), `filter:SIG@ETA` (DeepConf offline, arXiv 2508.15260: the vote among the top ETA
+most), `wvote:SIG[^B]` (each leaf votes with weight exp(B·z), z its signal's z-score over the bank: weighted best-of-N,
+arXiv 2408.03314 section 5.1; B = 1 by default), `filter:SIG@ETA` (DeepConf offline, arXiv 2508.15260: the vote among the top ETA
 fraction of leaves by the signal). Signals are the leaves' log-prob statistics (`qwq_local.bench.bank.summarize`),
 `short` (fewer tokens), or any signal a caller adds (a Q-value head's value of the leaf's end state).
 """
@@ -134,9 +134,15 @@ def make_chooser(spec: str) -> Chooser:
     kind, _, rest = spec.partition(":")
     if kind == "vote" and not rest:
         return lambda leaves, scales: weighted_vote(leaves, [1.0] * len(leaves))
+    rest, _, sharp_text = rest.partition("^")
     signal, _, eta_text = rest.partition("@")
-    if not signal or kind not in ("top", "wvote", "filter") or (eta_text and kind != "filter"):
-        raise ValueError(f"chooser {spec!r}: write vote, top:SIGNAL, wvote:SIGNAL or filter:SIGNAL@ETA")
+    if not signal or kind not in ("top", "wvote", "filter") or (eta_text and kind != "filter") or (
+            sharp_text and kind != "wvote"):
+        raise ValueError(f"chooser {spec!r}: write vote, top:SIGNAL, wvote:SIGNAL[^SHARPNESS] or filter:SIGNAL@ETA")
+    try:
+        sharpness = float(sharp_text) if sharp_text else 1.0
+    except ValueError:
+        raise ValueError(f"chooser {spec!r}: SHARPNESS must be a number such as 2") from None
     try:
         eta = float(eta_text) if eta_text else 0.5
     except ValueError:
@@ -152,7 +158,7 @@ def make_chooser(spec: str) -> Chooser:
         return lambda leaves, scales: max(leaves, key=lambda leaf: value(leaf, scales), default=None)
     if kind == "wvote":
         return lambda leaves, scales: weighted_vote(
-            leaves, [0.0 if value(leaf, scales) == -math.inf else math.exp(min(value(leaf, scales), 30.0))
+            leaves, [0.0 if value(leaf, scales) == -math.inf else math.exp(min(sharpness * value(leaf, scales), 60.0))
                      for leaf in leaves])
 
     def filtered(leaves: Sequence[Leaf], scales: Scales) -> Leaf | None:
@@ -184,6 +190,8 @@ class ChooserReport:
 @dataclass
 class SignalReport:
     name: str
+    mean: float | None  # over every leaf of the bank
+    std: float | None
     auc: float | None  # within-problem: P(a right leaf outvalues a wrong one), over mixed problems
     top_right: float | None  # how often the top-valued leaf is right, in mixed problems
     random_right: float | None  # a random leaf's chance in the same problems
@@ -243,10 +251,11 @@ def signal_report(problems: Sequence[BankProblem], name: str, scales: Scales) ->
         at_best = [c for v, c in scored if v == best]
         tops.append(sum(at_best) / len(at_best))
         randoms.append(len(right) / len(scored))
+    centre, spread = scales.mean.get(name), scales.std.get(name)
     if not aucs:
-        return SignalReport(name, None, None, None, 0)
+        return SignalReport(name, centre, spread, None, None, None, 0)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return SignalReport(name, mean(aucs), mean(tops), mean(randoms), len(aucs))
+    return SignalReport(name, centre, spread, mean(aucs), mean(tops), mean(randoms), len(aucs))
 
 
 def subset_tokens(problem: BankProblem, leaves: Sequence[Leaf]) -> int:
@@ -286,12 +295,13 @@ def format_reports(reports: Sequence[ChooserReport], signals: Sequence[SignalRep
     for r in reports:
         lines.append(f"{r.name:<24} {r.correct:>6} {100 * r.accuracy:>6.1f} {f'+{r.wins}/-{r.losses}':>9} "
                      f"{r.p_value:>6.3f}")
-    lines += ["", f"{'signal':<14} {'AUC':>6} {'top right':>10} {'random':>7} {'ratio':>6} {'mixed':>6}"]
+    lines += ["", f"{'signal':<14} {'AUC':>6} {'top right':>10} {'random':>7} {'ratio':>6} {'mixed':>6} "
+                  f"{'mean':>8} {'std':>7}"]
     for s in signals:
         if s.auc is None:
             lines.append(f"{s.name:<14} {'-':>6}")
             continue
         ratio = s.top_right / s.random_right if s.random_right else float("nan")
         lines.append(f"{s.name:<14} {s.auc:>6.3f} {100 * s.top_right:>9.1f}% {100 * s.random_right:>6.1f}% "
-                     f"{ratio:>6.2f} {s.mixed:>6}")
+                     f"{ratio:>6.2f} {s.mixed:>6} {s.mean:>8.3f} {s.std:>7.3f}")
     return "\n".join(lines)
