@@ -283,3 +283,16 @@ def test_train_head_on_a_bank_of_training_problems(tmp_path: Path, smollm_path: 
     (test / "bank.jsonl").write_text(lines[0].replace('"gsm8k-train"', '"gsm8k"') + "\n")
     code, _, err = run_cli(["train-head", "--bank", str(test), "--out", str(out), "--model", str(smollm_path)], capsys)
     assert code == 2 and "test problems" in err
+
+
+def test_early_states_are_judged_by_the_leaves_below_them() -> None:
+    from qwq_local.bench.choose import state_auc
+
+    nodes = sample_tree("q", two_two_two(), (2, 2, 2), STOP, REPLY)
+    rec = bank_record(Problem("p1", "gsm8k", "q", "5"), nodes, (2, 2, 2), {}, 1, 1, 1.0, None)
+    for node, conf in zip(rec["nodes"], [9.0, 1.0, 2.0, 5.0]):  # A (3 of 4 right) over B (0 of 1); A2 over A1
+        node["stats"] = {"conf": conf}
+    assert state_auc([rec], "conf", 0) == (1.0, 1)
+    assert state_auc([rec], "conf", 1) == (1.0, 1)
+    rec["nodes"][2]["stats"]["conf"] = 7.0
+    assert state_auc([rec], "conf", 1) == (0.0, 1)

@@ -305,3 +305,25 @@ def format_reports(reports: Sequence[ChooserReport], signals: Sequence[SignalRep
         lines.append(f"{s.name:<14} {s.auc:>6.3f} {100 * s.top_right:>9.1f}% {100 * s.random_right:>6.1f}% "
                      f"{ratio:>6.2f} {s.mixed:>6} {s.mean:>8.3f} {s.std:>7.3f}")
     return "\n".join(lines)
+
+
+def state_auc(records: Sequence[Mapping[str, Any]], signal: str, depth: int) -> tuple[float | None, int]:
+    """Whether a signal of an early step (its own tokens' statistics) tells which states lead to right answers:
+    over pairs of same-depth states of a problem whose Monte-Carlo values differ, how often the better state has
+    the higher signal (ties 1/2). What A*'s h would have to do; (AUC, pairs)."""
+    from qwq_local.value.bank_labels import leaves_below
+
+    hits, pairs = 0.0, 0
+    for record in records:
+        below = leaves_below(record)
+        states = [(n["stats"].get(signal), sum(below[n["id"]]) / len(below[n["id"]]))
+                  for n in record["nodes"] if n["depth"] == depth and below[n["id"]] and n["stats"].get(signal)
+                  is not None]
+        for i, (si, vi) in enumerate(states):
+            for sj, vj in states[i + 1:]:
+                if vi == vj:
+                    continue
+                better, worse = (si, sj) if vi > vj else (sj, si)
+                hits += 1.0 if better > worse else 0.5 if better == worse else 0.0
+                pairs += 1
+    return (hits / pairs if pairs else None), pairs

@@ -20,6 +20,7 @@ from qwq_local.bench.choose import (
     from_records,
     make_chooser,
     sign_test,
+    state_auc,
 )
 from qwq_local.errors import InputFileError, UsageError
 
@@ -80,12 +81,22 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
         raise UsageError("the bank holds no problems yet")
     problems = from_records(records, head_signals(head) if head is not None else None)
     reports, signal_reports, summary = evaluate(problems, choosers, signals)
+    depths = sorted({n["depth"] for r in records for n in r["nodes"]})[:-1]
+    states = [{"signal": name, "depth": d, "auc": auc, "pairs": pairs}
+              for d in depths for name in signals for auc, pairs in [state_auc(records, name, d)] if pairs]
     compared = compare_with(problems, reports, choosers, read_baselines(baselines)) if baselines else []
     if as_json:
         typer.echo(json.dumps({"summary": summary, "choosers": [asdict(r) for r in reports],
-                               "signals": [asdict(s) for s in signal_reports], "baselines": compared}, indent=1))
+                               "signals": [asdict(s) for s in signal_reports], "states": states,
+                               "baselines": compared}, indent=1))
     else:
         typer.echo(format_reports(reports, signal_reports, summary))
+        if states:
+            typer.echo("\nearly states (a step's own signal vs the share of right leaves below it; AUC over pairs):")
+            for d in depths:
+                row = [f"{s['signal']} {s['auc']:.2f}" for s in states if s["depth"] == d]
+                pairs = next((s["pairs"] for s in states if s["depth"] == d), 0)
+                typer.echo(f"  depth {d} ({pairs} pairs): " + " · ".join(row))
         if compared:
             typer.echo("\n" + format_baselines(compared))
     if plot is not None:
