@@ -81,7 +81,7 @@ def test_search_setup_is_checked_and_typed(tiny_model: Path) -> None:
     assert setup.config.n_samples == 3 and setup.config.max_reply_tokens == 300 and setup.config.finish_partial
     assert setup.config.thinking is False and setup.head is None and setup.note is None
     default = prepare_search(plan, settings, "astar", SOLVE_SEARCH)
-    assert default.scorer_label == "self-eval+rules" and "no Q-value head" in (default.note or "")
+    assert default.scorer_label == "confidence" and default.note is None
     backend = ScriptedBackend(SCRIPT)
     with backend.policies(plan, settings) as policies:
         result = solve_search(setup, "What is 48 + 24?", "math", settings.sampling, policies)
@@ -96,3 +96,17 @@ def test_tests_that_need_a_model_are_marked(request: pytest.FixtureRequest) -> N
     if cli_test is not None:  # collected in this run
         assert cli_test.get_closest_marker("model") is not None
     assert request.node.get_closest_marker("model") is None
+
+
+def test_astar_starts_from_the_measured_settings_and_other_strategies_do_not() -> None:
+    from qwq_local.app.search import ASTAR_CHANGES, BENCH_SEARCH, CHAT_SEARCH, search_defaults
+
+    for base in (SOLVE_SEARCH, CHAT_SEARCH, BENCH_SEARCH):
+        astar = search_defaults("astar", base)
+        assert (astar.candidates, astar.trajectories, astar.max_depth, astar.completions, astar.choose,
+                astar.agg) == (2, 8, 2, 2, "value", "last") == tuple(ASTAR_CHANGES.values())
+        assert astar.time_limit == base.time_limit  # the front end's own budget stays
+        for other in ("beam", "bon", "sc"):
+            assert search_defaults(other, base) == base
+    given = search_options(search_defaults("astar"), max_depth=5)
+    assert given.max_depth == 5 and given.choose == "value"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwq_local.app import runtime
-from qwq_local.app.search import CHAT_SEARCH, SearchSetup, load_head, prepare_search
+from qwq_local.app.search import CHAT_SEARCH, SearchSetup, load_head, prepare_search, search_defaults
 from qwq_local.app.solve import TreePolicies, solve_search
 from qwq_local.config import Settings
 from qwq_local.dialog.messages import TurnStats
@@ -37,7 +37,8 @@ class SearchTurns:
         self.settings = settings
 
     def search_setup(self, strategy: str) -> SearchSetup:
-        return prepare_search(self.setup.plan, self.settings, strategy, CHAT_SEARCH, head=self.setup.head)
+        return prepare_search(self.setup.plan, self.settings, strategy, search_defaults(strategy, CHAT_SEARCH),
+                              head=self.setup.head)
 
     def __call__(self, question: str, strategy: str, earlier: list) -> tuple[str, TurnStats, str]:
         """(reply text, its stats, a one-line summary of the search) for `question` after `earlier` turns."""

@@ -21,7 +21,13 @@ CHAT_SEARCH = SearchConfig(candidates=4, trajectories=4, beam=8, n_samples=4, be
                            time_limit=180.0)
 BENCH_SEARCH = SearchConfig(candidates=4, trajectories=4, beam=8, n_samples=4, max_expansions=40)
 
-DEFAULT_SCORERS: tuple[ScorerChoice, ...] = (("self-eval", 1.0), ("rules", 1.0))
+# The measured default A* (benchmarks/README.md, "The search bank"): the first two steps branch two ways each, every
+# state at depth 2 is completed twice, and the eight finished paths vote, each with the odds of its confidence.
+ASTAR_CHANGES: dict[str, Any] = {"candidates": 2, "trajectories": 8, "max_depth": 2, "completions": 2,
+                                 "choose": "value", "agg": "last"}
+# What a search scores with unless told: the reply's own token confidence (DeepConf). On the bank it separates right
+# from wrong replies of a problem (AUC ~0.78) where the shipped Q-value head does not (below 0.5).
+DEFAULT_SCORERS: tuple[ScorerChoice, ...] = (("confidence", 1.0),)
 _UNSET: Any = object()
 
 
@@ -40,6 +46,11 @@ class SearchSetup:
     @property
     def scorer_label(self) -> str:
         return scorer_label(self.scorers)
+
+
+def search_defaults(strategy: str, base: SearchConfig = SOLVE_SEARCH) -> SearchConfig:
+    """The settings a front end starts `strategy` from: its own base, with the measured A* settings for astar."""
+    return replace(base, **ASTAR_CHANGES) if strategy == "astar" else base
 
 
 def search_options(base: SearchConfig = SOLVE_SEARCH, **changes: Any) -> SearchConfig:
@@ -65,7 +76,7 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
                    ) -> SearchSetup:
     """The SearchSetup for `strategy` on the planned model: every check done, the head loaded, nothing decoded.
 
-    No scorer: the Q-value head (--head, else the catalog's) if there is one, else self-eval + rules (with a note).
+    No scorer: the token confidence of the replies (DEFAULT_SCORERS); `qhead` only when named.
     Self-consistency votes, so it takes no scorer and no head. `head` given: that head, not loaded again.
     """
     check_strategy(strategy)
@@ -78,10 +89,8 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
             raise UsageError(f"--scorer: {strategy} uses no scorer (self-consistency votes on answers)")
         return SearchSetup(strategy, config, (), None, kv_budget, plan)
     if scorer is None:
-        found = load_head(plan, settings, required=False) if head is _UNSET else head
-        choices = default_scorers(found)
-        if found is None:
-            note = f"no Q-value head for this model; scoring with {scorer_label(choices)}"
+        choices = DEFAULT_SCORERS
+        found = None
     else:
         if isinstance(scorer, str):
             try:
@@ -98,9 +107,9 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
     return SearchSetup(strategy, config, choices, its_head, kv_budget, plan, note)
 
 
-def default_scorers(head: "QHead | None") -> tuple[ScorerChoice, ...]:
-    """What a search scores with when no scorer is named: the Q-value head if there is one."""
-    return (("qhead", 1.0),) if head is not None else DEFAULT_SCORERS
+def default_scorers(head: "QHead | None" = None) -> tuple[ScorerChoice, ...]:
+    """What a search scores with when no scorer is named: token confidence (a head only when asked for)."""
+    return DEFAULT_SCORERS
 
 
 def load_head(plan: runtime.ModelPlan, settings: Settings, required: bool) -> "QHead | None":

@@ -1,8 +1,8 @@
 """`qwq bench accuracy`: every strategy on the same problems with one loaded model; table, JSON, plot.
 
 A strategy is written NAME[@N][:SCORER+SCORER], e.g. `direct`, `sc@8`, `bon@4:qhead`, `astar:self-eval+rules`.
-@N sets the samples of sc/bon and the trajectories of astar/beam; without a scorer the model's Q-value head
-is used when the catalog ships one, else self-eval+rules.
+@N sets the samples of sc/bon and the trajectories of astar/beam; without a scorer the replies' token confidence
+scores (`DEFAULT_SCORERS`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from typing import Any
 import typer
 
 from qwq_local.app import runtime
-from qwq_local.app.search import SearchSetup, default_scorers, load_head, prepare_search
+from qwq_local.app.search import (
+    BENCH_SEARCH,
+    SearchSetup,
+    load_head,
+    prepare_search,
+    search_defaults,
+    search_options,
+)
 from qwq_local.app.solve import SolveResult
 from qwq_local.bench.accuracy import Outcome, PairedSolve, format_table, run_accuracy
 from qwq_local.catalog.integrity import sha256_file
@@ -26,7 +33,7 @@ from qwq_local.errors import ExitCode, UsageError
 from qwq_local.problems.datasets import Problem, load_problems, problem_seed
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.strategies import needs_scorer
-from qwq_local.value.combine import ScorerChoice, parse_scorers, scorer_label
+from qwq_local.value.combine import ScorerChoice, parse_scorers
 
 SPEC = re.compile(r"^(direct|astar|beam|bon|sc)(?:@(\d+))?(?::([a-z0-9+,:.\-]+))?$")
 # The search options a run's records are keyed by (a rerun with other values does not mix with them).
@@ -77,22 +84,21 @@ def parse_strategy(text: str) -> StrategySpec:
     return StrategySpec(text.strip(), name, int(n) if n else None, names, weights)
 
 
-def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, options: SearchConfig,
+def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, changes: dict[str, Any],
                        results: Path | None, as_json: bool, plot: Path | None) -> None:
+    """`changes`: the search options given; the rest are each strategy's defaults (`search_defaults`)."""
     specs = [parse_strategy(s) for s in strategies.split(",") if s.strip()]
+    options = {s.label: search_options(search_defaults(s.name, BENCH_SEARCH), **changes) for s in specs}
     if plot is not None:
         from qwq_local.bench.plot import check_can_plot
 
         check_can_plot(plot)
     problems = load_problems(data, limit)
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
-    needs_head = any(s.scorers is None or _names_qhead(s.choices) for s in specs if needs_scorer(s.name))
-    head = load_head(plan, settings, required=any(_names_qhead(s.choices or ()) for s in specs)) if needs_head else None
-    default = default_scorers(head)
+    needs_head = any(_names_qhead(s.choices or ()) for s in specs if needs_scorer(s.name))
+    head = load_head(plan, settings, required=True) if needs_head else None
     head_id = f"{head.path.name} sha256:{sha256_file(head.path)[:16]}" if head is not None else None
-    if needs_head and head is None and not as_json:
-        typer.echo(f"note: no Q-value head for this model; default scorer {scorer_label(default)}", err=True)
-    setups = {s.label: _search_setup(s, options, plan, settings, head) for s in specs}
+    setups = {s.label: _search_setup(s, options[s.label], plan, settings, head) for s in specs}
     by_label = {s.label: s for s in specs}
     model = chat = None
 
@@ -140,13 +146,14 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
                     bon_label: by_score if isinstance(by_score, Exception) else _outcome(by_score, pooled_with=sc_label)}
         return outcomes[label], outcomes[partner]
 
-    setup = _setup(settings, data, options, plan)
+    setup = _setup(settings, data, plan)
     try:
         started = time.perf_counter()
         try:
             report = run_accuracy(problems, [s.label for s in specs],
                                   PairedSolve(pair_replies(specs), solve_pair, solve), results,
-                                  setups={s.label: {**setup, **_scoring(setups[s.label], head_id)} for s in specs})
+                                  setups={s.label: {**setup, **_recorded(options[s.label]),
+                                                    **_scoring(setups[s.label], head_id)} for s in specs})
         except _LoadFailed as failed:
             raise failed.error from None
     finally:
@@ -207,12 +214,16 @@ def _search_setup(spec: StrategySpec, options: SearchConfig, plan: Any, settings
     return prepare_search(plan, settings, spec.name, options, spec.choices, head=head)
 
 
-def _setup(settings: Settings, data: str, options: SearchConfig, plan: Any) -> dict[str, Any]:
+def _setup(settings: Settings, data: str, plan: Any) -> dict[str, Any]:
     """What a run's result depends on besides its strategy and problem: records of another setup do not mix."""
     sampling = settings.sampling
     return {"model": plan.resolved.path.name, "data": data, "ctx": plan.n_ctx, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": sampling.seed,
-            "max_tokens": sampling.max_tokens, **{k: getattr(options, k) for k in RECORDED_OPTIONS}}
+            "max_tokens": sampling.max_tokens}
+
+
+def _recorded(options: SearchConfig) -> dict[str, Any]:
+    return {k: getattr(options, k) for k in RECORDED_OPTIONS}
 
 
 def _scoring(setup: SearchSetup | None, head_id: str | None) -> dict[str, Any]:

@@ -63,16 +63,16 @@ def bench_accuracy(
     seed: Optional[int] = typer.Option(None, "--seed", help="Default: one seed per problem."),
     max_tokens: Optional[int] = typer.Option(512, "--max-tokens", help="Tokens of one reply."),
     ctx: Optional[int] = CtxOpt,
-    candidates: int = typer.Option(S.candidates, "--candidates", "-K"),
-    trajectories: int = typer.Option(S.trajectories, "--trajectories", "-N"),
-    beam: int = typer.Option(S.beam, "--beam", "-B"),
-    lam: float = typer.Option(S.lam, "--lambda"),
-    agg: str = typer.Option(S.agg, "--agg"),
-    max_expansions: int = typer.Option(S.max_expansions, "--max-expansions"),
-    max_depth: int = typer.Option(S.max_depth, "--max-depth"),
-    completions: int = typer.Option(S.completions, "--completions"),
-    choose: str = typer.Option(S.choose, "--choose", help="A*'s answer: best | vote | value."),
-    time_limit: Optional[float] = typer.Option(S.time_limit, "--time-limit", help="Seconds per search."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", "-K"),
+    trajectories: Optional[int] = typer.Option(None, "--trajectories", "-N"),
+    beam: Optional[int] = typer.Option(None, "--beam", "-B"),
+    lam: Optional[float] = typer.Option(None, "--lambda"),
+    agg: Optional[str] = typer.Option(None, "--agg"),
+    max_expansions: Optional[int] = typer.Option(None, "--max-expansions"),
+    max_depth: Optional[int] = typer.Option(None, "--max-depth"),
+    completions: Optional[int] = typer.Option(None, "--completions"),
+    choose: Optional[str] = typer.Option(None, "--choose", help="A*'s answer: best | vote | value."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds per search."),
     results: Optional[Path] = typer.Option(None, "--results", help="JSONL of runs; a rerun resumes it."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against generated tokens."),
     as_json: bool = typer.Option(False, "--json"),
@@ -80,16 +80,18 @@ def bench_accuracy(
     models_dir: Optional[Path] = ModelsDirOpt,
     head: Optional[Path] = HeadOpt,
 ) -> None:
-    """Accuracy, generated tokens and seconds per problem of each strategy on the same problems."""
-    from qwq_local.app.search import search_options
+    """Accuracy, generated tokens and seconds per problem of each strategy on the same problems.
+
+    Search options not given take each strategy's defaults (A*: the measured ones, README "Search")."""
     from qwq_local.bench.accuracy_run import run_accuracy_bench
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
                              gpu_layers=gpu_layers, models_dir=models_dir, head=head)
-    options = search_options(S, candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
-                             max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
-                             completions=completions, choose=choose)
-    run_accuracy_bench(settings, data, limit, strategy, options, results, as_json, plot)
+    given = dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
+                 max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
+                 completions=completions, choose=choose)
+    run_accuracy_bench(settings, data, limit, strategy, {k: v for k, v in given.items() if v is not None}, results,
+                       as_json, plot)
 
 
 @bench_app.command("bank")

@@ -37,28 +37,28 @@ def solve(
     ctx_size: Optional[int] = CtxOpt,
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
-    candidates: int = typer.Option(S.candidates, "--candidates", "-K", help="Candidate steps per expansion."),
-    trajectories: int = typer.Option(S.trajectories, "--trajectories", "-N", help="Terminal answers to collect."),
-    beam: int = typer.Option(S.beam, "--beam", "-B", help="Most open nodes kept."),
-    beam_width: int = typer.Option(S.beam_width, "--beam-width", help="Paths kept per depth by beam search."),
-    lam: float = typer.Option(S.lam, "--lambda", help="Weight of h in f = g + lambda*h."),
-    agg: str = typer.Option(S.agg, "--agg", help="min | max | sum | mean | last"),
+    candidates: Optional[int] = typer.Option(None, "--candidates", "-K", help="Candidate steps per expansion."),
+    trajectories: Optional[int] = typer.Option(None, "--trajectories", "-N", help="Finished paths (samples) to collect."),
+    beam: Optional[int] = typer.Option(None, "--beam", "-B", help="Most open nodes kept."),
+    beam_width: Optional[int] = typer.Option(None, "--beam-width", help="Paths kept per depth by beam search."),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Weight of h in f = g + lambda*h."),
+    agg: Optional[str] = typer.Option(None, "--agg", help="min | max | sum | mean | last"),
     scorer: Optional[str] = typer.Option(None, "--scorer",
                                          help="qhead | self-eval | rules, joined by + (NAME:WEIGHT weighs one)."),
     head: Optional[Path] = HeadOpt,
-    time_limit: Optional[float] = typer.Option(S.time_limit, "--time-limit", help="Seconds for the search."),
-    max_expansions: int = typer.Option(S.max_expansions, "--max-expansions", help="Most expansions (sample calls)."),
-    max_depth: int = typer.Option(S.max_depth, "--max-depth", help="Most steps in a path."),
-    completions: int = typer.Option(S.completions, "--completions",
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the search."),
+    max_expansions: Optional[int] = typer.Option(None, "--max-expansions", help="Most expansions (sample calls)."),
+    max_depth: Optional[int] = typer.Option(None, "--max-depth", help="Steps A* branches; deeper states are completed."),
+    completions: Optional[int] = typer.Option(None, "--completions",
                                     help="Replies completed from each open node when the budget runs out."),
-    choose: str = typer.Option(S.choose, "--choose", help="A*'s answer: best | vote | value (value-weighted vote)."),
+    choose: Optional[str] = typer.Option(None, "--choose", help="A*'s answer: best | vote | value (value-weighted vote)."),
     kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
                                             help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
 ) -> None:
     """Answer a markdown problem once, by plain generation or by search."""
-    from qwq_local.app.search import check_strategy, prepare_search, search_options
+    from qwq_local.app.search import check_strategy, prepare_search, search_defaults, search_options
 
     settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                              seed=seed, max_tokens=max_tokens, ctx=ctx_size, gpu_layers=gpu_layers,
@@ -77,9 +77,10 @@ def solve(
     else:  # every search option checked, and the head loaded, before the model
         from qwq_local.app.solve import solve_search
 
-        options = search_options(S, candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
-                                 beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
-                                 max_depth=max_depth, completions=completions, choose=choose)
+        given = dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
+                     beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
+                     max_depth=max_depth, completions=completions, choose=choose)
+        options = search_options(search_defaults(strategy, S), **{k: v for k, v in given.items() if v is not None})
         setup = prepare_search(plan, settings, strategy, options, scorer)
         if setup.note and not as_json:
             typer.echo(f"note: {setup.note}", err=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from qwq_local.app.reply import (REASONING_EFFORT, SEARCH_STRATEGIES, Delta, ReplyRequest, ReplyResult,
                                  SearchChoice)
-from qwq_local.app.search import CHAT_SEARCH
+from qwq_local.app.search import CHAT_SEARCH, search_defaults
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message
 from qwq_local.errors import UsageError
@@ -21,7 +21,7 @@ MAX_STOPS = 4
 # The search knobs a request may set, and their types.
 SEARCH_FIELDS: dict[str, type] = {"candidates": int, "trajectories": int, "beam": int, "beam_width": int,
                                   "lam": float, "agg": str, "max_expansions": int, "max_depth": int,
-                                  "time_limit": float}
+                                  "time_limit": float, "completions": int, "choose": str}
 assert set(SEARCH_FIELDS) <= {f.name for f in fields(CHAT_SEARCH)}
 
 
@@ -229,7 +229,7 @@ def _search(value: Any, from_model: SearchChoice | None) -> SearchChoice | None:
     if scorer is not None and not isinstance(scorer, str):
         raise bad("search.scorer must be a string such as \"self-eval+rules\"", "search.scorer")
     try:
-        config = replace(CHAT_SEARCH, **changes)
+        config = replace(search_defaults(strategy, CHAT_SEARCH), **changes)
     except ValueError as exc:
         raise bad(f"search: {exc}", "search") from None
     return SearchChoice(strategy, config, scorer)
