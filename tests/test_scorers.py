@@ -234,9 +234,10 @@ def test_confidence_scorer_reads_the_steps_own_token_confidences() -> None:
     sure = Candidate("a", 0, 40, False, token_confidences=[12.0] * 40)
     unsure_end = Candidate("b", 1, 40, False, token_confidences=[12.0] * 8 + [8.0] * 32)
     dip = Candidate("c", 2, 40, False, token_confidences=[8.0] * 8 + [12.0] * 32)
-    tail, low, mean = ConfidenceScorer("tail"), ConfidenceScorer("low"), ConfidenceScorer("mean")
+    tail, low, mean = (ConfidenceScorer(v, center=10.0, scale=1.0) for v in ("tail", "low", "mean"))
     assert tail.score("q", [], sure) == pytest.approx(1 / (1 + _math.exp(-2.0)))
     assert tail.score("q", [], unsure_end) < 0.5 < tail.score("q", [], dip)  # only the last 32 tokens count
+    assert ConfidenceScorer().score("q", [], sure) == pytest.approx(1 / (1 + _math.exp(-(12.0 - 12.9) / 1.4)))
     assert low.confidence(dip) == pytest.approx(11.0) and low.confidence(unsure_end) == pytest.approx(8.0)
     assert mean.confidence(dip) == pytest.approx(11.2)
     assert tail.score("q", [], Candidate("d", 3, 0, True)) == 0.5  # an engine without log-probs: no opinion
