@@ -32,10 +32,10 @@ from qwq_local.dialog.think import wrap_thinking
 from qwq_local.errors import ExitCode, UsageError
 from qwq_local.problems.datasets import Problem, load_problems, problem_seed
 from qwq_local.search.config import SearchConfig
-from qwq_local.search.strategies import needs_scorer
+from qwq_local.search.strategies import STRATEGIES, needs_scorer
 from qwq_local.value.combine import ScorerChoice, parse_scorers
 
-SPEC = re.compile(r"^(direct|astar|beam|bon|sc)(?:@(\d+))?(?::([a-z0-9+,:.\-]+))?$")
+SPEC = re.compile(rf"^({'|'.join(map(re.escape, STRATEGIES))})(?:@(\d+))?(?::([a-z0-9+,:.\-]+))?$")
 # The search options a run's records are keyed by (a rerun with other values does not mix with them).
 RECORDED_OPTIONS = ("agg", "beam", "candidates", "choose", "completions", "lam", "max_depth", "max_expansions",
                     "time_limit", "trajectories")
@@ -67,7 +67,7 @@ def parse_strategy(text: str) -> StrategySpec:
     match = SPEC.match(text.strip())
     if not match:
         raise UsageError(f"bad strategy {text!r}: write NAME[@N][:SCORER+SCORER], NAME one of "
-                         "direct, astar, beam, bon, sc")
+                         f"{', '.join(STRATEGIES)}")
     name, n, scorers = match.group(1), match.group(2), match.group(3)
     try:
         choices = parse_scorers(scorers) if scorers else ()
