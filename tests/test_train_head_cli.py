@@ -72,7 +72,7 @@ def test_train_head_labels_resumes_trains_and_the_head_loads(tmp_path: Path, qwe
     solve = ["solve", str(problem), "--model", str(qwen_path), "--strategy", "bon", "--trajectories", "2",
              "--max-tokens", "24", "--ctx", "2048", "--seed", "1", "--json"]
     code, shown, err = run(solve, capsys)
-    assert code == 0 and json.loads(shown)["scorer"] == "self-eval+rules"
+    assert code == 0 and json.loads(shown)["scorer"] == "confidence"
     code, shown, err = run(solve + ["--head", str(out)], capsys)
     assert code == 0, err
     assert json.loads(shown)["scorer"] == "qhead"

@@ -76,7 +76,8 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
                    ) -> SearchSetup:
     """The SearchSetup for `strategy` on the planned model: every check done, the head loaded, nothing decoded.
 
-    No scorer: the token confidence of the replies (DEFAULT_SCORERS); `qhead` only when named.
+    No scorer: the token confidence of the replies (DEFAULT_SCORERS); the Q-value head only when named, or when
+    one is given explicitly (`settings.head`: --head, QWQ_HEAD), never the catalog's by default (README: Search).
     Self-consistency votes, so it takes no scorer and no head. `head` given: that head, not loaded again.
     """
     check_strategy(strategy)
@@ -88,6 +89,8 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
         if scorer:
             raise UsageError(f"--scorer: {strategy} uses no scorer (self-consistency votes on answers)")
         return SearchSetup(strategy, config, (), None, kv_budget, plan)
+    if scorer is None and settings.head is not None:  # a head passed explicitly (--head) is meant to be used
+        scorer = (("qhead", 1.0),)
     if scorer is None:
         choices = DEFAULT_SCORERS
         found = None

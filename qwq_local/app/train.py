@@ -7,12 +7,11 @@ from where it stopped; training reads every committed label.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import typer
 
 from qwq_local.app import runtime
 from qwq_local.config import Settings
@@ -22,18 +21,33 @@ from qwq_local.errors import QwqError, UsageError
 MAX_FAILURES_IN_A_ROW = 3  # problems in a row whose labelling raised: the run stops with the error
 
 
+def _quiet(*_: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class TrainEvents:
+    """What training tells its front end: lines to show, and the labelling's progress (problems done)."""
+
+    say: Callable[[str], None] = _quiet
+    start: Callable[[int], None] = _quiet  # the number of problems to label
+    advance: Callable[[str], None] = _quiet  # one more problem done, with a note
+
+
 def labels_path_for(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".gguf") + ".labels.jsonl")
 
 
 def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: int, out: Path,
                    labels: Path | None, kind: str, target: str, max_steps: int, reply_tokens: int,
-                   train_only: bool, seed: int, epochs: int, banks: Sequence[Path] = ()) -> None:
+                   train_only: bool, seed: int, epochs: int, banks: Sequence[Path] = (),
+                   events: TrainEvents = TrainEvents()) -> str:
+    """Label (unless `train_only`) and train; returns the line that describes the head written."""
     from qwq_local.value.labels import LabelStore, model_identity
 
     if banks:
-        train_from_banks(settings, banks, out=out, kind=kind, target=target, seed=seed, epochs=epochs)
-        return
+        return train_from_banks(settings, banks, out=out, kind=kind, target=target, seed=seed, epochs=epochs,
+                                events=events)
 
     if data in ("gsm8k", "math500", "mbpp"):
         raise UsageError(f"{data} is a test set: train on gsm8k-train or your own FILE.jsonl")
@@ -52,15 +66,12 @@ def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: in
     store.check_model()  # labels of another model's hidden states must not be added to, or train, this one's head
     kv_budget = runtime.kv_budget_tokens(plan, settings)
     if not train_only:
-        _label(settings, plan, store, data, problems, rollouts, max_steps, reply_tokens, seed, kv_budget)
-    _train(plan, store, out, data, kind, target, seed, epochs)
+        _label(settings, plan, store, data, problems, rollouts, max_steps, reply_tokens, seed, kv_budget, events)
+    return _train(plan, store, out, data, kind, target, seed, epochs, events)
 
 
 def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, problems: int, rollouts: int,
-           max_steps: int, reply_tokens: int, seed: int, kv_budget: int | None) -> None:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+           max_steps: int, reply_tokens: int, seed: int, kv_budget: int | None, events: TrainEvents) -> None:
     from qwq_local.problems.checks import check
     from qwq_local.problems.datasets import load_problems, problem_seed
     from qwq_local.dialog.think import CLOSE
@@ -73,19 +84,15 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
 
     todo = [p for p in load_problems(data, problems) if p.id not in store.done_problems()]
     if not todo:
-        typer.echo(f"labels: all {problems} problems already in {store.path}", err=True)
+        events.say(f"labels: all {problems} problems already in {store.path}")
         return
     config = RolloutConfig(rollouts=rollouts, max_steps=max_steps, reply_tokens=reply_tokens)
     model = runtime.load(plan, settings, chat_ctx=runtime.SEARCH_ONLY_CTX)
     n_seq = min(rollouts + max_steps + 4, 256)
     started, states, skipped = time.perf_counter(), 0, []
     try:
-        with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=n_seq, kv_budget=kv_budget,
-                    hidden=True) as tree, Progress(
-            TextColumn("labels"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=False, disable=not _tty(),
-        ) as bar:
-            task = bar.add_task("labels", total=len(todo), note="")
+        with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=n_seq, kv_budget=kv_budget, hidden=True) as tree:
+            events.start(len(todo))
             for problem in todo:
                 sampling = replace(settings.sampling, seed=problem_seed(problem.id, seed), max_tokens=reply_tokens)
                 policy = TreePolicy(model, tree, sampling, thinks=plan.thinks, max_reply_tokens=reply_tokens)
@@ -101,8 +108,8 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
                     skipped.append(problem.id)
                     if len(skipped) >= MAX_FAILURES_IN_A_ROW:  # not the problems: the model or the machine
                         raise
-                    bar.console.print(f"warning: problem {problem.id} skipped ({type(exc).__name__}: {exc})")
-                    bar.update(task, advance=1)
+                    events.say(f"warning: problem {problem.id} skipped ({type(exc).__name__}: {exc})")
+                    events.advance("")
                     continue
                 finally:
                     policy.close()
@@ -114,15 +121,15 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
                                        terminal=lab.terminal)
                               for lab in found], problem_id=problem.id)
                 states += len(found)
-                bar.update(task, advance=1, note=f"{states} states · {tree.stats.evaluated_tokens:,} tok evaluated")
+                events.advance(f"{states} states · {tree.stats.evaluated_tokens:,} tok evaluated")
     finally:
         model.close()
-    typer.echo(f"labels: {len(todo)} problems, {states} states in {time.perf_counter() - started:.0f} s "
-               f"-> {store.path}", err=True)
+    events.say(f"labels: {len(todo)} problems, {states} states in {time.perf_counter() - started:.0f} s "
+               f"-> {store.path}")
 
 
 def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, kind: str, target: str, seed: int,
-                     epochs: int) -> None:
+                     epochs: int, events: TrainEvents = TrainEvents()) -> str:
     """Train a head on the states of search banks (`qwq bench bank` on training problems): Monte-Carlo labels."""
     from qwq_local.bench.bank_run import arrays_root, read_bank
     from qwq_local.value.bank_labels import bank_states
@@ -145,12 +152,12 @@ def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, ki
         raise QwqError("the banks hold no states with hidden states")
     if X.shape[1] != plan.info.n_embd:
         raise UsageError(f"--bank: its hidden states are {X.shape[1]} wide, {settings.model}'s {plan.info.n_embd}")
-    _train(plan, (X, y_max, y_mean, groups), out, "bank of " + ", ".join(sorted(datasets)), kind, target, seed,
-           epochs)
+    return _train(plan, (X, y_max, y_mean, groups), out, "bank of " + ", ".join(sorted(datasets)), kind, target, seed,
+           epochs, events)
 
 
 def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str, target: str, seed: int,
-           epochs: int) -> None:
+           epochs: int, events: TrainEvents) -> str:
     """Train on a label store (or ready (X, y_max, y_mean, groups) arrays) and write the head."""
     from qwq_local.catalog.integrity import sha256_file
     from qwq_local.value.qhead import QHeadMeta, write_head
@@ -171,16 +178,10 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
     )
     write_head(out, weights, meta)
     m = report.head_metrics()
-    typer.echo(f"head: {out} · {kind} · {len(X)} states ({float((y >= 0.5).mean()):.0%} positive) from "
-               f"{meta.n_problems} problems · held-out " + " ".join(f"{k}={v:.3f}" for k, v in m.items()))
+    return (f"head: {out} · {kind} · {len(X)} states ({float((y >= 0.5).mean()):.0%} positive) from "
+            f"{meta.n_problems} problems · held-out " + " ".join(f"{k}={v:.3f}" for k, v in m.items()))
 
 
 def check_target(target: str) -> None:
     if target not in ("max", "mean"):
         raise UsageError(f"--target must be max or mean, not {target!r}")
-
-
-def _tty() -> bool:
-    import sys
-
-    return sys.stderr.isatty()

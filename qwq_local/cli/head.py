@@ -36,12 +36,15 @@ def train_head(
 ) -> None:
     """Label steps by rollouts (resumable) and train a Q-value head on the policy's hidden states."""
     from qwq_local.app.train import run_train_head
+    from qwq_local.render.progress import counting
 
     settings = settings_from(model=model, temperature=temperature, ctx=ctx, gpu_layers=gpu_layers,
                              models_dir=models_dir, kv_budget=kv_budget)
-    run_train_head(settings, data=data, problems=problems, rollouts=rollouts, out=out, labels=labels, kind=kind,
-                   target=target, max_steps=max_steps, reply_tokens=reply_tokens, train_only=train_only,
-                   seed=seed, epochs=epochs, banks=bank)
+    with counting("labels") as events:
+        written = run_train_head(settings, data=data, problems=problems, rollouts=rollouts, out=out, labels=labels,
+                                 kind=kind, target=target, max_steps=max_steps, reply_tokens=reply_tokens,
+                                 train_only=train_only, seed=seed, epochs=epochs, banks=bank, events=events)
+    typer.echo(written)
 
 
 @head_app.command("info")
