@@ -22,6 +22,7 @@ CHAT_SEARCH = SearchConfig(candidates=4, trajectories=4, beam=8, n_samples=4, be
 BENCH_SEARCH = SearchConfig(candidates=4, trajectories=4, beam=8, n_samples=4, max_expansions=40)
 
 DEFAULT_SCORERS: tuple[ScorerChoice, ...] = (("self-eval", 1.0), ("rules", 1.0))
+REMOTE_SCORERS = ("self-eval", "rules")  # what works without the policy's hidden states
 _UNSET: Any = object()
 
 
@@ -77,7 +78,11 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
         if scorer:
             raise UsageError(f"--scorer: {strategy} uses no scorer (self-consistency votes on answers)")
         return SearchSetup(strategy, config, (), None, kv_budget, plan)
-    if scorer is None:
+    remote = settings.engine is not None
+    if scorer is None and remote:
+        choices, found = DEFAULT_SCORERS, None
+        note = f"a remote engine returns no hidden states for a Q-value head; scoring with {scorer_label(choices)}"
+    elif scorer is None:
         found = load_head(plan, settings, required=False) if head is _UNSET else head
         choices = default_scorers(found)
         if found is None:
@@ -91,6 +96,9 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
         else:
             choices = tuple(scorer)
         wants_head = any(name == "qhead" for name, _ in choices)
+        if wants_head and remote:
+            raise UsageError(f"--scorer qhead needs the policy's hidden states, which a remote engine does not "
+                             f"return; on --engine score with {', '.join(REMOTE_SCORERS)}")
         found = (load_head(plan, settings, required=True) if head is _UNSET else head) if wants_head else None
         if wants_head and found is None:
             raise UsageError("scorer qhead: no Q-value head for this model")
