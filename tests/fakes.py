@@ -232,7 +232,7 @@ def choice(tokens: Sequence[str], finish: str = "stop", *, stop: str | None = No
 class ChatMLFormat:
     """A PromptFormat without a GGUF: ChatML, and whitespace words as tokens."""
 
-    bos_text = ""
+    added_bos = ""
 
     def render_chat(self, messages: Sequence[Any]) -> str:
         turns = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)

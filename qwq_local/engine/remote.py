@@ -27,7 +27,7 @@ MAX_PARALLEL = 16  # concurrent requests when the server ignores n > 1
 class PromptFormat(Protocol):
     """The model's chat template and tokenizer, applied on this side of the wire."""
 
-    bos_text: str
+    added_bos: str  # the BOS text a tokenizer of this model puts before a prompt by itself ("" for none)
 
     def render_chat(self, messages: Sequence[Message]) -> str: ...
 
@@ -104,7 +104,7 @@ class RemotePolicy:
 
     def prompt_tokens(self, question: str) -> list[int]:
         """Stand-ins for the prompt's tokens (a solve reports only how many there are)."""
-        return list(range(self.format.count_tokens(self.prompt_text(question)) + (1 if self.format.bos_text else 0)))
+        return list(range(self.format.count_tokens(self.prompt_text(question)) + (1 if self.format.added_bos else 0)))
 
     def count_tokens(self, text: str) -> int:
         return self.format.count_tokens(text)
@@ -184,7 +184,7 @@ class RemotePolicy:
 
     def _without_bos(self, text: str) -> str:
         """The server adds BOS itself as its tokenizer says; a template that writes it would double it."""
-        bos = self.format.bos_text
+        bos = self.format.added_bos
         return text[len(bos):] if bos and text.startswith(bos) else text
 
     def _map(self, fn: Any, items: range) -> list[Any]:

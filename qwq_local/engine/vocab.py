@@ -28,6 +28,8 @@ class GGUFVocab:
         self.name = Path(path).name
         self.bos_text = self._piece_text(llama_cpp.llama_vocab_bos(self._vocab))
         self.eos_text = self._piece_text(llama_cpp.llama_vocab_eos(self._vocab))
+        # the BOS a server's tokenizer puts before a prompt by itself ("" when this vocab adds none)
+        self.added_bos = self.bos_text if llama_cpp.llama_vocab_get_add_bos(self._vocab) else ""
         self.chat_template = chat_template or CHATML
         self._formatter = Jinja2ChatFormatter(self.chat_template, self.eos_text, self.bos_text)
 
