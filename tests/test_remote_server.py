@@ -145,3 +145,21 @@ def test_a_server_killed_mid_search_is_one_line_and_its_exit_code(smollm_path: P
     assert proc.returncode == ExitCode.ENGINE_UNREACHABLE, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert server.url in err
+
+
+def test_doctor_shows_what_the_engine_supports(llama_server: LlamaServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["doctor", "--engine", llama_server.url, "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["models"] and report["models"][0].endswith(".gguf")
+    assert report["n_gt_1"] is False and report["logprobs"] == 20 and report["kind"] == "llama_cpp.server"
+    code, out, _ = run_cli(["doctor", "--engine", llama_server.url], capsys)
+    assert "n > 1         no (K concurrent requests instead)" in out
+
+
+def test_doctor_on_nothing_listening(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = run_cli(["doctor", "--engine", f"http://127.0.0.1:{port}"], capsys)
+    assert code == ExitCode.ENGINE_UNREACHABLE and err.startswith("error: cannot reach") and err.count("\n") == 1

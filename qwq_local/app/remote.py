@@ -71,38 +71,36 @@ class EngineReport:
     logprobs: int  # top log-probs it returns per token (0: none)
     kind: str | None  # llama-server, vLLM, llama_cpp.server, when it says
     prefix_cache: str | None  # what it says about a prefix cache
-    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "models": self.models, "n_gt_1": self.n_choices, "logprobs": self.logprobs,
-                "kind": self.kind, "prefix_cache": self.prefix_cache, "error": self.error}
+                "kind": self.kind, "prefix_cache": self.prefix_cache}
 
 
 def engine_report(settings: Settings) -> EngineReport:
-    """Ask the engine what it serves and supports with a few one-token requests; a failure is reported, not raised."""
+    """Ask the engine what it serves and supports, with one-token requests; an unreachable engine is an error."""
+    from qwq_local.engine.remote import TOP_LOGPROBS
     from qwq_local.engine.remote_client import CompletionServer
 
     assert settings.engine is not None
-    with CompletionServer(settings.engine, settings.api_key, timeout=min(settings.engine_timeout, 60.0)) as server:
-        try:
-            models = server.models()
-        except QwqError as exc:
-            return EngineReport(server.url, [], None, 0, None, None, exc.message)
+    with CompletionServer(settings.engine, settings.api_key, timeout=min(settings.engine_timeout, 120.0)) as server:
+        models = server.models()
         kind, cache = _server_kind(server)
-        body: dict[str, Any] = {"prompt": "1, 2, 3,", "max_tokens": 1, "n": 2, "temperature": 1.0, "logprobs": 5}
+        body: dict[str, Any] = {"prompt": "1, 2, 3,", "max_tokens": 1, "n": 2, "temperature": 1.0}
         if models:
             body["model"] = models[0]
-        try:
-            reply = server.complete(body)
-        except QwqError:
+        n_choices: bool | None = None
+        logprobs = 0
+        for asked in (TOP_LOGPROBS, 5, 0):  # what qwq asks for first, then OpenAI's limit, then none
             try:
-                body.pop("logprobs")
-                reply = server.complete(body)
-            except QwqError as exc:
-                return EngineReport(server.url, models, None, 0, kind, cache, exc.message)
-        top = reply.choices[0].top_logprobs
-        logprobs = len(top[0]) if top else 0
-        return EngineReport(server.url, models, len(reply.choices) >= 2, logprobs, kind, cache)
+                reply = server.complete(dict(body, logprobs=asked) if asked else body)
+            except QwqError:
+                continue
+            n_choices = len(reply.choices) >= 2
+            top = reply.choices[0].top_logprobs
+            logprobs = min(len(top[0]), asked) if top else 0
+            break
+        return EngineReport(server.url, models, n_choices, logprobs, kind, cache)
 
 
 def _server_kind(server: Any) -> tuple[str | None, str | None]:

@@ -118,7 +118,7 @@ class RemotePolicy:
     def close(self) -> None:
         self._branches.clear()
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)  # never wait on a stalled engine
             self._pool = None
 
     def sample(self, branch: int, k: int, stop: StepStop) -> list[Candidate]:
