@@ -163,3 +163,17 @@ def test_doctor_on_nothing_listening(capsys: pytest.CaptureFixture[str]) -> None
         port = s.getsockname()[1]
     code, _, err = run_cli(["doctor", "--engine", f"http://127.0.0.1:{port}"], capsys)
     assert code == ExitCode.ENGINE_UNREACHABLE and err.startswith("error: cannot reach") and err.count("\n") == 1
+
+
+def test_chat_streams_from_the_engine_and_searches_there(llama_server: LlamaServer, user_path: Path) -> None:
+    env = dict(os.environ, QWQ_USER_PATH=str(user_path), NO_COLOR="1")
+    before = llama_server.completions()
+    chat = subprocess.run(
+        [sys.executable, "-m", "qwq_local", "chat", "-m", "smollm2-135m", "--engine", llama_server.url,
+         "--temperature", "0", "--max-tokens", "30"],
+        input="What is the capital of France? One word.\n/search sc\nWhat is 2 + 2? Reply with the number.\n",
+        env=env, text=True, capture_output=True, timeout=600)
+    assert chat.returncode == 0, chat.stderr
+    assert "Paris" in chat.stdout and "4" in chat.stdout.split("Paris", 1)[1]
+    assert "sc:" in chat.stderr and "expansions" in chat.stderr
+    assert llama_server.completions() - before >= 1 + 4  # the chat turn, then sc's four replies

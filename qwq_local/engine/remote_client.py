@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -106,21 +106,62 @@ class CompletionServer:
             if reply.status_code in RETRY_STATUS and not last:
                 self.retry.wait(attempt, reply.headers.get("retry-after"))
                 continue
-            if reply.status_code in RETRY_STATUS:
-                raise EngineUnreachableError(f"{where} kept refusing {path} (HTTP {reply.status_code}, "
-                                             f"{attempts} tries): {_message(reply)}")
-            if reply.status_code in (401, 403):
-                raise EngineReplyError(f"{where} refused the API key (HTTP {reply.status_code}); "
-                                       "give it with --api-key or QWQ_API_KEY")
-            if reply.status_code >= 400:
-                raise EngineReplyError(f"{where} answered {path} with HTTP {reply.status_code}: {_message(reply)}",
-                                       ) from None
+            self._check(reply, path, attempts)
             try:
                 return reply.json()
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise EngineReplyError(f"{where} answered {path} with something that is not JSON: "
                                        f"{_snippet(reply.text)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check(self, reply: httpx.Response, path: str, attempts: int) -> None:
+        """An error for an HTTP error status (its body read), nothing for a success."""
+        where = f"the engine at {self.url}"
+        if reply.status_code < 400:
+            return
+        reply.read()
+        if reply.status_code in RETRY_STATUS:
+            raise EngineUnreachableError(f"{where} kept refusing {path} (HTTP {reply.status_code}, "
+                                         f"{attempts} tries): {_message(reply)}")
+        if reply.status_code in (401, 403):
+            raise EngineReplyError(f"{where} refused the API key (HTTP {reply.status_code}); "
+                                   "give it with --api-key or QWQ_API_KEY")
+        raise EngineReplyError(f"{where} answered {path} with HTTP {reply.status_code}: {_message(reply)}")
+
+    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The events of one streamed `/v1/completions` request; closing the iterator ends the request."""
+        path = "/v1/completions"
+        where = f"the engine at {self.url}"
+        for attempt in range(self.retry.attempts):
+            last = attempt == self.retry.attempts - 1
+            try:
+                with self._http.stream("POST", path, json=dict(body, stream=True)) as reply:
+                    if reply.status_code in RETRY_STATUS and not last:
+                        self.retry.wait(attempt, reply.headers.get("retry-after"))
+                        continue
+                    self._check(reply, path, self.retry.attempts)
+                    for line in reply.iter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[len("data:"):].strip()
+                        if data == "[DONE]":
+                            return
+                        try:
+                            yield json.loads(data)
+                        except json.JSONDecodeError:
+                            raise EngineReplyError(f"{where} streamed something that is not JSON: "
+                                                   f"{_snippet(data)}") from None
+                    return
+            except httpx.ConnectError as exc:
+                if not last:
+                    self.retry.wait(attempt)
+                    continue
+                raise EngineUnreachableError(f"cannot reach {where} ({_reason(exc)}); is it running?") from None
+            except httpx.TimeoutException:
+                raise EngineUnreachableError(f"{where} stalled for {self.timeout:g} s in the middle of a reply "
+                                             "(engine_timeout sets the limit)") from None
+            except httpx.TransportError as exc:
+                raise EngineUnreachableError(f"{where} broke off a reply ({_reason(exc)})") from None
 
     def models(self) -> list[str]:
         """The model ids the server serves (`/v1/models`)."""
