@@ -177,3 +177,25 @@ def test_chat_streams_from_the_engine_and_searches_there(llama_server: LlamaServ
     assert "Paris" in chat.stdout and "4" in chat.stdout.split("Paris", 1)[1]
     assert "sc:" in chat.stderr and "expansions" in chat.stderr
     assert llama_server.completions() - before >= 1 + 4  # the chat turn, then sc's four replies
+
+
+def test_bench_engine_remote_recompute_ratio(llama_server: LlamaServer, smollm_path: Path) -> None:
+    from qwq_local.bench.engine_bench import SearchShape
+    from qwq_local.bench.remote_bench import run_remote_search
+    from qwq_local.bench.run import format_remote
+    from qwq_local.config import Sampling
+    from qwq_local.engine.remote_client import CompletionServer
+    from qwq_local.engine.vocab import GGUFVocab
+
+    shape = SearchShape(prompt_tokens=60, depth=3, branching=3, step_tokens=12, expansions=4, seed=3)
+    with CompletionServer(llama_server.url) as server, GGUFVocab(smollm_path) as vocab:
+        row = run_remote_search(server, vocab, shape, Sampling(seed=1))
+        prompt_tokens = row["distinct_tokens"] - row["generated_tokens"]
+    assert row["requests"] == shape.expansions * shape.branching and row["n_gt_1"] is False
+    assert 40 <= prompt_tokens <= 70 and row["generated_tokens"] > 0
+    # every request re-sends its whole prefix: without a prefix cache the server evaluates it again each time
+    assert row["sent_tokens"] >= shape.expansions * shape.branching * prompt_tokens
+    assert row["recompute_ratio_without_cache"] > 2.0
+    assert row["server_evaluated_tokens"] is None  # llama-cpp-python's server does not say what it evaluated
+    row["url"] = llama_server.url
+    assert "remote sent" in format_remote(row) and "reports no count" in format_remote(row)

@@ -110,7 +110,11 @@ class RemotePolicy:
         return self.format.count_tokens(text)
 
     def open(self, question: str) -> int:
-        return self._handle(_Branch(self.prompt_text(question), in_think=self.thinks, reply_tokens=0))
+        return self.open_text(self.prompt_text(question))
+
+    def open_text(self, prompt: str) -> int:
+        """A root branch from a ready prompt text (benchmarks)."""
+        return self._handle(_Branch(self._without_bos(prompt), in_think=self.thinks, reply_tokens=0))
 
     def release(self, branch: int) -> None:
         self._branches.pop(branch, None)

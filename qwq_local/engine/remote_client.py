@@ -163,6 +163,14 @@ class CompletionServer:
             except httpx.TransportError as exc:
                 raise EngineUnreachableError(f"{where} broke off a reply ({_reason(exc)})") from None
 
+    def text(self, path: str) -> str | None:
+        """The plain-text body of GET `path` (`/metrics`), or None when the server has no such page or is away."""
+        try:
+            reply = self._http.get(path)
+        except httpx.HTTPError:
+            return None
+        return reply.text if reply.status_code == 200 else None
+
     def models(self) -> list[str]:
         """The model ids the server serves (`/v1/models`)."""
         data = self.request("GET", "/v1/models")
