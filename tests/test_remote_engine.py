@@ -193,3 +193,65 @@ def test_qhead_is_refused_on_a_remote_engine(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert exc.value.code == ExitCode.USAGE
     assert err.count("\n") == 1 and "self-eval, rules" in err and "hidden states" in err
+
+
+def test_engine_settings_from_flags_environment_and_config(tmp_path: Path) -> None:
+    from qwq_local.config import load_settings
+    from qwq_local.errors import UsageError
+
+    config = tmp_path / "config.toml"
+    config.write_text('engine = "http://from-config:8000"\n')
+    assert load_settings({}, env={}, config_file=config).engine == "http://from-config:8000"
+    env = {"QWQ_ENGINE": "http://from-env:8000", "QWQ_API_KEY": "k", "QWQ_ENGINE_TIMEOUT": "30"}
+    settings = load_settings({}, env=env, config_file=config)
+    assert (settings.engine, settings.api_key, settings.engine_timeout) == ("http://from-env:8000", "k", 30.0)
+    assert load_settings({"engine": "https://flag"}, env=env).engine == "https://flag"
+    with pytest.raises(UsageError, match="URL"):
+        load_settings({"engine": "gpu-box:8000"}, env={})
+
+
+def test_the_api_key_is_sent_and_a_refusal_says_so() -> None:
+    import httpx
+
+    seen: list[str | None] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(401, json={"error": {"message": "bad key"}})
+
+    remote = CompletionServer("http://engine.test", "sekrit", transport=httpx.MockTransport(handle))
+    with pytest.raises(EngineReplyError, match="refused the API key"):
+        remote.models()
+    assert seen == ["Bearer sekrit"]
+
+
+def test_chat_streams_and_a_forced_close_of_the_thinking_continues_in_a_new_request() -> None:
+    import json
+
+    import httpx
+
+    from qwq_local.engine.remote_chat import RemoteChat
+    from qwq_local.render.chatmodel import Message
+
+    bodies: list[dict] = []
+    scripts = [["Let", " me", " think", " more", " and", " more"], ["\n\nIt", " is", " 4."]]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        pieces = scripts[len(bodies) - 1]
+        events = [{"choices": [{"text": p, "index": 0, "finish_reason": None}]} for p in pieces]
+        events[-1]["choices"][0]["finish_reason"] = "stop"
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+    remote = CompletionServer("http://engine.test", transport=httpx.MockTransport(handle))
+    chat = RemoteChat(remote, ChatMLFormat(), name="scripted", n_ctx=4096, think=True)
+
+    def budget(thinking: str, n: int) -> str | None:
+        return "\n</think>\n\n" if n >= 3 and "</think>" not in thinking else None
+
+    reply = "".join(chat.stream([Message("user", "2+2?")], Sampling(temperature=0, max_tokens=50), intervene=budget))
+    assert reply == "<think>\nLet me think\n</think>\n\n\n\nIt is 4."
+    assert bodies[0]["stream"] and bodies[1]["prompt"].endswith("<think>\nLet me think\n</think>\n\n")
+    stats = chat.last_stats
+    assert stats is not None and stats.answer_tokens == 3 and stats.stop_reason == "eos"
