@@ -67,8 +67,8 @@ def format_remote(m: dict) -> str:
     """The remote engine's row beside the KV tree's: tokens sent (and evaluated, where the server says)."""
     evaluated = m["server_evaluated_tokens"]
     ratio = m["recompute_ratio"]
-    row = (f"{'remote sent':14}{m['sent_tokens']:>10}{m['distinct_tokens']:>10}{m['recompute_ratio_without_cache']:>8.3f}"
-           f"{m['generated_tokens']:>11}{m['seconds']:>9.1f}"
+    row = (f"{'remote sent':14}{m['sent_tokens']:>10}{m['distinct_tokens']:>10}"
+           f"{m['recompute_ratio_without_cache']:>8.3f}{m['generated_tokens']:>11}{m['seconds']:>9.1f}"
            f"{1000 * m['seconds'] / max(m['generated_tokens'], 1):>10.1f}")
     said = (f"{'remote eval':14}{evaluated:>10}{m['distinct_tokens']:>10}{ratio:>8.3f}" if evaluated is not None
             else f"{'remote eval':14}  (the server reports no count of the tokens it evaluated)")

@@ -1,4 +1,4 @@
-"""HTTP to an OpenAI-compatible engine (vLLM, llama-server, llama_cpp.server): completions with retries, one-line errors."""
+"""HTTP to an OpenAI-compatible engine (vLLM, llama-server, llama_cpp.server): completions, retries, one-line errors."""
 
 from __future__ import annotations
 
