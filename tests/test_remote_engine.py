@@ -255,3 +255,16 @@ def test_chat_streams_and_a_forced_close_of_the_thinking_continues_in_a_new_requ
     assert bodies[0]["stream"] and bodies[1]["prompt"].endswith("<think>\nLet me think\n</think>\n\n")
     stats = chat.last_stats
     assert stats is not None and stats.answer_tokens == 3 and stats.stop_reason == "eos"
+
+
+def test_log_probs_in_the_chat_form_are_read_too() -> None:
+    from qwq_local.engine.remote_client import parse_completion
+
+    entry = {"token": "Yes", "logprob": -0.1, "top_logprobs": [{"token": "Yes", "logprob": -0.1},
+                                                               {"token": "No", "logprob": -2.4}]}
+    data = {"choices": [{"text": "Yes", "finish_reason": "length", "logprobs": {"content": [entry]}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1}, "timings": {"prompt_n": 2}}
+    reply = parse_completion(data, "http://engine.test")
+    [one] = reply.choices
+    assert one.tokens == ["Yes"] and one.token_logprobs == [-0.1] and one.top_logprobs == [{"Yes": -0.1, "No": -2.4}]
+    assert reply.usage.evaluated_prompt_tokens == 2

@@ -214,10 +214,15 @@ def _choice(raw: dict[str, Any]) -> Choice:
     stopped_at_string = None if said is ... or raw.get("finish_reason") != "stop" else isinstance(said, str)
     logprobs = raw.get("logprobs") or None
     tokens = token_logprobs = top = None
-    if isinstance(logprobs, dict) and isinstance(logprobs.get("tokens"), list):
+    if isinstance(logprobs, dict) and isinstance(logprobs.get("tokens"), list):  # the completions API's form
         tokens = [str(t) for t in logprobs["tokens"]]
         token_logprobs = [float(x) if x is not None else 0.0 for x in logprobs.get("token_logprobs") or []]
         top = [{str(k): float(v) for k, v in (entry or {}).items()} for entry in logprobs.get("top_logprobs") or []]
+    elif isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):  # the chat API's (llama-server)
+        entries = logprobs["content"]
+        tokens = [str(e["token"]) for e in entries]
+        token_logprobs = [float(e["logprob"]) for e in entries]
+        top = [{str(t["token"]): float(t["logprob"]) for t in e.get("top_logprobs") or []} for e in entries]
     return Choice(text, raw.get("finish_reason"), stopped_at_string, tokens, token_logprobs, top)
 
 
