@@ -268,3 +268,12 @@ def test_log_probs_in_the_chat_form_are_read_too() -> None:
     [one] = reply.choices
     assert one.tokens == ["Yes"] and one.token_logprobs == [-0.1] and one.top_logprobs == [{"Yes": -0.1, "No": -2.4}]
     assert reply.usage.evaluated_prompt_tokens == 2
+
+
+def test_an_end_token_in_the_log_probs_is_not_taken_for_the_stop_string() -> None:
+    engine = ScriptedEngine([[dict(choice(["It", " is", " 5.", "<|im_end|>"], stop="<|im_end|>"), stop_reason=None),
+                              dict(choice(["It", " is", " 5.", "\n\n"], stop="\n\n"), stop_reason="\n\n")]])
+    lm = policy(engine)
+    done, cut = lm.sample(lm.open("q"), 2, STOP)
+    assert done.finished and done.text == "It is 5."
+    assert not cut.finished and cut.text == "It is 5.\n\n"

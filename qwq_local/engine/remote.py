@@ -275,12 +275,12 @@ class RemotePolicy:
         n_tokens = len(tokens) if tokens is not None else self.format.count_tokens(text)
         hit_stop = False
         if choice.finish_reason == "stop" and delimited:
-            if choice.stopped_at_string is not None:
-                hit_stop = choice.stopped_at_string
-            elif tokens is not None:  # the sampled tokens run on past the text: a stop string cut them
-                hit_stop = len("".join(tokens)) > len(text)
-            else:
-                hit_stop = n_tokens > 0
+            if choice.stopped_at_string:  # the server names the stop string (vLLM)
+                hit_stop = True
+            elif tokens is not None:  # the sampled tokens run on past the text into the stop string
+                hit_stop = (stop.delimiter or "") in "".join(tokens)[len(text):]
+            else:  # no way to tell EOS from the stop string: a step with tokens ended at the delimiter
+                hit_stop = n_tokens > 0 and choice.stopped_at_string is None
         eos = choice.finish_reason == "stop" and not hit_stop
         if step.in_think:
             whole = step.text + text
