@@ -10,7 +10,6 @@ from qwq_local.app import runtime
 from qwq_local.app.search import CHAT_SEARCH, SearchSetup, load_head, prepare_search
 from qwq_local.app.solve import PolicyFactory, TreePolicies, solve_search
 from qwq_local.config import Settings
-from qwq_local.errors import UsageError
 from qwq_local.dialog.messages import TurnStats
 from qwq_local.dialog.think import wrap_thinking
 from qwq_local.search.strategies import needs_scorer
@@ -27,9 +26,7 @@ class ChatSetup:
 def prepare_chat(settings: Settings) -> ChatSetup:
     """Plan the model and load the head once (a wrong --head is found now, before the model loads)."""
     plan = runtime.plan_for(settings)
-    if settings.engine is not None:
-        if settings.head is not None:
-            raise UsageError("--head: a remote engine returns no hidden states for a Q-value head")
+    if settings.engine is not None:  # no hidden states come back: searches score with self-eval and rules
         return ChatSetup(plan, None)
     return ChatSetup(plan, load_head(plan, settings, required=settings.head is not None))
 
