@@ -56,6 +56,9 @@ class Settings:
     gpu_layers: str = "auto"
     kv_budget: str = "0"  # KV cells for a search: tokens ("4096") or bytes ("512MiB", "2GB"); 0 = the context
     head: Path | None = None  # a Q-value head file used instead of the catalog's head for the model
+    engine: str | None = None  # an OpenAI-compatible server (URL) that runs the model instead of llama.cpp here
+    api_key: str | None = None  # its bearer token
+    engine_timeout: float = 600.0  # seconds one request to the engine may take before it counts as stalled
     sampling: Sampling = Sampling()
 
 
@@ -90,12 +93,13 @@ def default_models_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 
 _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
-_SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head"}
+_SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head", "engine", "api_key",
+                 "engine_timeout"}
 
 
 def _coerce(key: str, value: Any) -> Any:
     ints = {"ctx", "top_k", "max_tokens", "seed"}
-    floats = {"temperature", "top_p", "min_p"}
+    floats = {"temperature", "top_p", "min_p", "engine_timeout"}
     try:
         if key in ints:
             return int(value)
@@ -108,6 +112,8 @@ def _coerce(key: str, value: Any) -> Any:
         return str(value)
     if key in ("models_dir", "head"):
         return Path(str(value)).expanduser()
+    if key in ("engine", "api_key"):
+        return str(value).strip() or None
     return str(value)
 
 
@@ -139,6 +145,10 @@ def load_settings(
         sampling=sampling,
         **{k: v for k, v in merged.items() if k in _SETTING_KEYS - {"models_dir"}},
     )
+    if settings.engine is not None and not settings.engine.startswith(("http://", "https://")):
+        raise UsageError(f"--engine {settings.engine}: give the server's URL, e.g. http://127.0.0.1:8000")
+    if settings.engine_timeout <= 0:
+        raise UsageError("engine_timeout must be > 0 seconds")
     if settings.ctx < 64:
         raise UsageError("--ctx must be at least 64 tokens")
     return settings

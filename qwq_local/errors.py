@@ -24,6 +24,8 @@ class ExitCode(IntEnum):
     OUT_OF_MEMORY = 13
     CHECKSUM_MISMATCH = 14
     HEAD_MISMATCH = 15
+    ENGINE_UNREACHABLE = 16
+    ENGINE_BAD_REPLY = 17
     INTERRUPTED = 130
 
 
@@ -79,6 +81,18 @@ class OutOfMemoryError(QwqError):
 
 class HeadMismatchError(QwqError):
     exit_code = ExitCode.HEAD_MISMATCH
+
+
+class EngineUnreachableError(QwqError):
+    """A remote engine that cannot be reached, keeps refusing (429/503) or stalls past its timeout."""
+
+    exit_code = ExitCode.ENGINE_UNREACHABLE
+
+
+class EngineReplyError(QwqError):
+    """A remote engine that answers, but not as an OpenAI-compatible completions server would."""
+
+    exit_code = ExitCode.ENGINE_BAD_REPLY
 
 
 class UsageError(QwqError):

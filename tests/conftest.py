@@ -48,7 +48,7 @@ def user_path(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     """Point the user data dir at a temp dir so no test touches the real home."""
     path = tmp_path_factory.mktemp("qwq_user")
     monkeypatch.setenv("QWQ_USER_PATH", str(path))
-    for var in ("QWQ_MODEL", "QWQ_CTX", "QWQ_TEMPERATURE", "QWQ_CONFIG"):
+    for var in ("QWQ_MODEL", "QWQ_CTX", "QWQ_TEMPERATURE", "QWQ_CONFIG", "QWQ_ENGINE", "QWQ_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     return path
 

@@ -175,3 +175,68 @@ def write_tiny_gguf(path: Any) -> Any:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+class ScriptedEngine:
+    """An OpenAI-compatible server in a `httpx.MockTransport`: answers `/v1/completions` from a queue of replies.
+
+    A reply is a completion's choices (a list of dicts, see `choice`), an HTTP status (int) with an error body,
+    `(status, body_text)`, or a callable taking the request body. `/v1/models` lists one model. `requests` keeps
+    every completion request's JSON body.
+    """
+
+    def __init__(self, replies: Sequence[Any] = (), *, default: Any = None) -> None:
+        self.replies = list(replies)
+        self.default = default
+        self.requests: list[dict[str, Any]] = []
+
+    def transport(self) -> Any:
+        import httpx
+
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: Any) -> Any:
+        import json
+
+        import httpx
+
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "scripted"}]})
+        body = json.loads(request.content)
+        self.requests.append(body)
+        reply = self.replies.pop(0) if self.replies else self.default
+        if reply is None:
+            raise AssertionError(f"unscripted request: {body}")
+        if callable(reply):
+            reply = reply(body)
+        if isinstance(reply, int):
+            return httpx.Response(reply, json={"error": {"message": f"scripted {reply}"}})
+        if isinstance(reply, tuple):
+            status, text = reply
+            return httpx.Response(status, text=text)
+        usage = {"prompt_tokens": len(body["prompt"].split()),
+                 "completion_tokens": sum(len(c["logprobs"]["tokens"]) if c.get("logprobs") else 1 for c in reply)}
+        return httpx.Response(200, json={"choices": [dict(c, index=i) for i, c in enumerate(reply)], "usage": usage})
+
+
+def choice(tokens: Sequence[str], finish: str = "stop", *, stop: str | None = None,
+           top: Sequence[Mapping[str, float]] | None = None, logprob: float = -0.5) -> dict[str, Any]:
+    """One completion choice as llama.cpp's servers write it: the text is the tokens joined, cut before `stop`."""
+    joined = "".join(tokens)
+    text = joined[: joined.index(stop)] if stop is not None else joined
+    tops = list(top) if top is not None else [{t: logprob} for t in tokens]
+    return {"text": text, "finish_reason": finish,
+            "logprobs": {"tokens": list(tokens), "token_logprobs": [logprob] * len(tokens), "top_logprobs": tops}}
+
+
+class ChatMLFormat:
+    """A PromptFormat without a GGUF: ChatML, and whitespace words as tokens."""
+
+    added_bos = ""
+
+    def render_chat(self, messages: Sequence[Any]) -> str:
+        turns = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
+        return turns + "<|im_start|>assistant\n"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())

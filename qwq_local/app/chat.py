@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from qwq_local.app import runtime
 from qwq_local.app.search import CHAT_SEARCH, SearchSetup, load_head, prepare_search, search_defaults
-from qwq_local.app.solve import TreePolicies, solve_search
+from qwq_local.app.solve import PolicyFactory, TreePolicies, solve_search
 from qwq_local.config import Settings
 from qwq_local.dialog.messages import TurnStats
 from qwq_local.dialog.think import wrap_thinking
@@ -24,15 +25,43 @@ class ChatSetup:
 
 def prepare_chat(settings: Settings) -> ChatSetup:
     """Plan the model and load the head once (a wrong --head is found now, before the model loads)."""
-    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    plan = runtime.plan_for(settings)
+    if settings.engine is not None:  # no hidden states come back: searches score with self-eval and rules
+        return ChatSetup(plan, None)
     return ChatSetup(plan, load_head(plan, settings, required=settings.head is not None))
 
 
-class SearchTurns:
-    """`/search astar|beam|bon|sc`: a chat turn answered by search on a KV tree (the chat's cache untouched)."""
+@contextlib.contextmanager
+def open_chat(setup: ChatSetup, settings: Settings, *, think: bool | None) -> Iterator[tuple[Any, SearchTurns]]:
+    """(the ChatModel, its `/search` turns) on the model loaded here, or on the remote engine `settings.engine`.
 
-    def __init__(self, model: Any, setup: ChatSetup, settings: Settings) -> None:
-        self.policies = TreePolicies(model)
+    `think=True` opens a <think> section even for a model that does not think on its own.
+    """
+    if settings.engine is not None:
+        from qwq_local.app.remote import remote_policies
+        from qwq_local.engine.remote_chat import RemoteChat
+
+        with remote_policies(setup.plan, settings) as policies:
+            yield (RemoteChat(policies.server, policies.prompt_format, name=settings.model, n_ctx=setup.plan.n_ctx,
+                              model=policies.served_model, think=think),
+                   SearchTurns(policies, setup, settings))
+        return
+    from qwq_local.engine.chat import LlamaChat
+
+    loaded = runtime.load(setup.plan, settings)
+    try:
+        engine = LlamaChat(loaded, think=think)
+        engine.name = settings.model
+        yield engine, SearchTurns(TreePolicies(loaded), setup, settings)
+    finally:
+        loaded.close()
+
+
+class SearchTurns:
+    """`/search astar|beam|bon|sc`: a chat turn answered by search on fresh policies (the chat's cache untouched)."""
+
+    def __init__(self, policies: PolicyFactory, setup: ChatSetup, settings: Settings) -> None:
+        self.policies = policies
         self.setup = setup
         self.settings = settings
 

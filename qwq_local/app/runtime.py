@@ -72,6 +72,33 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
     return ModelPlan(resolved, info, ctx, rope, offload)
 
 
+def plan_remote(resolved: ResolvedModel, settings: Settings) -> ModelPlan:
+    """The plan of a model a remote engine runs: its GGUF's metadata (template, tokenizer), nothing loaded here."""
+    info = catalog.read_gguf_info(resolved.path)
+    native = info.context_length or (resolved.spec.native_context if resolved.spec else settings.ctx)
+    factor = resolved.spec.yarn_max_factor if resolved.spec else DEFAULT_YARN_FACTOR
+    offload = OffloadPlan(n_layer=info.n_layer, n_gpu_layers=0, model_bytes=info.file_size, kv_bytes=0, gpu_bytes=0,
+                          ram_bytes=0, device=None, ram_free_bytes=0)
+    return ModelPlan(resolved, info, settings.ctx, plan_rope(settings.ctx, native, factor), offload)
+
+
+def plan_for(settings: Settings) -> ModelPlan:
+    """The plan for `settings.model`: loaded here (pulled first if need be), or run by `settings.engine`.
+
+    A remote engine still needs the model's GGUF here for its chat template and tokenizer (only the vocabulary
+    is read), and it is never pulled for that.
+    """
+    if settings.engine is None:
+        return plan_model(locate(settings.model, settings), settings)
+    try:
+        resolved = catalog.resolve(settings.model, settings.models_dir)
+    except NotPulledError:
+        raise NotPulledError(f"--engine: qwq applies {settings.model}'s chat template and counts its tokens from "
+                             f"its GGUF, which is not here: run `qwq pull {settings.model}` or give --model "
+                             "PATH.gguf (only its vocabulary is read)") from None
+    return plan_remote(resolved, settings)
+
+
 def kv_budget_tokens(plan: ModelPlan, settings: Settings) -> int | None:
     """The search's KV budget in tokens (cells); a size in bytes is divided by the model's KV bytes per token."""
     from qwq_local.config import parse_kv_budget

@@ -28,6 +28,7 @@ ASTAR_CHANGES: dict[str, Any] = {"candidates": 2, "trajectories": 8, "max_depth"
 # What a search scores with unless told: the reply's own token confidence (DeepConf). On the bank it separates right
 # from wrong replies of a problem (AUC ~0.78) where the shipped Q-value head does not (below 0.5).
 DEFAULT_SCORERS: tuple[ScorerChoice, ...] = (("confidence", 1.0),)
+REMOTE_SCORERS = ("confidence", "self-eval", "rules")  # what works without the policy's hidden states
 _UNSET: Any = object()
 
 
@@ -89,7 +90,8 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
         if scorer:
             raise UsageError(f"--scorer: {strategy} uses no scorer (self-consistency votes on answers)")
         return SearchSetup(strategy, config, (), None, kv_budget, plan)
-    if scorer is None and settings.head is not None:  # a head passed explicitly (--head) is meant to be used
+    remote = settings.engine is not None
+    if scorer is None and settings.head is not None and not remote:  # a head given explicitly is meant
         scorer = (("qhead", 1.0),)
     if scorer is None:
         choices = DEFAULT_SCORERS
@@ -103,6 +105,9 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
         else:
             choices = tuple(scorer)
         wants_head = any(name == "qhead" for name, _ in choices)
+        if wants_head and remote:
+            raise UsageError(f"--scorer qhead needs the policy's hidden states, which a remote engine does not "
+                             f"return; on --engine score with {', '.join(REMOTE_SCORERS)}")
         found = (load_head(plan, settings, required=True) if head is _UNSET else head) if wants_head else None
         if wants_head and found is None:
             raise UsageError("scorer qhead: no Q-value head for this model")

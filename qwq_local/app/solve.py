@@ -260,3 +260,12 @@ class Backend:
     """Where front ends get policies for a planned model: the loaded GGUF, or in tests a scripted LM."""
 
     policies: Callable[[runtime.ModelPlan, Settings], ContextManager[PolicyFactory]] = loaded_policies
+
+
+def backend_for(settings: Settings) -> Backend:
+    """The loaded GGUF here, or the remote engine `settings.engine` names."""
+    if settings.engine is None:
+        return Backend()
+    from qwq_local.app.remote import remote_policies
+
+    return Backend(remote_policies)

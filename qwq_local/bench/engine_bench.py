@@ -50,6 +50,7 @@ class EngineReport:
     wall_ratio_naive_over_tree: float = 0.0
     per_token_ratio_naive_over_tree: float = 0.0  # seconds per generated token, naive / tree
     peak_rss_mib: float = 0.0
+    remote: dict[str, Any] = field(default_factory=dict)  # the same search on a remote engine (bench/remote_bench)
 
 
 def synthetic_prompt(model: LoadedModel, n_tokens: int) -> list[int]:

@@ -27,6 +27,14 @@ def run_engine_bench(settings: Settings, models: list[str], ks: list[int], steps
             reports.append(bench_engine(model, ks=tuple(ks), steps=steps, kv_budget=kv_budget))
         finally:
             model.close()
+        if settings.engine is not None:  # the same search, prompt and sampling on the remote engine
+            from qwq_local.bench.engine_bench import SearchShape
+            from qwq_local.bench.remote_bench import bench_remote
+            from qwq_local.engine.vocab import GGUFVocab
+
+            plan = runtime.plan_remote(runtime.locate(name, settings), settings)
+            with GGUFVocab(plan.resolved.path, plan.info.chat_template) as vocab:
+                reports[-1].remote = bench_remote(settings, name, vocab, SearchShape())
         if not as_json:
             typer.echo(format_engine(reports[-1]))
     if as_json:
@@ -50,7 +58,22 @@ def format_engine(r) -> str:
         f"{'K':>3}{'tree tok/s':>12}{'raw tok/s':>11}{'ratio':>8}",
     ]
     lines += [f"{b['k']:>3}{b['tree_tok_s']:>12.1f}{b['raw_tok_s']:>11.1f}{b['ratio']:>8.3f}" for b in r.batched]
+    if r.remote:
+        lines.insert(4, format_remote(r.remote))
     return "\n".join(lines) + "\n"
+
+
+def format_remote(m: dict) -> str:
+    """The remote engine's row beside the KV tree's: tokens sent (and evaluated, where the server says)."""
+    evaluated = m["server_evaluated_tokens"]
+    ratio = m["recompute_ratio"]
+    row = (f"{'remote sent':14}{m['sent_tokens']:>10}{m['distinct_tokens']:>10}"
+           f"{m['recompute_ratio_without_cache']:>8.3f}{m['generated_tokens']:>11}{m['seconds']:>9.1f}"
+           f"{1000 * m['seconds'] / max(m['generated_tokens'], 1):>10.1f}")
+    said = (f"{'remote eval':14}{evaluated:>10}{m['distinct_tokens']:>10}{ratio:>8.3f}" if evaluated is not None
+            else f"{'remote eval':14}  (the server reports no count of the tokens it evaluated)")
+    return row + "\n" + said + f"\nremote: {m['url']} · {m['requests']} requests · n > 1 " + \
+        {True: "honoured", False: "ignored: K requests", None: "not tried"}[m["n_gt_1"]]
 
 
 def run_chat_bench(settings: Settings, models: list[str], max_tokens: int, runs: int, as_json: bool) -> None:

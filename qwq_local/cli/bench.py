@@ -10,7 +10,8 @@ import typer
 from qwq_local.app.search import BENCH_SEARCH as S
 from qwq_local.bench.choose import DEFAULT_CHOOSERS as CHOOSERS
 from qwq_local.bench.choose import STAT_SIGNALS
-from qwq_local.cli.root import CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, bench_app, settings_from
+from qwq_local.cli.root import (ApiKeyOpt, CtxOpt, EngineOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, bench_app,
+                                settings_from)
 from qwq_local.errors import UsageError
 
 BENCH_MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
@@ -25,8 +26,13 @@ def bench_engine(
     kv_budget: Optional[int] = typer.Option(None, "--kv-budget"),
     models_dir: Optional[Path] = ModelsDirOpt,
     as_json: bool = typer.Option(False, "--json"),
+    engine: Optional[str] = EngineOpt,
+    api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
-    """KV tree vs naive re-prefill (recompute ratio, wall time) and batched tok/s vs raw llama.cpp."""
+    """KV tree vs naive re-prefill (recompute ratio, wall time) and batched tok/s vs raw llama.cpp.
+
+    With --engine: the same search on that server too (tokens sent and evaluated there: the remote recompute ratio).
+    """
     from qwq_local.bench.run import run_engine_bench
 
     try:
@@ -35,7 +41,8 @@ def bench_engine(
         raise UsageError(f"--k {ks!r}: give sibling counts such as 1,2,4,8") from None
     if not counts or any(not 1 <= k <= 128 for k in counts):
         raise UsageError(f"--k {ks!r}: each sibling count must be from 1 to 128")
-    run_engine_bench(settings_from(models_dir=models_dir), model, counts, steps, kv_budget, as_json)
+    run_engine_bench(settings_from(models_dir=models_dir, engine=engine, api_key=api_key), model, counts, steps,
+                     kv_budget, as_json)
 
 
 @bench_app.command("chat")

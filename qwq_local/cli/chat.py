@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qwq_local.cli.root import CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
+from qwq_local.cli.root import ApiKeyOpt, CtxOpt, EngineOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
 from qwq_local.errors import UsageError
 
 
@@ -26,17 +26,18 @@ def chat(
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
     head: Optional[Path] = HeadOpt,
+    engine: Optional[str] = EngineOpt,
+    api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
     """Interactive chat with folded thinking (piped stdin: one message a line)."""
-    from qwq_local.app import runtime
-    from qwq_local.app.chat import SearchTurns, prepare_chat
-    from qwq_local.engine.chat import LlamaChat
+    from qwq_local.app.chat import open_chat, prepare_chat
     from qwq_local.render.console import Env
     from qwq_local.render.history import History
     from qwq_local.render.repl import run_chat
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
-                             gpu_layers=gpu_layers, models_dir=models_dir, head=head)
+                             gpu_layers=gpu_layers, models_dir=models_dir, head=head, engine=engine,
+                             api_key=api_key)
     if show_thinking and hide_thinking:
         raise UsageError("--show-thinking and --hide-thinking cannot be used together")
     if think_budget is not None and think_budget < 1:
@@ -48,15 +49,9 @@ def chat(
     if resume is not None and history.conversation(resume) is None:
         raise UsageError(f"no conversation {resume} in the history; `qwq history` lists them")
     setup = prepare_chat(settings)
-    loaded = runtime.load(setup.plan, settings)
-    try:
-        # A thinking budget makes even a model that does not think on its own open a <think> section.
-        engine = LlamaChat(loaded, think=True if (setup.plan.thinks or think_budget) else None)
-        engine.name = settings.model
-        code = run_chat(engine, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
-                        think_budget=think_budget, resume=resume,
-                        strategy_runner=SearchTurns(loaded, setup, settings))
-    finally:
-        loaded.close()
+    # A thinking budget makes even a model that does not think on its own open a <think> section.
+    with open_chat(setup, settings, think=True if (setup.plan.thinks or think_budget) else None) as (chat_model, turns):
+        code = run_chat(chat_model, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
+                        think_budget=think_budget, resume=resume, strategy_runner=turns)
     if code:
         raise typer.Exit(code)

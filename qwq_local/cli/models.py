@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from qwq_local.cli.root import CtxOpt, GpuOpt, JsonOpt, ModelsDirOpt, app, settings_from
+from qwq_local.cli.root import ApiKeyOpt, CtxOpt, EngineOpt, GpuOpt, JsonOpt, ModelsDirOpt, app, settings_from
 
 
 @app.command()
@@ -46,9 +46,20 @@ def info(model: str = typer.Argument(..., help="Catalog name or .gguf path."),
 
 
 @app.command()
-def doctor(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -> None:
-    """The llama.cpp build and offload support, GPU memory, RAM, disk, cache dir, hub reachability."""
+def doctor(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt, engine: Optional[str] = EngineOpt,
+           api_key: Optional[str] = ApiKeyOpt) -> None:
+    """The llama.cpp build and offload support, GPU memory, RAM, disk, cache dir, hub reachability.
+
+    With --engine: what that server serves and supports instead (models, n > 1, log-probs, prefix cache).
+    """
+    settings = settings_from(models_dir=models_dir, engine=engine, api_key=api_key)
+    if settings.engine is not None:
+        from qwq_local.app.remote import engine_report
+        from qwq_local.render.reports import print_engine
+
+        print_engine(engine_report(settings), as_json=as_json)
+        return
     from qwq_local.app.doctor import doctor_report
     from qwq_local.render.reports import print_doctor
 
-    print_doctor(doctor_report(settings_from(models_dir=models_dir)), as_json=as_json)
+    print_doctor(doctor_report(settings), as_json=as_json)

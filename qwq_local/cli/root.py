@@ -24,6 +24,8 @@ CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (YaRN beyond t
 GpuOpt = typer.Option(None, "--gpu-layers", help="auto | all | N layers on the GPU.")
 HeadOpt = typer.Option(None, "--head", help="Q-value head .gguf instead of the catalog's (QWQ_HEAD).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+EngineOpt = typer.Option(None, "--engine", help="URL of an OpenAI-compatible server that runs the model (QWQ_ENGINE).")
+ApiKeyOpt = typer.Option(None, "--api-key", help="Bearer token for --engine (QWQ_API_KEY).")
 
 
 def _version(value: bool) -> None:

@@ -11,8 +11,9 @@ import typer
 
 from qwq_local.app import runtime
 from qwq_local.app.search import SOLVE_SEARCH as S
-from qwq_local.app.solve import Backend, SolveResult, read_problem
-from qwq_local.cli.root import CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
+from qwq_local.app.solve import Backend, SolveResult, backend_for, read_problem
+from qwq_local.cli.root import (ApiKeyOpt, CtxOpt, EngineOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app,
+                                settings_from)
 from qwq_local.config import Settings
 from qwq_local.errors import UsageError
 from qwq_local.problems.prompts import FORMATS
@@ -56,13 +57,15 @@ def solve(
                                             help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
+    engine: Optional[str] = EngineOpt,
+    api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
     """Answer a markdown problem once, by plain generation or by search."""
     from qwq_local.app.search import check_strategy, prepare_search, search_defaults, search_options
 
     settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                              seed=seed, max_tokens=max_tokens, ctx=ctx_size, gpu_layers=gpu_layers,
-                             models_dir=models_dir, kv_budget=kv_budget, head=head)
+                             models_dir=models_dir, kv_budget=kv_budget, head=head, engine=engine, api_key=api_key)
     check_strategy(strategy)
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
@@ -71,8 +74,8 @@ def solve(
     if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
         raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)
-    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
-    if strategy == "direct":
+    plan = runtime.plan_for(settings)
+    if strategy == "direct" and settings.engine is None:
         result = _direct(plan, problem, fmt, settings, show_thinking, as_json)
     else:  # every search option checked, and the head loaded, before the model
         from qwq_local.app.solve import solve_search
@@ -84,7 +87,7 @@ def solve(
         setup = prepare_search(plan, settings, strategy, options, scorer)
         if setup.note and not as_json:
             typer.echo(f"note: {setup.note}", err=True)
-        backend = ctx.obj if isinstance(ctx.obj, Backend) else Backend()
+        backend = ctx.obj if isinstance(ctx.obj, Backend) else backend_for(settings)
         with backend.policies(plan, settings) as policies:
             result = solve_search(setup, problem, fmt, settings.sampling, policies)
     _print(result, as_json=as_json, show_thinking=show_thinking, show_tree=show_tree, trace=trace)

@@ -103,5 +103,23 @@ def print_doctor(report: dict[str, Any], as_json: bool = False) -> None:
     typer.echo("\n".join(lines))
 
 
+def print_engine(report: Any, as_json: bool = False) -> None:
+    """`qwq doctor --engine`: what a remote engine serves and supports (an app.remote.EngineReport)."""
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    n = {True: "yes (K candidates in one request)", False: "no (K concurrent requests instead)",
+         None: "could not tell (no completion succeeded)"}[report.n_choices]
+    lines = [
+        f"engine        {report.url}" + (f" · {report.kind}" if report.kind else ""),
+        "models        " + (", ".join(report.models) or "none listed"),
+        f"n > 1         {n}",
+        "log-probs     " + (f"top {report.logprobs} per token (token confidence, self-eval)" if report.logprobs
+                            else "none: self-eval and confidence scorers cannot run; use --scorer rules"),
+        "prefix cache  " + (report.prefix_cache or "not reported"),
+    ]
+    typer.echo("\n".join(lines))
+
+
 def _count(value: int | None) -> str:
     return f"{value:,}" if value else "?"

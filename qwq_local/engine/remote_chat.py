@@ -1,0 +1,144 @@
+"""A ChatModel on a remote OpenAI-compatible engine: the reply streams from `/v1/completions` (`qwq chat --engine`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator
+
+from qwq_local.config import Sampling
+from qwq_local.dialog.messages import Message, TurnStats
+from qwq_local.dialog.think import CLOSE as THINK_CLOSE
+from qwq_local.dialog.think import OPEN_LINE as THINK_OPEN
+from qwq_local.dialog.think import strip_closed_thinking
+from qwq_local.engine.remote import PromptFormat
+from qwq_local.engine.remote_client import CompletionServer
+from qwq_local.errors import EngineReplyError, ExitCode, QwqError
+
+
+class RemoteChat:
+    """A ChatModel whose replies a remote engine writes; the chat template is applied here, as for search."""
+
+    def __init__(self, server: CompletionServer, prompt_format: PromptFormat, *, name: str, n_ctx: int,
+                 model: str | None = None, think: bool | None = None) -> None:
+        self.server = server
+        self.format = prompt_format
+        self.name = name
+        self.n_ctx = n_ctx
+        self.model = model
+        self.last_stats: TurnStats | None = None
+        self.template_thinks = prompt_format.render_chat([Message("user", "x")]).endswith(THINK_OPEN)
+        self.thinks = self.template_thinks if think is None else think
+
+    def prompt_text(self, messages: list[Any]) -> str:
+        """The rendered prompt: history holds final answers only; a thinking reply opens `<think>\\n`."""
+        clean = [Message(m.role, strip_closed_thinking(m.content) if m.role == "assistant" else m.content)
+                 for m in messages]
+        text = self.format.render_chat(clean)
+        if self.thinks and not text.endswith(THINK_OPEN):
+            text += THINK_OPEN
+        bos = self.format.added_bos
+        return text[len(bos):] if bos and text.startswith(bos) else text
+
+    def reset(self) -> None:
+        """Nothing to forget here: the server keeps (or drops) its own prefix cache."""
+
+    def stream(self, messages: list[Any], sampling: Sampling, *,
+               intervene: Callable[[str, int], str | None] | None = None) -> Iterator[str]:
+        """Yield the reply's text pieces; a thinking reply starts with `<think>\\n`. Closing it ends the request."""
+        start = time.perf_counter()
+        prompt = self.prompt_text(messages)
+        n_prompt = self.format.count_tokens(prompt)
+        if n_prompt >= self.n_ctx:
+            self.last_stats = TurnStats(n_prompt, 0, 0, 0, 0.0, 0.0, n_prompt, self.n_ctx, "context")
+            raise QwqError(f"the conversation ({n_prompt:,} tokens) fills the context ({self.n_ctx:,}); use /reset "
+                           "or a larger --ctx", ExitCode.CONTEXT_TOO_LARGE)
+        in_think = self.thinks
+        thinking: list[str] = []
+        generated = ""
+        n_think = n_answer = 0
+        think_end = start
+        prefill = 0.0
+        stop_reason = "length"
+        budget = min(sampling.max_tokens, self.n_ctx - n_prompt)
+        if in_think:
+            yield THINK_OPEN
+        try:
+            while n_think + n_answer < budget:
+                body: dict[str, Any] = {
+                    "prompt": prompt + generated, "max_tokens": budget - n_think - n_answer,
+                    "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+                    "min_p": sampling.min_p, "repeat_penalty": 1.0, "cache_prompt": True,
+                }
+                if sampling.seed is not None:
+                    body["seed"] = sampling.seed
+                if self.model:
+                    body["model"] = self.model
+                events = self.server.stream(body)
+                forced = False
+                try:
+                    for event in events:
+                        piece, finish = _piece(event, self.server.url)
+                        if piece:
+                            prefill = prefill or time.perf_counter() - start
+                            generated += piece
+                            if in_think:
+                                n_think += 1
+                                thinking.append(piece)
+                                if THINK_CLOSE in "".join(thinking[-8:]):
+                                    in_think = False
+                                    think_end = time.perf_counter()
+                            else:
+                                n_answer += 1
+                            yield piece
+                        if finish is not None:
+                            stop_reason = "eos" if finish == "stop" else "length"
+                            break
+                        if in_think and intervene is not None and piece:
+                            extra = intervene("".join(thinking), n_think)
+                            if extra:  # forced words: this request ends, the next one reads them as prompt
+                                n_think += self.format.count_tokens(extra)
+                                thinking.append(extra)
+                                generated += extra
+                                intervene("".join(thinking), n_think)
+                                yield extra
+                                if THINK_CLOSE in extra:
+                                    in_think = False
+                                    think_end = time.perf_counter()
+                                forced = True
+                                break
+                finally:
+                    events.close()  # type: ignore[attr-defined]
+                if not forced:
+                    break
+        except GeneratorExit:
+            stop_reason = "interrupted"
+            raise
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+            raise
+        finally:
+            now = time.perf_counter()
+            self.last_stats = TurnStats(
+                prompt_tokens=n_prompt, evaluated_prompt_tokens=n_prompt, thinking_tokens=n_think,
+                answer_tokens=n_answer, seconds=now - start,
+                thinking_seconds=((think_end if not in_think else now) - start) if self.thinks or n_think else 0.0,
+                ctx_used=n_prompt + n_think + n_answer, n_ctx=self.n_ctx, stop_reason=stop_reason,
+                prefill_seconds=prefill,
+            )
+
+    def complete(self, messages: list[Message], sampling: Sampling) -> str:
+        return "".join(self.stream(messages, sampling))
+
+
+def _piece(event: Any, url: str) -> tuple[str, str | None]:
+    """(text, finish_reason) of one streamed completion event."""
+    try:
+        if not event["choices"]:  # a closing event that carries only usage
+            return "", None
+        choice = event["choices"][0]
+        text = choice.get("text") or ""
+        if not isinstance(text, str):
+            raise TypeError
+        return text, choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise EngineReplyError(f"the engine at {url} streamed an event that is not a completion chunk") from None

@@ -1,0 +1,252 @@
+"""HTTP to an OpenAI-compatible engine (vLLM, llama-server, llama_cpp.server): completions, retries, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import httpx
+
+from qwq_local.errors import EngineReplyError, EngineUnreachableError
+
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One completion choice: its text, why it ended, and per-token log-probs when the server gave them."""
+
+    text: str
+    finish_reason: str | None  # "stop" (EOS or a stop string), "length", or what the server says
+    stopped_at_string: bool | None  # True/False when the server says which stop it was (vLLM), else None
+    tokens: list[str] | None = None  # the sampled tokens' texts
+    token_logprobs: list[float] | None = None
+    top_logprobs: list[dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one request as the server reports them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    evaluated_prompt_tokens: int | None = None  # prompt tokens the server really evaluated (llama-server timings)
+
+
+@dataclass(frozen=True)
+class Completion:
+    choices: list[Choice]
+    usage: Usage
+
+
+@dataclass
+class Retry:
+    """How often and how patiently a refused or unreachable request is tried again."""
+
+    attempts: int = 5
+    first_wait: float = 0.5
+    max_wait: float = 8.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+    def wait(self, attempt: int, retry_after: str | None = None) -> None:
+        seconds = min(self.max_wait, self.first_wait * 2**attempt)
+        if retry_after:
+            try:
+                seconds = min(self.max_wait, max(0.0, float(retry_after)))
+            except ValueError:
+                pass
+        self.sleep(seconds)
+
+
+class CompletionServer:
+    """An OpenAI-compatible server at `url`: `/v1/completions` and the discovery endpoints `qwq doctor` reads."""
+
+    def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 600.0, retry: Retry | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        if self.url.endswith("/v1"):
+            self.url = self.url[: -len("/v1")]
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = timeout
+        self.retry = retry or Retry()
+        self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
+                                  timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CompletionServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> Any:
+        """The decoded JSON answer to one request; 429/503 and refused connections are retried with back-off."""
+        where = f"the engine at {self.url}"
+        attempts = self.retry.attempts if retry else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                reply = self._http.request(method, path, json=body)
+            except httpx.TimeoutException as exc:
+                if isinstance(exc, httpx.ConnectTimeout) and not last:
+                    self.retry.wait(attempt)
+                    continue
+                raise EngineUnreachableError(f"{where} did not answer {path} within {self.timeout:g} s "
+                                             "(stalled or overloaded; engine_timeout sets the limit)") from None
+            except httpx.TransportError as exc:
+                if not last:
+                    self.retry.wait(attempt)
+                    continue
+                raise EngineUnreachableError(f"cannot reach {where} ({_reason(exc)}); is it running?") from None
+            if reply.status_code in RETRY_STATUS and not last:
+                self.retry.wait(attempt, reply.headers.get("retry-after"))
+                continue
+            self._check(reply, path, attempts)
+            try:
+                return reply.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise EngineReplyError(f"{where} answered {path} with something that is not JSON: "
+                                       f"{_snippet(reply.text)}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check(self, reply: httpx.Response, path: str, attempts: int) -> None:
+        """An error for an HTTP error status (its body read), nothing for a success."""
+        where = f"the engine at {self.url}"
+        if reply.status_code < 400:
+            return
+        reply.read()
+        if reply.status_code in RETRY_STATUS:
+            raise EngineUnreachableError(f"{where} kept refusing {path} (HTTP {reply.status_code}, "
+                                         f"{attempts} tries): {_message(reply)}")
+        if reply.status_code in (401, 403):
+            raise EngineReplyError(f"{where} refused the API key (HTTP {reply.status_code}); "
+                                   "give it with --api-key or QWQ_API_KEY")
+        raise EngineReplyError(f"{where} answered {path} with HTTP {reply.status_code}: {_message(reply)}")
+
+    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The events of one streamed `/v1/completions` request; closing the iterator ends the request."""
+        path = "/v1/completions"
+        where = f"the engine at {self.url}"
+        for attempt in range(self.retry.attempts):
+            last = attempt == self.retry.attempts - 1
+            try:
+                with self._http.stream("POST", path, json=dict(body, stream=True)) as reply:
+                    if reply.status_code in RETRY_STATUS and not last:
+                        self.retry.wait(attempt, reply.headers.get("retry-after"))
+                        continue
+                    self._check(reply, path, self.retry.attempts)
+                    for line in reply.iter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[len("data:"):].strip()
+                        if data == "[DONE]":
+                            return
+                        try:
+                            yield json.loads(data)
+                        except json.JSONDecodeError:
+                            raise EngineReplyError(f"{where} streamed something that is not JSON: "
+                                                   f"{_snippet(data)}") from None
+                    return
+            except httpx.ConnectError as exc:
+                if not last:
+                    self.retry.wait(attempt)
+                    continue
+                raise EngineUnreachableError(f"cannot reach {where} ({_reason(exc)}); is it running?") from None
+            except httpx.TimeoutException:
+                raise EngineUnreachableError(f"{where} stalled for {self.timeout:g} s in the middle of a reply "
+                                             "(engine_timeout sets the limit)") from None
+            except httpx.TransportError as exc:
+                raise EngineUnreachableError(f"{where} broke off a reply ({_reason(exc)})") from None
+
+    def text(self, path: str) -> str | None:
+        """The plain-text body of GET `path` (`/metrics`), or None when the server has no such page or is away."""
+        try:
+            reply = self._http.get(path)
+        except httpx.HTTPError:
+            return None
+        return reply.text if reply.status_code == 200 else None
+
+    def models(self) -> list[str]:
+        """The model ids the server serves (`/v1/models`)."""
+        data = self.request("GET", "/v1/models")
+        try:
+            return [str(m["id"]) for m in data["data"]]
+        except (KeyError, TypeError):
+            raise EngineReplyError(f"the engine at {self.url} answered /v1/models with something that is not a "
+                                   f"model list: {_snippet(json.dumps(data))}") from None
+
+    def complete(self, body: dict[str, Any]) -> Completion:
+        """One `/v1/completions` request (not streamed) -> its choices in index order and its usage."""
+        data = self.request("POST", "/v1/completions", body)
+        return parse_completion(data, self.url)
+
+
+def parse_completion(data: Any, url: str) -> Completion:
+    """A Completion from a `/v1/completions` JSON answer; anything else is an EngineReplyError."""
+    try:
+        raw = sorted(data["choices"], key=lambda c: int(c.get("index", 0)))
+        choices = [_choice(c) for c in raw]
+        usage = data.get("usage") or {}
+        timings = data.get("timings") or {}
+        evaluated = timings.get("prompt_n") if isinstance(timings, dict) else None
+        parsed = Completion(choices, Usage(int(usage.get("prompt_tokens") or 0),
+                                           int(usage.get("completion_tokens") or 0),
+                                           int(evaluated) if evaluated is not None else None))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise EngineReplyError(f"the engine at {url} answered /v1/completions with something that is not a "
+                               f"completion: {_snippet(json.dumps(data) if not isinstance(data, str) else data)}"
+                               ) from None
+    if not parsed.choices:
+        raise EngineReplyError(f"the engine at {url} answered /v1/completions with no choices")
+    return parsed
+
+
+def _choice(raw: dict[str, Any]) -> Choice:
+    text = raw["text"]
+    if not isinstance(text, str):
+        raise TypeError("text")
+    said = raw.get("stop_reason", ...)  # vLLM: the stop string, or None for EOS
+    stopped_at_string = None if said is ... or raw.get("finish_reason") != "stop" else isinstance(said, str)
+    logprobs = raw.get("logprobs") or None
+    tokens = token_logprobs = top = None
+    if isinstance(logprobs, dict) and isinstance(logprobs.get("tokens"), list):  # the completions API's form
+        tokens = [str(t) for t in logprobs["tokens"]]
+        token_logprobs = [float(x) if x is not None else 0.0 for x in logprobs.get("token_logprobs") or []]
+        top = [{str(k): float(v) for k, v in (entry or {}).items()} for entry in logprobs.get("top_logprobs") or []]
+    elif isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):  # the chat API's (llama-server)
+        entries = logprobs["content"]
+        tokens = [str(e["token"]) for e in entries]
+        token_logprobs = [float(e["logprob"]) for e in entries]
+        top = [{str(t["token"]): float(t["logprob"]) for t in e.get("top_logprobs") or []} for e in entries]
+    return Choice(text, raw.get("finish_reason"), stopped_at_string, tokens, token_logprobs, top)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:120]
+
+
+def _message(reply: httpx.Response) -> str:
+    """The server's own error message when it gives one, else the start of its body."""
+    try:
+        data = reply.json()
+        error = data.get("error", data) if isinstance(data, dict) else data
+        message = error.get("message") if isinstance(error, dict) else error
+        if isinstance(message, str) and message.strip():
+            return _snippet(message)
+        detail = data.get("detail") if isinstance(data, dict) else None
+        if detail:
+            return _snippet(json.dumps(detail))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        pass
+    return _snippet(reply.text) or "(empty body)"
+
+
+def _snippet(text: str, limit: int = 160) -> str:
+    one_line = " ".join(str(text).split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."

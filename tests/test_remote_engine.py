@@ -1,0 +1,279 @@
+"""The remote engine on a scripted OpenAI-compatible server: retries, errors, n > 1 fallback, steps through `stop`."""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fakes import ChatMLFormat, ScriptedEngine, choice, write_tiny_gguf
+from qwq_local.config import Sampling
+from qwq_local.engine.remote import RemotePolicy
+from qwq_local.engine.remote_client import CompletionServer, Retry
+from qwq_local.errors import EngineReplyError, EngineUnreachableError, ExitCode
+from qwq_local.search.protocol import StepStop
+
+STOP = StepStop(delimiter="\n\n", min_tokens=4, max_tokens=64)
+
+
+def server(engine: ScriptedEngine, waits: list[float] | None = None, **kwargs) -> CompletionServer:
+    sleep = (waits.append if waits is not None else (lambda s: None))
+    return CompletionServer("http://engine.test/v1", transport=engine.transport(),
+                            retry=Retry(attempts=4, sleep=sleep), **kwargs)
+
+
+def policy(engine: ScriptedEngine, *, thinks: bool = False, **kwargs) -> RemotePolicy:
+    return RemotePolicy(server(engine), ChatMLFormat(), Sampling(temperature=0.7, seed=3, max_tokens=100),
+                        thinks=thinks, model="scripted", **kwargs)
+
+
+WORDS = ["one", " two", " three", " four", "\n\n"]
+
+
+def test_refusals_are_retried_with_back_off() -> None:
+    engine = ScriptedEngine([503, 429, [choice(WORDS, stop="\n\n")]])
+    waits: list[float] = []
+    reply = server(engine, waits).complete({"prompt": "x"})
+    assert reply.choices[0].text == "one two three four"
+    assert len(engine.requests) == 3 and waits == [0.5, 1.0]
+
+
+def test_refused_every_time_is_one_line_and_its_exit_code() -> None:
+    engine = ScriptedEngine(default=503)
+    with pytest.raises(EngineUnreachableError) as err:
+        server(engine).complete({"prompt": "x"})
+    assert err.value.exit_code == ExitCode.ENGINE_UNREACHABLE
+    assert "kept refusing" in err.value.message and "\n" not in err.value.message
+    assert len(engine.requests) == 4
+
+
+@pytest.mark.parametrize("reply", [(200, "<html>busy</html>"), (200, '{"id": 1}'), (200, '{"choices": [{"x": 1}]}'),
+                                   (404, "no such route")])
+def test_nonsense_is_one_line_and_its_exit_code(reply: tuple[int, str]) -> None:
+    with pytest.raises(EngineReplyError) as err:
+        server(ScriptedEngine([reply])).complete({"prompt": "x"})
+    assert err.value.exit_code == ExitCode.ENGINE_BAD_REPLY and "\n" not in err.value.message
+
+
+def test_nobody_listening_is_unreachable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    waits: list[float] = []
+    remote = CompletionServer(f"http://127.0.0.1:{port}", retry=Retry(attempts=3, sleep=waits.append))
+    with pytest.raises(EngineUnreachableError, match="cannot reach"):
+        remote.models()
+    assert waits == [0.5, 1.0]
+
+
+def test_a_stalled_server_times_out_instead_of_hanging() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    remote = CompletionServer(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(EngineUnreachableError, match="did not answer"):
+            remote.complete({"prompt": "x"})
+        assert time.monotonic() - start < 10
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def test_n_honoured_is_one_request() -> None:
+    engine = ScriptedEngine([[choice(WORDS, stop="\n\n"), choice(["a", " b", " c", " d", "\n\n"], stop="\n\n")]])
+    lm = policy(engine)
+    steps = lm.sample(lm.open("q"), 2, STOP)
+    assert [c.text for c in steps] == ["one two three four\n\n", "a b c d\n\n"]
+    assert len(engine.requests) == 1 and engine.requests[0]["n"] == 2 and lm.n_supported
+
+
+def test_n_ignored_falls_back_to_concurrent_requests() -> None:
+    engine = ScriptedEngine(default=lambda body: [choice(WORDS, stop="\n\n")])
+    lm = policy(engine)
+    root = lm.open("q")
+    first = lm.sample(root, 3, STOP)
+    assert len(first) == 3 and lm.n_supported is False
+    assert [r["n"] for r in engine.requests] == [3, 1, 1]
+    assert len({r["seed"] for r in engine.requests}) == 3  # each sample its own draw
+    lm.sample(first[0].branch, 2, STOP)
+    assert [r["n"] for r in engine.requests[3:]] == [1, 1]
+    assert engine.requests[3]["prompt"].endswith("<|im_start|>assistant\none two three four\n\n")
+
+
+def test_n_refused_outright_falls_back() -> None:
+    engine = ScriptedEngine([400], default=lambda body: [choice(WORDS, stop="\n\n")])
+    lm = policy(engine)
+    assert len(lm.sample(lm.open("q"), 2, STOP)) == 2 and lm.n_supported is False
+
+
+def test_a_stop_before_the_minimum_step_length_continues_the_step() -> None:
+    engine = ScriptedEngine([[choice(["Hi", "\n\n"], stop="\n\n")],
+                             [choice(["more", " of", " it", "\n\n"], stop="\n\n")]])
+    lm = policy(engine)
+    [step] = lm.sample(lm.open("q"), 1, STOP)
+    assert step.text == "Hi\n\nmore of it\n\n" and step.n_tokens == 6 and not step.finished
+    assert engine.requests[1]["prompt"].endswith("assistant\nHi\n\n")
+    assert engine.requests[1]["max_tokens"] == STOP.max_tokens - 2
+    assert len(step.token_logprobs) == len(step.token_confidences) == 6
+
+
+def test_eos_finishes_the_reply_and_a_stop_string_does_not() -> None:
+    engine = ScriptedEngine([[choice(WORDS, stop="\n\n"), choice(["The", " end", " is", " here."])]])
+    lm = policy(engine)
+    cut, done = lm.sample(lm.open("q"), 2, STOP)
+    assert not cut.finished and cut.text.endswith("\n\n")
+    assert done.finished and done.text == "The end is here."
+
+
+def test_a_step_ends_right_after_the_thinking_closes() -> None:
+    engine = ScriptedEngine([[choice(["so", " it", " is", " 5", "</think>", "\n\n"], stop="\n\n")],
+                             [choice(["\n\n", "It", " is", " 5."])]])
+    lm = policy(engine, thinks=True)
+    root = lm.open("q")
+    assert engine.requests == []
+    [step] = lm.sample(root, 1, STOP)
+    assert step.text == "so it is 5</think>" and step.n_tokens == 5 and not step.finished
+    [answer] = lm.sample(step.branch, 1, STOP)
+    assert "stop" not in engine.requests[1]  # the answer runs to its end
+    assert engine.requests[1]["prompt"].endswith("<|im_start|>assistant\n<think>\nso it is 5</think>")
+    assert answer.finished and answer.text == "\n\nIt is 5."
+
+
+def test_log_probs_and_token_confidences() -> None:
+    top = [{"a": math.log(0.5), "b": math.log(0.25), "c": math.log(0.25)}] * 4
+    engine = ScriptedEngine([[choice(["a", "a", "a", "a"], top=top, logprob=math.log(0.5))]])
+    lm = policy(engine)
+    [step] = lm.sample(lm.open("q"), 1, STOP)
+    assert step.logprob == pytest.approx(4 * math.log(0.5))
+    assert step.token_confidences == pytest.approx([-(math.log(0.5) + 2 * math.log(0.25)) / 3] * 4)
+
+
+def test_yes_probability_from_the_first_token() -> None:
+    engine = ScriptedEngine([[choice(["Yes"], top=[{"Yes": math.log(0.6), "No": math.log(0.2), "Maybe": -3.0}])],
+                             [choice(["Yes"], top=[{"Yes": math.log(0.6), "Maybe": math.log(0.1)}])]])
+    lm = policy(engine, thinks=True)
+    assert lm.yes_probability("Is it?") == pytest.approx(0.75)
+    assert lm.yes_probability("Is it?") == pytest.approx(6 / 7)  # No below the top-k: at most the least of them
+    assert engine.requests[0]["max_tokens"] == 1 and engine.requests[0]["prompt"].endswith("<think>\n\n</think>\n\n")
+
+
+def test_a_server_that_caps_log_probs_is_asked_for_fewer() -> None:
+    engine = ScriptedEngine([(400, '{"error": {"message": "logprobs must be at most 5"}}'),
+                             [choice(WORDS, stop="\n\n")]])
+    lm = policy(engine)
+    lm.sample(lm.open("q"), 1, STOP)
+    assert [r["logprobs"] for r in engine.requests] == [20, 5] and lm.top_logprobs == 5
+
+
+def test_the_reply_token_limit_finishes_it() -> None:
+    engine = ScriptedEngine([[choice(["w"] * 10, finish="length")]])
+    lm = RemotePolicy(server(engine), ChatMLFormat(), Sampling(max_tokens=10), thinks=False)
+    [step] = lm.sample(lm.open("q"), 1, StepStop(delimiter=None, max_tokens=50))
+    assert step.finished and engine.requests[0]["max_tokens"] == 10 and "stop" not in engine.requests[0]
+
+
+def test_qhead_is_refused_on_a_remote_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qwq_local.cli import main
+
+    model = write_tiny_gguf(tmp_path / "tiny.gguf")
+    problem = tmp_path / "p.md"
+    problem.write_text("What is 2+3?")
+    with pytest.raises(SystemExit) as exc:
+        main(["solve", str(problem), "-m", str(model), "--engine", "http://127.0.0.1:9", "-s", "astar",
+              "--scorer", "qhead"])
+    err = capsys.readouterr().err
+    assert exc.value.code == ExitCode.USAGE
+    assert err.count("\n") == 1 and "self-eval, rules" in err and "hidden states" in err
+
+
+def test_engine_settings_from_flags_environment_and_config(tmp_path: Path) -> None:
+    from qwq_local.config import load_settings
+    from qwq_local.errors import UsageError
+
+    config = tmp_path / "config.toml"
+    config.write_text('engine = "http://from-config:8000"\n')
+    assert load_settings({}, env={}, config_file=config).engine == "http://from-config:8000"
+    env = {"QWQ_ENGINE": "http://from-env:8000", "QWQ_API_KEY": "k", "QWQ_ENGINE_TIMEOUT": "30"}
+    settings = load_settings({}, env=env, config_file=config)
+    assert (settings.engine, settings.api_key, settings.engine_timeout) == ("http://from-env:8000", "k", 30.0)
+    assert load_settings({"engine": "https://flag"}, env=env).engine == "https://flag"
+    with pytest.raises(UsageError, match="URL"):
+        load_settings({"engine": "gpu-box:8000"}, env={})
+
+
+def test_the_api_key_is_sent_and_a_refusal_says_so() -> None:
+    import httpx
+
+    seen: list[str | None] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(401, json={"error": {"message": "bad key"}})
+
+    remote = CompletionServer("http://engine.test", "sekrit", transport=httpx.MockTransport(handle))
+    with pytest.raises(EngineReplyError, match="refused the API key"):
+        remote.models()
+    assert seen == ["Bearer sekrit"]
+
+
+def test_chat_streams_and_a_forced_close_of_the_thinking_continues_in_a_new_request() -> None:
+    import json
+
+    import httpx
+
+    from qwq_local.engine.remote_chat import RemoteChat
+    from qwq_local.dialog.messages import Message
+
+    bodies: list[dict] = []
+    scripts = [["Let", " me", " think", " more", " and", " more"], ["\n\nIt", " is", " 4."]]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        pieces = scripts[len(bodies) - 1]
+        events = [{"choices": [{"text": p, "index": 0, "finish_reason": None}]} for p in pieces]
+        events[-1]["choices"][0]["finish_reason"] = "stop"
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+    remote = CompletionServer("http://engine.test", transport=httpx.MockTransport(handle))
+    chat = RemoteChat(remote, ChatMLFormat(), name="scripted", n_ctx=4096, think=True)
+
+    def budget(thinking: str, n: int) -> str | None:
+        return "\n</think>\n\n" if n >= 3 and "</think>" not in thinking else None
+
+    reply = "".join(chat.stream([Message("user", "2+2?")], Sampling(temperature=0, max_tokens=50), intervene=budget))
+    assert reply == "<think>\nLet me think\n</think>\n\n\n\nIt is 4."
+    assert bodies[0]["stream"] and bodies[1]["prompt"].endswith("<think>\nLet me think\n</think>\n\n")
+    stats = chat.last_stats
+    assert stats is not None and stats.answer_tokens == 3 and stats.stop_reason == "eos"
+
+
+def test_log_probs_in_the_chat_form_are_read_too() -> None:
+    from qwq_local.engine.remote_client import parse_completion
+
+    entry = {"token": "Yes", "logprob": -0.1, "top_logprobs": [{"token": "Yes", "logprob": -0.1},
+                                                               {"token": "No", "logprob": -2.4}]}
+    data = {"choices": [{"text": "Yes", "finish_reason": "length", "logprobs": {"content": [entry]}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1}, "timings": {"prompt_n": 2}}
+    reply = parse_completion(data, "http://engine.test")
+    [one] = reply.choices
+    assert one.tokens == ["Yes"] and one.token_logprobs == [-0.1] and one.top_logprobs == [{"Yes": -0.1, "No": -2.4}]
+    assert reply.usage.evaluated_prompt_tokens == 2
+
+
+def test_an_end_token_in_the_log_probs_is_not_taken_for_the_stop_string() -> None:
+    engine = ScriptedEngine([[dict(choice(["It", " is", " 5.", "<|im_end|>"], stop="<|im_end|>"), stop_reason=None),
+                              dict(choice(["It", " is", " 5.", "\n\n"], stop="\n\n"), stop_reason="\n\n")]])
+    lm = policy(engine)
+    done, cut = lm.sample(lm.open("q"), 2, STOP)
+    assert done.finished and done.text == "It is 5."
+    assert not cut.finished and cut.text == "It is 5.\n\n"
