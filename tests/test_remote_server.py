@@ -110,12 +110,18 @@ def test_sc_end_to_end(llama_server: LlamaServer, capsys: pytest.CaptureFixture[
 def test_astar_end_to_end_with_self_eval(llama_server: LlamaServer, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(["solve", str(NATALIA), "-m", "smollm2-135m", "--engine", llama_server.url,
                               "-s", "astar", "-K", "2", "-N", "1", "--max-expansions", "2", "--max-tokens", "40",
-                              "--seed", "3", "--json"], capsys)
+                              "--seed", "3", "--scorer", "self-eval+rules", "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
     assert report["strategy"] == "astar" and report["scorer"] == "self-eval+rules"
     assert report["expansions"] >= 1 and report["nodes"] >= 3
     assert report["answer"] or report["thinking"]
+    # The default A* scores by the replies' token confidence, which the server's log-probs give.
+    code, out, err = run_cli(["solve", str(NATALIA), "-m", "smollm2-135m", "--engine", llama_server.url,
+                              "-s", "astar", "-N", "2", "--max-tokens", "40", "--seed", "3", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["scorer"] == "confidence" and len(report["terminal_answers"]) == 2
 
 
 def test_greedy_matches_the_local_engine(llama_server: LlamaServer, capsys: pytest.CaptureFixture[str],
