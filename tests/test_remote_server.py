@@ -121,7 +121,7 @@ def test_astar_end_to_end_with_self_eval(llama_server: LlamaServer, capsys: pyte
                               "-s", "astar", "-N", "2", "--max-tokens", "40", "--seed", "3", "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert report["scorer"] == "confidence" and len(report["terminal_answers"]) == 2
+    assert report["scorer"] == "confidence" and len(report["terminal_answers"]) >= 2
 
 
 def test_greedy_matches_the_local_engine(llama_server: LlamaServer, capsys: pytest.CaptureFixture[str],
