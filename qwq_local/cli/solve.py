@@ -71,15 +71,16 @@ def solve(
     if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
         raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)
+    # every search option checked before the model is even located, and the head loaded before it loads
+    options = search_options(S, candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
+                             beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
+                             max_depth=max_depth, completions=completions, choose=choose)
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
     if strategy == "direct":
         result = _direct(plan, problem, fmt, settings, show_thinking, as_json)
-    else:  # every search option checked, and the head loaded, before the model
+    else:
         from qwq_local.app.solve import solve_search
 
-        options = search_options(S, candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
-                                 beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
-                                 max_depth=max_depth, completions=completions, choose=choose)
         setup = prepare_search(plan, settings, strategy, options, scorer)
         if setup.note and not as_json:
             typer.echo(f"note: {setup.note}", err=True)

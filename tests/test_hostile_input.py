@@ -1,0 +1,142 @@
+"""Hostile input and options (issue 25): each a one-line error with its own exit code, never a hang or traceback."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwq_local.cli import main
+from qwq_local.errors import ExitCode
+from qwq_local.render.history import History
+from qwq_local.render.repl import run_chat
+from qwq_local.config import load_settings
+from qwq_local.render.console import Env
+from tests.fake_chat import FakeChat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") <= 1, err
+    return int(exc.value.code or 0), err
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Flags for a command that would fail with exit 9 (not pulled, offline) if it ever got to the model."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return ["--model", "qwen2.5-coder-0.5b", "--models-dir", str(tmp_path / "empty-models")]
+
+
+def _problem(tmp_path: Path) -> Path:
+    path = tmp_path / "p.md"
+    path.write_text("What is 2+2?")
+    return path
+
+
+def test_non_utf8_stdin_is_exit_4_before_the_model(offline: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(b"2+2? \xff\n"), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, err = run_cli(["solve", "-", *offline], capsys)
+    assert code == ExitCode.EMPTY_INPUT and "standard input is not UTF-8" in err
+
+
+def test_a_fifo_problem_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "problem.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, "-m", "qwq_local", "solve", str(fifo), "--model", "x"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == ExitCode.NOT_A_REGULAR_FILE and "not a regular file" in proc.stderr
+
+
+def test_an_unreadable_problem_file_is_exit_17(tmp_path: Path) -> None:
+    problem = _problem(tmp_path)
+    problem.chmod(0)
+    command = [sys.executable, "-m", "qwq_local", "solve", str(problem), "--model", "x"]
+    if os.getuid() == 0:  # root reads anything: drop the capability that lets it
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == ExitCode.PERMISSION_DENIED and "permission denied" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_temperature_is_a_usage_error(value: str, tmp_path: Path, offline: list[str],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(["solve", str(_problem(tmp_path)), "--temperature", value, *offline], capsys)
+    assert code == ExitCode.USAGE and "finite" in err
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [("temperature = true", "'temperature' must be a number"), ("models_dir = 42", "'models_dir' must be a path"),
+     ("ctx = 2048.5", "whole number"), ("top_p = nan", "finite"), ("model = [1, 2]", "'model' must be a string")],
+)
+def test_config_values_are_typed(line: str, words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 offline: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(line + "\n")
+    monkeypatch.setenv("QWQ_CONFIG", str(config))
+    code, err = run_cli(["solve", str(_problem(tmp_path)), *offline[:2]], capsys)
+    assert code == ExitCode.USAGE and words in err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--candidates", "100000"), ("--beam", "100000"),
+                                             ("--trajectories", "100000"), ("--lambda", "nan")])
+def test_search_widths_are_bounded_before_the_model(flag: str, value: str, tmp_path: Path, offline: list[str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(["solve", str(_problem(tmp_path)), "--strategy", "astar", flag, value, *offline], capsys)
+    assert code == ExitCode.USAGE and ("over the limit" in err or "finite" in err)
+
+
+def test_a_binary_data_file_is_exit_4(tmp_path: Path, offline: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b'{"question": "1+1?", "answer": "2"}\n\x89PNG\r\n\x1a\n\xff\xfe\x00garbage\n')
+    code, err = run_cli(["bench", "accuracy", "--data", str(data), "-s", "direct", *offline], capsys)
+    assert code == ExitCode.EMPTY_INPUT and "data.jsonl:2: not UTF-8" in err
+
+
+def test_bad_json_in_a_data_file_has_its_own_code(tmp_path: Path, offline: list[str],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n{not json\n')
+    code, err = run_cli(["bench", "accuracy", "--data", str(data), "-s", "direct", *offline], capsys)
+    assert code == ExitCode.BAD_DATA and "data.jsonl:2: not valid JSON" in err
+
+
+@pytest.mark.parametrize("variable", ["QWQ_MODELS_DIR", "XDG_CACHE_HOME"])
+def test_a_models_dir_that_is_a_file(variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    monkeypatch.delenv("QWQ_MODELS_DIR", raising=False)
+    monkeypatch.setenv(variable, str(a_file))
+    code, err = run_cli(["models"], capsys)
+    assert code == ExitCode.NOT_A_DIRECTORY and "not-a-dir" in err and "is a file" in err
+
+
+def test_piped_chat_skips_a_non_utf8_line_and_goes_on(tmp_path: Path) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(b"first?\n2+2? \xff\nthird?\n"), encoding="utf-8",
+                             errors="surrogateescape")
+    out, err = io.StringIO(), io.StringIO()
+    with History(tmp_path / "history.db") as history:
+        env = Env(stdin=stdin, stdout=out, stderr=err, data_dir=tmp_path)
+        model = FakeChat()
+        rc = run_chat(model, load_settings(), env, history)
+        turns = history.turns(history.latest_id())
+    assert rc == ExitCode.EMPTY_INPUT and "line 2 of standard input is not UTF-8" in err.getvalue()
+    assert [t.prompt for t in turns] == ["first?", "third?"]
