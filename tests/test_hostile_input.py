@@ -140,3 +140,17 @@ def test_piped_chat_skips_a_non_utf8_line_and_goes_on(tmp_path: Path) -> None:
         turns = history.turns(history.latest_id())
     assert rc == ExitCode.EMPTY_INPUT and "line 2 of standard input is not UTF-8" in err.getvalue()
     assert [t.prompt for t in turns] == ["first?", "third?"]
+
+
+class _CtrlC(io.BytesIO):
+    def read(self, *args: object) -> bytes:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_prints_interrupted_and_exits_130(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(_CtrlC()))
+    with pytest.raises(SystemExit) as exc:
+        main(["solve", "-", "--model", "x"])
+    assert exc.value.code == ExitCode.INTERRUPTED
+    assert capsys.readouterr().err.strip() == "interrupted"
