@@ -154,3 +154,15 @@ def test_ctrl_c_prints_interrupted_and_exits_130(monkeypatch: pytest.MonkeyPatch
         main(["solve", "-", "--model", "x"])
     assert exc.value.code == ExitCode.INTERRUPTED
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+@pytest.mark.parametrize("name", ["hf:a/b/../../../../escape_dir/c.gguf", "hf:../../x/y.gguf",
+                                  "hf:a/b@../c.gguf", "hf:a/b//c.gguf", "hf:a/b/d\\..\\c.gguf"])
+def test_hub_names_that_climb_out_are_refused_before_any_disk_access(name: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models = tmp_path / "D" / "m2"
+    code, err = run_cli(["pull", name, "--models-dir", str(models)], capsys)
+    assert code == ExitCode.BAD_HUB_NAME and "bad hub name" in err
+    assert list(tmp_path.rglob("*")) == []
