@@ -33,6 +33,9 @@ class ExitCode(IntEnum):
     BAD_DATA = 19
     HISTORY_UNAVAILABLE = 20
     BAD_HUB_NAME = 21
+    BUSY = 22
+    HUB_ACCESS_DENIED = 23
+    BAD_CATALOG = 24
     INTERRUPTED = 130
 
 

@@ -166,3 +166,25 @@ def test_hub_names_that_climb_out_are_refused_before_any_disk_access(name: str, 
     code, err = run_cli(["pull", name, "--models-dir", str(models)], capsys)
     assert code == ExitCode.BAD_HUB_NAME and "bad hub name" in err
     assert list(tmp_path.rglob("*")) == []
+
+
+def test_known_failures_that_were_exit_1_have_their_own_codes(tmp_path: Path) -> None:
+    from qwq_local.catalog.integrity import download_lock
+    from qwq_local.catalog.spec import load_catalog
+    from qwq_local.errors import QwqError
+
+    broken = tmp_path / "catalog.toml"
+    broken.write_text("[[models]\nname = ")
+    with pytest.raises(QwqError) as catalog:
+        load_catalog(broken)
+    assert catalog.value.exit_code == ExitCode.BAD_CATALOG
+    with download_lock(tmp_path / "m.gguf"), pytest.raises(QwqError) as busy:
+        with download_lock(tmp_path / "m.gguf"):
+            pass
+    assert busy.value.exit_code == ExitCode.BUSY
+    codes = [int(code) for code in ExitCode]
+    assert len(codes) == len(set(codes))
+    readme = (ROOT / "README.md").read_text()
+    for code in ExitCode:
+        if code not in (ExitCode.OK, ExitCode.ERROR):
+            assert f"| {int(code)} |" in readme, f"README's exit-code table lacks {code!r}"

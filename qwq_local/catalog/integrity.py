@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from qwq_local.errors import ChecksumError, DiskFullError, QwqError
+from qwq_local.errors import ChecksumError, DiskFullError, ExitCode, QwqError
 
 try:
     import fcntl
@@ -36,7 +36,8 @@ def download_lock(dest: Path) -> Iterator[None]:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise QwqError(f"another pull is already downloading {dest.name} (lock {lock})") from None
+                raise QwqError(f"another pull is already downloading {dest.name} (lock {lock})",
+                               ExitCode.BUSY) from None
         try:
             yield
         finally:
