@@ -40,7 +40,7 @@ def test_random_bytes_are_moved_aside_and_a_new_database_started(tmp_path: Path)
     aside = list(tmp_path.glob("history.db.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"\x13\x37")
     with history:
-        rc, out, _ = _chat(history, "first?\nsecond?\n", tmp_path)
+        rc, _, _ = _chat(history, "first?\nsecond?\n", tmp_path)
         assert rc == 0 and [t.prompt for t in history.turns(history.latest_id())] == ["first?", "second?"]
 
 
@@ -77,7 +77,7 @@ def test_a_locked_database_gives_one_warning_and_the_chat_goes_on(tmp_path: Path
         history, warning = open_history(path)
         assert history is None and warning is not None and "not saved this session" in warning
         saved = tmp_path / "t.md"
-        rc, out, err = _chat(None, f"first?\nsecond?\n/save {saved}\n", tmp_path)
+        rc, _, err = _chat(None, f"first?\nsecond?\n/save {saved}\n", tmp_path)
     finally:
         holder.close()
     assert rc == 0 and "Traceback" not in err

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from qwq_local.cli import main
+from qwq_local.config import load_settings
 from qwq_local.errors import ExitCode
+from qwq_local.render.console import Env
 from qwq_local.render.history import History
 from qwq_local.render.repl import run_chat
-from qwq_local.config import load_settings
-from qwq_local.render.console import Env
 from tests.fake_chat import FakeChat
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,8 +55,8 @@ def test_a_fifo_problem_file_is_refused_not_waited_on(tmp_path: Path) -> None:
     fifo = tmp_path / "problem.fifo"
     os.mkfifo(fifo)
     proc = subprocess.run([sys.executable, "-m", "qwq_local", "solve", str(fifo), "--model", "x"],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          check=False, capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == ExitCode.NOT_A_REGULAR_FILE and "not a regular file" in proc.stderr
 
 
@@ -68,7 +68,7 @@ def test_an_unreadable_problem_file_is_exit_17(tmp_path: Path) -> None:
         if shutil.which("setpriv") is None:
             pytest.skip("root without setpriv")
         command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT,
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, cwd=ROOT,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == ExitCode.PERMISSION_DENIED and "permission denied" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -178,9 +178,8 @@ def test_known_failures_that_were_exit_1_have_their_own_codes(tmp_path: Path) ->
     with pytest.raises(QwqError) as catalog:
         load_catalog(broken)
     assert catalog.value.exit_code == ExitCode.BAD_CATALOG
-    with download_lock(tmp_path / "m.gguf"), pytest.raises(QwqError) as busy:
-        with download_lock(tmp_path / "m.gguf"):
-            pass
+    with download_lock(tmp_path / "m.gguf"), pytest.raises(QwqError) as busy, download_lock(tmp_path / "m.gguf"):
+        pass
     assert busy.value.exit_code == ExitCode.BUSY
     codes = [int(code) for code in ExitCode]
     assert len(codes) == len(set(codes))

@@ -272,3 +272,20 @@ def test_disk_is_a_total_over_all_files() -> None:
     result = run_python(code, timeout=30)
     assert not result.ok and "No space left on device" in result.stderr
     assert len(result.stdout.split()) * 16 <= sandbox.MAX_DISK_BYTES >> 20
+
+
+def test_the_mbpp_check_fails_a_solution_that_reads_a_private_file(tmp_path: Path) -> None:
+    """End to end: the audit's solution read a mode-600 file and was still reported correct."""
+    _needs_bwrap()
+    from qwq_local.problems.checks import code_passes
+    from qwq_local.problems.datasets import Problem
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    secret.chmod(0o600)
+    problem = Problem(id="mbpp_x", kind="mbpp", prompt="Return the secret.", answer="",
+                      tests=("assert get_secret() == 's3cret'",), setup="", format="code")
+    reply = f"```python\ndef get_secret():\n    return open({str(secret)!r}).read()\n```"
+    assert not code_passes(problem, reply)
+    honest = "```python\ndef get_secret():\n    return 's3cret'\n```"
+    assert code_passes(problem, honest)
