@@ -187,3 +187,24 @@ def test_known_failures_that_were_exit_1_have_their_own_codes(tmp_path: Path) ->
     for code in ExitCode:
         if code not in (ExitCode.OK, ExitCode.ERROR):
             assert f"| {int(code)} |" in readme, f"README's exit-code table lacks {code!r}"
+
+
+def test_a_full_disk_wrapped_by_the_http_client_is_still_exit_11(tmp_path: Path) -> None:
+    """A write that fails with ENOSPC inside a download comes back wrapped; it is a full disk, not the network."""
+    import errno
+
+    import httpx
+
+    from qwq_local.catalog import integrity
+
+    def write_then_wrap() -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise httpx.ReadError("stream broke") from exc
+
+    with pytest.raises(httpx.ReadError) as wrapped:
+        write_then_wrap()
+    assert integrity.is_disk_full(wrapped.value)
+    error = integrity.disk_full_error(wrapped.value, tmp_path / "m.gguf.part")
+    assert error.exit_code == ExitCode.DISK_FULL and "No space left" in error.message

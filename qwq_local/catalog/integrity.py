@@ -102,10 +102,23 @@ def ensure_free_space(directory: Path, needed: int, what: str) -> None:
         )
 
 
+def _disk_full_cause(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError in `exc` or what caused it (HTTP clients wrap a failed write in their own errors)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return _disk_full_cause(exc) is not None
 
 
-def disk_full_error(exc: OSError, part: Path) -> DiskFullError:
+def disk_full_error(exc: BaseException, part: Path) -> DiskFullError:
     """DiskFullError for a write that ran out of space; the partial file stays for a resume."""
-    return DiskFullError(f"disk full while writing {part.name} ({exc.strerror}); free space and pull again to resume")
+    cause = _disk_full_cause(exc)
+    reason = cause.strerror if cause is not None else str(exc)
+    return DiskFullError(f"disk full while writing {part.name} ({reason}); free space and pull again to resume")
