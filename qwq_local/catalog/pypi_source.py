@@ -80,7 +80,7 @@ def pip_download(wheels: Sequence[WheelSpec], directory: Path, progress: bool = 
     ]  # fmt: skip
     quiet = {} if progress else {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
     result = subprocess.run(command, env=dict(os.environ), text=True, check=False,  # type: ignore[call-overload]
-                            preexec_fn=die_with_parent, **quiet)  # noqa: PLW1509 - one prctl call before exec
+                            preexec_fn=die_with_parent, **quiet)  # one prctl call between fork and exec
     if result.returncode != 0:
         tail = (result.stdout or "").strip().splitlines()[-1:] if not progress else []
         names = ", ".join(f"{w.package}=={w.version}" for w in wheels)
