@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, fields, replace
@@ -10,7 +11,7 @@ from typing import Any, Mapping
 
 import platformdirs
 
-from qwq_local.errors import UsageError
+from qwq_local.errors import ExitCode, QwqError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,6 +33,9 @@ class Sampling:
     max_tokens: int = 8192
 
     def validate(self) -> "Sampling":
+        for name in ("temperature", "top_p", "min_p"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number, not {getattr(self, name)}")
         if self.temperature < 0:
             raise UsageError("--temperature must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -98,15 +102,24 @@ _SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head"
 
 
 def _coerce(key: str, value: Any) -> Any:
+    """A setting's value in its type; a value of another type (`temperature = true`, `models_dir = 42`) is refused."""
     ints = {"ctx", "top_k", "max_tokens", "seed"}
     floats = {"temperature", "top_p", "min_p", "engine_timeout"}
-    try:
-        if key in ints:
-            return int(value)
-        if key in floats:
-            return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"setting {key!r} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Path)):
+        raise UsageError(f"setting {key!r} must be a {'number' if key in ints | floats else 'string'}, got {value!r}")
+    if key in ints | floats:
+        if isinstance(value, Path) or (key in ints and isinstance(value, float) and not value.is_integer()):
+            raise UsageError(f"setting {key!r} must be a whole number, got {value!r}")
+        try:
+            number = int(value) if key in ints else float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"setting {key!r} must be a number, got {value!r}") from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise UsageError(f"setting {key!r} must be a finite number, got {value!r}")
+        return number
+    if key in ("models_dir", "head", "model") and not isinstance(value, (str, Path)):
+        raise UsageError(f"setting {key!r} must be a {'path' if key != 'model' else 'model name'} (a string), "
+                         f"got {value!r}")
     if key == "kv_budget":
         parse_kv_budget(str(value))  # a bad size is a usage error now, not after the model loads
         return str(value)
@@ -151,4 +164,15 @@ def load_settings(
         raise UsageError("engine_timeout must be > 0 seconds")
     if settings.ctx < 64:
         raise UsageError("--ctx must be at least 64 tokens")
+    _check_directory(settings.models_dir, "the models directory")
     return settings
+
+
+def _check_directory(path: Path, what: str) -> None:
+    """Exit 18 when `path`, or the nearest part of it that exists, is not a directory (so it cannot be made)."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise QwqError(f"{what} {path} cannot be used: {part} is a file, not a directory (check "
+                               "QWQ_MODELS_DIR, XDG_CACHE_HOME or --models-dir)", ExitCode.NOT_A_DIRECTORY)
+            return

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from enum import IntEnum
+from pathlib import Path
 
 
 class ExitCode(IntEnum):
@@ -24,8 +27,17 @@ class ExitCode(IntEnum):
     OUT_OF_MEMORY = 13
     CHECKSUM_MISMATCH = 14
     HEAD_MISMATCH = 15
-    ENGINE_UNREACHABLE = 16
-    ENGINE_BAD_REPLY = 17
+    NOT_A_REGULAR_FILE = 16
+    PERMISSION_DENIED = 17
+    NOT_A_DIRECTORY = 18
+    BAD_DATA = 19
+    HISTORY_UNAVAILABLE = 20
+    BAD_HUB_NAME = 21
+    BUSY = 22
+    HUB_ACCESS_DENIED = 23
+    BAD_CATALOG = 24
+    ENGINE_UNREACHABLE = 25
+    ENGINE_BAD_REPLY = 26
     INTERRUPTED = 130
 
 
@@ -97,3 +109,32 @@ class EngineReplyError(QwqError):
 
 class UsageError(QwqError):
     exit_code = ExitCode.USAGE
+
+
+def read_regular_file(path: Path, what: str = "file") -> bytes:
+    """The bytes of `path`; a directory, FIFO, device, missing or unreadable file is an InputFileError.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO never hangs the read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputFileError(f"{what} not found, no such file: {path}", ExitCode.FILE_NOT_FOUND) from None
+    except IsADirectoryError:
+        raise InputFileError(f"{path} is a directory, not a {what}", ExitCode.IS_A_DIRECTORY) from None
+    except PermissionError:
+        raise InputFileError(f"cannot read {path}: permission denied", ExitCode.PERMISSION_DENIED) from None
+    except OSError as error:
+        raise InputFileError(f"cannot open {path}: {error.strerror}", ExitCode.NOT_A_REGULAR_FILE) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise InputFileError(f"{path} is a directory, not a {what}", ExitCode.IS_A_DIRECTORY)
+        raise InputFileError(f"{path} is not a regular file (a pipe or device), not a {what}",
+                             ExitCode.NOT_A_REGULAR_FILE)
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            return handle.read()
+        except OSError as error:
+            raise InputFileError(f"cannot read {path}: {error.strerror}", ExitCode.PERMISSION_DENIED) from None

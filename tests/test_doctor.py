@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from qwq_local.cli import main
+from qwq_local.problems import sandbox
 from qwq_local.render.reports import print_doctor
 
 
@@ -32,6 +33,8 @@ def test_doctor_reports_the_real_build(tmp_path: Path, monkeypatch: pytest.Monke
     assert build["llama_cpp_python"].count(".") == 2 and "CPU" in build["system_info"]
     assert build["amx"] == ("AMX_INT8 = 1" in build["system_info"])
     assert report["hub_offline_mode"] and not report["hub_reachable"] and report["disk_free"] > 0
+    assert report["sandbox"] == sandbox.isolation_name()
+    assert report["sandbox"].startswith("bubblewrap") == (sandbox._bwrap() is not None)
 
 
 def test_an_amx_build_gets_a_hint(capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,3 +43,5 @@ def test_an_amx_build_gets_a_hint(capsys: pytest.CaptureFixture[str]) -> None:
     assert "AMX" in out and "README, 'CPU builds'" in out and "offline mode" in out
     print_doctor(_report(amx=False))
     assert "AMX" not in capsys.readouterr().out
+    print_doctor({**_report(amx=False), "sandbox": "bubblewrap (empty root)"})
+    assert "code sandbox  bubblewrap (empty root)" in capsys.readouterr().out

@@ -163,3 +163,89 @@ def test_fast_header_reader_agrees_with_gguf_reader(tmp_path):
     assert [(t.name, t.ggml_type, t.offset, t.n_elements, t.n_bytes) for t in header.tensors] == [
         (t.name, t.tensor_type, t.data_offset, t.n_elements, t.n_bytes) for t in reference.tensors
     ]
+
+
+# Hostile or broken model files (issue 25): every count and size is range-checked, exit 7 naming the file.
+
+def _write_model(path: Path, numbers: dict[str, tuple[str, object]], *, nested: int = 0) -> Path:
+    """A 2-layer qwen2 GGUF whose numeric keys are given as (writer method, value), e.g. ("add_int32", -1)."""
+    defaults: dict[str, tuple[str, object]] = {
+        "qwen2.block_count": ("add_uint32", 2), "qwen2.embedding_length": ("add_uint32", 64),
+        "qwen2.attention.head_count": ("add_uint32", 4), "qwen2.attention.head_count_kv": ("add_uint32", 2),
+        "qwen2.context_length": ("add_uint32", 4096),
+    }
+    writer = gguf.GGUFWriter(path, "qwen2")
+    for key, (method, value) in {**defaults, **numbers}.items():
+        getattr(writer, method)(key, value)
+    if nested:
+        writer.add_array("test.nested", [[1]])
+    writer.add_tensor("token_embd.weight", np.zeros((32, 64), dtype=np.float16))
+    for layer in range(2):
+        writer.add_tensor(f"blk.{layer}.attn_norm.weight", np.ones(64, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    if nested:  # rewrite the [[1]] array as `nested` arrays inside each other
+        data = path.read_bytes()
+        one = (
+            int(gguf.GGUFValueType.ARRAY).to_bytes(4, "little") + (1).to_bytes(8, "little")
+        )
+        old = one + int(gguf.GGUFValueType.INT32).to_bytes(4, "little") + (1).to_bytes(8, "little") + (
+            1).to_bytes(4, "little")
+        assert data.count(old) == 1
+        new = one * nested + int(gguf.GGUFValueType.INT32).to_bytes(4, "little") + (1).to_bytes(8, "little") + (
+            1).to_bytes(4, "little")
+        path.write_bytes(data.replace(old, new))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("numbers", "named"),
+    [
+        ({"qwen2.block_count": ("add_int32", -1)}, "qwen2.block_count = -1"),
+        ({"qwen2.block_count": ("add_uint64", 1 << 40)}, "qwen2.block_count"),
+        ({"qwen2.embedding_length": ("add_uint64", 1 << 38)}, "qwen2.embedding_length"),
+        ({"qwen2.block_count": ("add_uint32", 4000), "qwen2.embedding_length": ("add_uint32", 1 << 20)}, "layers"),
+        ({"qwen2.attention.head_count_kv": ("add_uint32", 1 << 19)}, "cannot fit"),
+        ({"qwen2.context_length": ("add_int64", -5)}, "qwen2.context_length"),
+        ({"qwen2.block_count": ("add_float32", float("nan"))}, "not a whole number"),
+        ({"qwen2.rope.freq_base": ("add_float32", float("inf"))}, "qwen2.rope.freq_base"),
+        ({"split.count": ("add_int32", -3)}, "split.count"),
+    ],
+)
+def test_hostile_numbers_are_a_corrupt_model_naming_the_file(tmp_path, numbers, named):
+    path = _write_model(tmp_path / "hostile.gguf", numbers)
+    with pytest.raises(ModelFileError) as error:
+        read_gguf_info(path)
+    assert error.value.exit_code == ExitCode.CORRUPT_MODEL
+    assert str(path) in error.value.message and named in error.value.message
+
+
+def test_deeply_nested_arrays_are_refused_without_recursion(tmp_path):
+    path = _write_model(tmp_path / "nested.gguf", {}, nested=200_000)
+    with pytest.raises(ModelFileError) as error:
+        read_gguf_info(path)
+    assert error.value.exit_code == ExitCode.CORRUPT_MODEL and "nested" in error.value.message
+    from qwq_local.catalog.gguf_header import read_header
+
+    assert read_header(_write_model(tmp_path / "shallow.gguf", {}, nested=3)).metadata["test.nested"] == [[[[1]]]]
+
+
+def test_counts_the_file_cannot_hold_are_refused_before_any_loop(tmp_path):
+    path = _write_model(tmp_path / "ok.gguf", {})
+    data = bytearray(path.read_bytes())
+    data[16:24] = (1 << 62).to_bytes(8, "little")  # n_kv
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="cannot fit"):
+        read_gguf_info(path)
+
+
+def test_info_cli_exits_7_on_a_negative_block_count(tmp_path, capsys):
+    from qwq_local.cli import main
+
+    path = _write_model(tmp_path / "neg.gguf", {"qwen2.block_count": ("add_int32", -1)})
+    with pytest.raises(SystemExit) as exc:
+        main(["info", str(path)])
+    assert exc.value.code == 7
+    assert "neg.gguf" in capsys.readouterr().err

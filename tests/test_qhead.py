@@ -240,3 +240,21 @@ def test_head_info_json_writes_an_uncomputable_metric_as_null(
 
     info = json.loads(capsys.readouterr().out, parse_constant=refuse)
     assert info["metrics"] == {"auc": None, "ece": 0.125}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load(tmp_path: Path, rng: np.random.Generator, bad: float,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A head whose weights hold NaN/inf would score every step 0; `head info` and every load refuse it (exit 15)."""
+    weights = linear_weights(rng)
+    assert weights.w is not None
+    weights.w[3] = bad
+    path = write_head(tmp_path / "h.gguf", weights, meta())
+    with pytest.raises(HeadMismatchError, match="tensor\\(s\\) w hold NaN or infinite") as info:
+        QHead.load(path)
+    assert info.value.exit_code == ExitCode.HEAD_MISMATCH and str(path) in info.value.message
+    from qwq_local.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["head", "info", str(path)])
+    assert exc.value.code == ExitCode.HEAD_MISMATCH and "NaN" in capsys.readouterr().err

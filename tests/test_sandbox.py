@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,34 +103,189 @@ def test_writes_stay_in_a_temp_dir_that_is_removed(tmp_path: Path) -> None:
 
 
 def test_the_rest_of_the_filesystem_is_read_only(tmp_path: Path) -> None:
-    if "--mount" not in sandbox._isolation_prefix():
+    if not sandbox._bwrap() and "--mount" not in sandbox._isolation_prefix():
         pytest.skip("no mount namespace can be made here")
     outside = tmp_path / "outside.txt"
     result = run_python(f"open({str(outside)!r}, 'w').write('x')")
-    assert not result.ok and "Read-only file system" in result.stderr
+    assert not result.ok and ("Read-only file system" in result.stderr or "No such file" in result.stderr)
     assert not outside.exists()
+
+
+def _host_processes_named(name: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
+                found.append(entry.name)
+        except OSError:
+            pass
+    return found
 
 
 def test_fork_bomb_is_contained() -> None:
     if os.getuid() == 0 and sandbox._pids_cgroup_parent() is None:
         pytest.skip("root without a writable pids cgroup: no process limit can be enforced")
+    name = f"qwqbomb{os.getpid()}"
     bomb = (
-        "import os, time\n"
+        "import ctypes, os, time\n"
+        f"ctypes.CDLL(None).prctl(15, {name.encode()!r})  # PR_SET_NAME: the host finds them by it\n"
         "blocked = 0\n"
         "for _ in range(10):\n"
         "    try:\n"
         "        if os.fork() == 0:\n"
-        "            print('pid', os.readlink('/proc/self'), flush=True)  # as the host sees it\n"
+        "            print('forked', flush=True)\n"
         "    except OSError:\n"
         "        blocked += 1\n"
         "if blocked:\n"
         "    print('blocked', flush=True)\n"
         "time.sleep(60)\n"
     )
-    result = run_python(bomb, timeout=2)
-    assert result.timed_out and not result.ok
-    assert "blocked" in result.stdout
-    forked = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("pid ")]
-    assert 0 < len(forked) <= sandbox.MAX_PROCESSES
-    time.sleep(0.1)
-    assert [pid for pid in forked if Path(f"/proc/{pid}").exists()] == []
+    result = run_python(bomb, timeout=3)
+    assert not result.ok
+    assert "blocked" in result.stdout or "total processes" in result.stderr, result
+    assert 0 < result.stdout.count("forked") <= sandbox.MAX_PROCESSES
+    time.sleep(0.2)
+    assert _host_processes_named(name) == []
+
+
+# Hostile programs (issue 25): each ran or escaped through the sandbox before bubblewrap and total limits.
+
+def _needs_bwrap() -> None:
+    if not sandbox._bwrap():
+        pytest.skip("bubblewrap is not installed or cannot make namespaces here")
+
+
+@pytest.mark.parametrize("isolation", ["best", "fallback"])
+def test_a_host_unix_socket_is_unreachable(isolation: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if isolation == "fallback":
+        monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
+    path = tmp_path / "agent.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen(1)
+        server.settimeout(0.3)
+        code = (
+            "import socket\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({str(path)!r})\n"
+            "s.sendall(b'secret')\n"
+            "print('sent')\n"
+        )
+        result = run_python(code)
+        assert not result.ok and "sent" not in result.stdout
+        with pytest.raises(socket.timeout):
+            server.accept()
+
+
+def test_dev_cannot_be_written() -> None:
+    _needs_bwrap()
+    target = Path(f"/dev/qwq-probe-{os.getpid()}")
+    result = run_python(f"open({str(target)!r}, 'w').write('x')\nprint('written')")
+    assert not result.ok and "written" not in result.stdout
+    assert not target.exists()
+    devices = run_python("import os\nprint(sorted(os.listdir('/dev')))\nopen('/dev/null', 'w').write('x')")
+    assert devices.ok and "'urandom'" in devices.stdout and "'vda'" not in devices.stdout
+
+
+def test_a_private_file_and_host_processes_are_invisible(tmp_path: Path) -> None:
+    _needs_bwrap()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    secret.chmod(0o600)
+    result = run_python(
+        "import os\n"
+        f"try:\n    print(open({str(secret)!r}).read())\nexcept OSError as error:\n    print(type(error).__name__)\n"
+        "print('home', os.path.exists(os.path.expanduser('~/.cache')))\n"
+        "print('procs', len([p for p in os.listdir('/proc') if p.isdigit()]))\n"
+    )
+    assert result.ok, result
+    lines = result.stdout.splitlines()
+    assert lines[0] == "FileNotFoundError" and "top secret" not in result.stdout
+    assert lines[1] == "home False"
+    assert int(lines[2].split()[1]) <= 3  # bubblewrap's init and the program itself
+
+
+def test_clean_up_follows_no_symlink_out_of_the_sandbox(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o755)
+    (outside / "keep.txt").write_text("keep")
+    code = (
+        "import os\n"
+        "os.mkdir('d')\n"
+        f"os.symlink({str(outside)!r}, 'd/l')\n"
+        f"os.symlink({str(outside / 'keep.txt')!r}, 'd/f')\n"
+        "os.chmod('d', 0o500)\n"
+    )
+    for isolation in ("best", "fallback"):
+        with pytest.MonkeyPatch.context() as patch:
+            if isolation == "fallback":
+                patch.setattr(sandbox, "_bwrap", lambda: None)
+            assert run_python(code).ok
+        assert oct(outside.stat().st_mode & 0o777) == "0o755"
+        assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_remove_tree_without_dac_override_leaves_link_targets_alone(tmp_path: Path) -> None:
+    """The CVE-2023-6597 case: clean-up that cannot delete at first must not chmod through a symlink."""
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop CAP_DAC_OVERRIDE")
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o755)
+    tree = tmp_path / "run"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "l").symlink_to(outside)  # the only entry: its unlink is the one that fails
+    (tree / "d").chmod(0o500)
+    remove = f"from qwq_local.problems.sandbox import _remove_tree; _remove_tree({str(tree)!r})"
+    subprocess.run(
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", remove],
+        check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert oct(outside.stat().st_mode & 0o777) == "0o755"
+    assert not tree.exists()
+
+
+def test_memory_is_a_total_over_all_children() -> None:
+    code = (
+        "import os, time\n"
+        "for _ in range(8):\n"
+        "    if os.fork() == 0:\n"
+        "        block = b'x' * (450 << 20)\n"
+        "        print('ok', flush=True)\n"
+        "        time.sleep(5)\n"
+        "        os._exit(0)\n"
+        "for _ in range(8):\n"
+        "    os.wait()\n"
+    )
+    result = run_python(code, timeout=30)
+    assert not result.ok and result.stdout.count("ok") < 8
+    assert "total memory" in result.stderr
+
+
+def test_disk_is_a_total_over_all_files() -> None:
+    _needs_bwrap()
+    code = (
+        "for i in range(50):\n"
+        "    with open(f'f{i}', 'wb') as f:\n"
+        "        f.write(b'x' * ((16 << 20) - 1))\n"
+        "    print(i, flush=True)\n"
+    )
+    result = run_python(code, timeout=30)
+    assert not result.ok and "No space left on device" in result.stderr
+    assert len(result.stdout.split()) * 16 <= sandbox.MAX_DISK_BYTES >> 20
+
+
+def test_the_mbpp_check_fails_a_solution_that_reads_a_private_file(tmp_path: Path) -> None:
+    """End to end: the audit's solution read a mode-600 file and was still reported correct."""
+    _needs_bwrap()
+    from qwq_local.problems.checks import code_passes
+    from qwq_local.problems.datasets import Problem
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    secret.chmod(0o600)
+    problem = Problem(id="mbpp_x", kind="mbpp", prompt="Return the secret.", answer="",
+                      tests=("assert get_secret() == 's3cret'",), setup="", format="code")
+    reply = f"```python\ndef get_secret():\n    return open({str(secret)!r}).read()\n```"
+    assert not code_passes(problem, reply)
+    honest = "```python\ndef get_secret():\n    return 's3cret'\n```"
+    assert code_passes(problem, honest)

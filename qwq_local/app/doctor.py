@@ -1,4 +1,4 @@
-"""`qwq doctor`'s facts: the llama.cpp build, GPU and RAM, disk, data dir, hub reachability."""
+"""`qwq doctor`'s facts: the llama.cpp build, GPU and RAM, disk, data dir, hub reachability, the code sandbox."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def doctor_report(settings: Settings) -> dict[str, Any]:
     from qwq_local.catalog import hub_reachable, offline_mode
     from qwq_local.engine.plan import detect_gpu, ram_free_bytes
     from qwq_local.engine.system import backend_info
+    from qwq_local.problems.sandbox import isolation_name
 
     gpu = detect_gpu()
     settings.models_dir.mkdir(parents=True, exist_ok=True)
@@ -29,4 +30,5 @@ def doctor_report(settings: Settings) -> dict[str, Any]:
         "data_dir": str(settings.data_dir),
         "hub_offline_mode": offline,
         "hub_reachable": False if offline else hub_reachable(timeout=3.0),
+        "sandbox": isolation_name(),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +55,26 @@ def search_defaults(strategy: str, base: SearchConfig = SOLVE_SEARCH) -> SearchC
     return replace(base, **ASTAR_CHANGES) if strategy == "astar" else base
 
 
+# Most of each width a search may ask for: every candidate, path and beam node holds KV cells and a sequence of
+# llama.cpp's (at most 256), so past these a run ends in minutes of work and a MemoryError, not a better answer.
+SEARCH_WIDTH_LIMITS = {"candidates": 64, "trajectories": 256, "beam": 256, "beam_width": 64, "completions": 64,
+                       "n_samples": 256}
+
+
 def search_options(base: SearchConfig = SOLVE_SEARCH, **changes: Any) -> SearchConfig:
-    """`base` with `changes` (SearchConfig fields); a bad value is a usage error, not a traceback."""
+    """`base` with `changes` (SearchConfig fields); a bad or unbounded value is a usage error, not a traceback."""
     known = {f.name for f in fields(SearchConfig)}
     unknown = sorted(set(changes) - known)
     if unknown:
         raise TypeError(f"not search options: {', '.join(unknown)}")
+    for name, limit in SEARCH_WIDTH_LIMITS.items():
+        value = changes.get(name)
+        if isinstance(value, int) and value > limit:
+            raise UsageError(f"--{name.replace('_', '-')} {value} is over the limit of {limit}")
+    for name in ("lam", "time_limit"):
+        value = changes.get(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-').replace('lam', 'lambda')} must be a finite number")
     try:
         return replace(base, **changes)
     except ValueError as exc:

@@ -12,29 +12,28 @@ from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, 
 from qwq_local.app import runtime
 from qwq_local.app.search import SearchSetup
 from qwq_local.config import Sampling, Settings
-from qwq_local.errors import ExitCode, InputFileError
+from qwq_local.errors import ExitCode, InputFileError, read_regular_file
 from qwq_local.problems.prompts import build_question, detect_format
 from qwq_local.dialog.think import CLOSE, split_at_close
 from qwq_local.search.answer import extract_final_answer
 from qwq_local.search.protocol import LMStats, SearchResult, StepLM
 
 
-def read_problem(source: str, stdin: TextIO = sys.stdin) -> str:
-    """The problem text from a file or `-` (stdin); missing, directory and empty are user errors."""
+def read_problem(source: str, stdin: TextIO | None = None) -> str:
+    """The problem text from a file or `-` (stdin); missing, unreadable, not a file, not UTF-8 or empty: user errors."""
     if source == "-":
-        text = stdin.read()
+        stdin = stdin or sys.stdin
+        binary = getattr(stdin, "buffer", None)
+        data: bytes | str = binary.read() if binary is not None else stdin.read()
         where = "standard input"
     else:
-        path = Path(source)
-        if path.is_dir():
-            raise InputFileError(f"{source} is a directory, not a problem file", ExitCode.IS_A_DIRECTORY)
-        if not path.exists():
-            raise InputFileError(f"no such file: {source}", ExitCode.FILE_NOT_FOUND)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise InputFileError(f"{source} is not UTF-8 text", ExitCode.EMPTY_INPUT) from None
+        data = read_regular_file(Path(source), "problem file")
         where = source
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        text.encode("utf-8")  # a text stream decoded with surrogateescape holds bad bytes as surrogates
+    except UnicodeError:
+        raise InputFileError(f"{where} is not UTF-8 text", ExitCode.EMPTY_INPUT) from None
     if not text.strip():
         raise InputFileError(f"{where} is empty: write the problem in it", ExitCode.EMPTY_INPUT)
     return text

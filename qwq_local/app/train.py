@@ -15,7 +15,7 @@ import numpy as np
 
 from qwq_local.app import runtime
 from qwq_local.config import Settings
-from qwq_local.errors import QwqError, UsageError
+from qwq_local.errors import ExitCode, QwqError, UsageError
 
 
 MAX_FAILURES_IN_A_ROW = 3  # problems in a row whose labelling raised: the run stops with the error
@@ -165,12 +165,13 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
 
     X, y_max, y_mean, groups = store if isinstance(store, tuple) else store.load()
     if len(X) == 0:
-        raise QwqError(f"no labels in {store.path}: run without --train-only first")
+        raise QwqError(f"no labels in {store.path}: run without --train-only first", ExitCode.EMPTY_INPUT)
     y = y_max if target == "max" else y_mean
     try:
         weights, report = train_head(X, y, groups, kind=kind, seed=seed, epochs=epochs)
     except ValueError as exc:
-        raise QwqError(f"cannot train on {len(X)} states from {len(set(groups))} problems: {exc}") from None
+        raise QwqError(f"cannot train on {len(X)} states from {len(set(groups))} problems: {exc}",
+                       ExitCode.BAD_DATA) from None
     meta = QHeadMeta(
         architecture=plan.info.architecture, n_embd=int(X.shape[1]), model_sha256=sha256_file(plan.resolved.path),
         training_data=f"{Path(data).name if data.endswith('.jsonl') else data}; Q={target} over rollouts",

@@ -15,6 +15,8 @@ from typing import Any
 import gguf
 
 KEEP_ARRAY = 256
+MAX_ARRAY_DEPTH = 8  # arrays of arrays nested deeper than this are refused, not recursed into
+MAX_DIMS = 8  # ggml has 4; a tensor with more is corrupt
 _SCALARS = {
     gguf.GGUFValueType.UINT8: "B",
     gguf.GGUFValueType.INT8: "b",
@@ -69,7 +71,7 @@ def read_header(path: Path) -> GGUFHeader:
     with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
             return _Parser(buf).header()
-        except (struct.error, IndexError, OverflowError, UnicodeDecodeError, ValueError) as exc:
+        except (struct.error, IndexError, OverflowError, UnicodeDecodeError, ValueError, KeyError) as exc:
             if isinstance(exc, HeaderError):
                 raise
             raise HeaderError(f"{type(exc).__name__}: {exc}") from None
@@ -90,6 +92,9 @@ class _Parser:
         if version not in (2, 3):
             raise HeaderError(f"unsupported GGUF version {version}")
         n_tensors, n_kv = self.unpack("Q"), self.unpack("Q")
+        # Each key/value takes at least 13 bytes and each tensor info 24: a count the file cannot hold is a lie.
+        if n_kv > self.left() // 13 or n_tensors > self.left() // 24:
+            raise HeaderError(f"{n_kv} keys and {n_tensors} tensors cannot fit in the file")
         metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = self.string()
@@ -108,6 +113,10 @@ class _Parser:
         self.pos += struct.calcsize(fmt)
         return value
 
+    def left(self) -> int:
+        """Bytes after the read position."""
+        return len(self.buf) - self.pos
+
     def string(self) -> str:
         length = self.unpack("Q")
         end = self.pos + length
@@ -117,18 +126,24 @@ class _Parser:
         self.pos = end
         return text
 
-    def value(self, kind: int) -> Any:
+    def value(self, kind: int, depth: int = 0) -> Any:
         kind = gguf.GGUFValueType(kind)
         if kind == gguf.GGUFValueType.STRING:
             return self.string()
         if kind == gguf.GGUFValueType.ARRAY:
-            return self.array()
+            return self.array(depth + 1)
         return self.unpack(_SCALARS[kind])
 
-    def array(self) -> Any:
+    def array(self, depth: int) -> Any:
+        if depth > MAX_ARRAY_DEPTH:
+            raise HeaderError(f"metadata arrays nested deeper than {MAX_ARRAY_DEPTH}")
         item_type, length = gguf.GGUFValueType(self.unpack("I")), self.unpack("Q")
+        smallest = struct.calcsize(_SCALARS[item_type]) if item_type in _SCALARS else (
+            8 if item_type == gguf.GGUFValueType.STRING else 12)
+        if length > self.left() // smallest:
+            raise HeaderError(f"an array of {length} items cannot fit in the file")
         if length <= KEEP_ARRAY:
-            return [self.value(item_type) for _ in range(length)]
+            return [self.value(item_type, depth) for _ in range(length)]
         if item_type in _SCALARS:
             self.pos += length * struct.calcsize(_SCALARS[item_type])
         elif item_type == gguf.GGUFValueType.STRING:
@@ -136,14 +151,17 @@ class _Parser:
                 self.pos += 8 + struct.unpack_from(self.order + "Q", self.buf, self.pos)[0]
         else:
             for _ in range(length):
-                self.value(item_type)
+                self.value(item_type, depth)
         if self.pos > len(self.buf):
             raise HeaderError("array runs past the end of the file")
         return SkippedArray(int(item_type), length)
 
     def tensor_info(self) -> tuple[str, tuple[int, ...], int, int]:
         name = self.string()
-        dims = tuple(self.unpack("Q") for _ in range(self.unpack("I")))
+        n_dims = self.unpack("I")
+        if n_dims > MAX_DIMS:
+            raise HeaderError(f"tensor {name!r} has {n_dims} dimensions")
+        dims = tuple(self.unpack("Q") for _ in range(n_dims))
         return name, dims, self.unpack("I"), self.unpack("Q")
 
     def tensor(self, name: str, dims: tuple[int, ...], kind: int, offset: int, data_offset: int) -> TensorEntry:

@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from qwq_local.catalog.gguf_header import TensorEntry
 
 GGUF_MAGIC = b"GGUF"
+# Bounds far above any real model; past them a GGUF's numbers are corrupt or hostile, not large.
+MAX_LAYERS = 4096
+MAX_WIDTH = 1 << 20  # embedding width, heads, head dimensions
+MAX_CONTEXT = (1 << 31) - 1  # llama.cpp keeps n_ctx_train in an int32
+MAX_SHARDS = 9999
+MAX_FLOAT = 1e15  # RoPE base and scaling factor
 
 
 @dataclass(frozen=True)
@@ -53,36 +59,75 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     arch = _str(meta, "general.architecture")
     if not arch:
         raise ModelFileError(f"{path} has no general.architecture: not a model GGUF", ExitCode.CORRUPT_MODEL)
-    shards = _shard_paths(path, int(_num(meta, "split.count") or 1))
+    count = _Counts(path, meta)
+    shards = _shard_paths(path, count.int("split.count", 1, MAX_SHARDS) or 1)
     for shard in shards[1:]:
         tensors += _read(shard)[1]
-    n_embd = int(_num(meta, f"{arch}.embedding_length") or 0)
-    n_head = int(_num(meta, f"{arch}.attention.head_count") or 0)
-    n_head_kv = int(_num(meta, f"{arch}.attention.head_count_kv") or n_head)
-    head_dim = int(_num(meta, f"{arch}.attention.key_length") or (n_embd // n_head if n_head else 0))
-    context = _num(meta, f"{arch}.context_length")
-    original = _num(meta, f"{arch}.rope.scaling.original_context_length")
+    n_embd = count.int(f"{arch}.embedding_length", 1, MAX_WIDTH) or 0
+    n_head = count.int(f"{arch}.attention.head_count", 0, MAX_WIDTH) or 0
+    n_head_kv = count.int(f"{arch}.attention.head_count_kv", 0, MAX_WIDTH)
+    n_head_kv = n_head if n_head_kv is None else n_head_kv
+    head_dim = count.int(f"{arch}.attention.key_length", 1, MAX_WIDTH) or (n_embd // n_head if n_head else 0)
+    value_dim = count.int(f"{arch}.attention.value_length", 1, MAX_WIDTH) or head_dim
+    n_layer = count.int(f"{arch}.block_count", 1, MAX_LAYERS) or 0
+    parameters = sum(t.n_elements for t in tensors)
+    # Every layer has at least a norm of n_embd weights and K and V projections as wide as its KV cache.
+    if n_layer * max(n_embd, n_head_kv * (head_dim + value_dim)) > parameters:
+        raise ModelFileError(
+            f"{path} is corrupt: {n_layer} layers of width {n_embd} (KV {n_head_kv} x {head_dim}+{value_dim}) "
+            f"cannot fit in {parameters:,} weights"
+        )
     return GGUFInfo(
         path=path,
         architecture=arch,
         name=_str(meta, "general.name"),
-        parameter_count=sum(t.n_elements for t in tensors),
+        parameter_count=parameters,
         quant=_quant(meta, tensors),
         file_size=sum(s.stat().st_size for s in shards),
         shard_count=len(shards),
-        context_length=int(context) if context is not None else None,
-        rope_freq_base=_num(meta, f"{arch}.rope.freq_base"),
+        context_length=count.int(f"{arch}.context_length", 1, MAX_CONTEXT),
+        rope_freq_base=count.float(f"{arch}.rope.freq_base"),
         rope_scaling_type=_str(meta, f"{arch}.rope.scaling.type"),
-        rope_scaling_factor=_num(meta, f"{arch}.rope.scaling.factor"),
-        rope_original_context=int(original) if original is not None else None,
+        rope_scaling_factor=count.float(f"{arch}.rope.scaling.factor"),
+        rope_original_context=count.int(f"{arch}.rope.scaling.original_context_length", 1, MAX_CONTEXT),
         chat_template=_str(meta, "tokenizer.chat_template"),
-        n_layer=int(_num(meta, f"{arch}.block_count") or 0),
+        n_layer=n_layer,
         n_head=n_head,
         n_head_kv=n_head_kv,
         n_embd=n_embd,
         head_dim=head_dim,
-        value_dim=int(_num(meta, f"{arch}.attention.value_length") or head_dim),
+        value_dim=value_dim,
     )
+
+
+class _Counts:
+    """Numbers read from a GGUF's metadata, each range-checked before use (a model file is untrusted input)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path, self.meta = path, meta
+
+    def _bad(self, key: str, value: Any, wanted: str) -> ModelFileError:
+        return ModelFileError(f"{self.path} is corrupt: {key} = {value!r} ({wanted})", ExitCode.CORRUPT_MODEL)
+
+    def int(self, key: str, low: int, high: int) -> int | None:
+        """The value of `key` as a whole number in [low, high], None if absent; exit 7 otherwise."""
+        value = _num(self.meta, key)
+        if value is None:
+            return None
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+            raise self._bad(key, value, "not a whole number")
+        if not low <= value <= high:
+            raise self._bad(key, value, f"must be {low} to {high:,}")
+        return int(value)
+
+    def float(self, key: str) -> float | None:
+        """The value of `key` as a finite number from 0, None if absent; exit 7 otherwise."""
+        value = _num(self.meta, key)
+        if value is None:
+            return None
+        if not (math.isfinite(value) and 0 <= value < MAX_FLOAT):
+            raise self._bad(key, value, "must be a finite number from 0")
+        return float(value)
 
 
 def _read(path: Path) -> tuple[dict[str, Any], list[TensorEntry]]:

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from qwq_local.catalog import integrity
 from qwq_local.catalog.hub_env import HubSettings
-from qwq_local.errors import ChecksumError, HubUnreachableError, NotPulledError, QwqError, UnknownModelError
+from qwq_local.errors import ChecksumError, ExitCode, HubUnreachableError, NotPulledError, QwqError, UnknownModelError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
@@ -141,13 +141,13 @@ def _hub_error(exc: BaseException, what: str, settings: HubSettings) -> BaseExce
     if isinstance(exc, hf.OfflineModeIsEnabled):
         return NotPulledError(f"{what} is not downloaded and offline mode is on (HF_HUB_OFFLINE)")
     if isinstance(exc, hf.GatedRepoError):
-        return QwqError(f"{what} is gated: accept its license on the hub and set HF_TOKEN")
+        return QwqError(f"{what} is gated: accept its license on the hub and set HF_TOKEN", ExitCode.HUB_ACCESS_DENIED)
     if isinstance(exc, (hf.RepositoryNotFoundError, hf.RevisionNotFoundError, hf.RemoteEntryNotFoundError)):
         return UnknownModelError(f"{what} was not found on {settings.endpoint}")
     if isinstance(exc, hf.HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else 0
         if status in (401, 403):
-            return QwqError(f"access to {what} denied ({status}): check HF_TOKEN")
+            return QwqError(f"access to {what} denied ({status}): check HF_TOKEN", ExitCode.HUB_ACCESS_DENIED)
         return HubUnreachableError(f"the hub answered {status} for {what}; try later (a partial download resumes)")
     if isinstance(exc, (httpx2.TransportError, hf.FileMetadataError, ConnectionError, TimeoutError)):
         return HubUnreachableError(

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from qwq_local.errors import ChecksumError, DiskFullError, QwqError
+from qwq_local.errors import ChecksumError, DiskFullError, ExitCode, QwqError
 
 try:
     import fcntl
@@ -36,7 +36,8 @@ def download_lock(dest: Path) -> Iterator[None]:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise QwqError(f"another pull is already downloading {dest.name} (lock {lock})") from None
+                raise QwqError(f"another pull is already downloading {dest.name} (lock {lock})",
+                               ExitCode.BUSY) from None
         try:
             yield
         finally:
@@ -101,10 +102,23 @@ def ensure_free_space(directory: Path, needed: int, what: str) -> None:
         )
 
 
+def _disk_full_cause(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError in `exc` or what caused it (HTTP clients wrap a failed write in their own errors)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return _disk_full_cause(exc) is not None
 
 
-def disk_full_error(exc: OSError, part: Path) -> DiskFullError:
+def disk_full_error(exc: BaseException, part: Path) -> DiskFullError:
     """DiskFullError for a write that ran out of space; the partial file stays for a resume."""
-    return DiskFullError(f"disk full while writing {part.name} ({exc.strerror}); free space and pull again to resume")
+    cause = _disk_full_cause(exc)
+    reason = cause.strerror if cause is not None else str(exc)
+    return DiskFullError(f"disk full while writing {part.name} ({reason}); free space and pull again to resume")

@@ -61,6 +61,16 @@ def _fetch(wheels: Sequence[WheelSpec], dest: Path, sha256: str, size: int | Non
     return integrity.promote(part, dest)
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the process that started it dies (even by kill -9); Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
 def pip_download(wheels: Sequence[WheelSpec], directory: Path, progress: bool = True) -> list[Path]:
     """`python -m pip download --no-deps --only-binary=:all:` every wheel into directory, in one pip run."""
     command = [
@@ -69,7 +79,8 @@ def pip_download(wheels: Sequence[WheelSpec], directory: Path, progress: bool = 
         *(f"{w.package}=={w.version}" for w in wheels),
     ]  # fmt: skip
     quiet = {} if progress else {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-    result = subprocess.run(command, env=dict(os.environ), text=True, check=False, **quiet)  # type: ignore[call-overload]
+    result = subprocess.run(command, env=dict(os.environ), text=True, check=False,  # type: ignore[call-overload]
+                            preexec_fn=die_with_parent, **quiet)  # one prctl call between fork and exec
     if result.returncode != 0:
         tail = (result.stdout or "").strip().splitlines()[-1:] if not progress else []
         names = ", ".join(f"{w.package}=={w.version}" for w in wheels)

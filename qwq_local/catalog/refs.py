@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwq_local.catalog.spec import Catalog, ModelSpec, load_catalog
-from qwq_local.errors import UsageError
+from qwq_local.errors import ExitCode, QwqError, UsageError
 
 HF_PREFIX = "hf:"
+_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # the hub's own rule for owner and repo names
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
@@ -72,7 +73,13 @@ def parse_hub_ref(text: str) -> HubRef:
     parts = text.strip("/").split("/")
     if len(parts) < 3 or not parts[-1].lower().endswith(".gguf"):
         raise UsageError(f"expected hf:OWNER/REPO/FILE.gguf, got hf:{text}")
+    # Checked before anything touches the disk: these parts become folders under models_dir/hf/.
+    bad = [part for part in parts if part in ("", ".", "..") or "\\" in part or "\0" in part]
     name, _, revision = parts[1].partition("@")
+    if bad or not (_REPO_PART.fullmatch(parts[0]) and _REPO_PART.fullmatch(name)) or (
+            revision and not _REPO_PART.fullmatch(revision)):
+        raise QwqError(f"bad hub name hf:{text}: OWNER, REPO and each folder must be plain names "
+                       "(no '..', '.', empty parts or backslashes)", ExitCode.BAD_HUB_NAME)
     filename = "/".join(parts[2:])
     return HubRef(repo=f"{parts[0]}/{name}", filenames=shard_names(filename), revision=revision or "main")
 

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qwq_local.errors import QwqError, UnknownModelError
+from qwq_local.errors import ExitCode, QwqError, UnknownModelError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -173,7 +173,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
     try:
         stat = path.stat()
     except OSError as exc:
-        raise QwqError(f"cannot read the model catalog {path}: {exc.strerror}") from None
+        raise QwqError(f"cannot read the model catalog {path}: {exc.strerror}", ExitCode.BAD_CATALOG) from None
     return _load(path, stat.st_mtime_ns, stat.st_size)
 
 
@@ -182,7 +182,7 @@ def _load(path: Path, mtime_ns: int, size: int) -> Catalog:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise QwqError(f"cannot read the model catalog {path}: {exc}") from None
+        raise QwqError(f"cannot read the model catalog {path}: {exc}", ExitCode.BAD_CATALOG) from None
     return parse_catalog(data, source=path)
 
 
@@ -273,4 +273,4 @@ def _parse_head(name: str, raw: Mapping[str, Any]) -> HeadSpec:
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
-        raise QwqError(f"model catalog: {message}")
+        raise QwqError(f"model catalog: {message}", ExitCode.BAD_CATALOG)

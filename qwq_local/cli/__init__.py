@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {exc.message}", err=True)
         sys.exit(int(exc.exit_code))
     except exits as exc:
-        sys.exit(getattr(exc, "exit_code", 0))
+        code = getattr(exc, "exit_code", 0)
     except usage_errors as exc:
         if debug:
             raise
@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(int(ExitCode.DISK_FULL))
         typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         sys.exit(int(ExitCode.ERROR))
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if code == ExitCode.INTERRUPTED:  # Typer turns Ctrl-C into Exit(130); a chat returns it itself
+        typer.echo("interrupted", err=True)
+    sys.exit(code)
 
 
 __all__ = ["app", "main"]

@@ -32,7 +32,7 @@ def chat(
     """Interactive chat with folded thinking (piped stdin: one message a line)."""
     from qwq_local.app.chat import open_chat, prepare_chat
     from qwq_local.render.console import Env
-    from qwq_local.render.history import History
+    from qwq_local.render.history import open_history
     from qwq_local.render.repl import run_chat
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
@@ -43,10 +43,14 @@ def chat(
     if think_budget is not None and think_budget < 1:
         raise UsageError("--think-budget must be at least 1 token")
     env = Env.from_process()
-    history = History(settings.data_dir / "history.db")
-    if resume_latest and resume is None:
+    history, warning = open_history(settings.data_dir / "history.db")
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    if history is None and (resume_latest or resume is not None):
+        raise UsageError("--resume needs the history database, which cannot be used now")
+    if history is not None and resume_latest and resume is None:
         resume = history.latest_id()
-    if resume is not None and history.conversation(resume) is None:
+    if history is not None and resume is not None and history.conversation(resume) is None:
         raise UsageError(f"no conversation {resume} in the history; `qwq history` lists them")
     setup = prepare_chat(settings)
     # A thinking budget makes even a model that does not think on its own open a <think> section.

@@ -74,16 +74,17 @@ def solve(
     if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
         raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)
+    # every search option checked before the model is even located, and the head loaded before it loads
+    given = dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
+                 beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
+                 max_depth=max_depth, completions=completions, choose=choose)
+    options = search_options(search_defaults(strategy, S), **{k: v for k, v in given.items() if v is not None})
     plan = runtime.plan_for(settings)
     if strategy == "direct" and settings.engine is None:
         result = _direct(plan, problem, fmt, settings, show_thinking, as_json)
-    else:  # every search option checked, and the head loaded, before the model
+    else:
         from qwq_local.app.solve import solve_search
 
-        given = dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
-                     beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
-                     max_depth=max_depth, completions=completions, choose=choose)
-        options = search_options(search_defaults(strategy, S), **{k: v for k, v in given.items() if v is not None})
         setup = prepare_search(plan, settings, strategy, options, scorer)
         if setup.note and not as_json:
             typer.echo(f"note: {setup.note}", err=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import llama_cpp
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from qwq_local.engine.plan import RopePlan
+from qwq_local.engine.template import ChatTemplate, TemplateError
 from qwq_local.errors import ExitCode, ModelFileError, OutOfMemoryError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,7 +124,11 @@ class LoadedModel:
         self.eos_text = self._piece_text(self.llama.token_eos())
         self.bos_text = self._piece_text(self.llama.token_bos())
         self.chat_template = meta.get("tokenizer.chat_template") or CHATML
-        self._formatter = Jinja2ChatFormatter(self.chat_template, self.eos_text, self.bos_text)
+        try:
+            self._template = ChatTemplate(self.chat_template, bos_token=self.bos_text, eos_token=self.eos_text)
+        except TemplateError as exc:
+            self.llama.close()
+            raise ModelFileError(f"{self.path}: its chat template does not compile ({exc})") from None
         self._pieces: dict[int, bytes] = {}
 
     @property
@@ -151,8 +155,10 @@ class LoadedModel:
 
     def render_chat(self, messages: Sequence["Message"]) -> str:
         """Apply the GGUF's own chat template, ending with the assistant's generation prompt."""
-        rendered = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
-        return rendered.prompt
+        try:
+            return self._template.render([{"role": m.role, "content": m.content} for m in messages])
+        except TemplateError as exc:
+            raise ModelFileError(f"{self.path}: its chat template failed ({exc})") from None
 
     def tokenize(self, text: str, bos: bool = True) -> list[int]:
         """Tokens of `text` with special tokens parsed; BOS only if the vocab wants it and text lacks it."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qwq_local.errors import ExitCode, InputFileError, UsageError
+from qwq_local.errors import ExitCode, InputFileError, UsageError, read_regular_file
 
 DATA_FILES = {
     "gsm8k": "gsm8k_test_dev500.jsonl",
@@ -64,25 +64,22 @@ def _data_path(data: str, data_dir: Path | None) -> Path:
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSONL file."""
-    if path.is_dir():
-        raise InputFileError(f"{path} is a directory, not a .jsonl file", ExitCode.IS_A_DIRECTORY)
-    try:
-        handle = path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputFileError(f"data file not found: {path}", ExitCode.FILE_NOT_FOUND) from None
-    except OSError as error:
-        raise InputFileError(f"cannot read {path}: {error.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputFileError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise InputFileError(f"{path}:{number}: expected a JSON object")
-            yield number, record
+    data = read_regular_file(path, "data file")
+    for number, raw in enumerate(data.splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputFileError(f"{path}:{number}: not UTF-8 text (a binary file?)", ExitCode.EMPTY_INPUT) from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as error:
+            message = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
+            raise InputFileError(f"{path}:{number}: not valid JSON ({message})", ExitCode.BAD_DATA) from None
+        if not isinstance(record, dict):
+            raise InputFileError(f"{path}:{number}: expected a JSON object", ExitCode.BAD_DATA)
+        yield number, record
 
 
 def _problem(record: dict[str, Any], where: str, default_id: str) -> Problem:
@@ -94,7 +91,7 @@ def _problem(record: dict[str, Any], where: str, default_id: str) -> Problem:
     if "text" in record and "test_list" in record:
         tests = record["test_list"]
         if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
-            raise InputFileError(f"{where}: test_list must be a list of assert strings")
+            raise InputFileError(f"{where}: test_list must be a list of assert strings", ExitCode.BAD_DATA)
         text = str(record["text"]).strip()
         listed = "\n".join(tests)
         return Problem(
@@ -109,7 +106,8 @@ def _problem(record: dict[str, Any], where: str, default_id: str) -> Problem:
     for field, kind in (("question", "gsm8k"), ("problem", "math")):
         if field in record and "answer" in record:
             return Problem(id=ident, kind=kind, prompt=str(record[field]), answer=str(record["answer"]))
-    raise InputFileError(f"{where}: expected fields question/answer, problem/answer or text/test_list")
+    raise InputFileError(f"{where}: expected fields question/answer, problem/answer or text/test_list",
+                         ExitCode.BAD_DATA)
 
 
 def problem_seed(problem_id: str, base: int = 0) -> int:

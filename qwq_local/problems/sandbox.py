@@ -22,8 +22,13 @@ OUTPUT_LIMIT = 8192  # bytes kept of each of stdout and stderr
 MAX_PROCESSES = 64  # processes one run may have at once (pids cgroup or RLIMIT_NPROC)
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_OPEN_FILES = 64
+MAX_DISK_BYTES = 64 * 1024 * 1024  # the size of the bubblewrap run's tmpfs work dir
+_WATCH_SECONDS = 0.05  # how often the total memory and process count of a run are measured
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _SCRIPT = "main.py"
+_INSIDE = "/tmp/qwq-sandbox-work"  # the work dir inside bubblewrap, a size-capped tmpfs
+_HOST_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr")
+_HOST_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf")
 
 # Runs main.py as __main__ so tracebacks name it; -I -S keep user site, env and cwd out of sys.path.
 _RUNNER = f"""\
@@ -32,6 +37,9 @@ with open({_SCRIPT!r}, encoding="utf-8") as _f:
 del _f
 exec(_code, {{"__name__": "__main__", "__file__": {_SCRIPT!r}, "__builtins__": __builtins__}})
 """
+
+# bubblewrap sets PWD after --chdir; the environment stays PATH only.
+_NO_PWD = "import os as _os\n_os.environ.pop('PWD', None)\ndel _os\n"
 
 # The fallback where no network namespace can be made: sockets refuse to be created.
 _NO_NETWORK = """\
@@ -80,6 +88,76 @@ class SandboxResult:
     stdout: str
     stderr: str
     timed_out: bool
+
+
+def _python() -> tuple[str, str]:
+    """(the real interpreter binary, its installation prefix) — what bubblewrap binds read-only."""
+    return os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
+
+
+def _bwrap_command(bwrap: str, code_fd: int) -> list[str]:
+    """bubblewrap from an empty root: Python and system libraries read-only, private /dev and /proc, no network."""
+    command = [
+        bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--tmpfs", "/",
+        "--proc", "/proc", "--dev", "/dev",
+    ]
+    for path in _HOST_DIRS:
+        if os.path.islink(path):
+            command += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            command += ["--ro-bind", path, path]
+    for path in _HOST_FILES:
+        command += ["--ro-bind-try", path, path]
+    executable, prefix = _python()
+    command += ["--ro-bind", prefix, prefix]
+    if not executable.startswith(prefix.rstrip("/") + "/"):
+        command += ["--ro-bind", executable, executable]
+    command += [
+        "--size", str(MAX_DISK_BYTES), "--tmpfs", _INSIDE, "--file", str(code_fd), f"{_INSIDE}/{_SCRIPT}",
+        "--chdir", _INSIDE, "--remount-ro", "/dev", "--remount-ro", "/",
+        executable,
+    ]
+    return command
+
+
+def _code_fd(code: str) -> int:
+    """An unlinked in-memory file holding `code`, read by bubblewrap into the run's tmpfs."""
+    fd = os.memfd_create("qwq-sandbox-code")
+    os.write(fd, code.encode("utf-8"))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+@cache
+def _bwrap() -> str | None:
+    """The bubblewrap binary if it can make its namespaces here (checked once per process), else None."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None or not hasattr(os, "memfd_create"):
+        return None
+    fd = _code_fd(_PROBE)
+    try:
+        probe = subprocess.run(
+            [*_bwrap_command(bwrap, fd), "-I", "-S", _SCRIPT],
+            check=False, capture_output=True, text=True, timeout=10, env={"PATH": _PATH},
+            stdin=subprocess.DEVNULL, pass_fds=(fd,),
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        os.close(fd)
+    return bwrap if probe.returncode == 0 and probe.stdout.split() == ["lo"] else None
+
+
+def isolation_name() -> str:
+    """Which sandbox model-written code runs in here, for `qwq doctor`."""
+    if _bwrap():
+        return "bubblewrap (empty root, no network, private /dev and /proc, total limits)"
+    prefix = _isolation_prefix()
+    if "--mount" in prefix:
+        return "unshare (no network, read-only mounts, rlimits; install bubblewrap for an empty root)"
+    if prefix:
+        return "unshare (no network, rlimits; install bubblewrap for an empty root)"
+    return "rlimits and a socket guard only (install bubblewrap for real isolation)"
 
 
 @cache
@@ -237,18 +315,97 @@ def _text(data: bytearray) -> str:
     return text + "\n... [output truncated]" if len(data) > OUTPUT_LIMIT else text
 
 
+def _remove_entries(dir_fd: int) -> None:
+    """Empty the directory open as `dir_fd`, never following a symlink (chmod only through O_NOFOLLOW fds)."""
+    os.fchmod(dir_fd, stat.S_IRWXU)
+    with os.scandir(dir_fd) as entries:
+        names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for name, is_dir in names:
+        if is_dir:
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                _remove_entries(child)
+            finally:
+                os.close(child)
+            os.rmdir(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+
+
 def _remove_tree(path: str) -> None:
-    """Remove the run's directory even where the code made parts of it read-only."""
+    """Remove the run's directory even where the code made parts of it read-only or linked outside it.
 
-    def unlock(func: Callable[..., object], target: str, _exc: object) -> None:
+    The code owned this tree, so nothing in it is trusted: no path is resolved twice and no symlink is followed
+    (CPython's rmtree onerror chmod followed them: CVE-2023-6597).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        _remove_entries(fd)
+    except (OSError, RecursionError):
+        pass
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _run_tree(root: int, cgroup: Path | None) -> list[int]:
+    """The processes of a run: its cgroup's, else `root` and its descendants found through /proc."""
+    if cgroup:
         try:
-            os.chmod(os.path.dirname(target), stat.S_IRWXU)
-            os.chmod(target, stat.S_IRWXU)
-            func(target)
-        except OSError:
+            return [int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
             pass
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat_line = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat_line.rpartition(")")[2].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
 
-    shutil.rmtree(path, onerror=unlock)
+
+def _anon_bytes(pid: int) -> int:
+    """Private memory of a process (RssAnon), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _watch(root: int, cgroup: Path | None, memory_bytes: int, done: threading.Event, over: list[str]) -> None:
+    """Kill the whole run when its processes together pass `memory_bytes` or MAX_PROCESSES (total limits)."""
+    while not done.wait(_WATCH_SECONDS):
+        tree = _run_tree(root, cgroup)
+        used = sum(_anon_bytes(pid) for pid in tree)
+        if used > memory_bytes or len(tree) > MAX_PROCESSES + 2:  # + bubblewrap's own two
+            over.append(f"memory ({used >> 20} MB)" if used > memory_bytes else f"processes ({len(tree)})")
+            for pid in tree:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            _kill_group(root)
+            return
 
 
 def _kill_group(pgid: int) -> None:
@@ -258,60 +415,74 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _communicate(proc: subprocess.Popen[bytes], timeout: float, cgroup: Path | None) -> tuple[str, str, bool]:
-    """(stdout, stderr, timed out) of `proc`, which is killed with all it started when done or late."""
+def _communicate(
+    proc: subprocess.Popen[bytes], timeout: float, cgroup: Path | None, memory_bytes: int
+) -> tuple[str, str, bool, list[str]]:
+    """(stdout, stderr, timed out, limits passed) of `proc`, killed with all it started when done or late."""
     assert proc.stdout is not None and proc.stderr is not None
     streams = (proc.stdout, proc.stderr)
     kept = (bytearray(), bytearray())
     readers = [threading.Thread(target=_drain, args=pair, daemon=True) for pair in zip(streams, kept)]
-    for reader in readers:
-        reader.start()
+    done, over = threading.Event(), []
+    watcher = threading.Thread(target=_watch, args=(proc.pid, cgroup, memory_bytes, done, over), daemon=True)
+    for thread in (*readers, watcher):
+        thread.start()
     timed_out = False
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        timed_out = True
+        timed_out = not over
     finally:  # also on Ctrl-C
+        done.set()
         _kill_group(proc.pid)  # with whatever the code left running in the background
         if cgroup:
             _remove_cgroup(cgroup)  # and what left the process group
         proc.wait()
+        watcher.join()
     for reader, stream in zip(readers, streams):
         reader.join(timeout=2)
         if not reader.is_alive():
             stream.close()
-    return _text(kept[0]), _text(kept[1]), timed_out
+    return _text(kept[0]), _text(kept[1]), timed_out, over
 
 
 def run_python(
     code: str, *, timeout: float = 10, memory_mb: int = 512, cpu_seconds: int | None = None
 ) -> SandboxResult:
-    """Run `code` as a script (`python -I -S`, __main__) in a fresh temp cwd that is removed afterwards.
+    """Run `code` as a script (`python -I -S`, __main__) in a fresh, throwaway work dir.
 
-    Where the kernel allows: new user, network (loopback only), pid and mount namespaces, every
-    mount read-only but the temp dir, and a pids cgroup; else a socket guard. Always: rlimits on
-    memory, CPU, open files and file size, env PATH only, stdin /dev/null, the process group killed
-    after `timeout` seconds (or at the end), output cut to OUTPUT_LIMIT bytes.
+    With bubblewrap: an empty root with only Python and system libraries read-only, a private /dev and /proc, no
+    network, IPC or host sockets, the work dir a tmpfs of MAX_DISK_BYTES that vanishes with the run. Without it
+    (or where it cannot make namespaces): `unshare` namespaces where the kernel allows, a socket guard, and a
+    temp dir removed without following symlinks. Always: rlimits on memory, CPU, open files and file size, a
+    pids cgroup where one can be made, `memory_mb` and MAX_PROCESSES as totals over all the run's processes,
+    env PATH only, stdin /dev/null, everything killed after `timeout` seconds (or at the end), output cut to
+    OUTPUT_LIMIT bytes.
     """
-    prefix = _isolation_prefix()
-    forks = "--fork" in prefix
-    runner = _RUNNER if prefix else _NO_NETWORK + _RUNNER
+    bwrap = _bwrap()
     cpu = cpu_seconds if cpu_seconds is not None else math.ceil(timeout) + 1
     nproc = _user_process_count() + MAX_PROCESSES if os.getuid() != 0 else None  # root ignores NPROC
-    workdir = tempfile.mkdtemp(prefix="qwq-sandbox-")
+    workdir = tempfile.mkdtemp(prefix="qwq-sandbox-")  # on the host: names the cgroup; the fallback's cwd
     cgroup = _make_pids_cgroup(os.path.basename(workdir))
+    code_fd = _code_fd(code) if bwrap else None
     try:
-        Path(workdir, _SCRIPT).write_text(code, encoding="utf-8")
+        if bwrap and code_fd is not None:
+            command, forks = [*_bwrap_command(bwrap, code_fd), "-I", "-S", "-c", _NO_PWD + _RUNNER], True
+        else:
+            prefix = _isolation_prefix()
+            command, forks = [*prefix, sys.executable, "-I", "-S", "-c", _NO_NETWORK + _RUNNER], "--fork" in prefix
+            Path(workdir, _SCRIPT).write_text(code, encoding="utf-8")
         proc = subprocess.Popen(
-            [*prefix, sys.executable, "-I", "-S", "-c", runner],
-            cwd=workdir, env={"PATH": _PATH}, stdin=subprocess.DEVNULL,
+            command, cwd=workdir, env={"PATH": _PATH}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
-            start_new_session=True,
+            pass_fds=() if code_fd is None else (code_fd,), start_new_session=True,
             # Only setrlimit and one small write run between fork and exec: no locks to inherit.
             preexec_fn=_limits(memory_mb, cpu, nproc, cgroup),  # noqa: PLW1509
         )
-        stdout, stderr, timed_out = _communicate(proc, timeout, cgroup)
+        stdout, stderr, timed_out, over = _communicate(proc, timeout, cgroup, memory_mb * 1024 * 1024)
     finally:
+        if code_fd is not None:
+            os.close(code_fd)
         if cgroup:
             _remove_cgroup(cgroup)
         _remove_tree(workdir)
@@ -319,7 +490,9 @@ def run_python(
     if forks and returncode > 128:
         returncode = 128 - returncode
     timed_out = timed_out or returncode == -signal.SIGXCPU
+    if over:
+        stderr += f"\n[sandbox: killed, total {over[0]} over the limit]"
     return SandboxResult(
-        ok=returncode == 0 and not timed_out, returncode=returncode,
+        ok=returncode == 0 and not timed_out and not over, returncode=returncode,
         stdout=stdout, stderr=stderr, timed_out=timed_out,
     )

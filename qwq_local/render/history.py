@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from qwq_local.config import user_data_dir
-from qwq_local.errors import QwqError
+from qwq_local.errors import ExitCode, QwqError
 
 DB_NAME = "history.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -64,6 +64,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 class HistoryError(QwqError):
     """The history database cannot be opened or read."""
+
+    exit_code = ExitCode.HISTORY_UNAVAILABLE
 
 
 @dataclass
@@ -254,6 +256,9 @@ class History:
             return SaveResult(conversation_id, warning=f"turn not saved to history: {exc}")
         except sqlite3.OperationalError as exc:
             return SaveResult(conversation_id, warning=_write_warning(exc))
+        except sqlite3.Error as exc:  # a file corrupted under us: the turn stays on screen and in /save
+            return SaveResult(conversation_id, warning=f"turn not saved: the history database {self.path} "
+                                                       f"failed ({exc}); this session is kept in memory only")
         return SaveResult(conversation_id, int(cur.lastrowid or 0), int(idx))
 
     # --- reads ----------------------------------------------------------------------------
@@ -317,6 +322,41 @@ class History:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
             raise HistoryError(f"cannot read history database {self.path}: {exc}") from None
+
+
+_CORRUPT = ("not a database", "malformed", "corrupt")
+
+
+def open_history(path: Path, clock: Callable[[], str] = _now) -> tuple[History | None, str | None]:
+    """(the history, a warning for the user) for a chat, which goes on whatever state the file is in.
+
+    A corrupt file is moved aside (with its -wal and -shm) and a new one started, as fish or Firefox do; one that
+    is locked, read-only or on a full disk gives None: the session is kept on screen and in /save only.
+    """
+    try:
+        history = History(path, clock=clock)
+        check = history._conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if check == "ok":
+            return history, None
+        history.close()
+        problem, corrupt = " ".join(str(check).split()), True
+    except (HistoryError, sqlite3.Error) as exc:
+        problem = " ".join(getattr(exc, "message", str(exc)).split())
+        corrupt = any(word in problem for word in _CORRUPT)
+    if not corrupt:
+        return None, f"history is not saved this session ({problem})"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                source.replace(aside.with_name(aside.name + suffix))
+        history = History(path, clock=clock)
+    except (HistoryError, sqlite3.Error, OSError) as exc:
+        return None, f"history is not saved this session: {path} is corrupt and could not be replaced ({exc})"
+    return history, f"the history database was corrupt ({problem}): moved to {aside.name}, a new one started"
+
 
 
 class _Transaction:

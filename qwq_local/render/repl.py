@@ -114,11 +114,28 @@ def _no_echo(env: Any) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSANOW, old)
 
 
+def _stdin_lines(stdin: Any) -> Iterator[str | None]:
+    """Each line of stdin as text, or None for a line that is not UTF-8 (the others still count)."""
+    binary = getattr(stdin, "buffer", None)
+    for line in binary if binary is not None else stdin:
+        try:
+            text = line.decode("utf-8") if isinstance(line, bytes) else line
+            text.encode("utf-8")  # text streams decoded with surrogateescape hold undecodable bytes as surrogates
+        except UnicodeError:
+            yield None
+            continue
+        yield text
+
+
 def _piped(session: ChatSession) -> int:
     """One message per line of stdin; the first failure's exit code is returned at EOF."""
     code = ExitCode.OK
     try:
-        for line in session.env.stdin:
+        for number, line in enumerate(_stdin_lines(session.env.stdin), 1):
+            if line is None:
+                error(session.env, f"line {number} of standard input is not UTF-8 text: skipped")
+                code = code or ExitCode.EMPTY_INPUT
+                continue
             text = line.rstrip("\r\n")
             if not text.strip():
                 continue

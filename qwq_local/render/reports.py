@@ -94,6 +94,7 @@ def print_doctor(report: dict[str, Any], as_json: bool = False) -> None:
         f"data dir      {report['data_dir']}",
         "hub           " + ("offline mode (HF_HUB_OFFLINE)" if report["hub_offline_mode"]
                             else ("reachable" if report["hub_reachable"] else "unreachable")),
+        f"code sandbox  {report.get('sandbox', 'unknown')}",
     ]
     if gpu and not ll["gpu_offload"]:
         lines.append("hint          a GPU is present but llama.cpp was built for CPU: see README, 'GPU offload'")

@@ -319,6 +319,10 @@ def read_head(path: Path) -> tuple[QHeadWeights, QHeadMeta]:
     missing = [n for n in names if n not in tensors]
     if missing:
         raise ModelFileError(f"{path} is not a valid Q-value head: tensor(s) {', '.join(missing)} missing")
+    non_finite = [n for n in names if not np.all(np.isfinite(tensors[n]))]
+    if non_finite:  # NaN or inf would score every step alike (0), silently steering the search
+        raise HeadMismatchError(f"{path} is not a usable Q-value head: tensor(s) {', '.join(non_finite)} hold "
+                                "NaN or infinite values")
     try:
         weights = QHeadWeights(**{n: tensors[n] for n in names})
     except ValueError as exc:
