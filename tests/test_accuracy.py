@@ -350,12 +350,12 @@ def test_runs_of_another_setup_are_not_resumed(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="holds good runs made with model 'a' \\(this run: 'b'\\)"):
         run_accuracy(problems(2), ["good"], FakeSolver(), results, progress=False,
                      setups={"good": {"model": "b", "K": 4}})
-    solver = FakeSolver()  # the same setup resumes; records from before setups were kept are taken as they are
+    solver = FakeSolver()  # the same setup resumes; a record without a setup (hand-written) is not trusted
     with results.open("a") as handle:
         handle.write(json.dumps({"strategy": "good", "problem_id": "p1", "correct": True, "generated_tokens": 1,
                                  "seconds": 1.0, "error": None, "extra": {}}) + "\n")
     report = run_accuracy(problems(3), ["good"], solver, results, progress=False, setups=setups)
-    assert solver.calls == [("good", "p2")] and report.problems == 3
+    assert solver.calls == [("good", "p1"), ("good", "p2")] and report.problems == 3
     # A setting the records do not name (added later, like the head) passes; one they name must agree.
     with_head = {"good": {"model": "a", "K": 4, "head": "h1"}, "other": {"model": "z"}}
     run_accuracy(problems(4), ["good", "other"], FakeSolver(), results, progress=False, setups=with_head)

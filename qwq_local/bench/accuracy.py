@@ -147,8 +147,11 @@ def _check_setup(done: dict[tuple[str, str], dict[str, Any]], setups: Mapping[st
                  path: Path | None) -> None:
     """Refuse to resume runs of this run's strategies made with another model, head or settings.
 
-    What a record does not say passes: records from before setups (or a setting of them) were kept.
+    A record without a setup is not trusted (hand-written, or from before setups were kept): it is run again, and
+    the new record replaces it. A setting a record does not name passes (settings added since).
     """
+    for key in [key for key, record in done.items() if key[0] in setups and not isinstance(record.get("setup"), dict)]:
+        del done[key]
     for (strategy, _), record in done.items():
         theirs, ours = record.get("setup"), setups.get(strategy)
         if theirs is None or ours is None:
