@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from qwq_local.config import load_settings
-from qwq_local.engine.plan import Device, parse_nvidia_smi, plan_offload, plan_rope
+from qwq_local.engine.plan import (
+    BackendDevice,
+    Device,
+    detect_gpu,
+    gpus_from_backend,
+    parse_nvidia_smi,
+    plan_offload,
+    plan_rope,
+    ram_free_bytes,
+)
 from qwq_local.errors import ContextTooLargeError, OutOfMemoryError, UsageError
 
 GiB = 1024**3
@@ -104,3 +113,39 @@ def test_kv_budget_in_bytes_becomes_tokens(qwen_path: Path) -> None:
     with pytest.raises(UsageError):
         runtime.kv_budget_tokens(plan, load_settings({"kv_budget": "1KiB"}, env={}))
     assert runtime.kv_budget_tokens(plan, load_settings({}, env={})) is None
+
+
+CPU = BackendDevice("CPU", "Intel(R) Xeon(R)", 0, 20 * GiB, 24 * GiB)
+
+
+@pytest.mark.parametrize(("name", "kind"), [("Vulkan0", "vulkan"), ("ROCm0", "rocm"), ("SYCL0", "sycl"),
+                                            ("CUDA0", "cuda"), ("MTL0", "metal")])
+def test_every_gpu_backend_llama_cpp_reports_is_offloaded_to(name: str, kind: str) -> None:
+    reported = [CPU, BackendDevice(name, "Some GPU", 1, 23 * GiB, 24 * GiB)]
+    device = detect_gpu(lambda: reported)
+    assert device is not None and device.kind == kind and device.free_bytes == 23 * GiB
+    plan = plan_offload(model_bytes=18 * GiB, n_layer=64, kv_bytes=2 * GiB, device=device, ram_free_bytes=32 * GiB)
+    assert plan.full_offload and kind.upper() in plan.describe()
+
+
+def test_all_gpus_are_counted_and_an_integrated_one_shares_the_ram() -> None:
+    two = gpus_from_backend([CPU, BackendDevice("CUDA0", "RTX 3090", 1, 22 * GiB, 24 * GiB),
+                             BackendDevice("CUDA1", "RTX 3090", 1, 20 * GiB, 24 * GiB)])
+    assert two is not None and two.count == 2 and two.free_bytes == 42 * GiB and two.total_bytes == 48 * GiB
+    assert plan_offload(model_bytes=36 * GiB, n_layer=64, kv_bytes=4 * GiB, device=two,
+                        ram_free_bytes=8 * GiB).full_offload  # more than either card holds alone
+    igpu = gpus_from_backend([CPU, BackendDevice("Vulkan0", "Radeon 780M", 2, 12 * GiB, 16 * GiB)])
+    assert igpu is not None and igpu.unified
+    with pytest.raises(OutOfMemoryError):  # its memory is the RAM: not counted twice
+        plan_offload(model_bytes=14 * GiB, n_layer=64, kv_bytes=GiB, device=igpu, ram_free_bytes=14 * GiB)
+    assert gpus_from_backend([CPU]) is None
+
+
+def test_the_real_device_list_and_ram() -> None:
+    import psutil
+
+    from qwq_local.engine.system import backend_devices
+
+    devices = backend_devices()  # this build's own answer, through llama.cpp
+    assert any(d.type == 0 and d.name == "CPU" for d in devices)
+    assert 0 < ram_free_bytes() <= psutil.virtual_memory().total

@@ -1,12 +1,16 @@
-"""Memory planning without llama.cpp: GPU/RAM probing, offload layers, YaRN context extension."""
+"""Memory planning: GPU/RAM probing (llama.cpp's device list, psutil), offload layers, YaRN context extension.
+
+Pure functions over the devices llama.cpp reports; the llama.cpp query itself lives in engine/system.py.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 import platform
+import re
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from qwq_local.errors import ContextTooLargeError, OutOfMemoryError, UsageError
@@ -19,10 +23,30 @@ RESERVE_BYTES = 512 * 1024**2  # compute buffers and driver overhead kept free o
 class Device:
     """A GPU llama.cpp can offload to, with the memory it can use now."""
 
-    kind: str  # "cuda" | "metal"
+    kind: str  # the llama.cpp backend: "cuda" | "metal" | "vulkan" | "rocm" | "sycl" | ...
     name: str
     total_bytes: int
     free_bytes: int
+    shared_memory: bool = False  # an integrated GPU: its memory is the RAM
+    count: int = 1  # GPUs counted together (llama.cpp splits the layers over all of them)
+
+    @property
+    def unified(self) -> bool:
+        return self.shared_memory or self.kind == "metal"
+
+
+@dataclass(frozen=True)
+class BackendDevice:
+    """One entry of llama.cpp's device list (ggml_backend_dev_*): name, description, type, memory."""
+
+    name: str  # "CUDA0", "Vulkan0", "ROCm1", "SYCL0", "Metal", "CPU"
+    description: str
+    type: int  # ggml_backend_dev_type: 0 CPU, 1 GPU, 2 integrated GPU, 3 accelerator, 4 meta
+    free_bytes: int
+    total_bytes: int
+
+
+GGML_DEVICE_GPU, GGML_DEVICE_IGPU = 1, 2
 
 
 @dataclass(frozen=True)
@@ -144,7 +168,7 @@ def plan_offload(
         device=device,
         ram_free_bytes=ram_free_bytes,
     )
-    unified = device is not None and device.kind == "metal"
+    unified = device is not None and device.unified
     capacity = ram_free_bytes if unified else usable + ram_free_bytes
     if model_bytes + kv_bytes > capacity:
         raise OutOfMemoryError(
@@ -157,23 +181,51 @@ def plan_offload(
 
 
 def ram_free_bytes() -> int:
-    """Memory available to a new process (MemAvailable on Linux, total RAM elsewhere)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * GiB
+    """Memory available to a new process without swapping (psutil, on every OS)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
-def detect_gpu() -> Device | None:
-    """The first CUDA GPU (NVML, else nvidia-smi) or Apple silicon's Metal working set."""
-    return _cuda_nvml() or _cuda_smi() or _metal()
+def device_kind(name: str) -> str:
+    """The backend of a llama.cpp device name: CUDA0 -> cuda, Vulkan1 -> vulkan, MTL0 -> metal."""
+    kind = re.sub(r"\d+$", "", name).lower()
+    return "metal" if kind == "mtl" else kind
+
+
+def gpus_from_backend(devices: Sequence[BackendDevice]) -> Device | None:
+    """llama.cpp's GPUs (dedicated and integrated, any backend) as one Device whose memory is their sum."""
+    gpus = [d for d in devices if d.type in (GGML_DEVICE_GPU, GGML_DEVICE_IGPU)]
+    if not gpus:
+        return None
+    kinds = dict.fromkeys(device_kind(d.name) for d in gpus)  # in llama.cpp's order, once each
+    return Device(
+        kind="+".join(kinds),
+        name=" + ".join(d.description or d.name for d in gpus),
+        total_bytes=sum(d.total_bytes for d in gpus),
+        free_bytes=sum(d.free_bytes for d in gpus),
+        shared_memory=all(d.type == GGML_DEVICE_IGPU for d in gpus),
+        count=len(gpus),
+    )
+
+
+def backend_devices() -> list[BackendDevice]:
+    """The devices of the installed llama.cpp build ([] where it cannot say)."""
+    try:
+        from qwq_local.engine.system import backend_devices as query
+
+        return query()
+    except (ImportError, OSError, AttributeError):
+        return []
+
+
+def detect_gpu(query: Callable[[], Sequence[BackendDevice]] = backend_devices) -> Device | None:
+    """The GPUs llama.cpp can offload to (CUDA, Metal, Vulkan, ROCm, SYCL, ...), with their free memory.
+
+    When the build has none, a GPU the build cannot use is still reported (NVML, nvidia-smi, Apple
+    silicon) so that `qwq doctor` can say so.
+    """
+    return gpus_from_backend(query()) or _cuda_nvml() or _cuda_smi() or _metal()
 
 
 def _cuda_nvml() -> Device | None:
