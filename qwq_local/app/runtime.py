@@ -30,6 +30,7 @@ class ModelPlan:
     n_ctx: int
     rope: RopePlan
     offload: OffloadPlan
+    pulled: bool = True  # False: planned from the catalog's recorded facts, before the download
 
     @property
     def thinks(self) -> bool:
@@ -48,10 +49,24 @@ def locate(model: str, settings: Settings, *, pull: bool = True) -> ResolvedMode
     return catalog.resolve(model, settings.models_dir)
 
 
+def plan_for_info(model: str, settings: Settings) -> ModelPlan:
+    """`qwq info`'s plan: from the GGUF when pulled, else from the facts the catalog records (no download)."""
+    try:
+        resolved, info = locate(model, settings, pull=False), None
+    except NotPulledError:
+        recorded = catalog.recorded_info(model, settings.models_dir)
+        if recorded is None:
+            raise
+        resolved, info = recorded
+    return plan_model(resolved, settings, info=info, refuse=False)
+
+
 def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = None,
-               gpu_supported: bool | None = None) -> ModelPlan:
-    """Read the GGUF, choose YaRN for a long context and GPU layers for this machine's memory."""
-    info = catalog.read_gguf_info(resolved.path)
+               gpu_supported: bool | None = None, info: GGUFInfo | None = None,
+               refuse: bool = True) -> ModelPlan:
+    """Read the GGUF (unless its facts are given), choose YaRN for a long context and GPU layers for this machine."""
+    pulled = info is None
+    info = info or catalog.read_gguf_info(resolved.path)
     ctx = n_ctx or settings.ctx
     native = info.context_length or (resolved.spec.native_context if resolved.spec else ctx)
     factor = resolved.spec.yarn_max_factor if resolved.spec else DEFAULT_YARN_FACTOR
@@ -68,8 +83,9 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
         ram_free_bytes=ram_free_bytes(),
         gpu_layers=settings.gpu_layers,
         gpu_supported=gpu_supported,
+        refuse=refuse,
     )
-    return ModelPlan(resolved, info, ctx, rope, offload)
+    return ModelPlan(resolved, info, ctx, rope, offload, pulled)
 
 
 def kv_budget_tokens(plan: ModelPlan, settings: Settings) -> int | None:

@@ -74,6 +74,7 @@ class OffloadPlan:
     ram_bytes: int
     device: Device | None
     ram_free_bytes: int
+    shortfall_bytes: int = 0  # how much more free memory model + KV cache need (0: it fits)
 
     @property
     def full_offload(self) -> bool:
@@ -86,10 +87,12 @@ class OffloadPlan:
 
     def describe(self) -> str:
         where = f"{self.device.kind.upper()} {self.device.name}" if self.device else "CPU only"
+        short = f"; does not fit here: {fmt_bytes(self.shortfall_bytes)} more free memory needed" \
+            if self.shortfall_bytes else ""
         return (
             f"{where}: {self.n_gpu_layers if not self.full_offload else 'all'}/{self.n_layer} layers on GPU, "
             f"GPU {fmt_bytes(self.gpu_bytes)}, RAM {fmt_bytes(self.ram_bytes)} "
-            f"(model {fmt_bytes(self.model_bytes)} + KV {fmt_bytes(self.kv_bytes)})"
+            f"(model {fmt_bytes(self.model_bytes)} + KV {fmt_bytes(self.kv_bytes)}){short}"
         )
 
 
@@ -138,8 +141,12 @@ def plan_offload(
     ram_free_bytes: int,
     gpu_layers: str | int = "auto",
     gpu_supported: bool = True,
+    refuse: bool = True,
 ) -> OffloadPlan:
-    """Put all layers on the GPU if model + KV fit, else the most that fit; refuse what fits nowhere."""
+    """Put all layers on the GPU if model + KV fit, else the most that fit; refuse what fits nowhere.
+
+    `refuse=False` returns the plan of what does not fit, with its shortfall, for `qwq info` to show.
+    """
     request = parse_gpu_layers(gpu_layers)
     per_layer = model_bytes / (n_layer + 1)  # the output/embedding tensors count as one more layer
     kv_layer = kv_bytes / max(n_layer, 1)
@@ -158,6 +165,8 @@ def plan_offload(
     on_gpu_layers = min(layers, n_layer)
     gpu_bytes = int(per_layer * layers + kv_layer * on_gpu_layers)
     ram_bytes = model_bytes + kv_bytes - gpu_bytes
+    unified = device is not None and device.unified
+    capacity = ram_free_bytes if unified else usable + ram_free_bytes
     plan = OffloadPlan(
         n_layer=n_layer,
         n_gpu_layers=layers,
@@ -167,10 +176,9 @@ def plan_offload(
         ram_bytes=ram_bytes,
         device=device,
         ram_free_bytes=ram_free_bytes,
+        shortfall_bytes=max(model_bytes + kv_bytes - capacity, 0),
     )
-    unified = device is not None and device.unified
-    capacity = ram_free_bytes if unified else usable + ram_free_bytes
-    if model_bytes + kv_bytes > capacity:
+    if plan.shortfall_bytes and refuse:
         raise OutOfMemoryError(
             f"not enough memory: model {fmt_bytes(model_bytes)} + KV cache {fmt_bytes(kv_bytes)} "
             f"need {fmt_bytes(model_bytes + kv_bytes)}, but only {fmt_bytes(ram_free_bytes)} RAM"

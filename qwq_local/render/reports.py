@@ -33,6 +33,7 @@ def info_dict(plan: Any) -> dict[str, Any]:
     info, off, rope = plan.info, plan.offload, plan.rope
     return {
         "path": str(info.path),
+        "pulled": plan.pulled,
         "architecture": info.architecture,
         "name": info.name,
         "parameters": info.parameter_count,
@@ -51,6 +52,7 @@ def info_dict(plan: Any) -> dict[str, Any]:
             "yarn": rope.yarn, "yarn_factor": rope.factor, "yarn_orig_ctx": rope.orig_ctx,
             "kv_bytes": off.kv_bytes, "gpu_layers": off.n_gpu_layers, "n_layer": off.n_layer,
             "gpu_bytes": off.gpu_bytes, "ram_bytes": off.ram_bytes,
+            "fits": off.shortfall_bytes == 0, "shortfall_bytes": off.shortfall_bytes,
             "device": off.device.name if off.device else None, "summary": off.describe(),
         },
     }
@@ -63,8 +65,10 @@ def print_info(plan: Any, as_json: bool = False) -> None:
         return
     p = d["plan"]
     yarn = f"YaRN x{p['yarn_factor']:g} over {p['yarn_orig_ctx']:,}" if p["yarn"] else "native (no YaRN)"
+    where = d["path"] if d["pulled"] else f"not pulled (the catalog's facts; `qwq pull` puts it in {d['path']})"
+    size = fmt_bytes(d["file_size"]) if d["pulled"] else "~" + fmt_bytes(d["file_size"])
     lines = [
-        f"file          {d['path']} ({fmt_bytes(d['file_size'])}{', %d shards' % d['shards'] if d['shards'] > 1 else ''})",
+        f"file          {where} ({size}{', %d shards' % d['shards'] if d['shards'] > 1 else ''})",
         f"model         {d['name'] or '?'} · {d['architecture']} · {d['parameters'] / 1e9:.2f} B params · {d['quant']}",
         f"context       native {_count(d['native_context'])} · rope base {d['rope']['freq_base']}",
         f"shape         {d['n_layer']} layers · {d['n_head']} heads ({d['n_head_kv']} KV) · head dim {d['head_dim']} · embd {d['n_embd']}",
