@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -45,8 +46,11 @@ def chat(
     history = History(settings.data_dir / "history.db")
     if resume_latest and resume is None:
         resume = history.latest_id()
-    if resume is not None and history.conversation(resume) is None:
+    resumed = history.conversation(resume) if resume is not None else None
+    if resume is not None and resumed is None:
         raise UsageError(f"no conversation {resume} in the history; `qwq history` lists them")
+    if resumed is not None and resumed.model and model is None:  # the model it was held with, unless -m says
+        settings = replace(settings, model=resumed.model)
     setup = prepare_chat(settings)
     loaded = runtime.load(setup.plan, settings)
     try:
