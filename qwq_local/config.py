@@ -30,6 +30,8 @@ class Sampling:
     min_p: float = 0.0
     seed: int | None = None
     max_tokens: int = 8192
+    presence_penalty: float = 0.0  # QwQ's card: 0-2 against endless repetition; off by default
+    repeat_penalty: float = 1.0  # llama.cpp's repetition penalty; 1 is off
 
     def validate(self) -> "Sampling":
         if self.temperature < 0:
@@ -42,6 +44,10 @@ class Sampling:
             raise UsageError("--min-p must be in [0, 1]")
         if self.max_tokens < 1:
             raise UsageError("--max-tokens must be >= 1")
+        if not 0 <= self.presence_penalty <= 2:
+            raise UsageError("--presence-penalty must be in [0, 2]")
+        if self.repeat_penalty <= 0:
+            raise UsageError("--repeat-penalty must be > 0 (1 is off)")
         return self
 
 
@@ -56,6 +62,7 @@ class Settings:
     gpu_layers: str = "auto"
     kv_budget: str = "0"  # KV cells for a search: tokens ("4096") or bytes ("512MiB", "2GB"); 0 = the context
     head: Path | None = None  # a Q-value head file used instead of the catalog's head for the model
+    system: str | None = None  # a system prompt put before the conversation
     sampling: Sampling = Sampling()
 
 
@@ -90,12 +97,12 @@ def default_models_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 
 _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
-_SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head"}
+_SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head", "system"}
 
 
 def _coerce(key: str, value: Any) -> Any:
     ints = {"ctx", "top_k", "max_tokens", "seed"}
-    floats = {"temperature", "top_p", "min_p"}
+    floats = {"temperature", "top_p", "min_p", "presence_penalty", "repeat_penalty"}
     try:
         if key in ints:
             return int(value)

@@ -26,3 +26,51 @@ def test_resume_continues_with_the_conversations_model(smollm_path: Path, capsys
     with History(user_data_dir() / "history.db") as h:
         turns = h.turns(cid)
     assert [t.prompt for t in turns] == ["Hi", "Say yes."] and turns[1].model == str(smollm_path)
+
+
+def test_penalties_and_system_prompt_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local.config import load_settings
+    from qwq_local.errors import UsageError
+
+    settings = load_settings({"presence_penalty": 1.5, "system": "Be brief."})
+    assert settings.sampling.presence_penalty == 1.5 and settings.sampling.repeat_penalty == 1.0
+    assert settings.system == "Be brief." and load_settings().sampling.presence_penalty == 0.0  # off by default
+    monkeypatch.setenv("QWQ_REPEAT_PENALTY", "1.1")
+    assert load_settings().sampling.repeat_penalty == 1.1
+    with pytest.raises(UsageError, match="presence-penalty"):
+        load_settings({"presence_penalty": 2.5})
+
+
+def test_presence_penalty_reaches_llama_cpp(smollm_path: Path) -> None:
+    from dataclasses import replace
+
+    from qwq_local.config import Sampling
+    from qwq_local.dialog.messages import Message
+    from qwq_local.engine.chat import LlamaChat
+    from qwq_local.engine.model import LoadedModel, LoadOptions
+
+    model = LoadedModel(smollm_path, LoadOptions(n_ctx=512))
+    try:
+        chat = LlamaChat(model)
+        ask = [Message("user", "Write the word cat ten times, separated by spaces.")]
+        greedy = Sampling(temperature=0, max_tokens=24)
+        plain = chat.complete(ask, greedy)
+        assert chat.complete(ask, greedy) == plain  # greedy is repeatable
+        penalised = chat.complete(ask, replace(greedy, presence_penalty=2.0))
+        repeated = chat.complete(ask, replace(greedy, repeat_penalty=1.5))
+        assert penalised != plain and repeated != plain
+        assert len(set(penalised.split())) > len(set(plain.split()))  # fewer repeats of the same words
+    finally:
+        model.close()
+
+
+def test_system_prompt_reaches_the_model_in_solve(smollm_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["solve", str(NATALIA), "--model", str(smollm_path), *SHORT, "--json"]
+    code, out, err = run_cli(base, capsys)
+    assert code == 0, err
+    without = json.loads(out)["tokens"]["prompt"]
+    system = " ".join(["You are a careful grade-school maths tutor who checks each step twice."] * 6)
+    code, out, err = run_cli([*base, "--system", system], capsys)
+    assert code == 0, err
+    with_system = json.loads(out)["tokens"]["prompt"]
+    assert with_system > without + 40  # the system text is in the prompt (it replaces the template's default)

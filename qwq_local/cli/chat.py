@@ -8,7 +8,18 @@ from typing import Optional
 
 import typer
 
-from qwq_local.cli.root import CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
+from qwq_local.cli.root import (
+    CtxOpt,
+    GpuOpt,
+    HeadOpt,
+    ModelOpt,
+    ModelsDirOpt,
+    PresenceOpt,
+    RepeatOpt,
+    SystemOpt,
+    app,
+    settings_from,
+)
 from qwq_local.errors import UsageError
 
 
@@ -23,6 +34,11 @@ def chat(
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling [default: 0.95]."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the K likeliest tokens [default: 40]."),
+    presence_penalty: Optional[float] = PresenceOpt,
+    repeat_penalty: Optional[float] = RepeatOpt,
+    system: Optional[str] = SystemOpt,
     ctx: Optional[int] = CtxOpt,
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
@@ -37,7 +53,8 @@ def chat(
     from qwq_local.render.repl import run_chat
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
-                             gpu_layers=gpu_layers, models_dir=models_dir, head=head)
+                             gpu_layers=gpu_layers, models_dir=models_dir, head=head, top_p=top_p, top_k=top_k,
+                             presence_penalty=presence_penalty, repeat_penalty=repeat_penalty, system=system)
     if show_thinking and hide_thinking:
         raise UsageError("--show-thinking and --hide-thinking cannot be used together")
     if think_budget is not None and think_budget < 1:

@@ -24,6 +24,10 @@ CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (YaRN beyond t
 GpuOpt = typer.Option(None, "--gpu-layers", help="auto | all | N layers on the GPU.")
 HeadOpt = typer.Option(None, "--head", help="Q-value head .gguf instead of the catalog's (QWQ_HEAD).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+SystemOpt = typer.Option(None, "--system", help="A system prompt before the conversation (QWQ_SYSTEM).")
+PresenceOpt = typer.Option(None, "--presence-penalty",
+                           help="0-2: penalise tokens already said, against endless repetition [default: 0, off].")
+RepeatOpt = typer.Option(None, "--repeat-penalty", help="llama.cpp's repetition penalty [default: 1, off].")
 
 
 def _version(value: bool) -> None:

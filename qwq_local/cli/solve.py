@@ -12,7 +12,18 @@ import typer
 from qwq_local.app import runtime
 from qwq_local.app.search import SOLVE_SEARCH as S
 from qwq_local.app.solve import Backend, SolveResult, read_problem
-from qwq_local.cli.root import CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
+from qwq_local.cli.root import (
+    CtxOpt,
+    GpuOpt,
+    HeadOpt,
+    ModelOpt,
+    ModelsDirOpt,
+    PresenceOpt,
+    RepeatOpt,
+    SystemOpt,
+    app,
+    settings_from,
+)
 from qwq_local.config import Settings
 from qwq_local.errors import UsageError
 from qwq_local.problems.prompts import FORMATS
@@ -34,6 +45,9 @@ def solve(
     min_p: Optional[float] = typer.Option(None, "--min-p"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    presence_penalty: Optional[float] = PresenceOpt,
+    repeat_penalty: Optional[float] = RepeatOpt,
+    system: Optional[str] = SystemOpt,
     ctx_size: Optional[int] = CtxOpt,
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
@@ -62,7 +76,8 @@ def solve(
 
     settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                              seed=seed, max_tokens=max_tokens, ctx=ctx_size, gpu_layers=gpu_layers,
-                             models_dir=models_dir, kv_budget=kv_budget, head=head)
+                             models_dir=models_dir, kv_budget=kv_budget, head=head, system=system,
+                             presence_penalty=presence_penalty, repeat_penalty=repeat_penalty)
     check_strategy(strategy)
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
@@ -85,7 +100,7 @@ def solve(
             typer.echo(f"note: {setup.note}", err=True)
         backend = ctx.obj if isinstance(ctx.obj, Backend) else Backend()
         with backend.policies(plan, settings) as policies:
-            result = solve_search(setup, problem, fmt, settings.sampling, policies)
+            result = solve_search(setup, problem, fmt, settings.sampling, policies, history=_system(settings))
     _print(result, as_json=as_json, show_thinking=show_thinking, show_tree=show_tree, trace=trace)
 
 
@@ -142,7 +157,8 @@ def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
             sys.stdout.flush()
 
         result = solve_direct(chat, problem, fmt, settings.sampling,
-                              on_piece=None if as_json else lambda piece: write(parser.feed(piece)))
+                              on_piece=None if as_json else lambda piece: write(parser.feed(piece)),
+                              system=settings.system)
         if not as_json:
             write(parser.close())
     finally:
@@ -150,6 +166,13 @@ def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
     if not as_json:
         sys.stdout.write("\n")
     return result
+
+
+def _system(settings: Settings) -> list[Any]:
+    """The system prompt as the messages a search's policy puts before the question."""
+    from qwq_local.dialog.messages import Message
+
+    return [Message("system", settings.system)] if settings.system else []
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -82,7 +82,8 @@ class LlamaChat:
         def generate() -> Iterator[int]:
             return llama.generate(
                 tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
-                temp=sampling.temperature, repeat_penalty=1.0, reset=True,
+                temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty,
+                presence_penalty=sampling.presence_penalty, reset=True,
             )
 
         gen = generate()
