@@ -63,6 +63,9 @@ class Settings:
     kv_budget: str = "0"  # KV cells for a search: tokens ("4096") or bytes ("512MiB", "2GB"); 0 = the context
     head: Path | None = None  # a Q-value head file used instead of the catalog's head for the model
     system: str | None = None  # a system prompt put before the conversation
+    cache_type_k: str = "f16"  # KV-cache element types: f16 | q8_0 | q4_0
+    cache_type_v: str = "f16"
+    flash_attn: bool = False
     sampling: Sampling = Sampling()
 
 
@@ -97,7 +100,8 @@ def default_models_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 
 _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
-_SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head", "system"}
+_SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head", "system", "cache_type_k",
+                 "cache_type_v", "flash_attn"}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -115,6 +119,8 @@ def _coerce(key: str, value: Any) -> Any:
         return str(value)
     if key in ("models_dir", "head"):
         return Path(str(value)).expanduser()
+    if key == "flash_attn":
+        return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
     return str(value)
 
 

@@ -74,3 +74,15 @@ def test_system_prompt_reaches_the_model_in_solve(smollm_path: Path, capsys: pyt
     assert code == 0, err
     with_system = json.loads(out)["tokens"]["prompt"]
     assert with_system > without + 40  # the system text is in the prompt (it replaces the template's default)
+
+
+@pytest.mark.parametrize("strategy", ["direct", "astar"])
+def test_solve_with_a_quantised_kv_cache_and_flash_attention(strategy: str, smollm_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    search = ["--candidates", "2", "--trajectories", "1", "--max-expansions", "2", "--scorer", "rules"]
+    code, out, err = run_cli(["solve", str(NATALIA), "--model", str(smollm_path), "--ctx", "1024", "--max-tokens",
+                              "16", "--temperature", "0", "--json", "--strategy", strategy,
+                              *(search if strategy == "astar" else []),
+                              "--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--flash-attn"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["tokens"]["answer"] > 0

@@ -149,3 +149,33 @@ def test_the_real_device_list_and_ram() -> None:
     devices = backend_devices()  # this build's own answer, through llama.cpp
     assert any(d.type == 0 and d.name == "CPU" for d in devices)
     assert 0 < ram_free_bytes() <= psutil.virtual_memory().total
+
+
+def test_kv_cache_types_are_counted_in_the_plan() -> None:
+    from qwq_local.engine.plan import KVCache
+
+    assert KVCache.parse("f16", "f16", False).element_bytes == (2.0, 2.0)
+    assert KVCache.parse("q8_0", "q8_0", True).element_bytes == (34 / 32, 34 / 32)
+    assert KVCache.parse("q4_0", "f16", False).describe() == "K q4_0, V f16"
+    with pytest.raises(UsageError, match="needs --flash-attn"):
+        KVCache.parse("f16", "q8_0", False)
+    with pytest.raises(UsageError, match="f16 | q8_0 | q4_0"):
+        KVCache.parse("q5_1", "f16", False)
+
+
+def test_quantised_kv_cache_reaches_llama_cpp(smollm_path: Path) -> None:
+    from qwq_local.engine.model import LoadedModel, LoadOptions
+    from qwq_local.engine.plan import KVCache
+
+    def state_bytes(cache: KVCache) -> int:
+        model = LoadedModel(smollm_path, LoadOptions(n_ctx=256, cache=cache))
+        try:
+            model.llama.eval(model.tokenize("The quick brown fox jumps over the lazy dog. " * 8))
+            return len(model.llama.save_state().llama_state)  # holds the KV cells of the evaluated tokens
+        finally:
+            model.close()
+
+    f16 = state_bytes(KVCache())
+    q8 = state_bytes(KVCache("q8_0", "q8_0", flash_attn=True))
+    q4 = state_bytes(KVCache("q4_0", "q4_0", flash_attn=True))
+    assert q4 < q8 < f16

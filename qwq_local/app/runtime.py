@@ -9,6 +9,7 @@ from qwq_local import catalog
 from qwq_local.catalog import GGUFInfo, ResolvedModel
 from qwq_local.config import Settings
 from qwq_local.engine.plan import (
+    KVCache,
     OffloadPlan,
     RopePlan,
     detect_gpu,
@@ -31,6 +32,12 @@ class ModelPlan:
     rope: RopePlan
     offload: OffloadPlan
     pulled: bool = True  # False: planned from the catalog's recorded facts, before the download
+    cache: KVCache = KVCache()
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes per token with this plan's cache types."""
+        return self.info.kv_bytes_per_token(*self.cache.element_bytes)
 
     @property
     def thinks(self) -> bool:
@@ -65,6 +72,7 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
                gpu_supported: bool | None = None, info: GGUFInfo | None = None,
                refuse: bool = True) -> ModelPlan:
     """Read the GGUF (unless its facts are given), choose YaRN for a long context and GPU layers for this machine."""
+    cache = KVCache.parse(settings.cache_type_k, settings.cache_type_v, settings.flash_attn)
     pulled = info is None
     info = info or catalog.read_gguf_info(resolved.path)
     ctx = n_ctx or settings.ctx
@@ -78,14 +86,14 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
     offload = plan_offload(
         model_bytes=info.file_size,
         n_layer=info.n_layer,
-        kv_bytes=info.kv_bytes_per_token() * ctx,
+        kv_bytes=info.kv_bytes_per_token(*cache.element_bytes) * ctx,
         device=detect_gpu(),
         ram_free_bytes=ram_free_bytes(),
         gpu_layers=settings.gpu_layers,
         gpu_supported=gpu_supported,
         refuse=refuse,
     )
-    return ModelPlan(resolved, info, ctx, rope, offload, pulled)
+    return ModelPlan(resolved, info, ctx, rope, offload, pulled, cache)
 
 
 def kv_budget_tokens(plan: ModelPlan, settings: Settings) -> int | None:
@@ -94,7 +102,7 @@ def kv_budget_tokens(plan: ModelPlan, settings: Settings) -> int | None:
 
     amount, is_bytes = parse_kv_budget(settings.kv_budget)
     if is_bytes:
-        amount //= max(plan.info.kv_bytes_per_token(), 1)
+        amount //= max(plan.kv_bytes_per_token, 1)
         if amount < 1:
             raise UsageError(f"--kv-budget {settings.kv_budget} holds less than one token of this model's KV cache")
     return amount or None
@@ -115,5 +123,5 @@ def load(plan: ModelPlan, settings: Settings, *, verbose: bool = False, chat_ctx
     seed = settings.sampling.seed if settings.sampling.seed is not None else 0xFFFFFFFF
     return LoadedModel(Path(plan.resolved.path), LoadOptions(
         n_ctx=min(chat_ctx, plan.n_ctx) if chat_ctx else plan.n_ctx, n_gpu_layers=plan.offload.llama_n_gpu_layers, rope=plan.rope,
-        seed=seed, verbose=verbose,
+        seed=seed, verbose=verbose, cache=plan.cache,
     ))

@@ -13,6 +13,9 @@ from qwq_local.cli.root import (
     GpuOpt,
     HeadOpt,
     ModelOpt,
+    CacheKOpt,
+    CacheVOpt,
+    FlashOpt,
     ModelsDirOpt,
     PresenceOpt,
     RepeatOpt,
@@ -40,6 +43,9 @@ def chat(
     repeat_penalty: Optional[float] = RepeatOpt,
     system: Optional[str] = SystemOpt,
     ctx: Optional[int] = CtxOpt,
+    cache_type_k: Optional[str] = CacheKOpt,
+    cache_type_v: Optional[str] = CacheVOpt,
+    flash_attn: Optional[bool] = FlashOpt,
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
     head: Optional[Path] = HeadOpt,
@@ -54,7 +60,8 @@ def chat(
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
                              gpu_layers=gpu_layers, models_dir=models_dir, head=head, top_p=top_p, top_k=top_k,
-                             presence_penalty=presence_penalty, repeat_penalty=repeat_penalty, system=system)
+                             presence_penalty=presence_penalty, repeat_penalty=repeat_penalty, system=system,
+                             cache_type_k=cache_type_k, cache_type_v=cache_type_v, flash_attn=flash_attn)
     if show_thinking and hide_thinking:
         raise UsageError("--show-thinking and --hide-thinking cannot be used together")
     if think_budget is not None and think_budget < 1:

@@ -8,7 +8,17 @@ from typing import Optional
 
 import typer
 
-from qwq_local.cli.root import CtxOpt, GpuOpt, JsonOpt, ModelsDirOpt, app, settings_from
+from qwq_local.cli.root import (
+    CacheKOpt,
+    CacheVOpt,
+    CtxOpt,
+    FlashOpt,
+    GpuOpt,
+    JsonOpt,
+    ModelsDirOpt,
+    app,
+    settings_from,
+)
 
 
 @app.command()
@@ -54,12 +64,15 @@ def models(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -
 @app.command()
 def info(model: str = typer.Argument(..., help="Catalog name or .gguf path."),
          ctx: Optional[int] = CtxOpt, gpu_layers: Optional[str] = GpuOpt,
+         cache_type_k: Optional[str] = CacheKOpt, cache_type_v: Optional[str] = CacheVOpt,
+         flash_attn: Optional[bool] = FlashOpt,
          models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -> None:
     """GGUF metadata and the memory plan for a context size (a catalog model's, before it is pulled)."""
     from qwq_local.app import runtime
     from qwq_local.render.reports import print_info
 
-    settings = settings_from(ctx=ctx, gpu_layers=gpu_layers, models_dir=models_dir)
+    settings = settings_from(ctx=ctx, gpu_layers=gpu_layers, models_dir=models_dir, cache_type_k=cache_type_k,
+                             cache_type_v=cache_type_v, flash_attn=flash_attn)
     print_info(runtime.plan_for_info(model, settings), as_json=as_json)
 
 

@@ -24,6 +24,10 @@ CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (YaRN beyond t
 GpuOpt = typer.Option(None, "--gpu-layers", help="auto | all | N layers on the GPU.")
 HeadOpt = typer.Option(None, "--head", help="Q-value head .gguf instead of the catalog's (QWQ_HEAD).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+CacheKOpt = typer.Option(None, "--cache-type-k", help="KV cache K type: f16 | q8_0 | q4_0 [default: f16].")
+CacheVOpt = typer.Option(None, "--cache-type-v",
+                         help="KV cache V type: f16 | q8_0 | q4_0 (quantised needs --flash-attn) [default: f16].")
+FlashOpt = typer.Option(None, "--flash-attn/--no-flash-attn", help="llama.cpp's flash attention [default: off].")
 SystemOpt = typer.Option(None, "--system", help="A system prompt before the conversation (QWQ_SYSTEM).")
 PresenceOpt = typer.Option(None, "--presence-penalty",
                            help="0-2: penalise tokens already said, against endless repetition [default: 0, off].")

@@ -17,6 +17,9 @@ from qwq_local.cli.root import (
     GpuOpt,
     HeadOpt,
     ModelOpt,
+    CacheKOpt,
+    CacheVOpt,
+    FlashOpt,
     ModelsDirOpt,
     PresenceOpt,
     RepeatOpt,
@@ -49,6 +52,9 @@ def solve(
     repeat_penalty: Optional[float] = RepeatOpt,
     system: Optional[str] = SystemOpt,
     ctx_size: Optional[int] = CtxOpt,
+    cache_type_k: Optional[str] = CacheKOpt,
+    cache_type_v: Optional[str] = CacheVOpt,
+    flash_attn: Optional[bool] = FlashOpt,
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
     candidates: int = typer.Option(S.candidates, "--candidates", "-K", help="Candidate steps per expansion."),
@@ -77,7 +83,8 @@ def solve(
     settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                              seed=seed, max_tokens=max_tokens, ctx=ctx_size, gpu_layers=gpu_layers,
                              models_dir=models_dir, kv_budget=kv_budget, head=head, system=system,
-                             presence_penalty=presence_penalty, repeat_penalty=repeat_penalty)
+                             presence_penalty=presence_penalty, repeat_penalty=repeat_penalty,
+                             cache_type_k=cache_type_k, cache_type_v=cache_type_v, flash_attn=flash_attn)
     check_strategy(strategy)
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")

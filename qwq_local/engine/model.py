@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from qwq_local.engine.plan import RopePlan
+from qwq_local.engine.plan import KVCache, RopePlan
 from qwq_local.errors import ExitCode, ModelFileError, OutOfMemoryError
 
 if TYPE_CHECKING:  # pragma: no cover
     from qwq_local.dialog.messages import Message
+
+GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
 
 # Used only when a GGUF carries no chat template: ChatML, as Qwen models use.
 CHATML = (
@@ -36,6 +38,7 @@ class LoadOptions:
     n_batch: int = 512
     seed: int = 0xFFFFFFFF
     verbose: bool = False
+    cache: KVCache = KVCache()  # KV-cache types and flash attention
 
 
 def physical_cores() -> int:
@@ -91,9 +94,10 @@ class LoadedModel:
         self.path = Path(path)
         self.options = options
         rope = options.rope
-        kwargs: dict = {}
+        kwargs: dict = dict(type_k=GGML_TYPES[options.cache.type_k], type_v=GGML_TYPES[options.cache.type_v],
+                             flash_attn=options.cache.flash_attn)
         if rope is not None and rope.yarn:
-            kwargs = dict(
+            kwargs.update(
                 rope_scaling_type=llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
                 rope_freq_scale=rope.freq_scale,
                 yarn_orig_ctx=rope.orig_ctx,

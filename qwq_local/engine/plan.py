@@ -49,6 +49,37 @@ class BackendDevice:
 GGML_DEVICE_GPU, GGML_DEVICE_IGPU = 1, 2
 
 
+KV_TYPE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # per element: ggml's blocks of 32 with a scale
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """The KV cache's element types (llama.cpp's type_k/type_v) and flash attention."""
+
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = False
+
+    @classmethod
+    def parse(cls, type_k: str, type_v: str, flash_attn: bool) -> KVCache:
+        """Checked before anything loads: known types, and a quantised V cache only with flash attention."""
+        for flag, value in (("--cache-type-k", type_k), ("--cache-type-v", type_v)):
+            if value not in KV_TYPE_BYTES:
+                raise UsageError(f"{flag} must be one of {' | '.join(KV_TYPE_BYTES)}, got {value!r}")
+        if type_v != "f16" and not flash_attn:
+            raise UsageError(f"--cache-type-v {type_v} needs --flash-attn (llama.cpp quantises V only with it)")
+        return cls(type_k, type_v, flash_attn)
+
+    @property
+    def element_bytes(self) -> tuple[float, float]:
+        """Bytes per K and per V element."""
+        return KV_TYPE_BYTES[self.type_k], KV_TYPE_BYTES[self.type_v]
+
+    def describe(self) -> str:
+        types = self.type_k if self.type_k == self.type_v else f"K {self.type_k}, V {self.type_v}"
+        return f"{types}{', flash attention' if self.flash_attn else ''}"
+
+
 @dataclass(frozen=True)
 class RopePlan:
     """Context extension: YaRN with `factor` over `orig_ctx`, or none."""

@@ -46,7 +46,8 @@ def info_dict(plan: Any) -> dict[str, Any]:
         "chat_template": bool(info.chat_template),
         "n_layer": info.n_layer, "n_head": info.n_head, "n_head_kv": info.n_head_kv,
         "n_embd": info.n_embd, "head_dim": info.head_dim,
-        "kv_bytes_per_token": info.kv_bytes_per_token(),
+        "kv_bytes_per_token": plan.kv_bytes_per_token,
+        "kv_cache": {"type_k": plan.cache.type_k, "type_v": plan.cache.type_v, "flash_attn": plan.cache.flash_attn},
         "plan": {
             "ctx": plan.n_ctx,
             "yarn": rope.yarn, "yarn_factor": rope.factor, "yarn_orig_ctx": rope.orig_ctx,
@@ -73,7 +74,8 @@ def print_info(plan: Any, as_json: bool = False) -> None:
         f"context       native {_count(d['native_context'])} · rope base {d['rope']['freq_base']}",
         f"shape         {d['n_layer']} layers · {d['n_head']} heads ({d['n_head_kv']} KV) · head dim {d['head_dim']} · embd {d['n_embd']}",
         f"chat template {'from GGUF' if d['chat_template'] else 'none (ChatML used)'}",
-        f"KV cache      {fmt_bytes(d['kv_bytes_per_token'])}/token · {fmt_bytes(p['kv_bytes'])} at ctx {p['ctx']:,}",
+        f"KV cache      {fmt_bytes(d['kv_bytes_per_token'])}/token · {fmt_bytes(p['kv_bytes'])} at ctx {p['ctx']:,} "
+        f"({plan.cache.describe()})",
         f"rope plan     {yarn}",
         f"offload       {p['summary']}",
     ]
