@@ -86,3 +86,39 @@ def test_solve_with_a_quantised_kv_cache_and_flash_attention(strategy: str, smol
                               "--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--flash-attn"], capsys)
     assert code == 0, err
     assert json.loads(out)["tokens"]["answer"] > 0
+
+
+def test_a_long_prompt_runs_with_yarn(qwen_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalog model whose card asks for YaRN past N prompt tokens (QwQ: 8,192; here 64, on the tiny qwen2)."""
+    import re
+
+    import llama_cpp
+
+    from qwq_local.app import runtime
+    from qwq_local.config import load_settings
+    from tests.conftest import MODELS_CACHE
+
+    text = (Path(__file__).parent.parent / "models" / "catalog.toml").read_text()
+    head, qwen = text.split('[models."qwen2.5-coder-0.5b"]', 1)
+    qwen = re.sub(r"yarn_max_factor = 1\.0", "yarn_max_factor = 4.0\nyarn_from_tokens = 64", qwen, count=1)
+    (tmp_path / "catalog.toml").write_text(head + '[models."qwen2.5-coder-0.5b"]' + qwen)
+    monkeypatch.setenv("QWQ_CATALOG", str(tmp_path / "catalog.toml"))
+    long_problem = tmp_path / "long.md"
+    long_problem.write_text("Natalia sold clips to 48 of her friends in April. " * 12 + "How many clips?")
+    settings = load_settings({"models_dir": MODELS_CACHE, "ctx": 1024})
+    plan = runtime.plan_model(runtime.locate("qwen2.5-coder-0.5b", settings), settings,
+                              prompt=long_problem.read_text())
+    assert plan.rope.yarn and plan.rope.factor == 4 and plan.note and "past the 64" in plan.note
+    loaded = runtime.load(plan, settings)
+    try:
+        params = loaded.llama.context_params
+        assert params.rope_scaling_type == llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN and params.rope_freq_scale == 0.25
+    finally:
+        loaded.close()
+    short = runtime.plan_model(runtime.locate("qwen2.5-coder-0.5b", settings), settings, prompt="What is 2+2?")
+    assert not short.rope.yarn and short.note is None
+    code, _, err = run_cli(["solve", str(long_problem), "--model", "qwen2.5-coder-0.5b", "--models-dir",
+                            str(MODELS_CACHE), "--ctx", "1024", "--max-tokens", "4", "--json"], capsys)
+    assert code == 0, err
+    assert err.count("note: YaRN on (x4 over 32,768)") == 1

@@ -32,6 +32,15 @@ def test_yarn_only_beyond_native_with_smallest_factor() -> None:
         plan_rope(131_073, 32_768, 4)
 
 
+def test_yarn_for_a_prompt_past_the_cards_threshold() -> None:
+    rope = plan_rope(16_384, 32_768, 4, prompt_tokens=8_193, yarn_from=8_192)
+    assert rope.yarn and rope.factor == 4 and rope.orig_ctx == 32_768  # the card's static factor 4
+    assert not plan_rope(16_384, 32_768, 4, prompt_tokens=8_192, yarn_from=8_192).yarn
+    assert not plan_rope(16_384, 32_768, 4, prompt_tokens=20_000).yarn  # a model whose card does not ask
+    assert not plan_rope(16_384, 32_768, 1, prompt_tokens=20_000, yarn_from=8_192).yarn  # nor one without YaRN
+    assert plan_rope(65_536, 32_768, 4, prompt_tokens=20_000, yarn_from=8_192).factor == 2
+
+
 def gpu(free_gib: float) -> Device:
     return Device("cuda", "test", int(24 * GiB), int(free_gib * GiB))
 

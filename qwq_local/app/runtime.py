@@ -33,6 +33,7 @@ class ModelPlan:
     offload: OffloadPlan
     pulled: bool = True  # False: planned from the catalog's recorded facts, before the download
     cache: KVCache = KVCache()
+    note: str | None = None  # one line for the user about the plan (YaRN switched on for a long prompt)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -70,7 +71,7 @@ def plan_for_info(model: str, settings: Settings) -> ModelPlan:
 
 def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = None,
                gpu_supported: bool | None = None, info: GGUFInfo | None = None,
-               refuse: bool = True) -> ModelPlan:
+               refuse: bool = True, prompt: str | None = None) -> ModelPlan:
     """Read the GGUF (unless its facts are given), choose YaRN for a long context and GPU layers for this machine."""
     cache = KVCache.parse(settings.cache_type_k, settings.cache_type_v, settings.flash_attn)
     pulled = info is None
@@ -78,7 +79,17 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
     ctx = n_ctx or settings.ctx
     native = info.context_length or (resolved.spec.native_context if resolved.spec else ctx)
     factor = resolved.spec.yarn_max_factor if resolved.spec else DEFAULT_YARN_FACTOR
-    rope = plan_rope(ctx, native, factor)
+    yarn_from = resolved.spec.yarn_from_tokens if resolved.spec else 0
+    prompt_tokens = 0
+    if yarn_from and prompt and len(prompt) > yarn_from:  # fewer characters than that are fewer tokens too
+        from qwq_local.engine.model import count_tokens
+
+        prompt_tokens = count_tokens(Path(resolved.path), prompt)
+    rope = plan_rope(ctx, native, factor, prompt_tokens=prompt_tokens, yarn_from=yarn_from)
+    note = None
+    if rope.yarn and ctx <= native:
+        note = (f"YaRN on (x{rope.factor:g} over {rope.orig_ctx:,}): the prompt is {prompt_tokens:,} tokens, past "
+                f"the {yarn_from:,} after which the model card asks for it")
     if gpu_supported is None:
         from qwq_local.engine.system import gpu_offload_supported
 
@@ -93,7 +104,7 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
         gpu_supported=gpu_supported,
         refuse=refuse,
     )
-    return ModelPlan(resolved, info, ctx, rope, offload, pulled, cache)
+    return ModelPlan(resolved, info, ctx, rope, offload, pulled, cache, note)
 
 
 def kv_budget_tokens(plan: ModelPlan, settings: Settings) -> int | None:

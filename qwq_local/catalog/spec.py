@@ -100,6 +100,7 @@ class ModelSpec:
     approx_size: int | None = None
     is_default_quant: bool = False
     gguf: GGUFFacts | None = None
+    yarn_from_tokens: int = 0  # prompts longer than this run with YaRN (QwQ's card: 8,192); 0 = only past native
 
     @property
     def name(self) -> str:
@@ -252,6 +253,7 @@ def _parse_spec(
         approx_size=q.get("approx_size"),
         is_default_quant=default,
         gguf=_parse_facts(where, raw["gguf"]) if "gguf" in raw else None,
+        yarn_from_tokens=int(raw.get("yarn_from_tokens", 0)),
     )
 
 

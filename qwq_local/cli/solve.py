@@ -93,7 +93,9 @@ def solve(
     if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
         raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)
-    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings, prompt=problem)
+    if plan.note:
+        typer.echo(f"note: {plan.note}", err=True)
     if strategy == "direct":
         result = _direct(plan, problem, fmt, settings, show_thinking, as_json)
     else:  # every search option checked, and the head loaded, before the model

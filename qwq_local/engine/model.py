@@ -87,6 +87,16 @@ def quiet_stderr(enabled: bool) -> Iterator[None]:
         os.close(fd)
 
 
+def count_tokens(path: Path, text: str) -> int:
+    """Tokens of `text` by the model's own tokenizer, loading its vocabulary only (no weights, no context)."""
+    with quiet_stderr(True):
+        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return len(vocab.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+    finally:
+        vocab.close()
+
+
 class LoadedModel:
     """A GGUF loaded into llama.cpp, with one chat context (the high-level Llama)."""
 

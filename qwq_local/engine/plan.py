@@ -136,9 +136,16 @@ def fmt_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def plan_rope(requested_ctx: int, native_ctx: int, max_factor: float = 4.0) -> RopePlan:
-    """YaRN only beyond the native context, with the smallest integer factor that covers it."""
-    if requested_ctx <= native_ctx or native_ctx <= 0:
+def plan_rope(requested_ctx: int, native_ctx: int, max_factor: float = 4.0, *, prompt_tokens: int = 0,
+              yarn_from: int = 0) -> RopePlan:
+    """YaRN beyond the native context (the smallest integer factor that covers it), and for a prompt longer
+    than `yarn_from` tokens at the model's own factor (QwQ's card: past 8,192 tokens, factor 4); else none,
+    since static YaRN costs quality on short texts."""
+    if native_ctx <= 0:
+        return RopePlan(yarn=False, factor=1.0, orig_ctx=native_ctx)
+    if requested_ctx <= native_ctx:
+        if yarn_from and prompt_tokens > yarn_from and max_factor > 1:
+            return RopePlan(yarn=True, factor=max_factor, orig_ctx=native_ctx)
         return RopePlan(yarn=False, factor=1.0, orig_ctx=native_ctx)
     factor = float(math.ceil(requested_ctx / native_ctx))
     if factor > max_factor:
