@@ -88,22 +88,27 @@ def test_solve_with_a_quantised_kv_cache_and_flash_attention(strategy: str, smol
     assert json.loads(out)["tokens"]["answer"] > 0
 
 
-def test_a_long_prompt_runs_with_yarn(qwen_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """A catalog model whose card asks for YaRN past N prompt tokens (QwQ: 8,192; here 64, on the tiny qwen2)."""
+def yarn_past_64_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalog in which the tiny qwen2 asks for YaRN x4 past 64 prompt tokens, as QwQ's card does past 8,192."""
     import re
-
-    import llama_cpp
-
-    from qwq_local.app import runtime
-    from qwq_local.config import load_settings
-    from tests.conftest import MODELS_CACHE
 
     text = (Path(__file__).parent.parent / "models" / "catalog.toml").read_text()
     head, qwen = text.split('[models."qwen2.5-coder-0.5b"]', 1)
     qwen = re.sub(r"yarn_max_factor = 1\.0", "yarn_max_factor = 4.0\nyarn_from_tokens = 64", qwen, count=1)
     (tmp_path / "catalog.toml").write_text(head + '[models."qwen2.5-coder-0.5b"]' + qwen)
     monkeypatch.setenv("QWQ_CATALOG", str(tmp_path / "catalog.toml"))
+
+
+def test_a_long_prompt_runs_with_yarn(qwen_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalog model whose card asks for YaRN past N prompt tokens (QwQ: 8,192; here 64, on the tiny qwen2)."""
+    import llama_cpp
+
+    from qwq_local.app import runtime
+    from qwq_local.config import load_settings
+    from tests.conftest import MODELS_CACHE
+
+    yarn_past_64_tokens(tmp_path, monkeypatch)
     long_problem = tmp_path / "long.md"
     long_problem.write_text("Natalia sold clips to 48 of her friends in April. " * 12 + "How many clips?")
     settings = load_settings({"models_dir": MODELS_CACHE, "ctx": 1024})
@@ -122,3 +127,18 @@ def test_a_long_prompt_runs_with_yarn(qwen_path: Path, tmp_path: Path, capsys: p
                             str(MODELS_CACHE), "--ctx", "1024", "--max-tokens", "4", "--json"], capsys)
     assert code == 0, err
     assert err.count("note: YaRN on (x4 over 32,768)") == 1
+
+
+def test_a_chat_that_grows_past_the_threshold_switches_to_yarn_once(tmp_path: Path, qwen_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import MODELS_CACHE
+
+    yarn_past_64_tokens(tmp_path, monkeypatch)
+    lines = ["Hi", "Natalia sold clips to 48 of her friends in April. " * 3, "Thanks", "Bye"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    code, out, err = run_cli(["chat", "--model", "qwen2.5-coder-0.5b", "--models-dir", str(MODELS_CACHE),
+                              "--ctx", "1024", "--max-tokens", "6", "--temperature", "0"], capsys)
+    assert code == 0, err
+    assert err.count("note: YaRN on (x4 over 32,768): the conversation is past 64 tokens") == 1
+    assert out.count("\n") >= 4  # every message answered, before and after the switch

@@ -107,6 +107,14 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
     return ModelPlan(resolved, info, ctx, rope, offload, pulled, cache, note)
 
 
+def yarn_later(plan: ModelPlan) -> tuple[int, RopePlan] | None:
+    """(tokens, YaRN plan) for a chat that may grow past the card's threshold, when it does not run with YaRN yet."""
+    spec = plan.resolved.spec
+    if plan.rope.yarn or spec is None or not spec.yarn_from_tokens or spec.yarn_max_factor <= 1:
+        return None
+    return spec.yarn_from_tokens, RopePlan(yarn=True, factor=spec.yarn_max_factor, orig_ctx=plan.rope.orig_ctx)
+
+
 def kv_budget_tokens(plan: ModelPlan, settings: Settings) -> int | None:
     """The search's KV budget in tokens (cells); a size in bytes is divided by the model's KV bytes per token."""
     from qwq_local.config import parse_kv_budget

@@ -54,7 +54,7 @@ def chat(
     from qwq_local.app import runtime
     from qwq_local.app.chat import SearchTurns, prepare_chat
     from qwq_local.engine.chat import LlamaChat
-    from qwq_local.render.console import Env
+    from qwq_local.render.console import Env, info
     from qwq_local.render.history import History
     from qwq_local.render.repl import run_chat
 
@@ -79,7 +79,8 @@ def chat(
     loaded = runtime.load(setup.plan, settings)
     try:
         # A thinking budget makes even a model that does not think on its own open a <think> section.
-        engine = LlamaChat(loaded, think=True if (setup.plan.thinks or think_budget) else None)
+        engine = LlamaChat(loaded, think=True if (setup.plan.thinks or think_budget) else None,
+                           yarn_later=runtime.yarn_later(setup.plan), on_note=lambda text: info(env, f"note: {text}"))
         engine.name = settings.model
         code = run_chat(engine, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
                         think_budget=think_budget, resume=resume,

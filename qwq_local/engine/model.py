@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -102,6 +102,14 @@ class LoadedModel:
 
     def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
         self.path = Path(path)
+        self._open(options)
+
+    def reopen(self, rope: RopePlan) -> None:
+        """Load again with another RoPE plan (llama.cpp reads it only when a context is made); the cache is lost."""
+        self.close()
+        self._open(replace(self.options, rope=rope))
+
+    def _open(self, options: LoadOptions) -> None:
         self.options = options
         rope = options.rope
         kwargs: dict = dict(type_k=GGML_TYPES[options.cache.type_k], type_v=GGML_TYPES[options.cache.type_v],
