@@ -9,9 +9,11 @@ from typing import Optional
 import typer
 
 from qwq_local.cli.root import (
+    Command,
     CtxOpt,
     GpuOpt,
     HeadOpt,
+    MaxTokensOpt,
     ModelOpt,
     CacheKOpt,
     CacheVOpt,
@@ -19,14 +21,18 @@ from qwq_local.cli.root import (
     ModelsDirOpt,
     PresenceOpt,
     RepeatOpt,
+    SeedOpt,
     SystemOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
     app,
     settings_from,
 )
 from qwq_local.errors import UsageError
 
 
-@app.command()
+@app.command(cls=Command)
 def chat(
     model: Optional[str] = ModelOpt,
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Keep thinking open."),
@@ -34,11 +40,11 @@ def chat(
     think_budget: Optional[int] = typer.Option(None, "--think-budget", help="Close thinking after N tokens."),
     resume: Optional[int] = typer.Option(None, "--resume-id", hidden=True),
     resume_latest: bool = typer.Option(False, "--resume", help="Continue the latest conversation; --resume ID that one."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling [default: 0.95]."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the K likeliest tokens [default: 40]."),
+    temperature: Optional[float] = TemperatureOpt,
+    seed: Optional[int] = SeedOpt,
+    max_tokens: Optional[int] = MaxTokensOpt,
+    top_p: Optional[float] = TopPOpt,
+    top_k: Optional[int] = TopKOpt,
     presence_penalty: Optional[float] = PresenceOpt,
     repeat_penalty: Optional[float] = RepeatOpt,
     system: Optional[str] = SystemOpt,

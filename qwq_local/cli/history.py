@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from qwq_local.cli.root import history_app
+from qwq_local.cli.root import Command, history_app
 
 
 def _history_env() -> tuple[Any, Any]:
@@ -28,7 +28,7 @@ def history_list(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-
         print_conversations(env, history, limit=limit, as_json=as_json)
 
 
-@history_app.command("search")
+@history_app.command("search", cls=Command)
 def history_search(text: str = typer.Argument(...),
                    as_json: bool = typer.Option(False, "--json", help="JSON: conversation, turn, prompt, snippet.")
                    ) -> None:
@@ -39,7 +39,7 @@ def history_search(text: str = typer.Argument(...),
     print_search(env, history, text, as_json=as_json)
 
 
-@history_app.command("rm")
+@history_app.command("rm", cls=Command)
 def history_rm(conversation: int = typer.Argument(..., help="ID (`qwq history` lists them)."),
                yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking.")) -> None:
     """Delete a conversation: every turn of it, thinking included."""
@@ -57,7 +57,7 @@ def history_rm(conversation: int = typer.Argument(..., help="ID (`qwq history` l
     typer.echo(f"deleted conversation {conversation} ({turns} turns)")
 
 
-@history_app.command("show")
+@history_app.command("show", cls=Command)
 def history_show(conversation: Optional[int] = typer.Argument(None, help="ID (default: latest)."),
                  markdown: bool = typer.Option(True, "--markdown/--no-markdown", help="--no-markdown: JSON."),
                  as_json: bool = typer.Option(False, "--json")) -> None:

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from qwq_local.cli.root import (
+    Command,
     CacheKOpt,
     CacheVOpt,
     CtxOpt,
@@ -21,7 +22,7 @@ from qwq_local.cli.root import (
 )
 
 
-@app.command()
+@app.command(cls=Command)
 def pull(model: str = typer.Argument(..., help="Catalog name, hf:REPO/FILE."),
          models_dir: Optional[Path] = ModelsDirOpt) -> None:
     """Download a model (and its Q-value head) for offline use."""
@@ -32,7 +33,7 @@ def pull(model: str = typer.Argument(..., help="Catalog name, hf:REPO/FILE."),
     typer.echo(str(path))
 
 
-@app.command()
+@app.command(cls=Command)
 def rm(model: str = typer.Argument(..., help="Catalog name or hf:REPO/FILE of a pulled model."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking."),
        models_dir: Optional[Path] = ModelsDirOpt) -> None:
@@ -51,7 +52,7 @@ def rm(model: str = typer.Argument(..., help="Catalog name or hf:REPO/FILE of a 
     typer.echo(f"removed {model} ({fmt_bytes(freed)})")
 
 
-@app.command()
+@app.command(cls=Command)
 def models(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -> None:
     """The catalog and what is already local, with sizes."""
     from qwq_local import catalog
@@ -61,7 +62,7 @@ def models(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -
     print_models(catalog.list_models(settings.models_dir), as_json=as_json)
 
 
-@app.command()
+@app.command(cls=Command)
 def info(model: str = typer.Argument(..., help="Catalog name or .gguf path."),
          ctx: Optional[int] = CtxOpt, gpu_layers: Optional[str] = GpuOpt,
          cache_type_k: Optional[str] = CacheKOpt, cache_type_v: Optional[str] = CacheVOpt,
@@ -76,7 +77,7 @@ def info(model: str = typer.Argument(..., help="Catalog name or .gguf path."),
     print_info(runtime.plan_for_info(model, settings), as_json=as_json)
 
 
-@app.command()
+@app.command(cls=Command)
 def doctor(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -> None:
     """The llama.cpp build and offload support, GPU memory, RAM, disk, cache dir, hub reachability."""
     from qwq_local.app.doctor import doctor_report

@@ -13,9 +13,12 @@ from qwq_local.app import runtime
 from qwq_local.app.search import SOLVE_SEARCH as S
 from qwq_local.app.solve import Backend, SolveResult, read_problem
 from qwq_local.cli.root import (
+    Command,
     CtxOpt,
     GpuOpt,
     HeadOpt,
+    MaxTokensOpt,
+    MinPOpt,
     ModelOpt,
     CacheKOpt,
     CacheVOpt,
@@ -23,7 +26,11 @@ from qwq_local.cli.root import (
     ModelsDirOpt,
     PresenceOpt,
     RepeatOpt,
+    SeedOpt,
     SystemOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
     app,
     settings_from,
 )
@@ -33,7 +40,7 @@ from qwq_local.problems.prompts import FORMATS
 from qwq_local.search.strategies import STRATEGIES
 
 
-@app.command()
+@app.command(cls=Command)
 def solve(
     ctx: typer.Context,
     file: str = typer.Argument(..., help="Markdown problem file, or - for stdin."),
@@ -42,12 +49,12 @@ def solve(
     fmt: str = typer.Option("auto", "--format", help=" | ".join(FORMATS) + " | auto"),
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking too."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    min_p: Optional[float] = typer.Option(None, "--min-p"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    temperature: Optional[float] = TemperatureOpt,
+    top_p: Optional[float] = TopPOpt,
+    top_k: Optional[int] = TopKOpt,
+    min_p: Optional[float] = MinPOpt,
+    seed: Optional[int] = SeedOpt,
+    max_tokens: Optional[int] = MaxTokensOpt,
     presence_penalty: Optional[float] = PresenceOpt,
     repeat_penalty: Optional[float] = RepeatOpt,
     system: Optional[str] = SystemOpt,
