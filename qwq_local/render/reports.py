@@ -87,7 +87,10 @@ def print_doctor(report: dict[str, Any], as_json: bool = False) -> None:
         typer.echo(json.dumps(report, indent=2))
         return
     ll = report["llama_cpp"]
-    backends = [name for name in ("cuda", "metal") if ll[name]] or ["cpu"]
+    from qwq_local.engine.plan import device_kind
+
+    gpus = [name.split(" ", 1)[0] for name in ll.get("devices", []) if not name.startswith("CPU")]
+    backends = list(dict.fromkeys(device_kind(name) for name in gpus)) or ["cpu"]
     gpu = report["gpu"]
     lines = [
         f"llama.cpp     llama-cpp-python {ll['llama_cpp_python']} · backend {', '.join(backends).upper()} · "
