@@ -157,7 +157,8 @@ def _model(s: ChatSession, arg: str) -> bool:
     info(
         s.env,
         f"{s.model.name} · ctx {s.model.n_ctx:,} · {thinks} · temperature {p.temperature:g} · top_p {p.top_p:g}"
-        f" · top_k {p.top_k} · min_p {p.min_p:g} · max_tokens {p.max_tokens:,}",
+        f" · top_k {p.top_k} · min_p {p.min_p:g} · max_tokens {p.max_tokens:,}"
+        f" · presence_penalty {p.presence_penalty:g} · repeat_penalty {p.repeat_penalty:g}",
     )
     return False
 
