@@ -31,6 +31,8 @@ class Sampling:
     min_p: float = 0.0
     seed: int | None = None
     max_tokens: int = 8192
+    presence_penalty: float = 0.0  # QwQ's card: 0-2 against endless repetition; off by default
+    repeat_penalty: float = 1.0  # llama.cpp's repetition penalty; 1 is off
 
     def validate(self) -> "Sampling":
         for name in ("temperature", "top_p", "min_p"):
@@ -46,6 +48,10 @@ class Sampling:
             raise UsageError("--min-p must be in [0, 1]")
         if self.max_tokens < 1:
             raise UsageError("--max-tokens must be >= 1")
+        if not 0 <= self.presence_penalty <= 2:
+            raise UsageError("--presence-penalty must be in [0, 2]")
+        if self.repeat_penalty <= 0:
+            raise UsageError("--repeat-penalty must be > 0 (1 is off)")
         return self
 
 
@@ -63,6 +69,10 @@ class Settings:
     engine: str | None = None  # an OpenAI-compatible server (URL) that runs the model instead of llama.cpp here
     api_key: str | None = None  # its bearer token
     engine_timeout: float = 600.0  # seconds one request to the engine may take before it counts as stalled
+    system: str | None = None  # a system prompt put before the conversation
+    cache_type_k: str = "f16"  # KV-cache element types: f16 | q8_0 | q4_0
+    cache_type_v: str = "f16"
+    flash_attn: bool = False
     sampling: Sampling = Sampling()
 
 
@@ -98,13 +108,19 @@ def default_models_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
 _SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head", "engine", "api_key",
-                 "engine_timeout"}
+                 "engine_timeout", "system", "cache_type_k", "cache_type_v", "flash_attn"}
 
 
 def _coerce(key: str, value: Any) -> Any:
     """A setting's value in its type; a value of another type (`temperature = true`, `models_dir = 42`) is refused."""
     ints = {"ctx", "top_k", "max_tokens", "seed"}
-    floats = {"temperature", "top_p", "min_p", "engine_timeout"}
+    floats = {"temperature", "top_p", "min_p", "engine_timeout", "presence_penalty", "repeat_penalty"}
+    if key == "flash_attn":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        raise UsageError(f"setting 'flash_attn' must be true or false, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Path)):
         raise UsageError(f"setting {key!r} must be a {'number' if key in ints | floats else 'string'}, got {value!r}")
     if key in ints | floats:

@@ -11,12 +11,10 @@ from qwq_local.problems.checks import (
     check,
     extract_code,
     math_equal,
-    normalize_math,
     numbers_equal,
     within,
 )
 from qwq_local.problems.datasets import Problem
-from qwq_local.problems.latex import MathParseError, parse_latex
 
 
 def gsm8k(answer: str) -> Problem:
@@ -92,6 +90,14 @@ def test_gsm8k_check_falls_back_to_the_reply() -> None:
         ("\\sin^2 x + \\cos^2 x", "1"),
         ("3!", "6"),
         ("\\infty", "\\infty"),
+        # the forms the hand-written checker missed (issue 24)
+        ("(12, 102) \\cup (2, 12)", "(2,12) \\cup (12,102)"),
+        ("[5, \\infty) \\cup (-\\infty, 1]", "(-\\infty,1]\\cup[5,\\infty)"),
+        ("\\log_2 8", "3"),
+        ("\\binom{5}{2}", "10"),
+        ("\\lfloor 3.7 \\rfloor", "3"),
+        ("\\pm 2", "2, -2"),
+        ("\\boxed{\\dfrac{14}{3}}", "\\frac{14}{3}"),
     ],
 )
 def test_math_equivalent_forms(answer: str, reference: str) -> None:
@@ -105,12 +111,13 @@ def test_math_equivalent_forms(answer: str, reference: str) -> None:
         ("(3, 1.5708)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
         ("(\\frac{\\pi}{2}, 3)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
         ("[1, 2)", "(1, 2)"),
-        ("(1, 2)", "1, 2"),
+        ("x = 3", "y = 3"),
+        ("(2, 12) \\cup (12, 102)", "(2, 12) \\cup (12, 103)"),
+        ("\\log_2 8", "4"),
         ("2", "3"),
         ("x^2 + 1", "x^2 - 1"),
         ("52_8", "42"),
         ("\\text{Evelyn}", "\\text{Angela}"),
-        ("2^{10^{10}}", "1"),
         ("", "1"),
         ("1, 2", "1, 2, 3"),
     ],
@@ -126,24 +133,10 @@ def test_math_check_uses_the_boxed_answer() -> None:
     assert check(math("\\frac{14}{3}"), "", "\\dfrac{14}{3}")
 
 
-def test_normalize_math() -> None:
-    assert normalize_math("\\boxed{\\left( 3, \\dfrac{\\pi}{2} \\right)}") == "(3,\\frac{\\pi}{2})"
-    assert normalize_math("90^\\circ") == "90"
-    assert normalize_math("\\frac12") == "\\frac{1}{2}"
-
-
-def test_parse_latex_reads_common_forms() -> None:
-    import sympy
-
-    x = sympy.Symbol("x")
-    assert parse_latex("\\frac{1}{2}") == sympy.Rational(1, 2)
-    assert parse_latex("\\sqrt[3]{8}") == 2
-    assert parse_latex("2x^2") == 2 * x**2
-    assert parse_latex("\\pi \\cdot 2") == 2 * sympy.pi
-    assert parse_latex("6-5i") == 6 - 5 * sympy.I
-    for bad in ("\\unknown{3}", "(1+", "2^{10^{10}}", "__import__('os')"):
-        with pytest.raises(MathParseError):
-            parse_latex(bad)
+def test_a_huge_power_is_cut_off_in_time() -> None:
+    start = time.monotonic()
+    assert not math_equal("2^{10^{10}}", "1", seconds=1.0)
+    assert time.monotonic() - start < 4
 
 
 def test_a_slow_comparison_gives_up_on_time() -> None:

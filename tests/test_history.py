@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from qwq_local.errors import UsageError
+from qwq_local.errors import ExitCode, UsageError
 from qwq_local.render.history import (
     SCHEMA_VERSION,
     History,
@@ -37,7 +37,8 @@ def history(tmp_path: Path) -> Iterator[History]:
 
 
 def turn(prompt: str, answer: str = "42", **kw: Any) -> Turn:
-    return Turn(prompt=prompt, thinking=f"thinking about {prompt}", answer=answer, model="fake", **kw)
+    kw.setdefault("thinking", f"thinking about {prompt}")
+    return Turn(prompt=prompt, answer=answer, model="fake", **kw)
 
 
 def test_default_path_is_in_the_user_data_dir(user_path: Path) -> None:
@@ -266,3 +267,32 @@ def test_history_list_search_and_export_output(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match="no conversation 42"):
             print_export(env, h, 42)
         assert "\x1b" not in out.getvalue()
+
+
+def test_history_json_and_rm_through_the_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local.config import user_data_dir
+    from tests.test_cli import run_cli
+
+    path = user_data_dir() / "history.db"
+    with History(path) as h:
+        keep = h.add_turn(None, turn("How many primes below twenty?", answer="There are 8 primes.")).conversation_id
+        gone = h.add_turn(None, turn("Which primes are even?", answer="Only 2 primes.",
+                                     thinking="SECRET-THOUGHT-7c1e about primes")).conversation_id
+        h.add_turn(gone, turn("And odd primes?", answer="All other primes.", thinking="SECRET-THOUGHT-7c1e again"))
+    code, out, _ = run_cli(["history", "--json"], capsys)
+    listed = json.loads(out)
+    assert code == 0 and [c["id"] for c in listed] == [gone, keep] and listed[0]["turns"] == 2
+    code, out, _ = run_cli(["history", "search", "even", "--json"], capsys)
+    assert code == 0 and json.loads(out) == [{"conversation_id": gone, "idx": 1, "prompt": "Which primes are even?",
+                                              "snippet": "Which primes are [even]?"}]
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    code, _, err = run_cli(["history", "rm", str(gone)], capsys)
+    assert code == 0 and "nothing deleted" in err
+    code, out, _ = run_cli(["history", "rm", str(gone), "--yes"], capsys)
+    assert code == 0 and out == f"deleted conversation {gone} (2 turns)\n"
+    code, out, _ = run_cli(["history", "--json"], capsys)
+    assert [c["id"] for c in json.loads(out)] == [keep]
+    on_disk = b"".join(p.read_bytes() for p in path.parent.glob("history.db*"))
+    assert b"SECRET-THOUGHT-7c1e" not in on_disk and b"Which primes are even" not in on_disk
+    code, _, err = run_cli(["history", "rm", str(gone), "--yes"], capsys)
+    assert code == ExitCode.USAGE and f"no conversation {gone}" in err

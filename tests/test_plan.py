@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from qwq_local.config import load_settings
-from qwq_local.engine.plan import Device, parse_nvidia_smi, plan_offload, plan_rope
+from qwq_local.engine.plan import (
+    BackendDevice,
+    Device,
+    detect_gpu,
+    gpus_from_backend,
+    parse_nvidia_smi,
+    plan_offload,
+    plan_rope,
+    ram_free_bytes,
+)
 from qwq_local.errors import ContextTooLargeError, OutOfMemoryError, UsageError
 
 GiB = 1024**3
@@ -21,6 +30,15 @@ def test_yarn_only_beyond_native_with_smallest_factor() -> None:
     assert plan_rope(131_072, 32_768, 4).factor == 4
     with pytest.raises(ContextTooLargeError):
         plan_rope(131_073, 32_768, 4)
+
+
+def test_yarn_for_a_prompt_past_the_cards_threshold() -> None:
+    rope = plan_rope(16_384, 32_768, 4, prompt_tokens=8_193, yarn_from=8_192)
+    assert rope.yarn and rope.factor == 4 and rope.orig_ctx == 32_768  # the card's static factor 4
+    assert not plan_rope(16_384, 32_768, 4, prompt_tokens=8_192, yarn_from=8_192).yarn
+    assert not plan_rope(16_384, 32_768, 4, prompt_tokens=20_000).yarn  # a model whose card does not ask
+    assert not plan_rope(16_384, 32_768, 1, prompt_tokens=20_000, yarn_from=8_192).yarn  # nor one without YaRN
+    assert plan_rope(65_536, 32_768, 4, prompt_tokens=20_000, yarn_from=8_192).factor == 2
 
 
 def gpu(free_gib: float) -> Device:
@@ -104,3 +122,69 @@ def test_kv_budget_in_bytes_becomes_tokens(qwen_path: Path) -> None:
     with pytest.raises(UsageError):
         runtime.kv_budget_tokens(plan, load_settings({"kv_budget": "1KiB"}, env={}))
     assert runtime.kv_budget_tokens(plan, load_settings({}, env={})) is None
+
+
+CPU = BackendDevice("CPU", "Intel(R) Xeon(R)", 0, 20 * GiB, 24 * GiB)
+
+
+@pytest.mark.parametrize(("name", "kind"), [("Vulkan0", "vulkan"), ("ROCm0", "rocm"), ("SYCL0", "sycl"),
+                                            ("CUDA0", "cuda"), ("MTL0", "metal")])
+def test_every_gpu_backend_llama_cpp_reports_is_offloaded_to(name: str, kind: str) -> None:
+    reported = [CPU, BackendDevice(name, "Some GPU", 1, 23 * GiB, 24 * GiB)]
+    device = detect_gpu(lambda: reported)
+    assert device is not None and device.kind == kind and device.free_bytes == 23 * GiB
+    plan = plan_offload(model_bytes=18 * GiB, n_layer=64, kv_bytes=2 * GiB, device=device, ram_free_bytes=32 * GiB)
+    assert plan.full_offload and kind.upper() in plan.describe()
+
+
+def test_all_gpus_are_counted_and_an_integrated_one_shares_the_ram() -> None:
+    two = gpus_from_backend([CPU, BackendDevice("CUDA0", "RTX 3090", 1, 22 * GiB, 24 * GiB),
+                             BackendDevice("CUDA1", "RTX 3090", 1, 20 * GiB, 24 * GiB)])
+    assert two is not None and two.count == 2 and two.free_bytes == 42 * GiB and two.total_bytes == 48 * GiB
+    assert plan_offload(model_bytes=36 * GiB, n_layer=64, kv_bytes=4 * GiB, device=two,
+                        ram_free_bytes=8 * GiB).full_offload  # more than either card holds alone
+    igpu = gpus_from_backend([CPU, BackendDevice("Vulkan0", "Radeon 780M", 2, 12 * GiB, 16 * GiB)])
+    assert igpu is not None and igpu.unified
+    with pytest.raises(OutOfMemoryError):  # its memory is the RAM: not counted twice
+        plan_offload(model_bytes=14 * GiB, n_layer=64, kv_bytes=GiB, device=igpu, ram_free_bytes=14 * GiB)
+    assert gpus_from_backend([CPU]) is None
+
+
+def test_the_real_device_list_and_ram() -> None:
+    import psutil
+
+    from qwq_local.engine.system import backend_devices
+
+    devices = backend_devices()  # this build's own answer, through llama.cpp
+    assert any(d.type == 0 and d.name == "CPU" for d in devices)
+    assert 0 < ram_free_bytes() <= psutil.virtual_memory().total
+
+
+def test_kv_cache_types_are_counted_in_the_plan() -> None:
+    from qwq_local.engine.plan import KVCache
+
+    assert KVCache.parse("f16", "f16", False).element_bytes == (2.0, 2.0)
+    assert KVCache.parse("q8_0", "q8_0", True).element_bytes == (34 / 32, 34 / 32)
+    assert KVCache.parse("q4_0", "f16", False).describe() == "K q4_0, V f16"
+    with pytest.raises(UsageError, match="needs --flash-attn"):
+        KVCache.parse("f16", "q8_0", False)
+    with pytest.raises(UsageError, match="f16 | q8_0 | q4_0"):
+        KVCache.parse("q5_1", "f16", False)
+
+
+def test_quantised_kv_cache_reaches_llama_cpp(smollm_path: Path) -> None:
+    from qwq_local.engine.model import LoadedModel, LoadOptions
+    from qwq_local.engine.plan import KVCache
+
+    def state_bytes(cache: KVCache) -> int:
+        model = LoadedModel(smollm_path, LoadOptions(n_ctx=256, cache=cache))
+        try:
+            model.llama.eval(model.tokenize("The quick brown fox jumps over the lazy dog. " * 8))
+            return len(model.llama.save_state().llama_state)  # holds the KV cells of the evaluated tokens
+        finally:
+            model.close()
+
+    f16 = state_bytes(KVCache())
+    q8 = state_bytes(KVCache("q8_0", "q8_0", flash_attn=True))
+    q4 = state_bytes(KVCache("q4_0", "q4_0", flash_attn=True))
+    assert q4 < q8 < f16

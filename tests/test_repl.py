@@ -518,3 +518,9 @@ def test_real_terminal_folds_the_streamed_thinking_away(tmp_path: Path) -> None:
         tmux("send-keys", "-t", session, "C-d")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+
+
+def test_system_command_sets_and_clears_the_system_prompt(history: History) -> None:
+    c = piped("/system Answer in French.\nHello\n/system off\nAgain\n", history, FakeChat(replies=["Bonjour", "Hi"]))
+    assert c.sent(0)[0] == ("system", "Answer in French.") and c.sent(0)[-1] == ("user", "Hello")
+    assert all(role != "system" for role, _ in c.sent(1)) and c.sent(1)[-1] == ("user", "Again")

@@ -32,10 +32,12 @@ def prepare_chat(settings: Settings) -> ChatSetup:
 
 
 @contextlib.contextmanager
-def open_chat(setup: ChatSetup, settings: Settings, *, think: bool | None) -> Iterator[tuple[Any, SearchTurns]]:
+def open_chat(setup: ChatSetup, settings: Settings, *, think: bool | None, yarn_later: Any = None,
+              on_note: Any = None) -> Iterator[tuple[Any, SearchTurns]]:
     """(the ChatModel, its `/search` turns) on the model loaded here, or on the remote engine `settings.engine`.
 
-    `think=True` opens a <think> section even for a model that does not think on its own.
+    `think=True` opens a <think> section even for a model that does not think on its own; `yarn_later`: the plan to
+    reload with once the conversation passes the card's YaRN threshold (`on_note` says so).
     """
     if settings.engine is not None:
         from qwq_local.app.remote import remote_policies
@@ -50,7 +52,7 @@ def open_chat(setup: ChatSetup, settings: Settings, *, think: bool | None) -> It
 
     loaded = runtime.load(setup.plan, settings)
     try:
-        engine = LlamaChat(loaded, think=think)
+        engine = LlamaChat(loaded, think=think, yarn_later=yarn_later, on_note=on_note)
         engine.name = settings.model
         yield engine, SearchTurns(TreePolicies(loaded), setup, settings)
     finally:

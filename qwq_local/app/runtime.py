@@ -9,6 +9,7 @@ from qwq_local import catalog
 from qwq_local.catalog import GGUFInfo, ResolvedModel
 from qwq_local.config import Settings
 from qwq_local.engine.plan import (
+    KVCache,
     OffloadPlan,
     RopePlan,
     detect_gpu,
@@ -30,6 +31,14 @@ class ModelPlan:
     n_ctx: int
     rope: RopePlan
     offload: OffloadPlan
+    pulled: bool = True  # False: planned from the catalog's recorded facts, before the download
+    cache: KVCache = KVCache()
+    note: str | None = None  # one line for the user about the plan (YaRN switched on for a long prompt)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes per token with this plan's cache types."""
+        return self.info.kv_bytes_per_token(*self.cache.element_bytes)
 
     @property
     def thinks(self) -> bool:
@@ -48,14 +57,39 @@ def locate(model: str, settings: Settings, *, pull: bool = True) -> ResolvedMode
     return catalog.resolve(model, settings.models_dir)
 
 
+def plan_for_info(model: str, settings: Settings) -> ModelPlan:
+    """`qwq info`'s plan: from the GGUF when pulled, else from the facts the catalog records (no download)."""
+    try:
+        resolved, info = locate(model, settings, pull=False), None
+    except NotPulledError:
+        recorded = catalog.recorded_info(model, settings.models_dir)
+        if recorded is None:
+            raise
+        resolved, info = recorded
+    return plan_model(resolved, settings, info=info, refuse=False)
+
+
 def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = None,
-               gpu_supported: bool | None = None) -> ModelPlan:
-    """Read the GGUF, choose YaRN for a long context and GPU layers for this machine's memory."""
-    info = catalog.read_gguf_info(resolved.path)
+               gpu_supported: bool | None = None, info: GGUFInfo | None = None,
+               refuse: bool = True, prompt: str | None = None) -> ModelPlan:
+    """Read the GGUF (unless its facts are given), choose YaRN for a long context and GPU layers for this machine."""
+    cache = KVCache.parse(settings.cache_type_k, settings.cache_type_v, settings.flash_attn)
+    pulled = info is None
+    info = info or catalog.read_gguf_info(resolved.path)
     ctx = n_ctx or settings.ctx
     native = info.context_length or (resolved.spec.native_context if resolved.spec else ctx)
     factor = resolved.spec.yarn_max_factor if resolved.spec else DEFAULT_YARN_FACTOR
-    rope = plan_rope(ctx, native, factor)
+    yarn_from = resolved.spec.yarn_from_tokens if resolved.spec else 0
+    prompt_tokens = 0
+    if yarn_from and prompt and len(prompt) > yarn_from:  # fewer characters than that are fewer tokens too
+        from qwq_local.engine.model import count_tokens
+
+        prompt_tokens = count_tokens(Path(resolved.path), prompt)
+    rope = plan_rope(ctx, native, factor, prompt_tokens=prompt_tokens, yarn_from=yarn_from)
+    note = None
+    if rope.yarn and ctx <= native:
+        note = (f"YaRN on (x{rope.factor:g} over {rope.orig_ctx:,}): the prompt is {prompt_tokens:,} tokens, past "
+                f"the {yarn_from:,} after which the model card asks for it")
     if gpu_supported is None:
         from qwq_local.engine.system import gpu_offload_supported
 
@@ -63,13 +97,22 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
     offload = plan_offload(
         model_bytes=info.file_size,
         n_layer=info.n_layer,
-        kv_bytes=info.kv_bytes_per_token() * ctx,
+        kv_bytes=info.kv_bytes_per_token(*cache.element_bytes) * ctx,
         device=detect_gpu(),
         ram_free_bytes=ram_free_bytes(),
         gpu_layers=settings.gpu_layers,
         gpu_supported=gpu_supported,
+        refuse=refuse,
     )
-    return ModelPlan(resolved, info, ctx, rope, offload)
+    return ModelPlan(resolved, info, ctx, rope, offload, pulled, cache, note)
+
+
+def yarn_later(plan: ModelPlan) -> tuple[int, RopePlan] | None:
+    """(tokens, YaRN plan) for a chat that may grow past the card's threshold, when it does not run with YaRN yet."""
+    spec = plan.resolved.spec
+    if plan.rope.yarn or spec is None or not spec.yarn_from_tokens or spec.yarn_max_factor <= 1:
+        return None
+    return spec.yarn_from_tokens, RopePlan(yarn=True, factor=spec.yarn_max_factor, orig_ctx=plan.rope.orig_ctx)
 
 
 def plan_remote(resolved: ResolvedModel, settings: Settings) -> ModelPlan:
@@ -82,14 +125,14 @@ def plan_remote(resolved: ResolvedModel, settings: Settings) -> ModelPlan:
     return ModelPlan(resolved, info, settings.ctx, plan_rope(settings.ctx, native, factor), offload)
 
 
-def plan_for(settings: Settings) -> ModelPlan:
+def plan_for(settings: Settings, prompt: str | None = None) -> ModelPlan:
     """The plan for `settings.model`: loaded here (pulled first if need be), or run by `settings.engine`.
 
     A remote engine still needs the model's GGUF here for its chat template and tokenizer (only the vocabulary
     is read), and it is never pulled for that.
     """
     if settings.engine is None:
-        return plan_model(locate(settings.model, settings), settings)
+        return plan_model(locate(settings.model, settings), settings, prompt=prompt)
     try:
         resolved = catalog.resolve(settings.model, settings.models_dir)
     except NotPulledError:
@@ -105,7 +148,7 @@ def kv_budget_tokens(plan: ModelPlan, settings: Settings) -> int | None:
 
     amount, is_bytes = parse_kv_budget(settings.kv_budget)
     if is_bytes:
-        amount //= max(plan.info.kv_bytes_per_token(), 1)
+        amount //= max(plan.kv_bytes_per_token, 1)
         if amount < 1:
             raise UsageError(f"--kv-budget {settings.kv_budget} holds less than one token of this model's KV cache")
     return amount or None
@@ -126,5 +169,5 @@ def load(plan: ModelPlan, settings: Settings, *, verbose: bool = False, chat_ctx
     seed = settings.sampling.seed if settings.sampling.seed is not None else 0xFFFFFFFF
     return LoadedModel(Path(plan.resolved.path), LoadOptions(
         n_ctx=min(chat_ctx, plan.n_ctx) if chat_ctx else plan.n_ctx, n_gpu_layers=plan.offload.llama_n_gpu_layers, rope=plan.rope,
-        seed=seed, verbose=verbose,
+        seed=seed, verbose=verbose, cache=plan.cache,
     ))

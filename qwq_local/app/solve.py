@@ -146,14 +146,15 @@ def loaded_policies(plan: runtime.ModelPlan, settings: Settings) -> Iterator[Pol
 
 
 def solve_direct(chat: Any, problem: str, fmt: str, sampling: Sampling,
-                 on_piece: Callable[[str], None] | None = None) -> SolveResult:
-    """Plain generation through the chat engine (the reply streams through `on_piece`)."""
+                 on_piece: Callable[[str], None] | None = None, system: str | None = None) -> SolveResult:
+    """Plain generation through the chat engine (the reply streams through `on_piece`), after `system` if given."""
     from qwq_local.dialog.messages import Message
 
     fmt = detect_format(problem) if fmt == "auto" else fmt
     question = build_question(problem, fmt)
     pieces = []
-    for piece in chat.stream([Message("user", question)], sampling):
+    messages = [Message("system", system)] if system else []
+    for piece in chat.stream([*messages, Message("user", question)], sampling):
         pieces.append(piece)
         if on_piece:
             on_piece(piece)

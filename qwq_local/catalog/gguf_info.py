@@ -47,9 +47,13 @@ class GGUFInfo:
     head_dim: int
     value_dim: int
 
-    def kv_bytes_per_token(self, type_bytes: float = 2) -> int:
-        """KV-cache bytes per token: K and V, every layer and KV head (2*n_layer*n_head_kv*head_dim*bytes)."""
-        return math.ceil(self.n_layer * self.n_head_kv * (self.head_dim + self.value_dim) * type_bytes)
+    def kv_bytes_per_token(self, type_bytes: float = 2, v_type_bytes: float | None = None) -> int:
+        """KV-cache bytes per token: K and V, every layer and KV head (2*n_layer*n_head_kv*head_dim*bytes).
+
+        `v_type_bytes`: V's bytes per element when it differs from K's (a quantised cache).
+        """
+        v_bytes = type_bytes if v_type_bytes is None else v_type_bytes
+        return math.ceil(self.n_layer * self.n_head_kv * (self.head_dim * type_bytes + self.value_dim * v_bytes))
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:

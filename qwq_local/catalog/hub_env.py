@@ -1,4 +1,8 @@
-"""Hugging Face hub settings read from the environment at call time (huggingface_hub reads them at import)."""
+"""Hugging Face hub settings read from the environment at call time (huggingface_hub reads them at import).
+
+The same variables, precedence and defaults as `huggingface_hub.constants` (HF_HOME, HF_HUB_CACHE, HF_TOKEN,
+HF_TOKEN_PATH), so the cache qwq reuses is the one the `hf` tools see; a test holds the two to agreement.
+"""
 
 from __future__ import annotations
 
@@ -25,27 +29,31 @@ class HubSettings:
     offline: bool
     hf_home: Path
     etag_timeout: float = 10.0
+    hf_hub_cache: Path | None = None  # HF_HUB_CACHE when set, else HF_HOME/hub
 
     @property
     def hub_cache(self) -> Path:
-        return self.hf_home / "hub"
+        return self.hf_hub_cache or self.hf_home / "hub"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> HubSettings:
         """Read HF_ENDPOINT, HF_TOKEN (or the token file under HF_HOME), HF_HUB_OFFLINE, HF_HOME now."""
         hf_home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+        hub_cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
         return cls(
             endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
             token=_token(env, hf_home),
             offline=offline_mode(env),
             hf_home=hf_home.expanduser(),
             etag_timeout=float(env.get("HF_HUB_ETAG_TIMEOUT") or 10.0),
+            hf_hub_cache=Path(hub_cache).expanduser() if hub_cache else None,
         )
 
 
 def _token(env: Mapping[str, str], hf_home: Path) -> str | None:
-    if env.get("HF_TOKEN"):
-        return env["HF_TOKEN"].strip()
+    token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
+    if token and token.strip():
+        return token.strip()
     token_file = Path(env.get("HF_TOKEN_PATH") or hf_home / "token").expanduser()
     try:
         return token_file.read_text().strip() or None

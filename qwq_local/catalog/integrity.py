@@ -11,12 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from qwq_local.errors import ChecksumError, DiskFullError, ExitCode, QwqError
+from filelock import FileLock, Timeout
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no cross-process lock
-    fcntl = None  # type: ignore[assignment]
+from qwq_local.errors import ChecksumError, DiskFullError, ExitCode, QwqError
 
 CHUNK = 8 * 1024 * 1024
 
@@ -31,17 +28,16 @@ def download_lock(dest: Path) -> Iterator[None]:
     """Hold an exclusive lock on dest's download so two pulls never append to the same part file."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     lock = dest.with_name(dest.name + ".lock")
-    with lock.open("a") as handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise QwqError(f"another pull is already downloading {dest.name} (lock {lock})",
-                               ExitCode.BUSY) from None
-        try:
+    try:
+        held = FileLock(lock, timeout=0).acquire()  # on every OS
+    except Timeout:
+        raise QwqError(f"another pull is already downloading {dest.name} (lock {lock})",
+                       ExitCode.BUSY) from None
+    try:
+        with held:
             yield
-        finally:
-            lock.unlink(missing_ok=True)
+    finally:
+        lock.unlink(missing_ok=True)  # not left among the model files
 
 
 def open_part(part: Path) -> BinaryIO:

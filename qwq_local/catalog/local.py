@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwq_local.catalog import integrity
+from qwq_local.catalog.gguf_info import GGUFInfo
 from qwq_local.catalog.hub_env import offline_mode
-from qwq_local.catalog.refs import HubRef, PathRef, parse_ref, shard_names
+from qwq_local.catalog.refs import CatalogRef, HubRef, PathRef, parse_ref, shard_names
 from qwq_local.catalog.spec import HeadSpec, ModelSpec, load_catalog
-from qwq_local.errors import ExitCode, InputFileError, NotPulledError
+from qwq_local.errors import ExitCode, InputFileError, NotPulledError, UsageError
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,56 @@ def resolve(model: str, models_dir: Path) -> ResolvedModel:
     if isinstance(ref, HubRef):
         return ResolvedModel(path=paths[0])
     return ResolvedModel(path=paths[0], spec=ref.spec, head=head_path(ref.spec.head, models_dir))
+
+
+def recorded_info(model: str, models_dir: Path) -> tuple[ResolvedModel, GGUFInfo] | None:
+    """A catalog model's would-be files and GGUF facts from the catalog alone (None if it records none)."""
+    ref = parse_ref(model)
+    if not isinstance(ref, CatalogRef) or ref.spec.gguf is None:
+        return None
+    spec, facts = ref.spec, ref.spec.gguf
+    path = spec.local_paths(models_dir)[0]
+    info = GGUFInfo(
+        path=path, architecture=spec.architecture, name=spec.title, parameter_count=facts.parameters,
+        quant=spec.quant.upper(), file_size=spec.size or 0, shard_count=len(spec.files),
+        context_length=spec.native_context, rope_freq_base=facts.rope_freq_base, rope_scaling_type=None,
+        rope_scaling_factor=None, rope_original_context=None, chat_template=None, n_layer=facts.n_layer,
+        n_head=facts.n_head, n_head_kv=facts.n_head_kv, n_embd=facts.n_embd, head_dim=facts.head_dim,
+        value_dim=facts.value_dim,
+    )
+    return ResolvedModel(path=path, spec=spec, head=head_path(spec.head, models_dir)), info
+
+
+def pulled_files(model: str, models_dir: Path) -> list[Path]:
+    """A pulled model's files under models_dir: its .gguf files and any partial download beside them.
+
+    NotPulledError when none is there; UsageError for a path the user gave (qwq removes only what it pulled).
+    """
+    ref = parse_ref(model)
+    if isinstance(ref, PathRef):
+        raise UsageError(f"{model} is a file of yours, not a pulled model: qwq rm removes only what qwq pull fetched")
+    found = []
+    for path in ref.local_paths(models_dir):
+        found += [p for p in (path, *(path.with_name(path.name + s) for s in _DOWNLOAD_SUFFIXES)) if p.is_file()]
+    if not found:
+        raise NotPulledError(f"model {model} is not pulled (nothing of it in {models_dir})")
+    return found
+
+
+_DOWNLOAD_SUFFIXES = (".part", ".part.etag", ".lock")
+
+
+def remove_files(paths: list[Path], models_dir: Path) -> int:
+    """Delete a model's files (from pulled_files) and the folders they leave empty; the bytes freed."""
+    freed = 0
+    for path in paths:
+        freed += path.stat().st_size
+        path.unlink(missing_ok=True)
+    for folder in sorted({p.parent for p in paths}, key=lambda p: len(p.parts), reverse=True):
+        while folder != models_dir and models_dir in folder.parents and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    return freed
 
 
 def check_model_path(path: Path) -> Path:

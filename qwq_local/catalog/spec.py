@@ -65,6 +65,20 @@ class HeadSpec:
 
 
 @dataclass(frozen=True)
+class GGUFFacts:
+    """The few GGUF facts a memory plan needs, recorded in the catalog so `qwq info` works before a pull."""
+
+    parameters: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_embd: int
+    head_dim: int
+    value_dim: int
+    rope_freq_base: float | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One pullable catalog entry: a model family at one quantization."""
 
@@ -85,6 +99,8 @@ class ModelSpec:
     head: HeadSpec | None = None
     approx_size: int | None = None
     is_default_quant: bool = False
+    gguf: GGUFFacts | None = None
+    yarn_from_tokens: int = 0  # prompts longer than this run with YaRN (QwQ's card: 8,192); 0 = only past native
 
     @property
     def name(self) -> str:
@@ -236,6 +252,20 @@ def _parse_spec(
         head=head,
         approx_size=q.get("approx_size"),
         is_default_quant=default,
+        gguf=_parse_facts(where, raw["gguf"]) if "gguf" in raw else None,
+        yarn_from_tokens=int(raw.get("yarn_from_tokens", 0)),
+    )
+
+
+def _parse_facts(where: str, raw: Mapping[str, Any]) -> GGUFFacts:
+    counts = ("parameters", "n_layer", "n_head", "n_head_kv", "n_embd", "head_dim")
+    _require(all(isinstance(raw.get(k), int) and raw[k] > 0 for k in counts),
+             f"{where}: [gguf] needs positive integers {', '.join(counts)}")
+    base = raw.get("rope_freq_base")
+    return GGUFFacts(
+        parameters=raw["parameters"], n_layer=raw["n_layer"], n_head=raw["n_head"], n_head_kv=raw["n_head_kv"],
+        n_embd=raw["n_embd"], head_dim=raw["head_dim"], value_dim=int(raw.get("value_dim", raw["head_dim"])),
+        rope_freq_base=float(base) if base is not None else None,
     )
 
 

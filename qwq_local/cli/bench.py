@@ -10,15 +10,15 @@ import typer
 from qwq_local.app.search import BENCH_SEARCH as S
 from qwq_local.bench.choose import DEFAULT_CHOOSERS as CHOOSERS
 from qwq_local.bench.choose import STAT_SIGNALS
-from qwq_local.cli.root import (ApiKeyOpt, CtxOpt, EngineOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, bench_app,
-                                settings_from)
+from qwq_local.cli.root import (ApiKeyOpt, Command, CtxOpt, EngineOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt,
+                                bench_app, settings_from)
 from qwq_local.errors import UsageError
 
 BENCH_MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
 SIGNALS = (*STAT_SIGNALS, "short")
 
 
-@bench_app.command("engine")
+@bench_app.command("engine", cls=Command)
 def bench_engine(
     model: list[str] = typer.Option(BENCH_MODELS, "--model", "-m"),
     ks: str = typer.Option("1,2,4,8", "--k", help="Sibling counts for batched expansion."),
@@ -45,7 +45,7 @@ def bench_engine(
                      kv_budget, as_json)
 
 
-@bench_app.command("chat")
+@bench_app.command("chat", cls=Command)
 def bench_chat(
     model: list[str] = typer.Option(BENCH_MODELS, "--model", "-m"),
     max_tokens: int = typer.Option(128, "--max-tokens"),
@@ -59,7 +59,7 @@ def bench_chat(
     run_chat_bench(settings_from(models_dir=models_dir), model, max_tokens, runs, as_json)
 
 
-@bench_app.command("accuracy")
+@bench_app.command("accuracy", cls=Command)
 def bench_accuracy(
     data: str = typer.Option("gsm8k", "--data", help="gsm8k | math500 | mbpp | FILE.jsonl"),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="The first N problems."),
@@ -101,7 +101,7 @@ def bench_accuracy(
                        as_json, plot)
 
 
-@bench_app.command("bank")
+@bench_app.command("bank", cls=Command)
 def bench_bank(
     results: Path = typer.Option(..., "--results", help="Directory of the bank (bank.jsonl); a rerun resumes it."),
     data: str = typer.Option("gsm8k", "--data", help="gsm8k | gsm8k-train | math500 | mbpp | FILE.jsonl"),
@@ -134,7 +134,7 @@ def bench_bank(
     run_bank(settings, data, offset, limit, levels, results, stop, lambda line: typer.echo(line, err=True))
 
 
-@bench_app.command("choose")
+@bench_app.command("choose", cls=Command)
 def bench_choose(
     bank: list[Path] = typer.Argument(..., help="Bank directories (or bank.jsonl files) from `qwq bench bank`."),
     chooser: str = typer.Option(",".join(CHOOSERS), "--chooser", "-c",
@@ -154,7 +154,7 @@ def bench_choose(
                [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json, head, baseline)
 
 
-@bench_app.command("serve")
+@bench_app.command("serve", cls=Command)
 def bench_serve(
     model: Optional[str] = ModelOpt,
     clients: str = typer.Option("1,4,8", "--clients", help="Concurrent client counts."),

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from qwq_local.cli.root import ApiKeyOpt, CtxOpt, EngineOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
+from qwq_local.cli.root import (
+    ApiKeyOpt,
+    Command,
+    EngineOpt,
+    CtxOpt,
+    GpuOpt,
+    HeadOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    CacheKOpt,
+    CacheVOpt,
+    FlashOpt,
+    ModelsDirOpt,
+    PresenceOpt,
+    RepeatOpt,
+    SeedOpt,
+    SystemOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    app,
+    settings_from,
+)
 from qwq_local.errors import UsageError
 
 
-@app.command()
+@app.command(cls=Command)
 def chat(
     model: Optional[str] = ModelOpt,
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Keep thinking open."),
@@ -19,10 +42,18 @@ def chat(
     think_budget: Optional[int] = typer.Option(None, "--think-budget", help="Close thinking after N tokens."),
     resume: Optional[int] = typer.Option(None, "--resume-id", hidden=True),
     resume_latest: bool = typer.Option(False, "--resume", help="Continue the latest conversation; --resume ID that one."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    temperature: Optional[float] = TemperatureOpt,
+    seed: Optional[int] = SeedOpt,
+    max_tokens: Optional[int] = MaxTokensOpt,
+    top_p: Optional[float] = TopPOpt,
+    top_k: Optional[int] = TopKOpt,
+    presence_penalty: Optional[float] = PresenceOpt,
+    repeat_penalty: Optional[float] = RepeatOpt,
+    system: Optional[str] = SystemOpt,
     ctx: Optional[int] = CtxOpt,
+    cache_type_k: Optional[str] = CacheKOpt,
+    cache_type_v: Optional[str] = CacheVOpt,
+    flash_attn: Optional[bool] = FlashOpt,
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
     head: Optional[Path] = HeadOpt,
@@ -30,14 +61,17 @@ def chat(
     api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
     """Interactive chat with folded thinking (piped stdin: one message a line)."""
+    from qwq_local.app import runtime
     from qwq_local.app.chat import open_chat, prepare_chat
-    from qwq_local.render.console import Env
+    from qwq_local.render.console import Env, info
     from qwq_local.render.history import open_history
     from qwq_local.render.repl import run_chat
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
                              gpu_layers=gpu_layers, models_dir=models_dir, head=head, engine=engine,
-                             api_key=api_key)
+                             api_key=api_key, top_p=top_p, top_k=top_k, presence_penalty=presence_penalty,
+                             repeat_penalty=repeat_penalty, system=system, cache_type_k=cache_type_k,
+                             cache_type_v=cache_type_v, flash_attn=flash_attn)
     if show_thinking and hide_thinking:
         raise UsageError("--show-thinking and --hide-thinking cannot be used together")
     if think_budget is not None and think_budget < 1:
@@ -50,11 +84,16 @@ def chat(
         raise UsageError("--resume needs the history database, which cannot be used now")
     if history is not None and resume_latest and resume is None:
         resume = history.latest_id()
-    if history is not None and resume is not None and history.conversation(resume) is None:
+    resumed = history.conversation(resume) if history is not None and resume is not None else None
+    if history is not None and resume is not None and resumed is None:
         raise UsageError(f"no conversation {resume} in the history; `qwq history` lists them")
+    if resumed is not None and resumed.model and model is None:  # the model it was held with, unless -m says
+        settings = replace(settings, model=resumed.model)
     setup = prepare_chat(settings)
     # A thinking budget makes even a model that does not think on its own open a <think> section.
-    with open_chat(setup, settings, think=True if (setup.plan.thinks or think_budget) else None) as (chat_model, turns):
+    with open_chat(setup, settings, think=True if (setup.plan.thinks or think_budget) else None,
+                   yarn_later=runtime.yarn_later(setup.plan),
+                   on_note=lambda text: info(env, f"note: {text}")) as (chat_model, turns):
         code = run_chat(chat_model, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
                         think_budget=think_budget, resume=resume, strategy_runner=turns)
     if code:

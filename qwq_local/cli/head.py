@@ -8,10 +8,10 @@ from typing import Optional
 import numpy as np
 import typer
 
-from qwq_local.cli.root import CtxOpt, GpuOpt, ModelOpt, ModelsDirOpt, app, head_app, settings_from
+from qwq_local.cli.root import Command, CtxOpt, GpuOpt, ModelOpt, ModelsDirOpt, app, head_app, settings_from
 from qwq_local.errors import ExitCode, InputFileError
 
-@app.command("train-head")
+@app.command("train-head", cls=Command)
 def train_head(
     model: Optional[str] = ModelOpt,
     data: str = typer.Option("gsm8k-train", "--data", help="gsm8k-train or a training FILE.jsonl."),
@@ -47,14 +47,14 @@ def train_head(
     typer.echo(written)
 
 
-@head_app.command("info")
+@head_app.command("info", cls=Command)
 def head_info(path: Path = typer.Argument(..., help="A Q-value head .gguf."),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """A head's metadata (backbone, layer, training data) and held-out metrics."""
     print_head_info(path, as_json)
 
 
-@head_app.command("eval")
+@head_app.command("eval", cls=Command)
 def head_eval(path: Path = typer.Argument(..., help="A Q-value head .gguf."),
               labels: Path = typer.Option(..., "--labels", help="A label store of `qwq train-head` (.jsonl)."),
               target: str = typer.Option("max", "--target", help="Q label: max or mean over rollouts."),

@@ -1,4 +1,4 @@
-"""`qwq pull`, `qwq models`, `qwq info`, `qwq doctor`: models on disk and the machine they run on."""
+"""`qwq pull`, `qwq rm`, `qwq models`, `qwq info`, `qwq doctor`: models on disk and the machine they run on."""
 
 from __future__ import annotations
 
@@ -8,10 +8,23 @@ from typing import Optional
 
 import typer
 
-from qwq_local.cli.root import ApiKeyOpt, CtxOpt, EngineOpt, GpuOpt, JsonOpt, ModelsDirOpt, app, settings_from
+from qwq_local.cli.root import (
+    ApiKeyOpt,
+    Command,
+    EngineOpt,
+    CacheKOpt,
+    CacheVOpt,
+    CtxOpt,
+    FlashOpt,
+    GpuOpt,
+    JsonOpt,
+    ModelsDirOpt,
+    app,
+    settings_from,
+)
 
 
-@app.command()
+@app.command(cls=Command)
 def pull(model: str = typer.Argument(..., help="Catalog name, hf:REPO/FILE."),
          models_dir: Optional[Path] = ModelsDirOpt) -> None:
     """Download a model (and its Q-value head) for offline use."""
@@ -22,7 +35,26 @@ def pull(model: str = typer.Argument(..., help="Catalog name, hf:REPO/FILE."),
     typer.echo(str(path))
 
 
-@app.command()
+@app.command(cls=Command)
+def rm(model: str = typer.Argument(..., help="Catalog name or hf:REPO/FILE of a pulled model."),
+       yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking."),
+       models_dir: Optional[Path] = ModelsDirOpt) -> None:
+    """Remove a pulled model's files (and any partial download of it)."""
+    from qwq_local import catalog
+    from qwq_local.engine.plan import fmt_bytes
+
+    settings = settings_from(models_dir=models_dir)
+    files = catalog.pulled_files(model, settings.models_dir)
+    size = fmt_bytes(sum(f.stat().st_size for f in files))
+    listing = "\n".join(f"  {f}" for f in files)
+    if not yes and not typer.confirm(f"Remove {model} ({size}):\n{listing}\n", default=False, err=True):
+        typer.echo("nothing removed", err=True)
+        return
+    freed = catalog.remove_files(files, settings.models_dir)
+    typer.echo(f"removed {model} ({fmt_bytes(freed)})")
+
+
+@app.command(cls=Command)
 def models(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -> None:
     """The catalog and what is already local, with sizes."""
     from qwq_local import catalog
@@ -32,20 +64,22 @@ def models(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -
     print_models(catalog.list_models(settings.models_dir), as_json=as_json)
 
 
-@app.command()
+@app.command(cls=Command)
 def info(model: str = typer.Argument(..., help="Catalog name or .gguf path."),
          ctx: Optional[int] = CtxOpt, gpu_layers: Optional[str] = GpuOpt,
+         cache_type_k: Optional[str] = CacheKOpt, cache_type_v: Optional[str] = CacheVOpt,
+         flash_attn: Optional[bool] = FlashOpt,
          models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -> None:
-    """GGUF metadata and the memory plan for a context size."""
+    """GGUF metadata and the memory plan for a context size (a catalog model's, before it is pulled)."""
     from qwq_local.app import runtime
     from qwq_local.render.reports import print_info
 
-    settings = settings_from(ctx=ctx, gpu_layers=gpu_layers, models_dir=models_dir)
-    resolved = runtime.locate(model, settings, pull=False)
-    print_info(runtime.plan_model(resolved, settings), as_json=as_json)
+    settings = settings_from(ctx=ctx, gpu_layers=gpu_layers, models_dir=models_dir, cache_type_k=cache_type_k,
+                             cache_type_v=cache_type_v, flash_attn=flash_attn)
+    print_info(runtime.plan_for_info(model, settings), as_json=as_json)
 
 
-@app.command()
+@app.command(cls=Command)
 def doctor(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt, engine: Optional[str] = EngineOpt,
            api_key: Optional[str] = ApiKeyOpt) -> None:
     """The llama.cpp build and offload support, GPU memory, RAM, disk, cache dir, hub reachability.

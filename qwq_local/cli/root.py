@@ -5,15 +5,45 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from qwq_local import __version__
-from qwq_local.config import Settings
+from qwq_local.config import Sampling, Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+
+def _plain_params(params: list[Any]) -> list[Any]:
+    """Help without Typer's type labels: none on a flag (`--json`), a click-style word on a value."""
+    for param in params:
+        if param.param_type_name == "argument":
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = param.metavar or ""
+        elif param.metavar is None:
+            bare = param.bare_type() if hasattr(param, "bare_type") else "str"
+            param.metavar = {"int": "N", "float": "X", "Path": "PATH"}.get(bare, "TEXT")
+    return params
+
+
+class Command(TyperCommand):
+    """Every qwq command: help with plain labels."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_params(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """Every qwq command group: help with plain labels."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_params(super().get_params(ctx))
+
+
+app = typer.Typer(cls=Group, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Local reasoning assistant: QwQ-32B on llama.cpp with step-level A* search.")
-head_app = typer.Typer(no_args_is_help=True, help="Q-value heads.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: engine speed, accuracy.")
-history_app = typer.Typer(invoke_without_command=True, help="Saved conversations.")
+head_app = typer.Typer(cls=Group, no_args_is_help=True, help="Q-value heads.")
+bench_app = typer.Typer(cls=Group, no_args_is_help=True, help="Benchmarks: engine speed, accuracy.")
+history_app = typer.Typer(cls=Group, invoke_without_command=True, help="Saved conversations.")
 app.add_typer(head_app, name="head")
 app.add_typer(bench_app, name="bench")
 app.add_typer(history_app, name="history")
@@ -26,6 +56,32 @@ HeadOpt = typer.Option(None, "--head", help="Q-value head .gguf instead of the c
 JsonOpt = typer.Option(False, "--json", help="Print JSON.")
 EngineOpt = typer.Option(None, "--engine", help="URL of an OpenAI-compatible server that runs the model (QWQ_ENGINE).")
 ApiKeyOpt = typer.Option(None, "--api-key", help="Bearer token for --engine (QWQ_API_KEY).")
+SystemOpt = typer.Option(None, "--system", help="A system prompt before the conversation (QWQ_SYSTEM).")
+
+
+def _default(value: str) -> str:
+    """Help's default for an option whose own default is None (so that config and env can set it)."""
+    return rf" \[default: {value}]"
+
+
+_S = Sampling()  # the defaults shown are the ones used
+TemperatureOpt = typer.Option(None, "--temperature", "-t",
+                              help="Sampling temperature; 0 is greedy." + _default(f"{_S.temperature:g}"))
+TopPOpt = typer.Option(None, "--top-p",
+                       help="Nucleus sampling: the likeliest tokens up to this mass." + _default(f"{_S.top_p:g}"))
+TopKOpt = typer.Option(None, "--top-k", help="Sample among the K likeliest tokens (0: all)." + _default(str(_S.top_k)))
+MinPOpt = typer.Option(None, "--min-p",
+                       help="Drop tokens less likely than this times the likeliest." + _default(f"{_S.min_p:g}"))
+SeedOpt = typer.Option(None, "--seed", help="Random seed, for a repeatable reply." + _default("random"))
+MaxTokensOpt = typer.Option(None, "--max-tokens",
+                            help="Most tokens in a reply (thinking included)." + _default(str(_S.max_tokens)))
+PresenceOpt = typer.Option(None, "--presence-penalty",
+                           help="0-2: penalise tokens already said, against endless repetition." + _default("0, off"))
+RepeatOpt = typer.Option(None, "--repeat-penalty", help="llama.cpp's repetition penalty." + _default("1, off"))
+CacheKOpt = typer.Option(None, "--cache-type-k", help="KV cache K type: f16 | q8_0 | q4_0." + _default("f16"))
+CacheVOpt = typer.Option(None, "--cache-type-v",
+                         help="KV cache V type: f16 | q8_0 | q4_0 (quantised needs --flash-attn)." + _default("f16"))
+FlashOpt = typer.Option(None, "--flash-attn/--no-flash-attn", help="llama.cpp's flash attention." + _default("off"))
 
 
 def _version(value: bool) -> None:

@@ -7,13 +7,13 @@ from typing import List, Optional
 
 import typer
 
-from qwq_local.cli.root import CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
+from qwq_local.cli.root import Command, CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app, settings_from
 from qwq_local.serve.options import ServeOptions as O
 
 _D = O()
 
 
-@app.command()
+@app.command(cls=Command)
 def serve(
     model: Optional[str] = ModelOpt,
     host: str = typer.Option(_D.host, "--host", help="Address to bind; anything but loopback needs --api-key."),

@@ -12,15 +12,37 @@ import typer
 from qwq_local.app import runtime
 from qwq_local.app.search import SOLVE_SEARCH as S
 from qwq_local.app.solve import Backend, SolveResult, backend_for, read_problem
-from qwq_local.cli.root import (ApiKeyOpt, CtxOpt, EngineOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, app,
-                                settings_from)
+from qwq_local.cli.root import (
+    ApiKeyOpt,
+    Command,
+    EngineOpt,
+    CtxOpt,
+    GpuOpt,
+    HeadOpt,
+    MaxTokensOpt,
+    MinPOpt,
+    ModelOpt,
+    CacheKOpt,
+    CacheVOpt,
+    FlashOpt,
+    ModelsDirOpt,
+    PresenceOpt,
+    RepeatOpt,
+    SeedOpt,
+    SystemOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    app,
+    settings_from,
+)
 from qwq_local.config import Settings
 from qwq_local.errors import UsageError
 from qwq_local.problems.prompts import FORMATS
 from qwq_local.search.strategies import STRATEGIES
 
 
-@app.command()
+@app.command(cls=Command)
 def solve(
     ctx: typer.Context,
     file: str = typer.Argument(..., help="Markdown problem file, or - for stdin."),
@@ -29,13 +51,19 @@ def solve(
     fmt: str = typer.Option("auto", "--format", help=" | ".join(FORMATS) + " | auto"),
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking too."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    min_p: Optional[float] = typer.Option(None, "--min-p"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    temperature: Optional[float] = TemperatureOpt,
+    top_p: Optional[float] = TopPOpt,
+    top_k: Optional[int] = TopKOpt,
+    min_p: Optional[float] = MinPOpt,
+    seed: Optional[int] = SeedOpt,
+    max_tokens: Optional[int] = MaxTokensOpt,
+    presence_penalty: Optional[float] = PresenceOpt,
+    repeat_penalty: Optional[float] = RepeatOpt,
+    system: Optional[str] = SystemOpt,
     ctx_size: Optional[int] = CtxOpt,
+    cache_type_k: Optional[str] = CacheKOpt,
+    cache_type_v: Optional[str] = CacheVOpt,
+    flash_attn: Optional[bool] = FlashOpt,
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
     candidates: Optional[int] = typer.Option(None, "--candidates", "-K", help="Candidate steps per expansion."),
@@ -65,7 +93,9 @@ def solve(
 
     settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                              seed=seed, max_tokens=max_tokens, ctx=ctx_size, gpu_layers=gpu_layers,
-                             models_dir=models_dir, kv_budget=kv_budget, head=head, engine=engine, api_key=api_key)
+                             models_dir=models_dir, kv_budget=kv_budget, head=head, engine=engine, api_key=api_key,
+                             system=system, presence_penalty=presence_penalty, repeat_penalty=repeat_penalty,
+                             cache_type_k=cache_type_k, cache_type_v=cache_type_v, flash_attn=flash_attn)
     check_strategy(strategy)
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
@@ -79,7 +109,9 @@ def solve(
                  beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
                  max_depth=max_depth, completions=completions, choose=choose)
     options = search_options(search_defaults(strategy, S), **{k: v for k, v in given.items() if v is not None})
-    plan = runtime.plan_for(settings)
+    plan = runtime.plan_for(settings, prompt=problem)
+    if plan.note:
+        typer.echo(f"note: {plan.note}", err=True)
     if strategy == "direct" and settings.engine is None:
         result = _direct(plan, problem, fmt, settings, show_thinking, as_json)
     else:
@@ -90,7 +122,7 @@ def solve(
             typer.echo(f"note: {setup.note}", err=True)
         backend = ctx.obj if isinstance(ctx.obj, Backend) else backend_for(settings)
         with backend.policies(plan, settings) as policies:
-            result = solve_search(setup, problem, fmt, settings.sampling, policies)
+            result = solve_search(setup, problem, fmt, settings.sampling, policies, history=_system(settings))
     _print(result, as_json=as_json, show_thinking=show_thinking, show_tree=show_tree, trace=trace)
 
 
@@ -147,7 +179,8 @@ def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
             sys.stdout.flush()
 
         result = solve_direct(chat, problem, fmt, settings.sampling,
-                              on_piece=None if as_json else lambda piece: write(parser.feed(piece)))
+                              on_piece=None if as_json else lambda piece: write(parser.feed(piece)),
+                              system=settings.system)
         if not as_json:
             write(parser.close())
     finally:
@@ -155,6 +188,13 @@ def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
     if not as_json:
         sys.stdout.write("\n")
     return result
+
+
+def _system(settings: Settings) -> list[Any]:
+    """The system prompt as the messages a search's policy puts before the question."""
+    from qwq_local.dialog.messages import Message
+
+    return [Message("system", settings.system)] if settings.system else []
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -12,13 +12,18 @@ from qwq_local.dialog.think import CLOSE as THINK_CLOSE
 from qwq_local.dialog.think import OPEN_LINE as THINK_OPEN
 from qwq_local.dialog.think import strip_closed_thinking
 from qwq_local.engine.model import LoadedModel
+from qwq_local.engine.plan import RopePlan
 from qwq_local.errors import ExitCode, QwqError
 
 class LlamaChat:
     """A ChatModel over one loaded GGUF; keeps the KV cache across turns."""
 
-    def __init__(self, model: LoadedModel, *, think: bool | None = None) -> None:
+    def __init__(self, model: LoadedModel, *, think: bool | None = None,
+                 yarn_later: tuple[int, RopePlan] | None = None, on_note: Callable[[str], None] | None = None) -> None:
+        """`yarn_later` (tokens, plan): a conversation past that many tokens reloads with YaRN, once, and says so."""
         self.model = model
+        self.yarn_later = yarn_later
+        self.on_note = on_note
         self.name = model.name
         self.n_ctx = model.n_ctx
         self.last_stats: TurnStats | None = None
@@ -59,9 +64,11 @@ class LlamaChat:
 
     def _generate(self, prompt_text: str, thinks: bool, sampling: Sampling,
                   intervene: Callable[[str, int], str | None] | None) -> Iterator[str]:
-        llama = self.model.llama
         start = time.perf_counter()
         prompt = self.model.tokenize(prompt_text)
+        if self.yarn_later is not None and len(prompt) > self.yarn_later[0]:
+            self._switch_to_yarn(*self.yarn_later)
+        llama = self.model.llama
         if len(prompt) >= self.n_ctx:
             self.last_stats = TurnStats(len(prompt), 0, 0, 0, 0.0, 0.0, len(prompt), self.n_ctx, "context")
             raise ContextFullError(f"the conversation ({len(prompt):,} tokens) fills the context "
@@ -82,7 +89,8 @@ class LlamaChat:
         def generate() -> Iterator[int]:
             return llama.generate(
                 tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
-                temp=sampling.temperature, repeat_penalty=1.0, reset=True,
+                temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty,
+                presence_penalty=sampling.presence_penalty, reset=True,
             )
 
         gen = generate()
@@ -150,6 +158,13 @@ class LlamaChat:
                 stop_reason=stop_reason,
                 prefill_seconds=prefill,
             )
+
+    def _switch_to_yarn(self, threshold: int, rope: RopePlan) -> None:
+        self.yarn_later = None
+        self.model.reopen(rope)
+        if self.on_note is not None:
+            self.on_note(f"YaRN on (x{rope.factor:g} over {rope.orig_ctx:,}): the conversation is past {threshold:,} "
+                         "tokens, as the model card asks; its cache is rebuilt once")
 
     def complete(self, messages: list[Message], sampling: Sampling) -> str:
         """The whole reply as one string."""

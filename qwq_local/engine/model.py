@@ -5,18 +5,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import llama_cpp
 
-from qwq_local.engine.plan import RopePlan
+from qwq_local.engine.plan import KVCache, RopePlan
 from qwq_local.engine.template import ChatTemplate, TemplateError
 from qwq_local.errors import ExitCode, ModelFileError, OutOfMemoryError
 
 if TYPE_CHECKING:  # pragma: no cover
     from qwq_local.dialog.messages import Message
+
+GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
 
 # Used only when a GGUF carries no chat template: ChatML, as Qwen models use.
 CHATML = (
@@ -36,6 +38,7 @@ class LoadOptions:
     n_batch: int = 512
     seed: int = 0xFFFFFFFF
     verbose: bool = False
+    cache: KVCache = KVCache()  # KV-cache types and flash attention
 
 
 def physical_cores() -> int:
@@ -84,16 +87,35 @@ def quiet_stderr(enabled: bool) -> Iterator[None]:
         os.close(fd)
 
 
+def count_tokens(path: Path, text: str) -> int:
+    """Tokens of `text` by the model's own tokenizer, loading its vocabulary only (no weights, no context)."""
+    with quiet_stderr(True):
+        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return len(vocab.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+    finally:
+        vocab.close()
+
+
 class LoadedModel:
     """A GGUF loaded into llama.cpp, with one chat context (the high-level Llama)."""
 
     def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
         self.path = Path(path)
+        self._open(options)
+
+    def reopen(self, rope: RopePlan) -> None:
+        """Load again with another RoPE plan (llama.cpp reads it only when a context is made); the cache is lost."""
+        self.close()
+        self._open(replace(self.options, rope=rope))
+
+    def _open(self, options: LoadOptions) -> None:
         self.options = options
         rope = options.rope
-        kwargs: dict = {}
+        kwargs: dict = dict(type_k=GGML_TYPES[options.cache.type_k], type_v=GGML_TYPES[options.cache.type_v],
+                             flash_attn=options.cache.flash_attn)
         if rope is not None and rope.yarn:
-            kwargs = dict(
+            kwargs.update(
                 rope_scaling_type=llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
                 rope_freq_scale=rope.freq_scale,
                 yarn_orig_ctx=rope.orig_ctx,

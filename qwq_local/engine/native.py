@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import llama_cpp
 
-from qwq_local.engine.model import LoadedModel, quiet_stderr
+from qwq_local.engine.model import GGML_TYPES, LoadedModel, quiet_stderr
 from qwq_local.errors import OutOfMemoryError
 
 
@@ -41,6 +41,10 @@ class NativeContext:
             params.rope_scaling_type = llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN
             params.rope_freq_scale = rope.freq_scale
             params.yarn_orig_ctx = rope.orig_ctx
+        cache = model.options.cache  # the KV tree's cache as the model's own context
+        params.type_k, params.type_v = GGML_TYPES[cache.type_k], GGML_TYPES[cache.type_v]
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if cache.flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         if spec.embeddings:
             params.embeddings = True
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE

@@ -132,6 +132,15 @@ def _budget(s: ChatSession, arg: str) -> bool:
     return False
 
 
+def _system(s: ChatSession, arg: str) -> bool:
+    if not arg:
+        info(s.env, f"system prompt: {s.system!r}" if s.system else "system prompt: none  (/system TEXT, /system off)")
+        return False
+    s.system = None if arg.lower() in ("off", "none") else arg
+    info(s.env, "system prompt: off" if s.system is None else "system prompt set for the next turns")
+    return False
+
+
 def _ctx(s: ChatSession, arg: str) -> bool:
     stats = s.last_stats
     if stats is None or not stats.ctx_used:
@@ -148,7 +157,8 @@ def _model(s: ChatSession, arg: str) -> bool:
     info(
         s.env,
         f"{s.model.name} · ctx {s.model.n_ctx:,} · {thinks} · temperature {p.temperature:g} · top_p {p.top_p:g}"
-        f" · top_k {p.top_k} · min_p {p.min_p:g} · max_tokens {p.max_tokens:,}",
+        f" · top_k {p.top_k} · min_p {p.min_p:g} · max_tokens {p.max_tokens:,}"
+        f" · presence_penalty {p.presence_penalty:g} · repeat_penalty {p.repeat_penalty:g}",
     )
     return False
 
@@ -219,6 +229,7 @@ COMMANDS: dict[str, Command] = {
         Command("/tree", "/tree [N]", "show the last search tree summary (or turn N's)", _tree),
         Command("/search", "/search STRATEGY", f"strategy for the next turns: {'|'.join(STRATEGIES)}", _search),
         Command("/budget", "/budget N|off", "thinking budget in tokens", _budget),
+        Command("/system", "/system TEXT|off", "the system prompt for the next turns", _system),
         Command("/ctx", "/ctx", "context used and its size", _ctx),
         Command("/model", "/model", "the model and its sampling settings", _model),
         Command("/reset", "/reset", "start a new conversation", _reset),

@@ -261,6 +261,22 @@ class History:
                                                        f"failed ({exc}); this session is kept in memory only")
         return SaveResult(conversation_id, int(cur.lastrowid or 0), int(idx))
 
+    def delete(self, conversation_id: int) -> int:
+        """Delete a conversation and every turn of it, thinking included, overwriting what SQLite frees.
+
+        Returns the number of turns deleted; HistoryError when there is no such conversation.
+        """
+        self._require(conversation_id)
+        try:
+            self._conn.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not left readable
+            with self._transaction():
+                count = self._conn.execute("DELETE FROM turns WHERE conversation_id = ?", (conversation_id,)).rowcount
+                self._conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # nor kept in old WAL frames
+        except sqlite3.OperationalError as exc:
+            raise HistoryError(_write_warning(exc)) from None
+        return int(count)
+
     # --- reads ----------------------------------------------------------------------------
 
     def conversations(self, limit: int | None = None) -> list[Conversation]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from typing import Literal
 
 from qwq_local.errors import UsageError
@@ -25,9 +27,12 @@ def hit_line(hit: SearchHit) -> str:
     return f"{where:>8}  {prompt}  — {' '.join(hit.snippet.split())}"
 
 
-def print_conversations(env: Env, history: History, limit: int | None = 20) -> int:
+def print_conversations(env: Env, history: History, limit: int | None = 20, as_json: bool = False) -> int:
     """List conversations, most recently active first; returns how many were listed."""
     conversations = history.conversations(limit=limit)
+    if as_json:
+        write(env.stdout, json.dumps([asdict(c) for c in conversations], ensure_ascii=False, indent=2) + "\n")
+        return len(conversations)
     if not conversations:
         info(env, "no conversations yet; `qwq chat` starts one")
         return 0
@@ -36,11 +41,14 @@ def print_conversations(env: Env, history: History, limit: int | None = 20) -> i
     return len(conversations)
 
 
-def print_search(env: Env, history: History, text: str, limit: int = 20) -> int:
+def print_search(env: Env, history: History, text: str, limit: int = 20, as_json: bool = False) -> int:
     """Full-text search over prompts and answers; lines are `conversation.turn  prompt — snippet`."""
     if not text.strip():
         raise UsageError("search needs some words")
     hits = history.search(text, limit=limit)
+    if as_json:
+        write(env.stdout, json.dumps([asdict(h) for h in hits], ensure_ascii=False, indent=2) + "\n")
+        return len(hits)
     if not hits:
         info(env, f"nothing in history matches {text!r}")
         return 0

@@ -33,6 +33,7 @@ def info_dict(plan: Any) -> dict[str, Any]:
     info, off, rope = plan.info, plan.offload, plan.rope
     return {
         "path": str(info.path),
+        "pulled": plan.pulled,
         "architecture": info.architecture,
         "name": info.name,
         "parameters": info.parameter_count,
@@ -45,12 +46,14 @@ def info_dict(plan: Any) -> dict[str, Any]:
         "chat_template": bool(info.chat_template),
         "n_layer": info.n_layer, "n_head": info.n_head, "n_head_kv": info.n_head_kv,
         "n_embd": info.n_embd, "head_dim": info.head_dim,
-        "kv_bytes_per_token": info.kv_bytes_per_token(),
+        "kv_bytes_per_token": plan.kv_bytes_per_token,
+        "kv_cache": {"type_k": plan.cache.type_k, "type_v": plan.cache.type_v, "flash_attn": plan.cache.flash_attn},
         "plan": {
             "ctx": plan.n_ctx,
             "yarn": rope.yarn, "yarn_factor": rope.factor, "yarn_orig_ctx": rope.orig_ctx,
             "kv_bytes": off.kv_bytes, "gpu_layers": off.n_gpu_layers, "n_layer": off.n_layer,
             "gpu_bytes": off.gpu_bytes, "ram_bytes": off.ram_bytes,
+            "fits": off.shortfall_bytes == 0, "shortfall_bytes": off.shortfall_bytes,
             "device": off.device.name if off.device else None, "summary": off.describe(),
         },
     }
@@ -63,13 +66,16 @@ def print_info(plan: Any, as_json: bool = False) -> None:
         return
     p = d["plan"]
     yarn = f"YaRN x{p['yarn_factor']:g} over {p['yarn_orig_ctx']:,}" if p["yarn"] else "native (no YaRN)"
+    where = d["path"] if d["pulled"] else f"not pulled (the catalog's facts; `qwq pull` puts it in {d['path']})"
+    size = fmt_bytes(d["file_size"]) if d["pulled"] else "~" + fmt_bytes(d["file_size"])
     lines = [
-        f"file          {d['path']} ({fmt_bytes(d['file_size'])}{', %d shards' % d['shards'] if d['shards'] > 1 else ''})",
+        f"file          {where} ({size}{', %d shards' % d['shards'] if d['shards'] > 1 else ''})",
         f"model         {d['name'] or '?'} · {d['architecture']} · {d['parameters'] / 1e9:.2f} B params · {d['quant']}",
         f"context       native {_count(d['native_context'])} · rope base {d['rope']['freq_base']}",
         f"shape         {d['n_layer']} layers · {d['n_head']} heads ({d['n_head_kv']} KV) · head dim {d['head_dim']} · embd {d['n_embd']}",
         f"chat template {'from GGUF' if d['chat_template'] else 'none (ChatML used)'}",
-        f"KV cache      {fmt_bytes(d['kv_bytes_per_token'])}/token · {fmt_bytes(p['kv_bytes'])} at ctx {p['ctx']:,}",
+        f"KV cache      {fmt_bytes(d['kv_bytes_per_token'])}/token · {fmt_bytes(p['kv_bytes'])} at ctx {p['ctx']:,} "
+        f"({plan.cache.describe()})",
         f"rope plan     {yarn}",
         f"offload       {p['summary']}",
     ]
@@ -81,7 +87,10 @@ def print_doctor(report: dict[str, Any], as_json: bool = False) -> None:
         typer.echo(json.dumps(report, indent=2))
         return
     ll = report["llama_cpp"]
-    backends = [name for name in ("cuda", "metal") if ll[name]] or ["cpu"]
+    from qwq_local.engine.plan import device_kind
+
+    gpus = [name.split(" ", 1)[0] for name in ll.get("devices", []) if not name.startswith("CPU")]
+    backends = list(dict.fromkeys(device_kind(name) for name in gpus)) or ["cpu"]
     gpu = report["gpu"]
     lines = [
         f"llama.cpp     llama-cpp-python {ll['llama_cpp_python']} · backend {', '.join(backends).upper()} · "

@@ -67,6 +67,7 @@ class ChatSession:
         self.think_budget = think_budget
         self.strategy_runner = strategy_runner
         self.strategy = DIRECT
+        self.system: str | None = settings.system  # --system, changed by /system
         self.turns: list[Turn] = []
         self.conversation_id: int | None = None
         self.last_stats: TurnStats | None = None
@@ -80,7 +81,7 @@ class ChatSession:
 
         A turn interrupted before it had any answer is left out (it stays in history and /think).
         """
-        messages: list[Message] = []
+        messages: list[Message] = [Message("system", self.system)] if self.system else []
         for turn in self.turns:
             if turn.answer.strip():
                 messages += [Message("user", turn.prompt), Message("assistant", turn.answer)]

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from qwq_local.errors import HeadMismatchError, InputFileError
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no cross-process lock
-    fcntl = None  # type: ignore[assignment]
+def lock_path(path: Path) -> Path:
+    """The lock file a label store's writers take turns on."""
+    return path.with_name(path.name + ".lock")
+
 
 FORMAT = "qwq_local-labels"
 VERSION = 1
@@ -123,9 +124,7 @@ class LabelStore:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        with self.path.open("ab") as f:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        with FileLock(lock_path(self.path)), self.path.open("ab") as f:  # one writer at a time, on every OS
             scan = self._current()
             _check_model(self.path, scan.model, self.model)
             known = n_embds | ({scan.n_embd} if scan.n_embd is not None else set())
