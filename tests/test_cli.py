@@ -158,14 +158,18 @@ def test_bad_search_option_is_a_usage_error(capsys: pytest.CaptureFixture[str], 
 
 
 @pytest.mark.model
-def test_astar_uses_the_shipped_head_by_default(capsys: pytest.CaptureFixture[str], qwen_path: Path) -> None:
-    """The catalog ships a Q-value head for qwen2.5-coder-0.5b: A* scores with it unless told otherwise."""
-    code, out, err = run_cli(["solve", str(NATALIA), "--model", "qwen2.5-coder-0.5b", "--strategy", "astar",
-                              "--candidates", "2", "--trajectories", "1", "--max-expansions", "3",
-                              "--max-tokens", "200", "--ctx", "2048", "--seed", "2", "--json"], capsys)
+def test_astar_scores_by_confidence_and_the_shipped_head_when_named(capsys: pytest.CaptureFixture[str],
+                                                                   qwen_path: Path) -> None:
+    """A* scores by token confidence unless told otherwise; the catalog's Q-value head when it is named."""
+    base = ["solve", str(NATALIA), "--model", "qwen2.5-coder-0.5b", "--strategy", "astar", "--trajectories", "2",
+            "--max-tokens", "200", "--ctx", "2048", "--seed", "2", "--json"]
+    code, out, err = run_cli(base, capsys)
     assert code == 0, err
     data = json.loads(out)
-    assert data["scorer"] == "qhead" and "no Q-value head" not in err
+    assert data["scorer"] == "confidence" and len(data["terminal_answers"]) >= 2
+    code, out, err = run_cli(base + ["--scorer", "qhead", "--max-depth", "1", "--trajectories", "1"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["scorer"] == "qhead"
     code, out, _ = run_cli(["head", "info", str(Path(__file__).parent.parent / "models" /
                                                "qwen2.5-coder-0.5b.qhead.gguf"), "--json"], capsys)
     info = json.loads(out)

@@ -95,7 +95,8 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         check_can_plot(plot)
     problems = load_problems(data, limit)
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
-    needs_head = any(_names_qhead(s.choices or ()) for s in specs if needs_scorer(s.name))
+    needs_head = any(_names_qhead(s.choices or ()) or (s.choices is None and settings.head is not None)
+                     for s in specs if needs_scorer(s.name))
     head = load_head(plan, settings, required=True) if needs_head else None
     head_id = f"{head.path.name} sha256:{sha256_file(head.path)[:16]}" if head is not None else None
     setups = {s.label: _search_setup(s, options[s.label], plan, settings, head) for s in specs}

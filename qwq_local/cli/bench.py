@@ -10,8 +10,9 @@ import typer
 from qwq_local.app.search import BENCH_SEARCH as S
 from qwq_local.bench.choose import DEFAULT_CHOOSERS as CHOOSERS
 from qwq_local.bench.choose import STAT_SIGNALS
-from qwq_local.cli.root import (ApiKeyOpt, Command, CtxOpt, EngineOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt,
-                                bench_app, settings_from)
+from qwq_local.cli.root import (AggOpt, ApiKeyOpt, BeamOpt, CandidatesOpt, ChooseOpt, Command, CompletionsOpt,
+                                CtxOpt, EngineOpt, GpuOpt, HeadOpt, LambdaOpt, MaxDepthOpt, MaxExpansionsOpt, ModelOpt,
+                                ModelsDirOpt, TimeLimitOpt, TrajectoriesOpt, bench_app, given, settings_from)
 from qwq_local.errors import UsageError
 
 BENCH_MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
@@ -70,16 +71,16 @@ def bench_accuracy(
     seed: Optional[int] = typer.Option(None, "--seed", help="Default: one seed per problem."),
     max_tokens: Optional[int] = typer.Option(512, "--max-tokens", help="Tokens of one reply."),
     ctx: Optional[int] = CtxOpt,
-    candidates: Optional[int] = typer.Option(None, "--candidates", "-K"),
-    trajectories: Optional[int] = typer.Option(None, "--trajectories", "-N"),
-    beam: Optional[int] = typer.Option(None, "--beam", "-B"),
-    lam: Optional[float] = typer.Option(None, "--lambda"),
-    agg: Optional[str] = typer.Option(None, "--agg"),
-    max_expansions: Optional[int] = typer.Option(None, "--max-expansions"),
-    max_depth: Optional[int] = typer.Option(None, "--max-depth"),
-    completions: Optional[int] = typer.Option(None, "--completions"),
-    choose: Optional[str] = typer.Option(None, "--choose", help="A*'s answer: best | vote | value."),
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds per search."),
+    candidates: Optional[int] = CandidatesOpt,
+    trajectories: Optional[int] = TrajectoriesOpt,
+    beam: Optional[int] = BeamOpt,
+    lam: Optional[float] = LambdaOpt,
+    agg: Optional[str] = AggOpt,
+    max_expansions: Optional[int] = MaxExpansionsOpt,
+    max_depth: Optional[int] = MaxDepthOpt,
+    completions: Optional[int] = CompletionsOpt,
+    choose: Optional[str] = ChooseOpt,
+    time_limit: Optional[float] = TimeLimitOpt,
     results: Optional[Path] = typer.Option(None, "--results", help="JSONL of runs; a rerun resumes it."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against generated tokens."),
     as_json: bool = typer.Option(False, "--json"),
@@ -94,11 +95,10 @@ def bench_accuracy(
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
                              gpu_layers=gpu_layers, models_dir=models_dir, head=head)
-    given = dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
-                 max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
-                 completions=completions, choose=choose)
-    run_accuracy_bench(settings, data, limit, strategy, {k: v for k, v in given.items() if v is not None}, results,
-                       as_json, plot)
+    changes = given(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
+                    max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
+                    completions=completions, choose=choose)
+    run_accuracy_bench(settings, data, limit, strategy, changes, results, as_json, plot)
 
 
 @bench_app.command("bank", cls=Command)

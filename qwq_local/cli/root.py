@@ -103,3 +103,23 @@ def settings_from(**flags: Any) -> Settings:
     from qwq_local.config import load_settings
 
     return load_settings(flags)
+
+
+# The search knobs (SearchConfig fields) as flags, declared once for `solve` and `bench accuracy`. None: the
+# strategy's own default (app.search.search_defaults), so that a flag changes only what it names.
+CandidatesOpt = typer.Option(None, "--candidates", "-K", help="Candidate steps per expansion.")
+TrajectoriesOpt = typer.Option(None, "--trajectories", "-N", help="Finished paths (samples) to collect.")
+BeamOpt = typer.Option(None, "--beam", "-B", help="Most open nodes A* keeps.")
+BeamWidthOpt = typer.Option(None, "--beam-width", help="Paths kept per depth by beam search.")
+LambdaOpt = typer.Option(None, "--lambda", help="Weight of h in f = g + lambda*h.")
+AggOpt = typer.Option(None, "--agg", help="How step values make g: min | max | sum | mean | last | prod.")
+TimeLimitOpt = typer.Option(None, "--time-limit", help="Seconds for a search.")
+MaxExpansionsOpt = typer.Option(None, "--max-expansions", help="Most expansions (sample calls).")
+MaxDepthOpt = typer.Option(None, "--max-depth", help="Steps A* branches; deeper states are completed.")
+CompletionsOpt = typer.Option(None, "--completions", help="Replies completed from each open node at the end.")
+ChooseOpt = typer.Option(None, "--choose", help="A*'s answer: best | vote | value (value-weighted vote).")
+
+
+def given(**values: object) -> dict[str, object]:
+    """The flags a user set (not None), as SearchConfig changes."""
+    return {name: value for name, value in values.items() if value is not None}

@@ -13,6 +13,18 @@ from qwq_local.app import runtime
 from qwq_local.app.search import SOLVE_SEARCH as S
 from qwq_local.app.solve import Backend, SolveResult, backend_for, read_problem
 from qwq_local.cli.root import (
+    AggOpt,
+    BeamOpt,
+    BeamWidthOpt,
+    CandidatesOpt,
+    ChooseOpt,
+    CompletionsOpt,
+    LambdaOpt,
+    MaxDepthOpt,
+    MaxExpansionsOpt,
+    TimeLimitOpt,
+    TrajectoriesOpt,
+    given,
     ApiKeyOpt,
     Command,
     EngineOpt,
@@ -66,21 +78,20 @@ def solve(
     flash_attn: Optional[bool] = FlashOpt,
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
-    candidates: Optional[int] = typer.Option(None, "--candidates", "-K", help="Candidate steps per expansion."),
-    trajectories: Optional[int] = typer.Option(None, "--trajectories", "-N", help="Finished paths (samples) to collect."),
-    beam: Optional[int] = typer.Option(None, "--beam", "-B", help="Most open nodes kept."),
-    beam_width: Optional[int] = typer.Option(None, "--beam-width", help="Paths kept per depth by beam search."),
-    lam: Optional[float] = typer.Option(None, "--lambda", help="Weight of h in f = g + lambda*h."),
-    agg: Optional[str] = typer.Option(None, "--agg", help="min | max | sum | mean | last"),
-    scorer: Optional[str] = typer.Option(None, "--scorer",
-                                         help="qhead | self-eval | rules, joined by + (NAME:WEIGHT weighs one)."),
+    candidates: Optional[int] = CandidatesOpt,
+    trajectories: Optional[int] = TrajectoriesOpt,
+    beam: Optional[int] = BeamOpt,
+    beam_width: Optional[int] = BeamWidthOpt,
+    lam: Optional[float] = LambdaOpt,
+    agg: Optional[str] = AggOpt,
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="confidence | qhead | self-eval | rules, joined by + "
+                                         "(NAME:WEIGHT weighs one)."),
     head: Optional[Path] = HeadOpt,
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the search."),
-    max_expansions: Optional[int] = typer.Option(None, "--max-expansions", help="Most expansions (sample calls)."),
-    max_depth: Optional[int] = typer.Option(None, "--max-depth", help="Steps A* branches; deeper states are completed."),
-    completions: Optional[int] = typer.Option(None, "--completions",
-                                    help="Replies completed from each open node when the budget runs out."),
-    choose: Optional[str] = typer.Option(None, "--choose", help="A*'s answer: best | vote | value (value-weighted vote)."),
+    time_limit: Optional[float] = TimeLimitOpt,
+    max_expansions: Optional[int] = MaxExpansionsOpt,
+    max_depth: Optional[int] = MaxDepthOpt,
+    completions: Optional[int] = CompletionsOpt,
+    choose: Optional[str] = ChooseOpt,
     kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
                                             help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
@@ -105,10 +116,10 @@ def solve(
         raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)
     # every search option checked before the model is even located, and the head loaded before it loads
-    given = dict(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
-                 beam_width=beam_width, time_limit=time_limit, max_expansions=max_expansions,
-                 max_depth=max_depth, completions=completions, choose=choose)
-    options = search_options(search_defaults(strategy, S), **{k: v for k, v in given.items() if v is not None})
+    options = search_options(search_defaults(strategy, S), **given(
+        candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg, beam_width=beam_width,
+        time_limit=time_limit, max_expansions=max_expansions, max_depth=max_depth, completions=completions,
+        choose=choose))
     plan = runtime.plan_for(settings, prompt=problem)
     if plan.note:
         typer.echo(f"note: {plan.note}", err=True)
