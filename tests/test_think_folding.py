@@ -218,3 +218,19 @@ def test_degenerate_single_word_repetition_is_a_loop() -> None:
 def test_budget_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Intervention(budget=0)
+
+
+def test_the_tally_counts_thinking_until_it_closes_and_forced_words_as_thinking() -> None:
+    from qwq_local.dialog.think import ThinkTally
+
+    tally = ThinkTally(True, started=0.0)
+    for piece in ["Let", " me", "</", "think>", "\n\n", "42"]:
+        tally.token(piece)
+    assert (tally.n_think, tally.n_answer, tally.in_think) == (4, 2, False)
+    assert tally.thinking == "Let me</think>" and tally.think_end is not None
+    forced = ThinkTally(True, started=0.0)
+    forced.token("hmm")
+    forced.forced("\n</think>\n\n", 3)
+    assert (forced.n_think, forced.in_think) == (4, False)
+    assert ThinkTally(False, started=0.0).thinking_seconds(5.0, thinks=False) == 0.0
+    assert ThinkTally(True, started=1.0).thinking_seconds(5.0, thinks=True) == 4.0  # still thinking: up to now

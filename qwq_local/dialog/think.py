@@ -16,8 +16,9 @@ Rules (the same for any split of the reply into pieces):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 OPEN = "<think>"
@@ -170,3 +171,46 @@ def strip_closed_thinking(text: str) -> str:
 def wrap_thinking(thinking: str, answer: str) -> str:
     """A reply written back from its parts: the thinking in its tags, then the answer."""
     return f"{OPEN_LINE}{thinking}\n{CLOSE}\n\n{answer}" if thinking else answer
+
+
+@dataclass
+class ThinkTally:
+    """A streamed reply's thinking and answer tokens, and when its thinking closed (both chat engines keep one)."""
+
+    in_think: bool
+    started: float
+    n_think: int = 0
+    n_answer: int = 0
+    think_end: float | None = None
+    pieces: list[str] = field(default_factory=list)  # the thinking so far
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self.pieces)
+
+    def token(self, piece: str) -> None:
+        """One sampled token's text: thinking until `</think>` has been written, answer after."""
+        if self.in_think:
+            self.n_think += 1
+            self.pieces.append(piece)
+            self._close_if(CLOSE in "".join(self.pieces[-8:]))
+        else:
+            self.n_answer += 1
+
+    def forced(self, text: str, n_tokens: int) -> None:
+        """Words put into the thinking from outside (a budget closing it), counted as thinking tokens."""
+        self.n_think += n_tokens
+        self.pieces.append(text)
+        self._close_if(CLOSE in text)
+
+    def thinking_seconds(self, now: float, thinks: bool) -> float:
+        """Seconds from the start to the thinking's end (to `now` while still thinking); 0 with no thinking."""
+        if not (thinks or self.n_think):
+            return 0.0
+        end = now if self.in_think or self.think_end is None else self.think_end
+        return end - self.started
+
+    def _close_if(self, closed: bool) -> None:
+        if closed:
+            self.in_think = False
+            self.think_end = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message, TurnStats
-from qwq_local.dialog.think import CLOSE as THINK_CLOSE
+from qwq_local.dialog.think import ThinkTally
 from qwq_local.dialog.think import OPEN_LINE as THINK_OPEN
 from qwq_local.dialog.think import strip_closed_thinking
 from qwq_local.engine.model import LoadedModel
@@ -75,10 +75,7 @@ class LlamaChat:
                                    f"({self.n_ctx:,}); use /reset or a larger --ctx")
         cached = _common_prefix(llama.input_ids[: llama.n_tokens].tolist(), prompt)
         evaluated = len(prompt) - min(cached, len(prompt) - 1)
-        in_think = thinks
-        thinking_text: list[str] = []
-        n_think = n_answer = 0
-        think_end = start
+        tally = ThinkTally(thinks, start)
         stop_reason = "length"
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         budget = min(sampling.max_tokens, self.n_ctx - len(prompt))
@@ -95,7 +92,7 @@ class LlamaChat:
 
         gen = generate()
         prefill = 0.0
-        if in_think:
+        if tally.in_think:
             yield THINK_OPEN
         try:
             token = next(gen)
@@ -106,30 +103,19 @@ class LlamaChat:
                     break
                 tokens.append(token)
                 piece = decoder.decode(self.model.token_bytes(token))
-                if in_think:
-                    n_think += 1
-                    thinking_text.append(piece)
-                    if THINK_CLOSE in "".join(thinking_text[-8:]):
-                        in_think = False
-                        think_end = time.perf_counter()
-                else:
-                    n_answer += 1
+                tally.token(piece)
                 if piece:
                     yield piece
-                if n_think + n_answer >= budget:
+                if tally.n_think + tally.n_answer >= budget:
                     break
                 inject: list[int] | None = None
-                if in_think and intervene is not None:
-                    extra = intervene("".join(thinking_text), n_think)
+                if tally.in_think and intervene is not None:
+                    extra = intervene(tally.thinking, tally.n_think)
                     if extra:
                         inject = self.model.tokenize(extra, bos=False)
-                        n_think += len(inject)
-                        thinking_text.append(extra)
-                        intervene("".join(thinking_text), n_think)  # the count with the forced words
+                        tally.forced(extra, len(inject))
+                        intervene(tally.thinking, tally.n_think)  # the count with the forced words
                         yield extra
-                        if THINK_CLOSE in extra:
-                            in_think = False
-                            think_end = time.perf_counter()
                 if inject:
                     # A fresh generate() over everything so far: its prefix reuse evaluates only
                     # the last sampled token and the injected ones (send() needs logits_all).
@@ -149,10 +135,10 @@ class LlamaChat:
             self.last_stats = TurnStats(
                 prompt_tokens=len(prompt),
                 evaluated_prompt_tokens=evaluated,
-                thinking_tokens=n_think,
-                answer_tokens=n_answer,
+                thinking_tokens=tally.n_think,
+                answer_tokens=tally.n_answer,
                 seconds=now - start,
-                thinking_seconds=((think_end if not in_think else now) - start) if thinks or n_think else 0.0,
+                thinking_seconds=tally.thinking_seconds(now, thinks),
                 ctx_used=llama.n_tokens,
                 n_ctx=self.n_ctx,
                 stop_reason=stop_reason,

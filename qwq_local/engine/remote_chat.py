@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message, TurnStats
-from qwq_local.dialog.think import CLOSE as THINK_CLOSE
+from qwq_local.dialog.think import ThinkTally
 from qwq_local.dialog.think import OPEN_LINE as THINK_OPEN
 from qwq_local.dialog.think import strip_closed_thinking
 from qwq_local.engine.remote import PromptFormat
@@ -52,20 +52,17 @@ class RemoteChat:
             self.last_stats = TurnStats(n_prompt, 0, 0, 0, 0.0, 0.0, n_prompt, self.n_ctx, "context")
             raise QwqError(f"the conversation ({n_prompt:,} tokens) fills the context ({self.n_ctx:,}); use /reset "
                            "or a larger --ctx", ExitCode.CONTEXT_TOO_LARGE)
-        in_think = self.thinks
-        thinking: list[str] = []
+        tally = ThinkTally(self.thinks, start)
         generated = ""
-        n_think = n_answer = 0
-        think_end = start
         prefill = 0.0
         stop_reason = "length"
         budget = min(sampling.max_tokens, self.n_ctx - n_prompt)
-        if in_think:
+        if tally.in_think:
             yield THINK_OPEN
         try:
-            while n_think + n_answer < budget:
+            while tally.n_think + tally.n_answer < budget:
                 body: dict[str, Any] = {
-                    "prompt": prompt + generated, "max_tokens": budget - n_think - n_answer,
+                    "prompt": prompt + generated, "max_tokens": budget - tally.n_think - tally.n_answer,
                     "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                     "min_p": sampling.min_p, "repeat_penalty": 1.0, "cache_prompt": True,
                 }
@@ -81,29 +78,18 @@ class RemoteChat:
                         if piece:
                             prefill = prefill or time.perf_counter() - start
                             generated += piece
-                            if in_think:
-                                n_think += 1
-                                thinking.append(piece)
-                                if THINK_CLOSE in "".join(thinking[-8:]):
-                                    in_think = False
-                                    think_end = time.perf_counter()
-                            else:
-                                n_answer += 1
+                            tally.token(piece)
                             yield piece
                         if finish is not None:
                             stop_reason = "eos" if finish == "stop" else "length"
                             break
-                        if in_think and intervene is not None and piece:
-                            extra = intervene("".join(thinking), n_think)
+                        if tally.in_think and intervene is not None and piece:
+                            extra = intervene(tally.thinking, tally.n_think)
                             if extra:  # forced words: this request ends, the next one reads them as prompt
-                                n_think += self.format.count_tokens(extra)
-                                thinking.append(extra)
+                                tally.forced(extra, self.format.count_tokens(extra))
                                 generated += extra
-                                intervene("".join(thinking), n_think)
+                                intervene(tally.thinking, tally.n_think)
                                 yield extra
-                                if THINK_CLOSE in extra:
-                                    in_think = False
-                                    think_end = time.perf_counter()
                                 forced = True
                                 break
                 finally:
@@ -119,10 +105,10 @@ class RemoteChat:
         finally:
             now = time.perf_counter()
             self.last_stats = TurnStats(
-                prompt_tokens=n_prompt, evaluated_prompt_tokens=n_prompt, thinking_tokens=n_think,
-                answer_tokens=n_answer, seconds=now - start,
-                thinking_seconds=((think_end if not in_think else now) - start) if self.thinks or n_think else 0.0,
-                ctx_used=n_prompt + n_think + n_answer, n_ctx=self.n_ctx, stop_reason=stop_reason,
+                prompt_tokens=n_prompt, evaluated_prompt_tokens=n_prompt, thinking_tokens=tally.n_think,
+                answer_tokens=tally.n_answer, seconds=now - start,
+                thinking_seconds=tally.thinking_seconds(now, self.thinks),
+                ctx_used=n_prompt + tally.n_think + tally.n_answer, n_ctx=self.n_ctx, stop_reason=stop_reason,
                 prefill_seconds=prefill,
             )
 
