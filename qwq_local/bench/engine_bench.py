@@ -71,6 +71,20 @@ def _expansions(shape: SearchShape, open_nodes: list[tuple[int, Any]]) -> Iterat
         yield open_nodes.pop(rng.choice(candidates))
 
 
+def synthetic_search(policy: Any, root: int, shape: SearchShape) -> None:
+    """The synthetic search from `root` on any StepLM: K children per expansion of a seeded-random open node."""
+    open_nodes: list[tuple[int, int]] = [(0, root)]
+    stop = StepStop(delimiter=None, max_tokens=shape.step_tokens)
+    for depth, node in _expansions(shape, open_nodes):
+        children = policy.sample(node, shape.branching, stop)
+        policy.release(node)
+        for child in children:
+            if child.finished:  # an ended reply is not expanded: its cells go back at once
+                policy.release(child.branch)
+            else:
+                open_nodes.append((depth + 1, child.branch))
+
+
 def run_tree_search(model: LoadedModel, shape: SearchShape, sampling: Sampling, kv_budget: int | None) -> dict:
     """The synthetic search on the KV tree: K children decoded together per expansion."""
     prompt = synthetic_prompt(model, shape.prompt_tokens)
@@ -78,17 +92,7 @@ def run_tree_search(model: LoadedModel, shape: SearchShape, sampling: Sampling, 
     start = time.perf_counter()
     with KVTree(model, n_ctx=n_ctx, n_seq_max=shape.expansions * shape.branching + 8, kv_budget=kv_budget) as tree:
         policy = TreePolicy(model, tree, sampling, thinks=False, max_reply_tokens=10**6)
-        handle = policy.open_tokens(prompt)
-        open_nodes: list[tuple[int, int]] = [(0, handle)]
-        stop = StepStop(delimiter=None, max_tokens=shape.step_tokens)
-        for depth, node in _expansions(shape, open_nodes):
-            children = policy.sample(node, shape.branching, stop)
-            policy.release(node)
-            for child in children:
-                if child.finished:  # an ended reply is not expanded: its cells go back at once
-                    policy.release(child.branch)
-                else:
-                    open_nodes.append((depth + 1, child.branch))
+        synthetic_search(policy, policy.open_tokens(prompt), shape)
         seconds = time.perf_counter() - start
         stats = tree.stats
         out = {

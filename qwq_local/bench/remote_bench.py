@@ -10,12 +10,11 @@ import re
 import time
 from typing import Any
 
-from qwq_local.bench.engine_bench import FILLER, SearchShape, _expansions
+from qwq_local.bench.engine_bench import FILLER, SearchShape, synthetic_search
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message
 from qwq_local.engine.remote import RemotePolicy
 from qwq_local.engine.remote_client import CompletionServer
-from qwq_local.search.protocol import StepStop
 
 # Prometheus counters of prompt tokens evaluated, and of those a prefix cache served, as each server names them.
 PROMPT_COUNTERS = ("vllm:prompt_tokens_total", "llamacpp:prompt_tokens_total")
@@ -55,17 +54,7 @@ def run_remote_search(server: CompletionServer, vocab: Any, shape: SearchShape, 
     before = server_counters(server)
     start = time.perf_counter()
     try:
-        handle = policy.open_text(prompt)
-        open_nodes: list[tuple[int, int]] = [(0, handle)]
-        stop = StepStop(delimiter=None, max_tokens=shape.step_tokens)
-        for depth, node in _expansions(shape, open_nodes):
-            children = policy.sample(node, shape.branching, stop)
-            policy.release(node)
-            for child in children:
-                if child.finished:
-                    policy.release(child.branch)
-                else:
-                    open_nodes.append((depth + 1, child.branch))
+        synthetic_search(policy, policy.open_text(prompt), shape)
     finally:
         policy.close()
     seconds = time.perf_counter() - start
