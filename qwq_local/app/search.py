@@ -130,11 +130,6 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
     return SearchSetup(strategy, config, choices, its_head, kv_budget, plan, note)
 
 
-def default_scorers(head: "QHead | None" = None) -> tuple[ScorerChoice, ...]:
-    """What a search scores with when no scorer is named: token confidence (a head only when asked for)."""
-    return DEFAULT_SCORERS
-
-
 def load_head(plan: runtime.ModelPlan, settings: Settings, required: bool) -> "QHead | None":
     """The Q-value head for the model: `settings.head` (--head, QWQ_HEAD) if set, else the catalog's, else None.
 

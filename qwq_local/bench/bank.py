@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qwq_local.search.protocol import Candidate, StepLM, StepStop, sample_many
+from qwq_local.value.confidence import lowest_window
 
 WINDOW = 32  # tokens: DeepConf's lowest-group and tail windows, scaled to replies of a few hundred tokens
 TOKEN_COLUMNS = ("logprob", "confidence", "entropy", "certainty")
@@ -125,17 +126,6 @@ def summarize(table: np.ndarray, window: int = WINDOW) -> dict[str, float | None
         "neg_entropy": None if (m := _mean(entropy)) is None else -m,
         "certainty": _mean(certainty),
     }
-
-
-def lowest_window(values: np.ndarray, window: int) -> float | None:
-    """The lowest mean over any `window` consecutive values (the whole run when it is shorter)."""
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return None
-    if len(values) <= window:
-        return float(values.mean())
-    sums = np.convolve(values, np.ones(window, dtype=np.float64), mode="valid")
-    return float(sums.min() / window)
 
 
 def _mean(values: np.ndarray) -> float | None:

@@ -10,7 +10,6 @@ fraction of leaves by the signal). Signals are the leaves' log-prob statistics (
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -267,19 +266,6 @@ def subset_tokens(problem: BankProblem, leaves: Sequence[Leaf]) -> int:
             seen.add(node)
             node = problem.parents.get(node)
     return sum(problem.node_tokens.get(node, 0) for node in seen)
-
-
-def random_subset_accuracy(problems: Sequence[BankProblem], m: int, seed: int = 0) -> float:
-    """The vote's accuracy on m leaves drawn at random per problem (a check on the spread order)."""
-    rng = random.Random(seed)
-    vote = make_chooser("vote")
-    scales = bank_scales(problems)
-    hits = 0
-    for problem in problems:
-        leaves = list(problem.leaves)
-        rng.shuffle(leaves)
-        hits += _right(vote(leaves[:m], scales))
-    return hits / max(len(problems), 1)
 
 
 def _right(leaf: Leaf | None) -> bool:

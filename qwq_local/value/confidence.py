@@ -21,6 +21,18 @@ VARIANTS = ("tail", "low", "mean")
 WINDOW = 32
 
 
+def lowest_window(values: np.ndarray, window: int) -> float | None:
+    """The lowest mean over any `window` consecutive values (the whole run when it is shorter); NaNs dropped."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return None
+    if len(values) <= window:
+        return float(values.mean())
+    sums = np.convolve(values, np.ones(window), mode="valid")
+    return float(sums.min() / window)
+
+
 @dataclass
 class ConfidenceScorer:
     """Scores a step by its tokens' DeepConf confidence (higher is surer); 0.5 when the engine gave none."""
@@ -48,10 +60,7 @@ class ConfidenceScorer:
             return float(values.mean())
         if self.variant == "tail":
             return float(values[-self.window:].mean())
-        if len(values) <= self.window:
-            return float(values.mean())
-        sums = np.convolve(values, np.ones(self.window), mode="valid")
-        return float(sums.min() / self.window)
+        return lowest_window(values, self.window)
 
     def score(self, question: str, steps: Sequence[str], candidate: Candidate) -> float:
         c = self.confidence(candidate)
