@@ -123,10 +123,7 @@ class LlamaChat:
                     tokens.extend(inject)
                     gen = generate()
                 token = next(gen)
-        except GeneratorExit:
-            stop_reason = "interrupted"
-            raise
-        except KeyboardInterrupt:
+        except (GeneratorExit, KeyboardInterrupt):  # the reader stopped, or Ctrl-C
             stop_reason = "interrupted"
             raise
         finally:

@@ -96,10 +96,7 @@ class RemoteChat:
                     events.close()  # type: ignore[attr-defined]
                 if not forced:
                     break
-        except GeneratorExit:
-            stop_reason = "interrupted"
-            raise
-        except KeyboardInterrupt:
+        except (GeneratorExit, KeyboardInterrupt):  # the reader stopped, or Ctrl-C
             stop_reason = "interrupted"
             raise
         finally:

@@ -156,14 +156,11 @@ class AStar:
             pending = following
 
     def _result(self, root: Node, stop_reason: str) -> SearchResult:
-        def rank(node: Node) -> tuple[float, int]:
-            return (node.f, -node.id)
-
         if self.terminals:
             chosen = choose_terminal(self.terminals, self.config.choose)
         else:
             leaves = self.tree.open_leaves()  # open, cut at max depth, or dead ends
-            chosen = max(leaves, key=rank) if leaves else root
+            chosen = max(leaves, key=_rank) if leaves else root
         return self.tree.result(
             "astar",
             chosen,
@@ -174,25 +171,27 @@ class AStar:
         )
 
 
+def _rank(node: Node) -> tuple[float, int]:
+    """Higher f first; among equals the older node."""
+    return (node.f, -node.id)
+
+
 def choose_terminal(terminals: list[Node], how: str) -> Node:
     """The finished path A* answers with: the best by f, or the best of the answer with the most votes, each path
     voting with 1 (`vote`) or with the odds g / (1 - g) of its value (`value`: weighted best-of-N, arXiv 2408.03314
     section 5.1; with the confidence scorer, the weight exp((c - center) / scale) of `qwq bench choose` wvote)."""
-    def rank(node: Node) -> tuple[float, int]:
-        return (node.f, -node.id)
-
     if how == "best":
-        return max(terminals, key=rank)
+        return max(terminals, key=_rank)
     totals: dict[str, float] = defaultdict(float)
     for node in terminals:
         if node.answer is not None:
             g = min(max(node.g, 1e-6), 1 - 1e-6)
             totals[normalize_for_vote(node.answer)] += 1.0 if how == "vote" else g / (1 - g)
     if not totals:
-        return max(terminals, key=rank)
+        return max(terminals, key=_rank)
     order = [normalize_for_vote(n.answer) for n in terminals if n.answer is not None]
     winner = max(totals, key=lambda key: (totals[key], -order.index(key)))
-    return max((n for n in terminals if n.answer is not None and normalize_for_vote(n.answer) == winner), key=rank)
+    return max((n for n in terminals if n.answer is not None and normalize_for_vote(n.answer) == winner), key=_rank)
 
 
 def astar(question: str, config: SearchConfig, lm: StepLM, scorer: Scorer | None) -> SearchResult:
