@@ -357,6 +357,8 @@ def test_finished_paths_answer_by_best_f_by_vote_or_by_value(how: str, answer: s
     result, _ = run(tree, scores, candidates=3, trajectories=3, choose=how, agg="min", thinking=False)
     assert sorted(result.terminal_answers) == ["3", "3", "7"]
     assert result.final_answer == answer  # odds: 1.5 + 1.5 for 3 against 2.33 for 7
+    values = dict(zip(result.terminal_answers, result.terminal_values, strict=True))  # recorded for offline choosers
+    assert values == {"3": 0.6, "7": 0.7}
 
 
 def test_value_vote_lets_one_sure_path_outweigh_two_doubtful_ones() -> None:

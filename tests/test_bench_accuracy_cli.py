@@ -57,6 +57,9 @@ def test_bench_accuracy_runs_resumes_and_plots(tmp_path: Path, qwen_path: Path,
         assert sc["extra"]["pooled_with"] == "bon@2:rules" and bon["extra"]["pooled_with"] == "sc@2"
         assert sc["extra"]["terminal_answers"] == bon["extra"]["terminal_answers"]
         assert sc["generated_tokens"] == bon["generated_tokens"]
+        astar_extra = records[("astar:rules", pid)]["extra"]  # each finished path's value, for choosers offline
+        assert len(astar_extra["terminal_values"]) == len(astar_extra["terminal_answers"])
+        assert all(0.0 <= v <= 1.0 for v in astar_extra["terminal_values"])
     with pytest.raises(SystemExit):  # a rerun finds every run done and loads nothing new
         main(args)
     assert json.loads(capsys.readouterr().out)["scores"] == report["scores"]

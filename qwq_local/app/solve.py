@@ -49,6 +49,7 @@ class SearchStats:
     evaluated_tokens: int
     peak_kv_tokens: int
     terminal_answers: list[str | None]
+    terminal_values: list[float]
     chosen_path: list[int]
     scorer: str
     complete: bool
@@ -248,7 +249,8 @@ def _search_result(policy: SearchPolicy, model_name: str, fmt: str, result: Sear
         search=SearchStats(
             expansions=result.expansions, nodes=result.nodes, generated_tokens=stats.generated_tokens,
             evaluated_tokens=stats.evaluated_tokens, peak_kv_tokens=stats.peak_kv_tokens,
-            terminal_answers=result.terminal_answers, chosen_path=result.chosen_path, scorer=scorer_label,
+            terminal_answers=result.terminal_answers,
+            terminal_values=result.terminal_values, chosen_path=result.chosen_path, scorer=scorer_label,
             complete=result.complete, stop_reason=result.stop_reason,
         ),
         tree=result.tree,

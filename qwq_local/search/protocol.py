@@ -106,6 +106,7 @@ class SearchResult:
     expansions: int = 0
     nodes: int = 0
     terminal_answers: list[str | None] = field(default_factory=list)
+    terminal_values: list[float] = field(default_factory=list)  # g of each finished path, in the same order
     chosen_path: list[int] = field(default_factory=list)  # node ids from root to the chosen leaf
     tree: list[dict[str, Any]] = field(default_factory=list)  # every node: id, parent, text, g, h, f, ...
     complete: bool = True  # False: no reply finished within the budget; `text` is the best partial one

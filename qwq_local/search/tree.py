@@ -178,6 +178,7 @@ class SearchTree:
             expansions=expansions,
             nodes=len(self.nodes),
             terminal_answers=[n.answer for n in terminals],
+            terminal_values=[round(n.g, 6) for n in terminals],
             chosen_path=[n.id for n in path],
             tree=self.as_dicts(),
             complete=chosen.terminal,
