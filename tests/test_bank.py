@@ -196,7 +196,8 @@ def test_bank_and_choose_run_on_the_tiny_model(tmp_path: Path, smollm_path: Path
 
 
 def test_choosers_are_compared_with_accuracy_runs_on_the_same_problems(tmp_path: Path) -> None:
-    from qwq_local.bench.choose_run import compare_with, read_baselines
+    from qwq_local.bench.choose_run import compare_with
+    from qwq_local.bench.compare import read_runs
 
     results = tmp_path / "runs.jsonl"
     lines = [{"strategy": "sc@8", "problem_id": "a", "correct": True, "generated_tokens": 100},
@@ -206,12 +207,12 @@ def test_choosers_are_compared_with_accuracy_runs_on_the_same_problems(tmp_path:
     problems = from_records([record("a", [("1", False, 0.0), ("2", True, 5.0)]),
                              record("b", [("3", True, 1.0), ("4", False, 0.0)])])
     reports, _, _ = evaluate(problems, ["top:conf"], [])
-    (row,) = compare_with(problems, reports, ["top:conf"], read_baselines([results]))
+    (row,) = compare_with(problems, reports, ["top:conf"], read_runs([results]))
     assert (row["problems"], row["baseline_right"], row["chooser_right"]) == (2, 1, 2)
     assert row["baseline_tokens"] == 200 and (row["wins"], row["losses"]) == (1, 0)
     results.write_text("not json\n")
     with pytest.raises(Exception, match="not an accuracy results line"):
-        read_baselines([results])
+        read_runs([results])
 
 
 def test_a_head_values_the_banks_recorded_states(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import typer
 
 from qwq_local.bench.bank_run import BANK_FILE, arrays_root, read_bank
+from qwq_local.bench.compare import Run, read_runs
 from qwq_local.bench.choose import (
     BankProblem,
     ChooserReport,
@@ -84,7 +85,7 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
     depths = sorted({n["depth"] for r in records for n in r["nodes"]})[:-1]
     states = [{"signal": name, "depth": d, "auc": auc, "pairs": pairs}
               for d in depths for name in signals for auc, pairs in [state_auc(records, name, d)] if pairs]
-    compared = compare_with(problems, reports, choosers, read_baselines(baselines)) if baselines else []
+    compared = compare_with(problems, reports, choosers, read_runs(baselines)) if baselines else []
     if as_json:
         typer.echo(json.dumps({"summary": summary, "choosers": [asdict(r) for r in reports],
                                "signals": [asdict(s) for s in signal_reports], "states": states,
@@ -127,26 +128,8 @@ def plot_by_samples(reports: Sequence[ChooserReport], path: Path, title: str) ->
     return path
 
 
-def read_baselines(paths: Sequence[Path]) -> dict[str, dict[str, tuple[bool, int]]]:
-    """Per strategy, per problem: (right, generated tokens) from `qwq bench accuracy --results` files."""
-    out: dict[str, dict[str, tuple[bool, int]]] = {}
-    for path in paths:
-        if not path.is_file():
-            raise InputFileError(f"--baseline {path}: no such results file")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                entry = (bool(record["correct"]), int(record["generated_tokens"]))
-                out.setdefault(str(record["strategy"]), {})[str(record["problem_id"])] = entry
-            except (ValueError, KeyError, TypeError):
-                raise InputFileError(f"{path}:{number}: not an accuracy results line") from None
-    return out
-
-
 def compare_with(problems: Sequence[BankProblem], reports: Sequence[ChooserReport], choosers: Sequence[str],
-                 baselines: Mapping[str, Mapping[str, tuple[bool, int]]]) -> list[dict[str, Any]]:
+                 baselines: Mapping[str, Mapping[str, Run]]) -> list[dict[str, Any]]:
     """Each chooser against each baseline strategy on the problems both have: accuracy, tokens, sign test."""
     scales = bank_scales(problems)
     rows = []
@@ -154,8 +137,8 @@ def compare_with(problems: Sequence[BankProblem], reports: Sequence[ChooserRepor
         shared = [p for p in problems if p.problem_id in runs]
         if not shared:
             continue
-        base_right = [runs[p.problem_id][0] for p in shared]
-        base_tokens = sum(runs[p.problem_id][1] for p in shared) / len(shared)
+        base_right = [runs[p.problem_id].right for p in shared]
+        base_tokens = sum(runs[p.problem_id].tokens for p in shared) / len(shared)
         bank_tokens = sum(p.generated_tokens for p in shared) / len(shared)
         for name in choosers:
             chooser = make_chooser(name)

@@ -1,7 +1,8 @@
-"""`qwq bench engine|chat|accuracy|serve`: engine speed against raw llama.cpp, strategies' accuracy, server load."""
+"""`qwq bench engine|chat|accuracy|compare|bank|choose|serve`: engine speed against raw llama.cpp, strategies' accuracy, server load."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -152,6 +153,33 @@ def bench_choose(
 
     run_choose(bank, [c.strip() for c in chooser.split(",") if c.strip()],
                [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json, head, baseline)
+
+
+@bench_app.command("compare", cls=Command)
+def bench_compare(
+    results: list[Path] = typer.Argument(..., help="`qwq bench accuracy --results` files."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s",
+                                           help="Comma-separated strategies to show (default: all found)."),
+    against: Optional[str] = typer.Option(None, "--against", help="Pair each strategy with these (default: all)."),
+    rechoose: str = typer.Option("", "--rechoose",
+                                 help="Choose searches' finished paths again: vote, value, value^B, top."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Strategies from several results files on the problems they share, with paired sign tests.
+
+    With --rechoose, every search whose records keep its finished paths and their values is judged again with
+    other choosers on the same samples, as `strategy/chooser`.
+    """
+    from qwq_local.bench.compare import add_rechosen, compare, format_compare, read_runs
+
+    runs = add_rechosen(read_runs(results), _names(rechoose))
+    shown = _names(strategy) if strategy else sorted(runs)
+    report = compare(runs, shown, _names(against) if against else shown)
+    typer.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_compare(report))
+
+
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
 @bench_app.command("serve", cls=Command)

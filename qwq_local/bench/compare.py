@@ -1,0 +1,199 @@
+"""`qwq bench compare`: strategies of `qwq bench accuracy` results files side by side on the problems they share,
+with paired sign tests, and searches' finished paths chosen again offline (sample once, judge many choosers)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from qwq_local.bench.accuracy import wilson_interval
+from qwq_local.bench.choose import sign_test
+from qwq_local.errors import InputFileError, UsageError
+from qwq_local.problems.checks import check
+from qwq_local.problems.datasets import Problem
+from qwq_local.search.answer import normalize_for_vote
+
+RECHOOSERS = ("vote", "value", "top")  # value^B too: each path votes with (g / (1 - g)) ** B
+
+
+@dataclass(frozen=True)
+class Run:
+    """One strategy's record of one problem, reduced to what comparing needs."""
+
+    right: bool
+    tokens: int
+    answers: tuple[str | None, ...] = ()  # a search's finished paths, in order
+    values: tuple[float, ...] = ()  # their values g, when the record keeps them
+    problem: Problem | None = None  # what re-chosen answers are checked against (GSM8K and MATH records)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One strategy on the shared problems."""
+
+    strategy: str
+    problems: int
+    right: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    mean_tokens: float
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two strategies on the shared problems: problems only `strategy` solves, only `other` solves, sign test."""
+
+    strategy: str
+    other: str
+    wins: int
+    losses: int
+    p_value: float
+
+
+def read_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
+    """Per strategy, per problem, the run; with the search's finished answers re-checked against the reference where
+    the record keeps them. A strategy found in two files is named `strategy@file-stem` the second time."""
+    out: dict[str, dict[str, Run]] = {}
+    for path in paths:
+        if not path.is_file():
+            raise InputFileError(f"{path}: no such results file")
+        mine: dict[str, dict[str, Run]] = defaultdict(dict)
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                pid, strategy = str(record["problem_id"]), str(record["strategy"])
+                mine[strategy][pid] = _run(record)
+            except (ValueError, KeyError, TypeError):
+                raise InputFileError(f"{path}:{number}: not an accuracy results line") from None
+        for strategy, runs in mine.items():
+            out[strategy if strategy not in out else f"{strategy}@{path.stem}"] = runs
+    return out
+
+
+def _run(record: Mapping[str, Any]) -> Run:
+    extra = record.get("extra") or {}
+    answers = tuple(extra.get("terminal_answers") or ())
+    values = tuple(float(v) for v in extra.get("terminal_values") or ())
+    if len(values) != len(answers):
+        values = ()
+    reference, kind = record.get("reference"), record.get("kind")
+    problem = None
+    if reference is not None and kind in ("gsm8k", "math"):  # MBPP answers need their programs to be checked
+        problem = Problem(id=str(record["problem_id"]), kind=str(kind), prompt="", answer=str(reference))
+    return Run(bool(record["correct"]), int(record["generated_tokens"]), answers, values, problem)
+
+
+def rechoose(answers: Sequence[str | None], values: Sequence[float], how: str) -> str | None:
+    """The answer a chooser picks among finished paths: `vote` (1 each), `value` (odds of g), `value^B` (odds to the
+    power B), `top` (the highest g)."""
+    scored = [(a, v) for a, v in zip(answers, values or [0.5] * len(answers)) if a is not None]
+    if not scored:
+        return None
+    if how == "top":
+        return max(scored, key=lambda av: av[1])[0]
+    power = _power(how)
+    totals: dict[str, float] = defaultdict(float)
+    first: dict[str, str] = {}
+    for answer, value in scored:
+        g = min(max(value, 1e-6), 1 - 1e-6)
+        key = normalize_for_vote(answer)
+        first.setdefault(key, answer)
+        totals[key] += 1.0 if how == "vote" else (g / (1 - g)) ** power
+    order = list(first)
+    return first[max(totals, key=lambda key: (totals[key], -order.index(key)))]
+
+
+def _power(how: str) -> float:
+    name, _, power = how.partition("^")
+    if name not in RECHOOSERS or (power and name != "value"):
+        raise UsageError(f"--rechoose {how!r}: give vote, value, value^B or top")
+    try:
+        value = float(power) if power else 1.0
+    except ValueError:
+        raise UsageError(f"--rechoose {how!r}: B must be a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"--rechoose {how!r}: B must be a finite number >= 0")
+    return value
+
+
+def add_rechosen(runs: dict[str, dict[str, Run]], rechoosers: Sequence[str]) -> dict[str, dict[str, Run]]:
+    """`strategy/chooser` for every strategy whose records keep finished paths with values."""
+    for how in rechoosers:
+        _power(how)
+    out = dict(runs)
+    for strategy, by_problem in runs.items():
+        if not by_problem or not all(r.values and r.problem for r in by_problem.values()):
+            continue
+        for how in rechoosers:
+            out[f"{strategy}/{how}"] = {
+                pid: Run(_checked(r.problem, rechoose(r.answers, r.values, how)), r.tokens)
+                for pid, r in by_problem.items() if r.problem is not None}
+    return out
+
+
+def _checked(problem: Problem, answer: str | None) -> bool:
+    try:
+        return answer is not None and check(problem, "", answer)
+    except Exception:  # noqa: BLE001 - as bench accuracy does: an answer the checker fails on counts as wrong
+        return False
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    problems: int
+    rows: list[Row]
+    pairs: list[Pair]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"problems": self.problems, "rows": [asdict(r) for r in self.rows],
+                "pairs": [asdict(p) for p in self.pairs]}
+
+
+def compare(runs: Mapping[str, Mapping[str, Run]], strategies: Sequence[str], against: Sequence[str]
+            ) -> CompareReport:
+    """`strategies` on the problems every one of them has, each paired with every strategy in `against`."""
+    unknown = [s for s in (*strategies, *against) if s not in runs]
+    if unknown:
+        raise UsageError(f"no runs of {', '.join(unknown)} (found: {', '.join(sorted(runs))})")
+    shared = sorted(set.intersection(*(set(runs[s]) for s in strategies))) if strategies else []
+    if against:
+        shared = sorted(set(shared).intersection(*(set(runs[s]) for s in against)))
+    rows = []
+    for strategy in strategies:
+        right = sum(runs[strategy][pid].right for pid in shared)
+        low, high = wilson_interval(right, len(shared))
+        tokens = sum(runs[strategy][pid].tokens for pid in shared) / len(shared) if shared else 0.0
+        rows.append(Row(strategy, len(shared), right, right / len(shared) if shared else 0.0, low, high, tokens))
+    pairs = []
+    for strategy in strategies:
+        for other in against:
+            if other == strategy:
+                continue
+            wins = sum(runs[strategy][p].right and not runs[other][p].right for p in shared)
+            losses = sum(runs[other][p].right and not runs[strategy][p].right for p in shared)
+            pairs.append(Pair(strategy, other, wins, losses, sign_test(wins, losses)))
+    return CompareReport(len(shared), rows, pairs)
+
+
+def format_compare(report: CompareReport) -> str:
+    width = max([len(r.strategy) for r in report.rows] + [8])
+    lines = [f"{report.problems} problems shared by every strategy",
+             f"{'strategy':<{width}}  {'right':>5}  {'accuracy':>8}  {'95% CI':>13}  {'tokens/problem':>14}"]
+    for r in report.rows:
+        lines.append(f"{r.strategy:<{width}}  {r.right:>5}  {r.accuracy:>8.1%}  "
+                     f"{f'[{r.ci_low:.1%}, {r.ci_high:.1%}]':>13}  {r.mean_tokens:>14.0f}")
+    if report.pairs:
+        lines.append("")
+        lines.append(f"{'strategy':<{width}}  {'against':<{width}}  {'+/-':>8}  {'sign test p':>11}")
+        for p in report.pairs:
+            lines.append(f"{p.strategy:<{width}}  {p.other:<{width}}  {f'+{p.wins}/-{p.losses}':>8}  "
+                         f"{p.p_value:>11.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""`qwq bench compare`: results files side by side, paired sign tests, finished paths chosen again offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qwq_local.bench.compare import add_rechosen, compare, read_runs, rechoose
+from qwq_local.cli import main
+from qwq_local.errors import ExitCode, UsageError
+
+
+def line(strategy: str, pid: str, correct: bool, tokens: int, **extra: Any) -> str:
+    record = {"strategy": strategy, "problem_id": pid, "kind": "gsm8k", "reference": "18", "correct": correct,
+              "generated_tokens": tokens, "extra": extra}
+    return json.dumps(record) + "\n"
+
+
+def write(path: Path, *lines: str) -> Path:
+    path.write_text("".join(lines))
+    return path
+
+
+def test_choosers_pick_by_vote_by_odds_and_by_the_top_value() -> None:
+    answers, values = ["18", "18", "2", "18.0", None], [0.5, 0.5, 0.97, 0.5, 0.99]
+    assert rechoose(answers, values, "vote") == "18"  # three of four, "18.0" counted with "18"
+    assert rechoose(answers, values, "value") == "2"  # odds 32 against 1 + 1 + 1
+    assert rechoose(answers, values, "value^0.25") == "18"  # 32 ** 0.25 = 2.4 against 3
+    assert rechoose(answers, values, "top") == "2"  # the unanswered path is never chosen
+    assert rechoose([None], [0.9], "vote") is None
+    for bad in ("median", "vote^2", "value^x", "value^-1", "value^nan"):
+        with pytest.raises(UsageError):
+            rechoose(answers, values, bad)
+
+
+def test_strategies_of_two_files_on_shared_problems_with_rechosen_searches(tmp_path: Path) -> None:
+    base = write(tmp_path / "base.jsonl", line("sc@8", "a", True, 2000), line("sc@8", "b", False, 2200),
+                 line("sc@8", "c", True, 2100), line("direct", "a", False, 300), line("direct", "b", False, 280))
+    search = write(tmp_path / "astar.jsonl",
+                   line("astar", "a", False, 1700, terminal_answers=["18", "18", "2"], terminal_values=[0.5, 0.5, 0.99]),
+                   line("astar", "b", True, 1600, terminal_answers=["18"], terminal_values=[0.7]))
+    runs = add_rechosen(read_runs([base, search]), ["vote", "top"])
+    assert runs["astar/vote"]["a"].right and not runs["astar/top"]["a"].right  # "2" is wrong, the vote's "18" right
+    assert "sc@8/vote" not in runs  # its records keep no values
+    report = compare(runs, ["astar", "astar/vote", "sc@8"], ["sc@8"])
+    assert report.problems == 2  # c has no astar run
+    rows = {r.strategy: r for r in report.rows}
+    assert (rows["astar"].right, rows["astar/vote"].right, rows["sc@8"].right) == (1, 2, 1)
+    assert rows["astar"].mean_tokens == 1650 and rows["sc@8"].mean_tokens == 2100
+    pairs = {(p.strategy, p.other): (p.wins, p.losses) for p in report.pairs}
+    assert pairs == {("astar", "sc@8"): (1, 1), ("astar/vote", "sc@8"): (1, 0)}
+    with pytest.raises(UsageError, match="no runs of bon@8"):
+        compare(runs, ["bon@8"], [])
+
+
+def test_a_strategy_in_two_files_is_named_by_its_file_and_bad_lines_are_refused(tmp_path: Path) -> None:
+    one = write(tmp_path / "one.jsonl", line("sc@8", "a", True, 10))
+    two = write(tmp_path / "two.jsonl", line("sc@8", "a", False, 20))
+    assert set(read_runs([one, two])) == {"sc@8", "sc@8@two"}
+    write(two, "{not json\n")
+    with pytest.raises(Exception, match="two.jsonl:1: not an accuracy results line"):
+        read_runs([two])
+
+
+def test_the_command_prints_the_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = write(tmp_path / "runs.jsonl", line("sc@8", "a", True, 2000), line("sc@8", "b", False, 2000),
+                 line("astar", "a", True, 1500, terminal_answers=["18", "3"], terminal_values=[0.6, 0.9]),
+                 line("astar", "b", True, 1500, terminal_answers=["18"], terminal_values=[0.6]))
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "compare", str(runs), "--rechoose", "vote,value^0.5", "--against", "sc@8", "--json"])
+    assert exc.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["problems"] == 2
+    assert {r["strategy"]: r["right"] for r in report["rows"]} == {"astar": 2, "astar/value^0.5": 1,
+                                                                  "astar/vote": 2, "sc@8": 1}  # 9 ** 0.5 > 1.5 ** 0.5
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "compare", str(runs), "-s", "astar,sc@8"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "2 problems shared" in out and "+1/-0" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "compare", str(runs), "--rechoose", "median"])
+    assert exc.value.code == ExitCode.USAGE and "--rechoose 'median'" in capsys.readouterr().err
