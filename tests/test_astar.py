@@ -376,6 +376,27 @@ def test_nodes_cut_at_the_depth_limit_are_completed_not_lost() -> None:
     assert sorted(result.terminal_answers) == ["3", "7"] and lm.live == set()
 
 
+DEEP = {"A": {"A1": {"A1 so \\boxed{3}": None}, "A2": {"A2 so \\boxed{3}": None}},
+        "B": {"B1": {"B1 so \\boxed{7}": None}, "B2": {"B2 so \\boxed{3}": None}}}
+
+
+def test_several_open_nodes_expand_in_one_batched_call_to_the_same_tree() -> None:
+    scores = {"A": 0.6, "B": 0.4, "A1": 0.5, "A2": 0.5, "B1": 0.5, "B2": 0.5}
+    cfg = config(candidates=2, trajectories=4, max_depth=2, finish_partial=True, thinking=False, choose="vote")
+    one, wide = BatchedLM(script_from_tree(DEEP)), BatchedLM(script_from_tree(DEEP))
+    narrow_result = astar("q", cfg, one, FixedScorer(scores))
+    wide_result = astar("q", replace(cfg, expand_width=2), wide, FixedScorer(scores))
+    assert [c.path for c in one.sample_calls[:3]] == [c.path for c in wide.sample_calls[:3]] == [(), ("A",), ("B",)]
+    assert [[k for _, k in call] for call in one.many_calls] == [[1, 1, 1, 1]]  # the completions only
+    assert [[k for _, k in call] for call in wide.many_calls] == [[2, 2], [1, 1, 1, 1]]  # A and B in one batch
+    assert sorted(wide_result.terminal_answers) == sorted(narrow_result.terminal_answers) == ["3", "3", "3", "7"]
+    assert wide_result.expansions == narrow_result.expansions == 3 and wide_result.final_answer == "3"
+    assert one.live == set() and wide.live == set()
+    capped = astar("q", replace(cfg, expand_width=8, max_expansions=2), BatchedLM(script_from_tree(DEEP)),
+                   FixedScorer(scores))
+    assert capped.expansions == 2  # the width never overspends the expansions budget
+
+
 def test_choose_and_completions_are_checked() -> None:
     with pytest.raises(ValueError, match="choose"):
         SearchConfig(choose="mean")

@@ -122,3 +122,17 @@ def test_default_style_astar_completes_n_paths_and_votes_by_confidence(model: Lo
         assert not tree.branches
     assert result.complete and len(result.terminal_answers) == 4
     assert result.expansions == 1  # the root; both first steps were completed twice each
+
+
+def test_astar_expands_two_open_nodes_in_one_batch(model: LoadedModel) -> None:
+    tree, policy = policy_for(model, budget=6000)
+    config = SearchConfig(candidates=2, trajectories=8, beam=8, max_depth=2, completions=2, choose="value",
+                          finish_partial=True, thinking=False, max_reply_tokens=100, expand_width=2,
+                          stop=StepStop(min_tokens=4, max_tokens=32))
+    with tree:
+        result = run("astar", QUESTION, config, policy, build_scorer("confidence", policy))
+        policy.close()
+        assert not tree.branches
+    depth_one = [n for n in result.tree if n["parent"] == 0]
+    assert result.expansions == 1 + len([n for n in depth_one if not n["terminal"]])  # root, then both at once
+    assert len(result.terminal_answers) == len(result.terminal_values) >= 2

@@ -58,7 +58,7 @@ def search_defaults(strategy: str, base: SearchConfig = SOLVE_SEARCH) -> SearchC
 # Most of each width a search may ask for: every candidate, path and beam node holds KV cells and a sequence of
 # llama.cpp's (at most 256), so past these a run ends in minutes of work and a MemoryError, not a better answer.
 SEARCH_WIDTH_LIMITS = {"candidates": 64, "trajectories": 256, "beam": 256, "beam_width": 64, "completions": 64,
-                       "n_samples": 256}
+                       "n_samples": 256, "expand_width": 64}
 
 
 def search_options(base: SearchConfig = SOLVE_SEARCH, **changes: Any) -> SearchConfig:

@@ -37,8 +37,8 @@ from qwq_local.value.combine import ScorerChoice, parse_scorers
 
 SPEC = re.compile(rf"^({'|'.join(map(re.escape, STRATEGIES))})(?:@(\d+))?(?::([a-z0-9+,:.\-]+))?$")
 # The search options a run's records are keyed by (a rerun with other values does not mix with them).
-RECORDED_OPTIONS = ("agg", "beam", "candidates", "choose", "completions", "lam", "max_depth", "max_expansions",
-                    "time_limit", "trajectories")
+RECORDED_OPTIONS = ("agg", "beam", "candidates", "choose", "completions", "expand_width", "lam", "max_depth",
+                    "max_expansions", "time_limit", "trajectories")
 
 
 class _LoadFailed(BaseException):

@@ -11,7 +11,7 @@ import typer
 from qwq_local.app.search import BENCH_SEARCH as S
 from qwq_local.bench.choose import DEFAULT_CHOOSERS as CHOOSERS
 from qwq_local.bench.choose import STAT_SIGNALS
-from qwq_local.cli.root import (AggOpt, ApiKeyOpt, BeamOpt, CandidatesOpt, ChooseOpt, Command, CompletionsOpt,
+from qwq_local.cli.root import (AggOpt, ApiKeyOpt, BeamOpt, CandidatesOpt, ChooseOpt, Command, CompletionsOpt, ExpandWidthOpt,
                                 CtxOpt, EngineOpt, GpuOpt, HeadOpt, LambdaOpt, MaxDepthOpt, MaxExpansionsOpt, ModelOpt,
                                 ModelsDirOpt, TimeLimitOpt, TrajectoriesOpt, bench_app, given, settings_from)
 from qwq_local.errors import UsageError
@@ -81,6 +81,7 @@ def bench_accuracy(
     max_depth: Optional[int] = MaxDepthOpt,
     completions: Optional[int] = CompletionsOpt,
     choose: Optional[str] = ChooseOpt,
+    expand_width: Optional[int] = ExpandWidthOpt,
     time_limit: Optional[float] = TimeLimitOpt,
     results: Optional[Path] = typer.Option(None, "--results", help="JSONL of runs; a rerun resumes it."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against generated tokens."),
@@ -98,7 +99,7 @@ def bench_accuracy(
                              gpu_layers=gpu_layers, models_dir=models_dir, head=head)
     changes = given(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
                     max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
-                    completions=completions, choose=choose)
+                    completions=completions, choose=choose, expand_width=expand_width)
     run_accuracy_bench(settings, data, limit, strategy, changes, results, as_json, plot)
 
 

@@ -117,6 +117,7 @@ TimeLimitOpt = typer.Option(None, "--time-limit", help="Seconds for a search.")
 MaxExpansionsOpt = typer.Option(None, "--max-expansions", help="Most expansions (sample calls).")
 MaxDepthOpt = typer.Option(None, "--max-depth", help="Steps A* branches; deeper states are completed.")
 CompletionsOpt = typer.Option(None, "--completions", help="Replies completed from each open node at the end.")
+ExpandWidthOpt = typer.Option(None, "--expand-width", help="Open nodes A* expands together in one batched decode.")
 ChooseOpt = typer.Option(None, "--choose", help="A*'s answer: best | vote | value (value-weighted vote).")
 
 

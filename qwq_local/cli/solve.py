@@ -19,6 +19,7 @@ from qwq_local.cli.root import (
     CandidatesOpt,
     ChooseOpt,
     CompletionsOpt,
+    ExpandWidthOpt,
     LambdaOpt,
     MaxDepthOpt,
     MaxExpansionsOpt,
@@ -92,6 +93,7 @@ def solve(
     max_depth: Optional[int] = MaxDepthOpt,
     completions: Optional[int] = CompletionsOpt,
     choose: Optional[str] = ChooseOpt,
+    expand_width: Optional[int] = ExpandWidthOpt,
     kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
                                             help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
@@ -119,7 +121,7 @@ def solve(
     options = search_options(search_defaults(strategy, S), **given(
         candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg, beam_width=beam_width,
         time_limit=time_limit, max_expansions=max_expansions, max_depth=max_depth, completions=completions,
-        choose=choose))
+        choose=choose, expand_width=expand_width))
     plan = runtime.plan_for(settings, prompt=problem)
     if plan.note:
         typer.echo(f"note: {plan.note}", err=True)

@@ -56,15 +56,24 @@ class AStar:
             spent = self.budget.exhausted()
             if spent:
                 return spent
-            self.expand(self._pop())
+            self.expand(*self._pop_best(self._width()))
         return "done" if len(self.terminals) >= self.config.trajectories else "exhausted"
 
-    def expand(self, node: Node) -> None:
-        """Sample K next steps from `node` in one call, score them, and push or collect the children."""
+    def expand(self, *nodes: Node) -> None:
+        """Sample K next steps from each of `nodes` (one batched call for all), score them, push or collect them."""
+        config = self.config
+        if len(nodes) == 1:
+            sampled = [self.lm.sample(nodes[0].branch, config.candidates, config.stop)]
+        else:
+            sampled = sample_many(self.lm, [(node.branch, config.candidates) for node in nodes], config.stop)
+        for node, candidates in zip(nodes, sampled):
+            self._expanded(node, candidates)
+        self._trim()
+
+    def _expanded(self, node: Node, candidates: list[Candidate]) -> None:
         config = self.config
         steps = self.tree.steps(node)
         text_so_far = "".join(steps)
-        candidates = self.lm.sample(node.branch, config.candidates, config.stop)
         self.budget.expansions += 1
         node.expanded = True
         self.tree.release(node)  # children continue on their own branches
@@ -85,7 +94,6 @@ class AStar:
                 self._push(child)
         node.h = best
         node.f = node.g + config.lam * node.h
-        self._trim()
 
     def _child(self, node: Node, candidate: Candidate, q: float, text_so_far: str) -> Node:
         """A scored child: g aggregates the path's rewards, h is its own step's value until it is expanded."""
@@ -103,12 +111,22 @@ class AStar:
         heapq.heappush(self.heap, (-node.f, node.id))
         self.open.add(node.id)
 
-    def _pop(self) -> Node:
-        while True:
+    def _pop_best(self, count: int) -> list[Node]:
+        """The `count` open nodes of highest f (fewer when fewer are open), taken off the open list."""
+        nodes = []
+        while self.heap and len(nodes) < count:
             _, node_id = heapq.heappop(self.heap)
             if node_id in self.open:  # entries of dropped nodes are skipped here
                 self.open.discard(node_id)
-                return self.tree.nodes[node_id]
+                nodes.append(self.tree.nodes[node_id])
+        return nodes
+
+    def _width(self) -> int:
+        """How many open nodes the next call expands: `expand_width`, within the expansions left."""
+        width = self.config.expand_width
+        if self.config.max_expansions is not None:
+            width = min(width, self.config.max_expansions - self.budget.expansions)
+        return max(1, width)
 
     def _trim(self) -> None:
         """Drop the worst open nodes (lowest f, newest first among ties) until at most B remain."""

@@ -43,6 +43,7 @@ class SearchConfig:
     finish_partial: bool = False  # A* out of budget with fewer than N paths finished: complete the best open ones
     completions: int = 1  # whole replies sampled from each node A* completes
     choose: str = "best"  # A*'s answer among finished paths: best (highest f) | vote | value (value-weighted vote)
+    expand_width: int = 1  # open nodes A* expands together, the best m by f, in one batched call
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +70,7 @@ class SearchConfig:
         _at_least("beam_width", self.beam_width, 1)
         _at_least("max_reply_tokens", self.max_reply_tokens, 1)
         _at_least("completions", self.completions, 1)
+        _at_least("expand_width", self.expand_width, 1)
         if self.choose not in CHOOSE:
             raise ValueError(f"choose must be one of {', '.join(CHOOSE)}, got {self.choose!r}")
         if not callable(self.clock):

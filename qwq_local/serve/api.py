@@ -21,7 +21,8 @@ MAX_STOPS = 4
 # The search knobs a request may set, and their types.
 SEARCH_FIELDS: dict[str, type] = {"candidates": int, "trajectories": int, "beam": int, "beam_width": int,
                                   "lam": float, "agg": str, "max_expansions": int, "max_depth": int,
-                                  "time_limit": float, "completions": int, "choose": str}
+                                  "time_limit": float, "completions": int, "choose": str,
+                                  "expand_width": int}
 assert set(SEARCH_FIELDS) <= {f.name for f in fields(CHAT_SEARCH)}
 
 
