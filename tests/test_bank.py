@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from qwq_local.bench.bank import leaves, lowest_window, parse_shape, path, sample_tree, summarize
-from qwq_local.bench.bank_run import bank_record, read_bank, save_arrays
+from qwq_local.bench.bank_run import bank_record, save_arrays
+from qwq_local.value.bank_labels import read_bank
 from qwq_local.bench.choose import (
     Leaf,
     Scales,

@@ -131,8 +131,7 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
 def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, kind: str, target: str, seed: int,
                      epochs: int, events: TrainEvents = TrainEvents()) -> str:
     """Train a head on the states of search banks (`qwq bench bank` on training problems): Monte-Carlo labels."""
-    from qwq_local.bench.bank_run import arrays_root, read_bank
-    from qwq_local.value.bank_labels import bank_states
+    from qwq_local.value.bank_labels import arrays_root, bank_states, read_bank
 
     if kind not in ("linear", "mlp"):
         raise UsageError(f"--kind must be linear or mlp, not {kind!r}")

@@ -16,28 +16,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import platformdirs
 
 from qwq_local.app import runtime
 from qwq_local.bench.bank import BankNode, leaf_count, leaves, path, sample_tree, summarize, token_table
-from qwq_local.config import APP, Settings
+from qwq_local.config import Settings
 from qwq_local.errors import ExitCode, InputFileError, UsageError
 from qwq_local.problems.checks import check
 from qwq_local.problems.datasets import Problem, load_problems, problem_seed
 from qwq_local.problems.prompts import build_question
 from qwq_local.search.answer import extract_final_answer
 from qwq_local.search.protocol import StepLM, StepStop
-
-BANK_FILE = "bank.jsonl"
-
-
-def arrays_root(env: dict[str, str] | None = None) -> Path:
-    """Where banks keep their bulky arrays (QWQ_BANK_ARRAYS overrides): the user cache, never the repo."""
-    env = dict(os.environ) if env is None else env
-    if env.get("QWQ_BANK_ARRAYS"):
-        return Path(env["QWQ_BANK_ARRAYS"])
-    return Path(platformdirs.user_cache_dir(APP)) / "bank"
-
+from qwq_local.value.bank_labels import BANK_FILE, arrays_root, read_bank
 
 def bank_record(problem: Problem, nodes: Sequence[BankNode], shape: Sequence[int], setup: dict[str, Any],
                 generated: int, evaluated: int, seconds: float, arrays: str | None) -> dict[str, Any]:
@@ -78,29 +67,6 @@ def save_arrays(target: Path, nodes: Sequence[BankNode]) -> None:
     with partial.open("wb") as handle:
         np.savez_compressed(handle, tokens=tokens, offsets=offsets, hidden=hidden)
     partial.replace(target)
-
-
-def read_bank(path: Path) -> dict[str, dict[str, Any]]:
-    """A bank's records by problem id; a line torn by a crash is cut off (that problem is sampled again)."""
-    if path.is_dir():
-        path = path / BANK_FILE
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if data[end:].strip():
-        with path.open("r+b") as handle:
-            handle.truncate(end)
-    records: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(data[:end].splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            records[str(record["problem_id"])] = record
-        except (ValueError, KeyError, TypeError):
-            raise InputFileError(f"{path}:{number}: not a bank line") from None
-    return records
 
 
 def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shape: tuple[int, ...], results: Path,

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import typer
 
-from qwq_local.bench.bank_run import BANK_FILE, arrays_root, read_bank
+from qwq_local.value.bank_labels import BANK_FILE, arrays_root, read_bank
 from qwq_local.bench.compare import Run, read_runs
 from qwq_local.bench.choose import (
     BankProblem,

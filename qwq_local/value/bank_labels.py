@@ -1,4 +1,5 @@
-"""Monte-Carlo labels from a search bank: a state's value is the outcome of the leaves sampled below it.
+"""A search bank read back (`qwq bench bank` writes it), and its Monte-Carlo labels: a state's value is the outcome of
+the leaves sampled below it.
 
 Every recorded step end (the bank's early states, and each reply's end) is one labelled hidden state: Q-max = some leaf
 below is right, Q-mean = the share of right leaves below. The bank of training problems is the head's training data.
@@ -6,12 +7,50 @@ below is right, Q-mean = the share of right leaves below. The bank of training p
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import platformdirs
 
+from qwq_local.config import APP
 from qwq_local.errors import InputFileError
+
+
+BANK_FILE = "bank.jsonl"
+
+
+def arrays_root(env: dict[str, str] | None = None) -> Path:
+    """Where banks keep their bulky arrays (QWQ_BANK_ARRAYS overrides): the user cache, never the repo."""
+    env = dict(os.environ) if env is None else env
+    if env.get("QWQ_BANK_ARRAYS"):
+        return Path(env["QWQ_BANK_ARRAYS"])
+    return Path(platformdirs.user_cache_dir(APP)) / "bank"
+
+
+def read_bank(path: Path) -> dict[str, dict[str, Any]]:
+    """A bank's records by problem id; a line torn by a crash is cut off (that problem is sampled again)."""
+    if path.is_dir():
+        path = path / BANK_FILE
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if data[end:].strip():
+        with path.open("r+b") as handle:
+            handle.truncate(end)
+    records: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(data[:end].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records[str(record["problem_id"])] = record
+        except (ValueError, KeyError, TypeError):
+            raise InputFileError(f"{path}:{number}: not a bank line") from None
+    return records
 
 
 def leaves_below(record: Mapping[str, Any]) -> dict[int, list[bool]]:
