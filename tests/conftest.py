@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from hypothesis import settings
+
+# Property tests check behaviour, not speed: no per-example deadline (a loaded 2-core CI machine takes 300 ms on a
+# 200 ms example, and the brief keeps timings out of tests).
+settings.register_profile("qwq", deadline=None)
+settings.load_profile("qwq")
 
 MODELS_CACHE = Path(os.environ.get("QWQ_TEST_MODELS_DIR", Path.home() / ".cache" / "qwq_local" / "models"))
 
