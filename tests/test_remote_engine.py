@@ -277,3 +277,45 @@ def test_an_end_token_in_the_log_probs_is_not_taken_for_the_stop_string() -> Non
     done, cut = lm.sample(lm.open("q"), 2, STOP)
     assert done.finished and done.text == "It is 5."
     assert not cut.finished and cut.text == "It is 5.\n\n"
+
+
+def test_the_prompt_tokens_the_server_evaluated_come_from_its_timings_or_its_cache_hits() -> None:
+    from qwq_local.engine.remote_client import parse_completion
+
+    one = [{"text": "x", "finish_reason": "length"}]
+    usage = {"prompt_tokens": 50, "completion_tokens": 1}
+    cached = dict(usage, prompt_tokens_details={"cached_tokens": 42})  # vLLM, qwq serve
+    assert parse_completion({"choices": one, "usage": cached}, "u").usage.evaluated_prompt_tokens == 8
+    both = {"choices": one, "usage": cached, "timings": {"prompt_n": 3, "cache_n": 47}}  # llama-server's own count
+    assert parse_completion(both, "u").usage.evaluated_prompt_tokens == 3
+    assert parse_completion({"choices": one, "usage": usage}, "u").usage.evaluated_prompt_tokens is None
+    silent = dict(usage, prompt_tokens_details=None)
+    assert parse_completion({"choices": one, "usage": silent}, "u").usage.evaluated_prompt_tokens is None
+
+
+def test_a_search_counts_what_the_server_says_it_evaluated() -> None:
+    def reply(body: dict) -> list:
+        return [choice(WORDS, stop="\n\n")]
+
+    engine = ScriptedEngine(default=reply)
+    lm = policy(engine)
+    root = lm.open("q")
+    lm.sample(root, 2, STOP)
+    assert lm.counters.evaluated_prompt_tokens is None  # the scripted server reports no cache hits
+    sent = lm.counters.prompt_tokens
+    assert lm.stats.evaluated_tokens == sent + lm.counters.generated_tokens
+
+    import httpx
+
+    def cached(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        return httpx.Response(200, json={"choices": [choice(WORDS, stop="\n\n")], "usage": {
+            "prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 7}}})
+
+    remote = CompletionServer("http://engine.test", transport=httpx.MockTransport(cached), retry=Retry(attempts=1))
+    lm = RemotePolicy(remote, ChatMLFormat(), Sampling(seed=1, max_tokens=100), thinks=False)
+    lm.sample(lm.open("q"), 3, STOP)
+    c = lm.counters
+    assert c.requests == 3 and c.prompt_tokens == 30 and c.evaluated_prompt_tokens == 9
+    assert lm.stats.evaluated_tokens == 9 + c.generated_tokens
