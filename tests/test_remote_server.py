@@ -246,3 +246,13 @@ def test_bench_accuracy_runs_every_strategy_on_the_engine(llama_server: LlamaSer
     assert llama_server.completions() == before
     code, _, err = run_cli([a for a in args if a not in ("--engine", llama_server.url)], capsys)
     assert code == ExitCode.USAGE and "engine" in err
+
+
+def test_without_the_gguf_a_server_that_says_no_template_is_one_line(llama_server: LlamaServer, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # smollm2-135m is a catalog model, but not in this models dir: its template is asked of the server, which
+    # (llama_cpp.server, no /props) does not say it
+    code, _, err = run_cli(["solve", str(NATALIA), "-m", "smollm2-135m", "--models-dir", str(tmp_path), "--engine",
+                            llama_server.url, "-s", "sc", "-N", "2", "--max-tokens", "8"], capsys)
+    assert code == ExitCode.NOT_PULLED_OFFLINE and err.count("\n") == 1
+    assert "/props" in err and "qwq pull smollm2-135m" in err and llama_server.url in err
