@@ -202,6 +202,8 @@ class ScriptedEngine:
 
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"object": "list", "data": [{"id": "scripted"}]})
+        if request.url.path != "/v1/completions":  # as servers without llama-server's /props, /tokenize, ...
+            return httpx.Response(404, json={"detail": "Not Found"})
         body = json.loads(request.content)
         self.requests.append(body)
         reply = self.replies.pop(0) if self.replies else self.default

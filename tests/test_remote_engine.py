@@ -277,3 +277,131 @@ def test_an_end_token_in_the_log_probs_is_not_taken_for_the_stop_string() -> Non
     done, cut = lm.sample(lm.open("q"), 2, STOP)
     assert done.finished and done.text == "It is 5."
     assert not cut.finished and cut.text == "It is 5.\n\n"
+
+
+def test_the_prompt_tokens_the_server_evaluated_come_from_its_timings_or_its_cache_hits() -> None:
+    from qwq_local.engine.remote_client import parse_completion
+
+    one = [{"text": "x", "finish_reason": "length"}]
+    usage = {"prompt_tokens": 50, "completion_tokens": 1}
+    cached = dict(usage, prompt_tokens_details={"cached_tokens": 42})  # vLLM, qwq serve
+    assert parse_completion({"choices": one, "usage": cached}, "u").usage.evaluated_prompt_tokens == 8
+    both = {"choices": one, "usage": cached, "timings": {"prompt_n": 3, "cache_n": 47}}  # llama-server's own count
+    assert parse_completion(both, "u").usage.evaluated_prompt_tokens == 3
+    assert parse_completion({"choices": one, "usage": usage}, "u").usage.evaluated_prompt_tokens is None
+    silent = dict(usage, prompt_tokens_details=None)
+    assert parse_completion({"choices": one, "usage": silent}, "u").usage.evaluated_prompt_tokens is None
+
+
+def test_a_search_counts_what_the_server_says_it_evaluated() -> None:
+    def reply(body: dict) -> list:
+        return [choice(WORDS, stop="\n\n")]
+
+    engine = ScriptedEngine(default=reply)
+    lm = policy(engine)
+    root = lm.open("q")
+    lm.sample(root, 2, STOP)
+    assert lm.counters.evaluated_prompt_tokens is None  # the scripted server reports no cache hits
+    sent = lm.counters.prompt_tokens
+    assert lm.stats.evaluated_tokens == sent + lm.counters.generated_tokens
+
+    import httpx
+
+    def cached(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        return httpx.Response(200, json={"choices": [choice(WORDS, stop="\n\n")], "usage": {
+            "prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 7}}})
+
+    remote = CompletionServer("http://engine.test", transport=httpx.MockTransport(cached), retry=Retry(attempts=1))
+    lm = RemotePolicy(remote, ChatMLFormat(), Sampling(seed=1, max_tokens=100), thinks=False)
+    lm.sample(lm.open("q"), 3, STOP)
+    c = lm.counters
+    assert c.requests == 3 and c.prompt_tokens == 30 and c.evaluated_prompt_tokens == 9
+    assert lm.stats.evaluated_tokens == 9 + c.generated_tokens
+
+
+class LlamaServerFake:
+    """llama-server's discovery endpoints over a MockTransport: /props with its chat template, /tokenize (words)."""
+
+    TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+    def __init__(self, template: str | None = TEMPLATE, completions: ScriptedEngine | None = None) -> None:
+        self.template = template
+        self.completions = completions or ScriptedEngine(default=lambda body: [choice(WORDS, stop="\n\n")])
+        self.tokenized: list[dict] = []
+
+    def handle(self, request):  # type: ignore[no-untyped-def]
+        import json
+
+        import httpx
+
+        if request.url.path == "/props":
+            if self.template is None:
+                return httpx.Response(404, text="Not Found")
+            return httpx.Response(200, json={"chat_template": self.template, "bos_token": "<s>",
+                                             "eos_token": "<|im_end|>", "total_slots": 4})
+        if request.url.path == "/tokenize":
+            body = json.loads(request.content)
+            self.tokenized.append(body)
+            words = body["content"].split()
+            return httpx.Response(200, json={"tokens": ([1] if body.get("add_special") else []) + [7] * len(words)})
+        return self.completions.handle(request)
+
+    def server(self) -> CompletionServer:
+        import httpx
+
+        return CompletionServer("http://llama-server.test", transport=httpx.MockTransport(self.handle),
+                                retry=Retry(attempts=2, sleep=lambda s: None))
+
+
+def test_without_the_gguf_the_template_and_tokenizer_come_from_llama_servers_props() -> None:
+    from qwq_local.dialog.messages import Message
+    from qwq_local.engine.server_format import ServerFormat
+
+    fake = LlamaServerFake()
+    fmt = ServerFormat.discover(fake.server(), "qwq-32b")
+    assert fmt is not None and fmt.added_bos == "<s>"  # the server puts BOS before a prompt by itself
+    assert fmt.render_chat([Message("user", "What is 2+3?")]) == \
+        "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
+    assert fmt.count_tokens("one two three") == 3 and fmt.count_tokens("one two three") == 3
+    assert sum(b["content"] == "one two three" for b in fake.tokenized) == 1  # counted once, then remembered
+    lm = RemotePolicy(fake.server(), fmt, Sampling(seed=1, max_tokens=100), thinks=True)
+    [step] = lm.sample(lm.open("What is 2+3?"), 1, STOP)
+    assert step.text == "one two three four\n\n"
+    prompt = fake.completions.requests[0]["prompt"]
+    assert prompt == "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n<think>\n"
+
+
+def test_a_servers_template_that_loops_forever_is_stopped() -> None:
+    from qwq_local.dialog.messages import Message
+    from qwq_local.engine.server_format import ServerFormat
+
+    endless = "{% for i in range(10**9) %}{% for j in range(10**9) %}{% endfor %}{% endfor %}"
+    fmt = ServerFormat.discover(LlamaServerFake(endless).server(), None)
+    assert fmt is not None
+    start = time.monotonic()
+    with pytest.raises(EngineReplyError, match="chat template from .*/props failed"):
+        fmt.render_chat([Message("user", "x")])
+    assert time.monotonic() - start < 30
+
+
+def test_a_server_that_says_no_template_gives_none() -> None:
+    from qwq_local.engine.server_format import ServerFormat
+
+    assert ServerFormat.discover(LlamaServerFake(template=None).server(), None) is None
+    assert ServerFormat.discover(server(ScriptedEngine()), None) is None  # no /props at all (vLLM, llama_cpp.server)
+
+
+def test_a_catalog_model_not_pulled_is_planned_from_the_catalog_for_an_engine(tmp_path: Path) -> None:
+    from qwq_local.app.runtime import plan_for
+    from qwq_local.config import load_settings
+    from qwq_local.errors import NotPulledError
+
+    settings = load_settings({"engine": "http://gpu-box:8000", "model": "qwq-32b", "models_dir": tmp_path}, env={})
+    plan = plan_for(settings)
+    assert not plan.pulled and plan.thinks and plan.info.n_layer == 64 and not plan.resolved.path.exists()
+    with pytest.raises(NotPulledError, match="qwq pull"):  # a file name the catalog does not know
+        plan_for(load_settings({"engine": "http://gpu-box:8000", "model": "hf:someone/repo/x.gguf",
+                                "models_dir": tmp_path}, env={}))

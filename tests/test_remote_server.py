@@ -216,3 +216,43 @@ def test_bench_engine_remote_recompute_ratio(llama_server: LlamaServer, smollm_p
     assert row["server_evaluated_tokens"] is None  # llama-cpp-python's server does not say what it evaluated
     row["url"] = llama_server.url
     assert "remote sent" in format_remote(row) and "reports no count" in format_remote(row)
+
+
+def test_bench_accuracy_runs_every_strategy_on_the_engine(llama_server: LlamaServer, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "easy.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "question": q, "answer": a}) + "\n" for i, (q, a) in
+                            enumerate([("What is 2 + 3?", "#### 5"), ("What is 10 - 4?", "#### 6")])))
+    results = tmp_path / "runs.jsonl"
+    args = ["bench", "accuracy", "--data", str(data), "--strategy", "direct,sc@2,astar:rules", "-m", "smollm2-135m",
+            "--engine", llama_server.url, "--max-tokens", "24", "--candidates", "2", "--trajectories", "1",
+            "--max-expansions", "2", "--results", str(results), "--json"]
+    before = llama_server.completions()
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["problems"] == 2 and report["pending"] == 0
+    scores = {s["strategy"]: s for s in report["scores"]}
+    assert set(scores) == {"direct", "sc@2", "astar:rules"}
+    assert all(s["errors"] == 0 and s["mean_tokens"] > 0 for s in scores.values()), scores
+    # direct streams one completion a problem; sc@2 two replies; A* at least one expansion of two candidates
+    assert llama_server.completions() - before >= 2 * (1 + 2 + 2)
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(records) == 6 and {r["setup"]["engine"] for r in records} == {llama_server.url}
+    # the same engine resumes the runs without a request; the same model here (no --engine) does not mix with them
+    before = llama_server.completions()
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert llama_server.completions() == before
+    code, _, err = run_cli([a for a in args if a not in ("--engine", llama_server.url)], capsys)
+    assert code == ExitCode.USAGE and "engine" in err
+
+
+def test_without_the_gguf_a_server_that_says_no_template_is_one_line(llama_server: LlamaServer, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # smollm2-135m is a catalog model, but not in this models dir: its template is asked of the server, which
+    # (llama_cpp.server, no /props) does not say it
+    code, _, err = run_cli(["solve", str(NATALIA), "-m", "smollm2-135m", "--models-dir", str(tmp_path), "--engine",
+                            llama_server.url, "-s", "sc", "-N", "2", "--max-tokens", "8"], capsys)
+    assert code == ExitCode.NOT_PULLED_OFFLINE and err.count("\n") == 1
+    assert "/props" in err and "qwq pull smollm2-135m" in err and llama_server.url in err

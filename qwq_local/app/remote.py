@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 from qwq_local.app import runtime
 from qwq_local.app.search import SearchSetup
 from qwq_local.config import Sampling, Settings
-from qwq_local.errors import QwqError
+from qwq_local.errors import NotPulledError, QwqError
 
 
 class RemotePolicies:
@@ -47,18 +47,29 @@ def served_model(models: Sequence[str], plan: runtime.ModelPlan) -> str | None:
 
 @contextlib.contextmanager
 def remote_policies(plan: runtime.ModelPlan, settings: Settings) -> Iterator[RemotePolicies]:
-    """Policies on `settings.engine`, with the model's template and tokenizer read from its local GGUF."""
+    """Policies on `settings.engine`, with the model's template and tokenizer read from its local GGUF, or, when
+    that is not here, as the server gives them (llama-server's /props and /tokenize)."""
     from qwq_local.engine.remote_client import CompletionServer
-    from qwq_local.engine.vocab import GGUFVocab
 
     assert settings.engine is not None
-    vocab = GGUFVocab(plan.resolved.path, plan.info.chat_template)
-    server = CompletionServer(settings.engine, settings.api_key, timeout=settings.engine_timeout)
-    try:
-        yield RemotePolicies(server, vocab, served_model(server.models(), plan))
-    finally:
-        server.close()
-        vocab.close()
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(CompletionServer(settings.engine, settings.api_key,
+                                                      timeout=settings.engine_timeout))
+        served = served_model(server.models(), plan)
+        if plan.pulled:
+            from qwq_local.engine.vocab import GGUFVocab
+
+            prompt_format: Any = stack.enter_context(GGUFVocab(plan.resolved.path, plan.info.chat_template))
+        else:
+            from qwq_local.engine.server_format import ServerFormat
+
+            prompt_format = ServerFormat.discover(server, served)
+            if prompt_format is None:
+                raise NotPulledError(
+                    f"--engine: {settings.model}'s GGUF is not here and the engine at {server.url} does not say its "
+                    f"chat template (llama-server's /props): run `qwq pull {settings.model}` (only its vocabulary "
+                    "is read) or give --model PATH.gguf")
+        yield RemotePolicies(server, prompt_format, served)
 
 
 @dataclass(frozen=True)

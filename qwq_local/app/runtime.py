@@ -115,30 +115,37 @@ def yarn_later(plan: ModelPlan) -> tuple[int, RopePlan] | None:
     return spec.yarn_from_tokens, RopePlan(yarn=True, factor=spec.yarn_max_factor, orig_ctx=plan.rope.orig_ctx)
 
 
-def plan_remote(resolved: ResolvedModel, settings: Settings) -> ModelPlan:
-    """The plan of a model a remote engine runs: its GGUF's metadata (template, tokenizer), nothing loaded here."""
-    info = catalog.read_gguf_info(resolved.path)
+def plan_remote(resolved: ResolvedModel, settings: Settings, recorded: GGUFInfo | None = None) -> ModelPlan:
+    """The plan of a model a remote engine runs: its GGUF's metadata (template, tokenizer), nothing loaded here.
+
+    `recorded`: the catalog's facts of a model whose file is not here (`pulled` False: the server's template is used).
+    """
+    info = recorded or catalog.read_gguf_info(resolved.path)
     native = info.context_length or (resolved.spec.native_context if resolved.spec else settings.ctx)
     factor = resolved.spec.yarn_max_factor if resolved.spec else DEFAULT_YARN_FACTOR
     offload = OffloadPlan(n_layer=info.n_layer, n_gpu_layers=0, model_bytes=info.file_size, kv_bytes=0, gpu_bytes=0,
                           ram_bytes=0, device=None, ram_free_bytes=0)
-    return ModelPlan(resolved, info, settings.ctx, plan_rope(settings.ctx, native, factor), offload)
+    return ModelPlan(resolved, info, settings.ctx, plan_rope(settings.ctx, native, factor), offload,
+                     pulled=recorded is None)
 
 
 def plan_for(settings: Settings, prompt: str | None = None) -> ModelPlan:
     """The plan for `settings.model`: loaded here (pulled first if need be), or run by `settings.engine`.
 
-    A remote engine still needs the model's GGUF here for its chat template and tokenizer (only the vocabulary
-    is read), and it is never pulled for that.
+    A remote engine takes the model's chat template and tokenizer from its GGUF here (only the vocabulary is
+    read; never pulled for that), else, for a catalog model, from the server (llama-server's /props).
     """
     if settings.engine is None:
         return plan_model(locate(settings.model, settings), settings, prompt=prompt)
     try:
         resolved = catalog.resolve(settings.model, settings.models_dir)
     except NotPulledError:
-        raise NotPulledError(f"--engine: qwq applies {settings.model}'s chat template and counts its tokens from "
-                             f"its GGUF, which is not here: run `qwq pull {settings.model}` or give --model "
-                             "PATH.gguf (only its vocabulary is read)") from None
+        recorded = catalog.recorded_info(settings.model, settings.models_dir)
+        if recorded is None:
+            raise NotPulledError(f"--engine: qwq applies {settings.model}'s chat template and counts its tokens "
+                                 f"from its GGUF, which is not here: run `qwq pull {settings.model}` or give --model "
+                                 "PATH.gguf (only its vocabulary is read)") from None
+        return plan_remote(recorded[0], settings, recorded[1])  # the template is asked of the server
     return plan_remote(resolved, settings)
 
 

@@ -1,4 +1,4 @@
-"""`qwq bench accuracy`: every strategy on the same problems with one loaded model; table, JSON, plot.
+"""`qwq bench accuracy`: every strategy on the same problems with one model (here or on --engine); table, JSON, plot.
 
 A strategy is written NAME[@N][:SCORER+SCORER], e.g. `direct`, `sc@8`, `bon@4:qhead`, `astar:self-eval+rules`.
 @N sets the samples of sc/bon and the trajectories of astar/beam; without a scorer the replies' token confidence
@@ -7,6 +7,7 @@ scores (`DEFAULT_SCORERS`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from typing import Any
 import typer
 
 from qwq_local.app import runtime
+from qwq_local.app.chat import ChatSetup, open_chat
 from qwq_local.app.search import (
     BENCH_SEARCH,
     SearchSetup,
@@ -24,7 +26,7 @@ from qwq_local.app.search import (
     search_defaults,
     search_options,
 )
-from qwq_local.app.solve import SolveResult
+from qwq_local.app.solve import PolicyFactory, SolveResult, solve_direct, solve_search, solve_sc_and_bon
 from qwq_local.bench.accuracy import Outcome, PairedSolve, format_table, run_accuracy
 from qwq_local.catalog.integrity import sha256_file
 from qwq_local.config import Settings
@@ -94,23 +96,27 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
 
         check_can_plot(plot)
     problems = load_problems(data, limit)
-    plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+    plan = runtime.plan_for(settings)
     needs_head = any(_names_qhead(s.choices or ()) or (s.choices is None and settings.head is not None)
                      for s in specs if needs_scorer(s.name))
     head = load_head(plan, settings, required=True) if needs_head else None
     head_id = f"{head.path.name} sha256:{sha256_file(head.path)[:16]}" if head is not None else None
     setups = {s.label: _search_setup(s, options[s.label], plan, settings, head) for s in specs}
     by_label = {s.label: s for s in specs}
-    model = chat = None
+    opened: list[tuple[Any, PolicyFactory]] = []
+    stack = contextlib.ExitStack()
 
-    def loaded() -> Any:
-        nonlocal model
-        if model is None:  # loaded at the first run to do, not at all when every run is in the results
+    def engine() -> tuple[Any, PolicyFactory]:
+        """(chat model, search policies): the model loaded here or the remote engine, opened at the first run
+        to do, not at all when every run is in the results."""
+        if not opened:
             try:
-                model = runtime.load(plan, settings)
+                chat, turns = stack.enter_context(open_chat(ChatSetup(plan, head), settings,
+                                                            think=True if plan.thinks else None))
             except Exception as exc:  # not one wrong answer per run: the whole benchmark stops
                 raise _LoadFailed(exc) from exc
-        return model
+            opened.append((chat, turns.policies))
+        return opened[0]
 
     def seeded(problem: Problem) -> Any:
         sampling = settings.sampling
@@ -119,30 +125,19 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         return sampling
 
     def solve(problem: Problem, label: str) -> Outcome:
-        nonlocal chat
-        spec = by_label[label]
-        if spec.name == "direct":
-            from qwq_local.app.solve import solve_direct
-            from qwq_local.engine.chat import LlamaChat
-
-            chat = chat or LlamaChat(loaded(), think=True if plan.thinks else None)
-            result = solve_direct(chat, problem.prompt, problem.format, seeded(problem))
-            return _outcome(result)
-        from qwq_local.app.solve import TreePolicies, solve_search
-
+        chat, policies = engine()
+        if by_label[label].name == "direct":
+            return _outcome(solve_direct(chat, problem.prompt, problem.format, seeded(problem)))
         setup = setups[label]
         assert setup is not None
-        result = solve_search(setup, problem.prompt, problem.format, seeded(problem), TreePolicies(loaded()))
-        return _outcome(result)
+        return _outcome(solve_search(setup, problem.prompt, problem.format, seeded(problem), policies))
 
     def solve_pair(problem: Problem, label: str, partner: str) -> tuple[Outcome | Exception, Outcome | Exception]:
-        from qwq_local.app.solve import TreePolicies, solve_sc_and_bon
-
         sc_label, bon_label = (label, partner) if by_label[label].name == "sc" else (partner, label)
         bon, asked = setups[bon_label], setups[label]
         assert bon is not None and asked is not None
         by_vote, by_score = solve_sc_and_bon(replace(bon, config=asked.config), problem.prompt, problem.format,
-                                             seeded(problem), TreePolicies(loaded()))
+                                             seeded(problem), engine()[1])
         outcomes = {sc_label: _outcome(by_vote, pooled_with=bon_label),
                     bon_label: by_score if isinstance(by_score, Exception) else _outcome(by_score, pooled_with=sc_label)}
         return outcomes[label], outcomes[partner]
@@ -158,12 +153,12 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         except _LoadFailed as failed:
             raise failed.error from None
     finally:
-        if model is not None:
-            model.close()
+        stack.close()
     if as_json:
         typer.echo(report.to_json())
     else:
-        typer.echo(f"{data}: {len(problems)} problems · model {settings.model} · "
+        where = f" on {settings.engine}" if settings.engine else ""
+        typer.echo(f"{data}: {len(problems)} problems · model {settings.model}{where} · "
                    f"{time.perf_counter() - started:.0f} s this run")
         typer.echo(format_table(report))
     if plot is not None:
@@ -221,7 +216,8 @@ def _setup(settings: Settings, data: str, plan: Any) -> dict[str, Any]:
     sampling = settings.sampling
     return {"model": plan.resolved.path.name, "data": data, "ctx": plan.n_ctx, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": sampling.seed,
-            "max_tokens": sampling.max_tokens}
+            "max_tokens": sampling.max_tokens,
+            "engine": settings.engine}  # another engine draws other samples: its runs do not mix with these
 
 
 def _recorded(options: SearchConfig) -> dict[str, Any]:

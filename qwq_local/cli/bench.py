@@ -89,14 +89,18 @@ def bench_accuracy(
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
     head: Optional[Path] = HeadOpt,
+    engine: Optional[str] = EngineOpt,
+    api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
     """Accuracy, generated tokens and seconds per problem of each strategy on the same problems.
 
-    Search options not given take each strategy's defaults (A*: the measured ones, README "Search")."""
+    Search options not given take each strategy's defaults (A*: the measured ones, README "Search").
+    With --engine every strategy runs on that server (direct through its completions, searches as on solve)."""
     from qwq_local.bench.accuracy_run import run_accuracy_bench
 
     settings = settings_from(model=model, temperature=temperature, seed=seed, max_tokens=max_tokens, ctx=ctx,
-                             gpu_layers=gpu_layers, models_dir=models_dir, head=head)
+                             gpu_layers=gpu_layers, models_dir=models_dir, head=head, engine=engine,
+                             api_key=api_key)
     changes = given(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
                     max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
                     completions=completions, choose=choose, expand_width=expand_width)

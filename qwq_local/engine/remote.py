@@ -41,7 +41,7 @@ class EngineCounters:
     requests: int = 0
     generated_tokens: int = 0  # every completion token the server produced (continuations and cut tails too)
     prompt_tokens: int = 0  # prompt tokens sent (a server without a prefix cache evaluates all of them)
-    evaluated_prompt_tokens: int | None = None  # prompt tokens it says it evaluated (llama-server's timings)
+    evaluated_prompt_tokens: int | None = None  # prompt tokens it says it evaluated (timings, cached_tokens)
     peak_request_tokens: int = 0  # the longest prompt + completion of one request
 
 

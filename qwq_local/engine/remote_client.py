@@ -33,7 +33,7 @@ class Usage:
 
     prompt_tokens: int
     completion_tokens: int
-    evaluated_prompt_tokens: int | None = None  # prompt tokens the server really evaluated (llama-server timings)
+    evaluated_prompt_tokens: int | None = None  # prompt tokens it says it evaluated (timings or cached_tokens)
 
 
 @dataclass(frozen=True)
@@ -192,11 +192,9 @@ def parse_completion(data: Any, url: str) -> Completion:
         raw = sorted(data["choices"], key=lambda c: int(c.get("index", 0)))
         choices = [_choice(c) for c in raw]
         usage = data.get("usage") or {}
-        timings = data.get("timings") or {}
-        evaluated = timings.get("prompt_n") if isinstance(timings, dict) else None
-        parsed = Completion(choices, Usage(int(usage.get("prompt_tokens") or 0),
-                                           int(usage.get("completion_tokens") or 0),
-                                           int(evaluated) if evaluated is not None else None))
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        parsed = Completion(choices, Usage(prompt_tokens, int(usage.get("completion_tokens") or 0),
+                                           _evaluated(data, usage, prompt_tokens)))
     except (KeyError, TypeError, ValueError, AttributeError):
         raise EngineReplyError(f"the engine at {url} answered /v1/completions with something that is not a "
                                f"completion: {_snippet(json.dumps(data) if not isinstance(data, str) else data)}"
@@ -204,6 +202,18 @@ def parse_completion(data: Any, url: str) -> Completion:
     if not parsed.choices:
         raise EngineReplyError(f"the engine at {url} answered /v1/completions with no choices")
     return parsed
+
+
+def _evaluated(data: dict[str, Any], usage: dict[str, Any], prompt_tokens: int) -> int | None:
+    """The prompt tokens the server says it evaluated: llama-server's `timings.prompt_n`, else the prompt less
+    `usage.prompt_tokens_details.cached_tokens` (vLLM, qwq serve); None when it says neither."""
+    timings = data.get("timings")
+    if isinstance(timings, dict) and timings.get("prompt_n") is not None:
+        return int(timings["prompt_n"])
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and details.get("cached_tokens") is not None:
+        return max(prompt_tokens - int(details["cached_tokens"]), 0)
+    return None
 
 
 def _choice(raw: dict[str, Any]) -> Choice:
