@@ -57,6 +57,8 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON.")
 EngineOpt = typer.Option(None, "--engine", help="URL of an OpenAI-compatible server that runs the model (QWQ_ENGINE).")
 ApiKeyOpt = typer.Option(None, "--api-key", help="Bearer token for --engine (QWQ_API_KEY).")
 SystemOpt = typer.Option(None, "--system", help="A system prompt before the conversation (QWQ_SYSTEM).")
+ThinkBudgetOpt = typer.Option(None, "--think-budget", help="Close the thinking after N tokens (the model is told to "
+                              "answer now); the loop guard closes it in a loop either way.")
 
 
 def _default(value: str) -> str:
