@@ -98,7 +98,7 @@ def solve(
     max_depth: Optional[int] = MaxDepthOpt,
     completions: Optional[int] = CompletionsOpt,
     choose: Optional[str] = ChooseOpt,
-    kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
+    kv_budget: Optional[str] = typer.Option(None, "--kv-budget", envvar="QWQ_KV_BUDGET",
                                             help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
