@@ -74,6 +74,7 @@ class Settings:
     cache_type_v: str = "f16"
     flash_attn: bool = False
     sampling: Sampling = Sampling()
+    warnings: tuple[str, ...] = ()  # one line each for the user: misspelt config keys, a config in the old place
 
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1 << 10, "mb": 1000**2, "mib": 1 << 20, "gb": 1000**3, "gib": 1 << 30}
@@ -99,6 +100,15 @@ def user_data_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(platformdirs.user_data_dir(APP))
 
 
+def user_config_file(env: Mapping[str, str] = os.environ) -> Path:
+    """Where config.toml lives: the XDG config dir (QWQ_CONFIG names another file; QWQ_USER_PATH holds it too)."""
+    if env.get("QWQ_CONFIG"):
+        return Path(env["QWQ_CONFIG"])
+    if env.get("QWQ_USER_PATH"):
+        return Path(env["QWQ_USER_PATH"]) / "config.toml"
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
 def default_models_dir(env: Mapping[str, str] = os.environ) -> Path:
     """Downloaded weights live in the user cache, never in the repo (QWQ_MODELS_DIR overrides)."""
     if env.get("QWQ_MODELS_DIR"):
@@ -109,6 +119,27 @@ def default_models_dir(env: Mapping[str, str] = os.environ) -> Path:
 _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
 _SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head", "engine", "api_key",
                  "engine_timeout", "system", "cache_type_k", "cache_type_v", "flash_attn"}
+
+
+# QWQ_* variables that are not settings (read where they are used); never reported as misspelt
+_OTHER_VARIABLES = {"user_path", "config", "debug", "data_dir", "catalog", "bank_arrays", "test_models_dir",
+                    "test_real_pull", "test_screen", "yes"}
+
+
+def _guess(key: str) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(key, sorted(_SAMPLING_KEYS | _SETTING_KEYS), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def _with_guess(key: str, prefix: str) -> str:
+    """`'temprature' (did you mean 'temperature'?)`."""
+    guess = _guess(key)
+    name = prefix + key.upper() if prefix else key
+    if guess is None:
+        return repr(name)
+    return f"{name!r} (did you mean {(prefix + guess.upper()) if prefix else guess!r}?)"
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -154,13 +185,28 @@ def load_settings(
     """Merge defaults, the TOML config file, QWQ_* variables and flags (None flags are unset)."""
     data_dir = user_data_dir(env)
     layers: list[Mapping[str, Any]] = []
-    path = config_file or Path(env.get("QWQ_CONFIG", data_dir / "config.toml"))
+    warnings: list[str] = []
+    path = config_file or user_config_file(env)
+    old = data_dir / "config.toml"  # where config.toml lived before it moved to the XDG config dir
+    if config_file is None and not env.get("QWQ_CONFIG") and not path.is_file() and old != path and old.is_file():
+        warnings.append(f"config file {old} is in the old place, still read; move it to {path}")
+        path = old
     if path.is_file():
         try:
-            layers.append(tomllib.loads(path.read_text()))
+            table = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    layers.append({k[4:].lower(): v for k, v in env.items() if k.startswith("QWQ_")})
+        unknown = [key for key in table if key not in _SAMPLING_KEYS | _SETTING_KEYS]
+        if unknown:
+            warnings.append(f"config file {path}: unknown {'key' if len(unknown) == 1 else 'keys'} "
+                            + ", ".join(_with_guess(key, "") for key in unknown) + " (ignored)")
+        layers.append(table)
+    variables = {k[4:].lower(): v for k, v in env.items() if k.startswith("QWQ_")}
+    misspelt = [key for key in variables if key not in _SAMPLING_KEYS | _SETTING_KEYS and key not in _OTHER_VARIABLES
+                and _guess(key)]
+    if misspelt:
+        warnings.append(", ".join(_with_guess(key, "QWQ_") for key in misspelt) + " ignored: not a setting")
+    layers.append(variables)
     layers.append({k: v for k, v in (flags or {}).items() if v is not None})
     merged: dict[str, Any] = {}
     for layer in layers:
@@ -172,6 +218,7 @@ def load_settings(
         models_dir=merged.pop("models_dir", None) or default_models_dir(env),
         data_dir=data_dir,
         sampling=sampling,
+        warnings=tuple(warnings),
         **{k: v for k, v in merged.items() if k in _SETTING_KEYS - {"models_dir"}},
     )
     if settings.engine is not None and not settings.engine.startswith(("http://", "https://")):

@@ -20,7 +20,7 @@ from tests.fake_chat import FakeChat
 def _chat(history: History | None, lines: str, data_dir: Path) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     env = Env(stdin=io.StringIO(lines), stdout=out, stderr=err, data_dir=data_dir)
-    rc = run_chat(FakeChat(), load_settings(), env, history)
+    rc = run_chat(FakeChat(), load_settings(), env, history, each_line=True)
     return rc, out.getvalue(), err.getvalue()
 
 

@@ -129,14 +129,14 @@ def test_a_models_dir_that_is_a_file(variable: str, tmp_path: Path, monkeypatch:
     assert code == ExitCode.NOT_A_DIRECTORY and "not-a-dir" in err and "is a file" in err
 
 
-def test_piped_chat_skips_a_non_utf8_line_and_goes_on(tmp_path: Path) -> None:
+def test_piped_chat_line_by_line_skips_a_non_utf8_line_and_goes_on(tmp_path: Path) -> None:
     stdin = io.TextIOWrapper(io.BytesIO(b"first?\n2+2? \xff\nthird?\n"), encoding="utf-8",
                              errors="surrogateescape")
     out, err = io.StringIO(), io.StringIO()
     with History(tmp_path / "history.db") as history:
         env = Env(stdin=stdin, stdout=out, stderr=err, data_dir=tmp_path)
         model = FakeChat()
-        rc = run_chat(model, load_settings(), env, history)
+        rc = run_chat(model, load_settings(), env, history, each_line=True)
         turns = history.turns(history.latest_id())
     assert rc == ExitCode.EMPTY_INPUT and "line 2 of standard input is not UTF-8" in err.getvalue()
     assert [t.prompt for t in turns] == ["first?", "third?"]

@@ -187,7 +187,7 @@ def test_chat_streams_from_the_engine_and_searches_there(llama_server: LlamaServ
     before = llama_server.completions()
     chat = subprocess.run(
         [sys.executable, "-m", "qwq_local", "chat", "-m", "smollm2-135m", "--engine", llama_server.url,
-         "--temperature", "0", "--max-tokens", "30"],
+         "--temperature", "0", "--max-tokens", "30", "--each-line"],
         input="What is the capital of France? One word.\n/search sc\nWhat is 2 + 2? Reply with the number.\n",
         env=env, text=True, capture_output=True, timeout=600)
     assert chat.returncode == 0, chat.stderr

@@ -410,7 +410,7 @@ def test_an_engine_error_ends_the_turn_not_the_chat(history: History) -> None:
 
 
 def test_piped_stdin_answers_each_line(history: History) -> None:
-    c = piped("What is 6*7?\n\nAnd again?\n", history)
+    c = piped("What is 6*7?\n\nAnd again?\n", history, each_line=True)
     assert c.rc == ExitCode.OK
     assert c.out == "The answer is 42.\nThe answer is 42.\n"  # stdout holds the answers alone
     assert c.err.count("▸ Thought for") == 2 and c.err.count("thinking 11 · answer 9 tok") == 2
@@ -419,14 +419,34 @@ def test_piped_stdin_answers_each_line(history: History) -> None:
     assert "\x1b" not in c.out + c.err
 
 
+def test_piped_stdin_is_one_message_as_ollama_run_sends_a_file(history: History) -> None:
+    c = piped("/system Be brief.\n\nSummarise this file:\n\nline one\n/not a command here\nline three\n", history)
+    assert c.rc == ExitCode.OK and len(c.model.calls) == 1
+    assert c.sent(0) == [("system", "Be brief."),
+                         ("user", "Summarise this file:\n\nline one\n/not a command here\nline three")]
+    assert c.out == "The answer is 42.\n" and len(c.stored()) == 1
+
+
+def test_piped_stdin_that_is_empty_or_not_utf8_is_exit_4(history: History) -> None:
+    for data in (" \n\n", "caf\udce9\n"):
+        c = piped(data, history)
+        assert c.rc == ExitCode.EMPTY_INPUT and c.err.count("\n") == 1 and c.err.startswith("error: standard input")
+        assert c.model.calls == []
+
+
+def test_piped_whole_input_interrupted_is_130(history: History) -> None:
+    c = piped("q1\nq2\n", history, FakeChat(replies=[Reply(DEFAULT_REPLY, interrupt_after=3)]))
+    assert c.rc == ExitCode.INTERRUPTED and c.sent(0) == [("user", "q1\nq2")]
+
+
 def test_piped_stdin_runs_commands(history: History, tmp_path: Path) -> None:
-    c = piped(f"/budget 2\nq\n/save {tmp_path / 't.md'}\n/exit\nnever\n", history)
+    c = piped(f"/budget 2\nq\n/save {tmp_path / 't.md'}\n/exit\nnever\n", history, each_line=True)
     assert len(c.model.calls) == 1 and c.stored()[0].thinking_tokens == 2 + len(pieces_of(c.model.forced[0]))
     assert (tmp_path / "t.md").exists()
 
 
 def test_piped_interrupt_stops_with_130(history: History) -> None:
-    c = piped("q1\nq2\n", history, FakeChat(replies=[Reply(DEFAULT_REPLY, interrupt_after=3)]))
+    c = piped("q1\nq2\n", history, FakeChat(replies=[Reply(DEFAULT_REPLY, interrupt_after=3)]), each_line=True)
     assert c.rc == ExitCode.INTERRUPTED and len(c.model.calls) == 1
     assert c.stored()[0].stop_reason == "interrupted"
 
@@ -436,7 +456,7 @@ def test_piped_engine_error_sets_the_exit_code(history: History) -> None:
         def stream(self, messages, sampling, *, intervene=None):  # type: ignore[no-untyped-def]
             raise ContextTooLargeError("too long")
 
-    c = piped("q1\nq2\n", history, Failing())
+    c = piped("q1\nq2\n", history, Failing(), each_line=True)
     assert c.rc == ExitCode.CONTEXT_TOO_LARGE and c.err.count("error: too long") == 2
 
 
@@ -521,6 +541,7 @@ def test_real_terminal_folds_the_streamed_thinking_away(tmp_path: Path) -> None:
 
 
 def test_system_command_sets_and_clears_the_system_prompt(history: History) -> None:
-    c = piped("/system Answer in French.\nHello\n/system off\nAgain\n", history, FakeChat(replies=["Bonjour", "Hi"]))
+    c = piped("/system Answer in French.\nHello\n/system off\nAgain\n", history, FakeChat(replies=["Bonjour", "Hi"]),
+              each_line=True)
     assert c.sent(0)[0] == ("system", "Answer in French.") and c.sent(0)[-1] == ("user", "Hello")
     assert all(role != "system" for role, _ in c.sent(1)) and c.sent(1)[-1] == ("user", "Again")

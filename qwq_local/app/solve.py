@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, TextIO
 
@@ -14,9 +14,10 @@ from qwq_local.app.search import SearchSetup
 from qwq_local.config import Sampling, Settings
 from qwq_local.errors import ExitCode, InputFileError, read_regular_file
 from qwq_local.problems.prompts import build_question, detect_format
-from qwq_local.dialog.think import CLOSE, split_at_close
+from qwq_local.dialog.guard import Intervention
+from qwq_local.dialog.think import CLOSE, OPEN, split_at_close
 from qwq_local.search.answer import extract_final_answer
-from qwq_local.search.protocol import LMStats, SearchResult, StepLM
+from qwq_local.search.protocol import LMStats, SearchProgress, SearchResult, StepLM
 
 
 def read_problem(source: str, stdin: TextIO | None = None) -> str:
@@ -73,6 +74,10 @@ class SolveResult:
     decode_seconds: float
     search: SearchStats | None = None
     tree: list[dict[str, Any]] = field(default_factory=list)  # every explored node (SearchTree.as_dicts())
+    # direct: "stop" (the reply ended), "length" (--max-tokens or the context) or "interrupted" (Ctrl-C); a search
+    # says why it stopped (SearchResult.stop_reason)
+    stop_reason: str = "stop"
+    thinking_cut: str | None = None  # "budget" or "loop": the thinking was closed early (--think-budget, loop guard)
 
     @property
     def generated_tokens(self) -> int:
@@ -93,6 +98,8 @@ class SolveResult:
             "thinking": self.thinking,
             "tokens": {"prompt": self.prompt_tokens, "thinking": self.thinking_tokens,
                        "answer": self.answer_tokens},
+            "stop_reason": self.stop_reason,
+            "thinking_cut": self.thinking_cut,
             "seconds": round(self.seconds, 3),
             "tokens_per_second": (round(self.generated_tokens / self.decode_seconds, 2)
                                   if self.decode_seconds > 0 else 0.0),
@@ -108,6 +115,18 @@ class SearchPolicy(StepLM, Protocol):
     def prompt_tokens(self, question: str) -> list[int]: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+class SearchWatch(Protocol):
+    """What a front end hears while a search runs (the live progress line)."""
+
+    def policy_ready(self, generated_tokens: Callable[[], int]) -> None:
+        """The policy is made; `generated_tokens()` reads its running count at any time."""
+        ...
+
+    def search(self, progress: SearchProgress) -> None:
+        """The prompt was read, or one more expansion is done."""
+        ...
 
 
 PolicyFactory = Callable[[SearchSetup, Sampling, Sequence[Any]], ContextManager[SearchPolicy]]
@@ -146,38 +165,70 @@ def loaded_policies(plan: runtime.ModelPlan, settings: Settings) -> Iterator[Pol
         model.close()
 
 
+# What the chat engine's stop reason is called in a solve's JSON (OpenAI's finish_reason words).
+DIRECT_STOP = {"eos": "stop", "length": "length", "context": "length", "interrupted": "interrupted"}
+
+
 def solve_direct(chat: Any, problem: str, fmt: str, sampling: Sampling,
-                 on_piece: Callable[[str], None] | None = None, system: str | None = None) -> SolveResult:
-    """Plain generation through the chat engine (the reply streams through `on_piece`), after `system` if given."""
+                 on_piece: Callable[[str], None] | None = None, system: str | None = None,
+                 guard: Intervention | None = None) -> SolveResult:
+    """Plain generation through the chat engine (the reply streams through `on_piece`), after `system` if given.
+
+    `guard` (a thinking budget and the loop guard) closes the thinking when it must; a budget opens the thinking
+    even on a model that does not think on its own. Ctrl-C ends the reply where it is: the result says "interrupted".
+    """
     from qwq_local.dialog.messages import Message
 
     fmt = detect_format(problem) if fmt == "auto" else fmt
     question = build_question(problem, fmt)
     pieces = []
     messages = [Message("system", system)] if system else []
-    for piece in chat.stream([*messages, Message("user", question)], sampling):
-        pieces.append(piece)
-        if on_piece:
-            on_piece(piece)
+    stream = chat.stream([*messages, Message("user", question)], sampling, intervene=guard,
+                         think=True if guard is not None and guard.budget else None)
+    interrupted = False
+    try:
+        for piece in stream:
+            pieces.append(piece)
+            if on_piece:
+                on_piece(piece)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        try:
+            stream.close()
+        except KeyboardInterrupt:  # a second Ctrl-C while the engine stops
+            interrupted = True
     text = "".join(pieces)
     stats = chat.last_stats
     thinking, answer = split_at_close(text)
+    if CLOSE not in text and text.lstrip().startswith(OPEN):  # stopped inside the thinking: no answer yet
+        thinking, answer = text.lstrip()[len(OPEN):], ""
     return SolveResult(
         model=chat.name, strategy="direct", format=fmt, answer=answer.strip(),
         final_answer=extract_final_answer(text), thinking=thinking.strip(),
         prompt_tokens=stats.prompt_tokens, thinking_tokens=stats.thinking_tokens,
         answer_tokens=stats.answer_tokens, seconds=stats.seconds,
         decode_seconds=stats.seconds - stats.prefill_seconds,
+        stop_reason="interrupted" if interrupted else DIRECT_STOP.get(stats.stop_reason, stats.stop_reason),
+        thinking_cut=guard.reason if guard is not None else None,
     )
 
 
 def solve_search(setup: SearchSetup, problem: str, fmt: str, sampling: Sampling, policies: PolicyFactory, *,
-                 history: Sequence[Any] = ()) -> SolveResult:
-    """Search over reasoning steps (A*, beam, best-of-N, self-consistency) on a policy from `policies`."""
+                 history: Sequence[Any] = (), watch: SearchWatch | None = None) -> SolveResult:
+    """Search over reasoning steps (A*, beam, best-of-N, self-consistency) on a policy from `policies`.
+
+    `watch` hears the search's progress and may read the policy's running token count; Ctrl-C ends the search
+    with the best path found so far (stop_reason "interrupted").
+    """
     from qwq_local.search.strategies import run
 
     def search(question: str, policy: SearchPolicy, scorer: Any, mark: Mark) -> list[Marked]:
-        return [mark(run(setup.strategy, question, setup.config, policy, scorer))]
+        config = setup.config
+        if watch is not None:
+            watch.policy_ready(lambda: policy.stats.generated_tokens)
+            config = replace(config, progress=watch.search)
+        return [mark(run(setup.strategy, question, config, policy, scorer))]
 
     result = _on_tree(setup, problem, fmt, sampling, policies, search, history)[0]
     assert isinstance(result, SolveResult)
@@ -221,18 +272,25 @@ def _on_tree(setup: SearchSetup, problem: str, fmt: str, sampling: Sampling, pol
     fmt = detect_format(problem) if fmt == "auto" else fmt
     question = build_question(problem, fmt)
     start = time.perf_counter()
-    with policies(setup, sampling, history) as policy:
-        scorer = scorer_of(setup.scorers, policy, qhead=setup.head) if setup.scorers else None
+    results: list[SolveResult | Exception] | None = None
+    try:
+        with policies(setup, sampling, history) as policy:
+            scorer = scorer_of(setup.scorers, policy, qhead=setup.head) if setup.scorers else None
 
-        def mark(result: SearchResult, scorer_label: str = setup.scorer_label) -> Marked:
-            return result, time.perf_counter(), policy.stats, scorer_label
+            def mark(result: SearchResult, scorer_label: str = setup.scorer_label) -> Marked:
+                return result, time.perf_counter(), policy.stats, scorer_label
 
-        marked = search(question, policy, scorer, mark)
-        prompt_tokens = len(policy.prompt_tokens(question))
-        return [result if isinstance(result, Exception) else
-                _search_result(policy, setup.plan.resolved.path.name, fmt, result, stats, prompt_tokens, at - start, label,
-                               setup.plan.thinks)
-                for result, at, stats, label in marked]
+            marked = search(question, policy, scorer, mark)
+            prompt_tokens = len(policy.prompt_tokens(question))
+            results = [result if isinstance(result, Exception) else
+                       _search_result(policy, setup.plan.resolved.path.name, fmt, result, stats, prompt_tokens,
+                                      at - start, label, setup.plan.thinks)
+                       for result, at, stats, label in marked]
+    except KeyboardInterrupt:
+        if results is None:
+            raise
+        # Ctrl-C while the tree was freed: the search had already chosen, its results stand
+    return results
 
 
 def _search_result(policy: SearchPolicy, model_name: str, fmt: str, result: SearchResult, stats: LMStats,
@@ -254,6 +312,7 @@ def _search_result(policy: SearchPolicy, model_name: str, fmt: str, result: Sear
             complete=result.complete, stop_reason=result.stop_reason,
         ),
         tree=result.tree,
+        stop_reason=result.stop_reason,
     )
 
 

@@ -26,6 +26,7 @@ from qwq_local.cli.root import (
     SeedOpt,
     SystemOpt,
     TemperatureOpt,
+    ThinkBudgetOpt,
     TopKOpt,
     TopPOpt,
     app,
@@ -39,9 +40,11 @@ def chat(
     model: Optional[str] = ModelOpt,
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Keep thinking open."),
     hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Only a spinner while thinking."),
-    think_budget: Optional[int] = typer.Option(None, "--think-budget", help="Close thinking after N tokens."),
+    think_budget: Optional[int] = ThinkBudgetOpt,
     resume: Optional[int] = typer.Option(None, "--resume-id", hidden=True),
     resume_latest: bool = typer.Option(False, "--resume", help="Continue the latest conversation; --resume ID that one."),
+    each_line: bool = typer.Option(False, "--each-line", help="Piped stdin: one message a line (default: the whole "
+                                   "input is one message, after slash commands on its first lines)."),
     temperature: Optional[float] = TemperatureOpt,
     seed: Optional[int] = SeedOpt,
     max_tokens: Optional[int] = MaxTokensOpt,
@@ -60,7 +63,7 @@ def chat(
     engine: Optional[str] = EngineOpt,
     api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
-    """Interactive chat with folded thinking (piped stdin: one message a line)."""
+    """Interactive chat with folded thinking (piped stdin: the whole input is one message, as `ollama run`)."""
     from qwq_local.app import runtime
     from qwq_local.app.chat import open_chat, prepare_chat
     from qwq_local.render.console import Env, info
@@ -95,6 +98,7 @@ def chat(
                    yarn_later=runtime.yarn_later(setup.plan),
                    on_note=lambda text: info(env, f"note: {text}")) as (chat_model, turns):
         code = run_chat(chat_model, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
-                        think_budget=think_budget, resume=resume, strategy_runner=turns)
+                        think_budget=think_budget, resume=resume, strategy_runner=turns,
+                        each_line=each_line)
     if code:
         raise typer.Exit(code)

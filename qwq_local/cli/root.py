@@ -48,15 +48,18 @@ app.add_typer(head_app, name="head")
 app.add_typer(bench_app, name="bench")
 app.add_typer(history_app, name="history")
 
-ModelOpt = typer.Option(None, "--model", "-m", help="Catalog name, .gguf path or hf:REPO/FILE.")
-ModelsDirOpt = typer.Option(None, "--models-dir", help="Where weights live (QWQ_MODELS_DIR).")
-CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (YaRN beyond the native length).")
-GpuOpt = typer.Option(None, "--gpu-layers", help="auto | all | N layers on the GPU.")
-HeadOpt = typer.Option(None, "--head", help="Q-value head .gguf instead of the catalog's (QWQ_HEAD).")
+ModelOpt = typer.Option(None, "--model", "-m", envvar="QWQ_MODEL", help="Catalog name, .gguf path or hf:REPO/FILE.")
+ModelsDirOpt = typer.Option(None, "--models-dir", envvar="QWQ_MODELS_DIR", help="Where weights live.")
+CtxOpt = typer.Option(None, "--ctx", envvar="QWQ_CTX", help="Context size in tokens (YaRN beyond the native length).")
+GpuOpt = typer.Option(None, "--gpu-layers", envvar="QWQ_GPU_LAYERS", help="auto | all | N layers on the GPU.")
+HeadOpt = typer.Option(None, "--head", envvar="QWQ_HEAD", help="Q-value head .gguf instead of the catalog's.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON.")
-EngineOpt = typer.Option(None, "--engine", help="URL of an OpenAI-compatible server that runs the model (QWQ_ENGINE).")
-ApiKeyOpt = typer.Option(None, "--api-key", help="Bearer token for --engine (QWQ_API_KEY).")
-SystemOpt = typer.Option(None, "--system", help="A system prompt before the conversation (QWQ_SYSTEM).")
+EngineOpt = typer.Option(None, "--engine", envvar="QWQ_ENGINE",
+                         help="URL of an OpenAI-compatible server that runs the model.")
+ApiKeyOpt = typer.Option(None, "--api-key", envvar="QWQ_API_KEY", help="Bearer token for --engine.")
+SystemOpt = typer.Option(None, "--system", envvar="QWQ_SYSTEM", help="A system prompt before the conversation.")
+ThinkBudgetOpt = typer.Option(None, "--think-budget", help="Close the thinking after N tokens (the model is told to "
+                              "answer now); the loop guard closes it in a loop either way.")
 
 
 def _default(value: str) -> str:
@@ -66,22 +69,33 @@ def _default(value: str) -> str:
 
 _S = Sampling()  # the defaults shown are the ones used
 TemperatureOpt = typer.Option(None, "--temperature", "-t",
+                              envvar="QWQ_TEMPERATURE",
                               help="Sampling temperature; 0 is greedy." + _default(f"{_S.temperature:g}"))
 TopPOpt = typer.Option(None, "--top-p",
+                       envvar="QWQ_TOP_P",
                        help="Nucleus sampling: the likeliest tokens up to this mass." + _default(f"{_S.top_p:g}"))
-TopKOpt = typer.Option(None, "--top-k", help="Sample among the K likeliest tokens (0: all)." + _default(str(_S.top_k)))
+TopKOpt = typer.Option(None, "--top-k", envvar="QWQ_TOP_K",
+                       help="Sample among the K likeliest tokens (0: all)." + _default(str(_S.top_k)))
 MinPOpt = typer.Option(None, "--min-p",
+                       envvar="QWQ_MIN_P",
                        help="Drop tokens less likely than this times the likeliest." + _default(f"{_S.min_p:g}"))
-SeedOpt = typer.Option(None, "--seed", help="Random seed, for a repeatable reply." + _default("random"))
+SeedOpt = typer.Option(None, "--seed", envvar="QWQ_SEED",
+                       help="Random seed, for a repeatable reply." + _default("random"))
 MaxTokensOpt = typer.Option(None, "--max-tokens",
+                            envvar="QWQ_MAX_TOKENS",
                             help="Most tokens in a reply (thinking included)." + _default(str(_S.max_tokens)))
 PresenceOpt = typer.Option(None, "--presence-penalty",
+                           envvar="QWQ_PRESENCE_PENALTY",
                            help="0-2: penalise tokens already said, against endless repetition." + _default("0, off"))
-RepeatOpt = typer.Option(None, "--repeat-penalty", help="llama.cpp's repetition penalty." + _default("1, off"))
-CacheKOpt = typer.Option(None, "--cache-type-k", help="KV cache K type: f16 | q8_0 | q4_0." + _default("f16"))
+RepeatOpt = typer.Option(None, "--repeat-penalty", envvar="QWQ_REPEAT_PENALTY",
+                         help="llama.cpp's repetition penalty." + _default("1, off"))
+CacheKOpt = typer.Option(None, "--cache-type-k", envvar="QWQ_CACHE_TYPE_K",
+                         help="KV cache K type: f16 | q8_0 | q4_0." + _default("f16"))
 CacheVOpt = typer.Option(None, "--cache-type-v",
+                         envvar="QWQ_CACHE_TYPE_V",
                          help="KV cache V type: f16 | q8_0 | q4_0 (quantised needs --flash-attn)." + _default("f16"))
-FlashOpt = typer.Option(None, "--flash-attn/--no-flash-attn", help="llama.cpp's flash attention." + _default("off"))
+FlashOpt = typer.Option(None, "--flash-attn/--no-flash-attn", envvar="QWQ_FLASH_ATTN",
+                        help="llama.cpp's flash attention." + _default("off"))
 
 
 def _version(value: bool) -> None:
@@ -99,10 +113,13 @@ def _root(
 
 
 def settings_from(**flags: Any) -> Settings:
-    """Settings: defaults < config file < QWQ_* environment < these flags (None: not given)."""
+    """Settings: defaults < config file < QWQ_* environment < these flags (None: not given); its warnings said once."""
     from qwq_local.config import load_settings
 
-    return load_settings(flags)
+    settings = load_settings(flags)
+    for warning in settings.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    return settings
 
 
 # The search knobs (SearchConfig fields) as flags, declared once for `solve` and `bench accuracy`. None: the

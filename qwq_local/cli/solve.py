@@ -44,14 +44,17 @@ from qwq_local.cli.root import (
     SeedOpt,
     SystemOpt,
     TemperatureOpt,
+    ThinkBudgetOpt,
     TopKOpt,
     TopPOpt,
     app,
     settings_from,
 )
 from qwq_local.config import Settings
-from qwq_local.errors import UsageError
+from qwq_local.errors import ExitCode, UsageError
 from qwq_local.problems.prompts import FORMATS
+from qwq_local.render.console import Env
+from qwq_local.render.solve_progress import SolveProgress
 from qwq_local.search.strategies import STRATEGIES
 
 
@@ -64,6 +67,9 @@ def solve(
     fmt: str = typer.Option("auto", "--format", help=" | ".join(FORMATS) + " | auto"),
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking too."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress on stderr (it is shown only on a "
+                               "terminal)."),
+    think_budget: Optional[int] = ThinkBudgetOpt,
     temperature: Optional[float] = TemperatureOpt,
     top_p: Optional[float] = TopPOpt,
     top_k: Optional[int] = TopKOpt,
@@ -94,14 +100,18 @@ def solve(
     completions: Optional[int] = CompletionsOpt,
     choose: Optional[str] = ChooseOpt,
     expand_width: Optional[int] = ExpandWidthOpt,
-    kv_budget: Optional[str] = typer.Option(None, "--kv-budget",
+    kv_budget: Optional[str] = typer.Option(None, "--kv-budget", envvar="QWQ_KV_BUDGET",
                                             help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
     engine: Optional[str] = EngineOpt,
     api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
-    """Answer a markdown problem once, by plain generation or by search."""
+    """Answer a markdown problem once, by plain generation or by search.
+
+    Progress goes to stderr when it is a terminal. Ctrl-C prints the best answer found so far (stop_reason
+    "interrupted") and exits 130.
+    """
     from qwq_local.app.search import check_strategy, prepare_search, search_defaults, search_options
 
     settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
@@ -114,6 +124,11 @@ def solve(
         raise UsageError(f"unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
     if strategy == "direct" and (scorer or show_tree or trace):
         raise UsageError("--scorer, --show-tree and --trace need a search strategy (astar, beam, bon, sc)")
+    if think_budget is not None and think_budget < 1:
+        raise UsageError("--think-budget must be at least 1 token")
+    if think_budget is not None and (strategy != "direct" or settings.engine is not None):
+        raise UsageError("--think-budget works with --strategy direct on a local model; a search bounds its steps "
+                         "with --max-depth and --max-tokens")
     if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
         raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)
@@ -125,18 +140,44 @@ def solve(
     plan = runtime.plan_for(settings, prompt=problem)
     if plan.note:
         typer.echo(f"note: {plan.note}", err=True)
-    if strategy == "direct" and settings.engine is None:
-        result = _direct(plan, problem, fmt, settings, show_thinking, as_json)
-    else:
-        from qwq_local.app.solve import solve_search
+    progress = SolveProgress(Env.from_process(), enabled=False if quiet else None)
+    result: SolveResult | None = None
+    pressed = False  # Ctrl-C after the reply was chosen, while the model was freed
+    try:
+        if strategy == "direct" and settings.engine is None:
+            result = _direct(plan, problem, fmt, settings, show_thinking, as_json, think_budget, progress)
+        else:
+            from qwq_local.app.solve import solve_search
 
-        setup = prepare_search(plan, settings, strategy, options, scorer)
-        if setup.note and not as_json:
-            typer.echo(f"note: {setup.note}", err=True)
-        backend = ctx.obj if isinstance(ctx.obj, Backend) else backend_for(settings)
-        with backend.policies(plan, settings) as policies:
-            result = solve_search(setup, problem, fmt, settings.sampling, policies, history=_system(settings))
+            setup = prepare_search(plan, settings, strategy, options, scorer)
+            if setup.note and not as_json:
+                typer.echo(f"note: {setup.note}", err=True)
+            backend = ctx.obj if isinstance(ctx.obj, Backend) else backend_for(settings)
+            _loading(progress, plan, settings)
+            with backend.policies(plan, settings) as policies:
+                progress.done(f"loaded {_name(plan, settings)} in {progress.elapsed():.1f} s")
+                progress.searching(strategy)
+                result = solve_search(setup, problem, fmt, settings.sampling, policies, history=_system(settings),
+                                      watch=progress)
+                progress.searched(result.seconds, result.stop_reason)
+    except KeyboardInterrupt:
+        if result is None:
+            raise
+        pressed = True
+    finally:
+        progress.close()
     _print(result, as_json=as_json, show_thinking=show_thinking, show_tree=show_tree, trace=trace)
+    if pressed or result.stop_reason == "interrupted":
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+
+
+def _name(plan: runtime.ModelPlan, settings: Settings) -> str:
+    return settings.engine or plan.resolved.path.name
+
+
+def _loading(progress: SolveProgress, plan: runtime.ModelPlan, settings: Settings) -> None:
+    size = "" if settings.engine else f" ({plan.resolved.path.stat().st_size / 2**30:.1f} GiB)"
+    progress.start(f"loading {_name(plan, settings)}{size}…")
 
 
 def _print(result: SolveResult, *, as_json: bool, show_thinking: bool, show_tree: bool, trace: Path | None) -> None:
@@ -156,6 +197,12 @@ def _print(result: SolveResult, *, as_json: bool, show_thinking: bool, show_tree
         if not result.search.complete:
             typer.echo(f"note: the search stopped ({result.search.stop_reason or 'budget'}) before a reply "
                        "finished; this is the best partial one", err=True)
+        elif result.stop_reason == "interrupted":
+            typer.echo("note: interrupted; this is the best reply found so far", err=True)
+    elif result.stop_reason == "length":
+        typer.echo("note: the reply stopped at --max-tokens (or the context) before it ended", err=True)
+    elif result.stop_reason == "interrupted":
+        typer.echo("note: interrupted; this is the reply as far as it got", err=True)
     if show_tree and result.search is not None:
         from qwq_local.render.console import Env
         from qwq_local.render.tree_view import render_tree
@@ -166,36 +213,60 @@ def _print(result: SolveResult, *, as_json: bool, show_thinking: bool, show_tree
 
 
 def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings, show_thinking: bool,
-            as_json: bool) -> SolveResult:
-    """Plain generation, streamed to stdout as it comes (the thinking only with --show-thinking)."""
+            as_json: bool, think_budget: int | None, progress: SolveProgress) -> SolveResult:
+    """Plain generation, streamed to stdout as it comes (the thinking only with --show-thinking, else counted on the
+    live line and folded when it closes)."""
     from qwq_local.app.solve import solve_direct
+    from qwq_local.dialog.guard import Intervention
     from qwq_local.dialog.think import ThinkParser
     from qwq_local.engine.chat import LlamaChat
 
+    _loading(progress, plan, settings)
     model = runtime.load(plan, settings)
+    progress.done(f"loaded {_name(plan, settings)} in {progress.elapsed():.1f} s")
     try:
         chat = LlamaChat(model, think=plan.thinks or None)
         parser = ThinkParser(starts_in_thinking=chat.thinks)
-        shown = {"thinking": False}
+        guard = Intervention(budget=think_budget)
+        shown = {"thinking": False, "thought": 0, "folded": False}
+        progress.start("reading the prompt…")
+
+        def fold() -> None:
+            if not shown["folded"]:
+                shown["folded"] = True
+                if shown["thought"]:
+                    progress.thought(progress.elapsed(), guard.last_tokens or shown["thought"], guard.note())
+                else:
+                    progress.done()
 
         def write(segments: list[Any]) -> None:
             for segment in segments:
-                if segment.kind == "thinking" and show_thinking:
+                if segment.kind == "thinking":
+                    shown["thought"] += 1
+                    if not show_thinking:
+                        progress.thinking(guard.last_tokens or shown["thought"])
+                        continue
+                    if not shown["folded"]:
+                        progress.done()
+                        shown["folded"] = True
                     shown["thinking"] = True
                 elif segment.kind == "answer":
+                    fold()
+                    if as_json:
+                        continue
                     if shown["thinking"]:  # the thinking shown ends as in a search's output
                         sys.stdout.write("\n\n---\n")
                         shown["thinking"] = False
                 else:
                     continue
-                sys.stdout.write(segment.text)
+                if not as_json:
+                    sys.stdout.write(segment.text)
             sys.stdout.flush()
 
-        result = solve_direct(chat, problem, fmt, settings.sampling,
-                              on_piece=None if as_json else lambda piece: write(parser.feed(piece)),
-                              system=settings.system)
-        if not as_json:
-            write(parser.close())
+        result = solve_direct(chat, problem, fmt, settings.sampling, on_piece=lambda piece: write(parser.feed(piece)),
+                              system=settings.system, guard=guard)
+        write(parser.close())
+        fold()
     finally:
         model.close()
     if not as_json:

@@ -72,6 +72,13 @@ class SamplerSpec:
     top_k: int = 40
     min_p: float = 0.0
     seed: int = 0
+    repeat_penalty: float = 1.0  # llama.cpp's repetition penalty over the last `penalty_last_n` tokens; 1 is off
+    presence_penalty: float = 0.0  # subtracted from the logit of each token already among them; 0 is off
+    penalty_last_n: int = 64  # llama.cpp's default window
+
+    @property
+    def penalises(self) -> bool:
+        return self.repeat_penalty != 1.0 or self.presence_penalty != 0.0
 
 
 class NativeSampler:
@@ -81,6 +88,9 @@ class NativeSampler:
         params = llama_cpp.llama_sampler_chain_default_params()
         self.chain = llama_cpp.llama_sampler_chain_init(params)
         add = lambda s: llama_cpp.llama_sampler_chain_add(self.chain, s)  # noqa: E731
+        if spec.penalises:  # first, as llama.cpp's own chain has it: greedy decoding is penalised too
+            add(llama_cpp.llama_sampler_init_penalties(n_vocab, spec.penalty_last_n, spec.repeat_penalty, 0.0,
+                                                       spec.presence_penalty))
         if spec.temperature <= 0:
             add(llama_cpp.llama_sampler_init_greedy())
         else:
@@ -92,6 +102,11 @@ class NativeSampler:
             add(llama_cpp.llama_sampler_init_dist(spec.seed & 0xFFFFFFFF))
         self.n_vocab = n_vocab
         self._cand: np.recarray | None = None
+
+    def remember(self, tokens: Sequence[int]) -> None:
+        """Count `tokens` as already written (a branch's text before this step), for the penalties."""
+        for token in tokens:
+            llama_cpp.llama_sampler_accept(self.chain, int(token))
 
     def from_context(self, ctx: llama_cpp.llama_context_p, row: int) -> int:
         return int(llama_cpp.llama_sampler_sample(self.chain, ctx, row))

@@ -130,7 +130,8 @@ class TreePolicy:
 
     def _spec(self) -> SamplerSpec:
         s = self.sampling
-        return SamplerSpec(s.temperature, s.top_p, s.top_k, s.min_p, seed=self._rng.randrange(2**32))
+        return SamplerSpec(s.temperature, s.top_p, s.top_k, s.min_p, seed=self._rng.randrange(2**32),
+                           repeat_penalty=s.repeat_penalty, presence_penalty=s.presence_penalty)
 
     def sample(self, branch: int, k: int, stop: StepStop) -> list[Candidate]:
         return self.sample_many([(branch, k)], stop)[0]
@@ -143,7 +144,10 @@ class TreePolicy:
             group = []
             for _ in range(k):
                 b = self.tree.fork(parent.branch)
-                sampler = NativeSampler(self._spec(), self.tree.n_vocab)
+                spec = self._spec()
+                sampler = NativeSampler(spec, self.tree.n_vocab)
+                if spec.penalises:  # the penalties see the path's last tokens, not this step's alone
+                    sampler.remember(parent.branch.tokens[-spec.penalty_last_n:])
                 child = _Child(_State(b, parent.in_think, parent.reply_tokens), sampler,
                                codecs.getincrementaldecoder("utf-8")(errors="replace"))
                 child.pending = sampler.from_logits(parent.branch.logits)

@@ -211,7 +211,8 @@ class RemotePolicy:
         s = self.sampling
         body: dict[str, Any] = {
             "prompt": parent.text + step.text, "max_tokens": budget, "n": n, "temperature": s.temperature,
-            "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": 1.0, "seed": seed,
+            "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repeat_penalty,
+            "presence_penalty": s.presence_penalty, "seed": seed,
             "logprobs": self.top_logprobs, "cache_prompt": True,  # llama-server's prefix cache; others ignore it
         }
         if self._delimits(step, stop):

@@ -64,7 +64,8 @@ class RemoteChat:
                 body: dict[str, Any] = {
                     "prompt": prompt + generated, "max_tokens": budget - tally.n_think - tally.n_answer,
                     "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
-                    "min_p": sampling.min_p, "repeat_penalty": 1.0, "cache_prompt": True,
+                    "min_p": sampling.min_p, "repeat_penalty": sampling.repeat_penalty,
+                    "presence_penalty": sampling.presence_penalty, "cache_prompt": True,
                 }
                 if sampling.seed is not None:
                     body["seed"] = sampling.seed

@@ -41,6 +41,7 @@ class Env:
     stderr: TextIO
     stdin_isatty: bool = False
     stdout_isatty: bool = False
+    stderr_isatty: bool = False
     colors: bool = False
     cursor: bool = False  # cursor movement allowed (a real terminal)
     data_dir: Path = field(default_factory=user_data_dir)
@@ -67,6 +68,7 @@ class Env:
             stderr=stderr,
             stdin_isatty=stdin.isatty(),
             stdout_isatty=out_tty,
+            stderr_isatty=stderr.isatty(),
             colors=out_tty and smart and not environ.get("NO_COLOR"),
             cursor=out_tty and smart,
             data_dir=user_data_dir(environ),

@@ -1,4 +1,4 @@
-"""`qwq chat`: the prompt_toolkit REPL on a terminal, or one message per line from piped stdin."""
+"""`qwq chat`: the prompt_toolkit REPL on a terminal, or piped stdin sent as one message (or one per line)."""
 
 from __future__ import annotations
 
@@ -37,12 +37,14 @@ def run_chat(
     think_budget: int | None = None,
     resume: int | None = None,
     strategy_runner: StrategyRunner | None = None,
+    each_line: bool = False,
 ) -> int:
     """Chat until Ctrl-D, /exit or the end of piped input; return the exit code.
 
-    On a terminal (env.stdin_isatty) this is a prompt_toolkit REPL; otherwise every line of
-    stdin is one message (slash commands work too) and the chat ends at EOF. Raises UsageError
-    for conflicting flags or an unknown --resume id before anything is printed.
+    On a terminal (env.stdin_isatty) this is a prompt_toolkit REPL; otherwise the whole of stdin is
+    one message, after any slash commands on its first lines, as `ollama run` takes a piped file
+    (`each_line`: every line is one message, slash commands too). Raises UsageError for conflicting
+    flags or an unknown --resume id before anything is printed.
     """
     if show_thinking and hide_thinking:
         raise UsageError("--show-thinking and --hide-thinking cannot be used together")
@@ -54,7 +56,7 @@ def run_chat(
         session.resume(resume)
     if env.stdin_isatty:
         return _interactive(session)
-    return _piped(session)
+    return _piped(session) if each_line else _piped_whole(session)
 
 
 def _banner(session: ChatSession) -> None:
@@ -125,6 +127,38 @@ def _stdin_lines(stdin: Any) -> Iterator[str | None]:
             yield None
             continue
         yield text
+
+
+def _piped_whole(session: ChatSession) -> int:
+    """All of stdin as one message; slash commands on its first lines run before it."""
+    env = session.env
+    binary = getattr(env.stdin, "buffer", None)
+    data = binary.read() if binary is not None else env.stdin.read()
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        text.encode("utf-8")
+    except UnicodeError:
+        error(env, "standard input is not UTF-8 text")
+        return ExitCode.EMPTY_INPUT
+    lines = text.splitlines(keepends=True)
+    while lines and (is_command(lines[0].strip()) or not lines[0].strip()):
+        command = lines.pop(0).strip()
+        if command and run_command(session, command):
+            return ExitCode.OK
+    message = "".join(lines).strip()
+    if not message:
+        if not text.strip():
+            error(env, "standard input is empty: pipe the message to send")
+            return ExitCode.EMPTY_INPUT
+        return ExitCode.OK  # commands alone (/help, /system ...)
+    try:
+        turn = session.ask(message)
+    except QwqError as exc:
+        error(env, exc.message)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    return ExitCode.INTERRUPTED if turn.stop_reason == "interrupted" else ExitCode.OK
 
 
 def _piped(session: ChatSession) -> int:

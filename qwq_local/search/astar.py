@@ -42,12 +42,22 @@ class AStar:
             root = self.tree.add_root(self.lm.open(self.question))
             root.g = root.f = self.agg([])
             self._push(root)
-            stop_reason = self._search()
-            if self.config.finish_partial and len(self.terminals) < self.config.trajectories:
-                self._complete(self.config.trajectories - len(self.terminals))
+            self._report()
+            try:
+                stop_reason = self._search()
+                if self.config.finish_partial and len(self.terminals) < self.config.trajectories:
+                    self._complete(self.config.trajectories - len(self.terminals))
+            except KeyboardInterrupt:  # Ctrl-C: answer with the best path found so far
+                stop_reason = "interrupted"
             return self._result(root, stop_reason)
         finally:
             self.tree.release_all()
+
+    def _report(self) -> None:
+        scored = [self.tree.nodes[i].f for i in self.open] + [n.f for n in self.terminals]
+        self.config.report("astar", self.budget.expansions, len(self.tree.nodes), len(self.terminals),
+                           max(scored) if len(self.tree.nodes) > 1 and scored else None,
+                           self.budget.generated_tokens)
 
     def _search(self) -> str:
         while self.open:
@@ -69,6 +79,7 @@ class AStar:
         for node, candidates in zip(nodes, sampled):
             self._expanded(node, candidates)
         self._trim()
+        self._report()
 
     def _expanded(self, node: Node, candidates: list[Candidate]) -> None:
         config = self.config
@@ -172,6 +183,7 @@ class AStar:
                     else:
                         self.tree.release(child)
             pending = following
+            self._report()
 
     def _result(self, root: Node, stop_reason: str) -> SearchResult:
         if self.terminals:

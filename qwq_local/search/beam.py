@@ -30,7 +30,11 @@ class BeamSearch:
     def run(self) -> SearchResult:
         try:
             root = self.tree.add_root(self.lm.open(self.question))
-            stop_reason = self._search(root)
+            self.config.report("beam", 0, 1, 0, None, self.budget.generated_tokens)
+            try:
+                stop_reason = self._search(root)
+            except KeyboardInterrupt:  # Ctrl-C: answer with the best path found so far
+                stop_reason = "interrupted"
             if self.terminals:
                 chosen = max(self.terminals, key=_rank)
             else:
@@ -61,6 +65,9 @@ class BeamSearch:
                 if stop_reason:
                     return stop_reason
                 pool = self._keep_best(pool + self.expand(node))
+                scored = [n.g for n in pool + self.terminals]
+                self.config.report("beam", self.budget.expansions, len(self.tree.nodes), len(self.terminals),
+                                   max(scored) if scored else None, self.budget.generated_tokens)
             level = pool
         return "done" if len(self.terminals) >= self.config.trajectories else "exhausted"
 

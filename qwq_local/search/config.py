@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from qwq_local.search.aggregate import AGGREGATES
-from qwq_local.search.protocol import StepStop
+from qwq_local.search.protocol import SearchProgress, StepStop
 
 
 def _at_least(name: str, value: int | float | None, low: int | float, *, optional: bool = False) -> None:
@@ -45,6 +45,7 @@ class SearchConfig:
     choose: str = "best"  # A*'s answer among finished paths: best (highest f) | vote | value (value-weighted vote)
     expand_width: int = 1  # open nodes A* expands together, the best m by f, in one batched call
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    progress: Callable[[SearchProgress], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _at_least("candidates (K)", self.candidates, 1)
@@ -75,6 +76,14 @@ class SearchConfig:
             raise ValueError(f"choose must be one of {', '.join(CHOOSE)}, got {self.choose!r}")
         if not callable(self.clock):
             raise ValueError("clock must be a callable returning seconds")
+        if self.progress is not None and not callable(self.progress):
+            raise ValueError("progress must be a callable taking a SearchProgress")
+
+    def report(self, strategy: str, expansions: int, nodes: int, finished: int, best_f: float | None,
+               generated_tokens: int) -> None:
+        """Tell `progress`, if set, what the search has done so far."""
+        if self.progress is not None:
+            self.progress(SearchProgress(strategy, expansions, nodes, finished, best_f, generated_tokens))
 
     def reply_stop(self) -> StepStop:
         """The stop for sampling a whole reply in one step."""

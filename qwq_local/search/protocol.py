@@ -110,4 +110,17 @@ class SearchResult:
     chosen_path: list[int] = field(default_factory=list)  # node ids from root to the chosen leaf
     tree: list[dict[str, Any]] = field(default_factory=list)  # every node: id, parent, text, g, h, f, ...
     complete: bool = True  # False: no reply finished within the budget; `text` is the best partial one
-    stop_reason: str = ""  # "done", "expansions", "tokens", "time" or "exhausted" (nothing left to expand)
+    # "done", "expansions", "tokens", "time", "exhausted" (nothing left to expand) or "interrupted" (Ctrl-C)
+    stop_reason: str = ""
+
+
+@dataclass(frozen=True)
+class SearchProgress:
+    """What a search has done so far, reported after the prompt is read and after each expansion."""
+
+    strategy: str
+    expansions: int
+    nodes: int
+    finished: int  # paths that reached an answer
+    best_f: float | None  # the best open (or finished) path's f; None before anything was scored
+    generated_tokens: int

@@ -24,11 +24,15 @@ def sample_replies(
     stop = config.reply_stop()
     end_think = config.stop.end_think
     root = tree.add_root(lm.open(question))
-    candidates = lm.sample(root.branch, n, stop)
+    config.report("replies", 0, 1, 0, None, budget.generated_tokens)
+    leaves: list[Node] = []
+    try:
+        candidates = lm.sample(root.branch, n, stop)
+    except KeyboardInterrupt:  # Ctrl-C before any reply was whole: nothing to choose from
+        return leaves, "interrupted"
     budget.expansions += 1
     root.expanded = True
     tree.release(root)
-    leaves: list[Node] = []
     stop_reason = "done"
     for candidate in candidates:
         node = tree.add_child(root, candidate, reward=None)
@@ -36,11 +40,15 @@ def sample_replies(
         while not is_terminal(candidate, before, thinking=config.thinking, end_think=end_think):
             if candidate.n_tokens == 0 or (config.max_depth is not None and node.depth >= config.max_depth):
                 break
-            spent = budget.exhausted()
+            spent = stop_reason if stop_reason == "interrupted" else budget.exhausted()
             if spent:
                 stop_reason = spent
                 break
-            more = lm.sample(node.branch, 1, stop)
+            try:
+                more = lm.sample(node.branch, 1, stop)
+            except KeyboardInterrupt:  # the reply stays as far as it got
+                stop_reason = "interrupted"
+                break
             budget.expansions += 1
             node.expanded = True
             tree.release(node)
@@ -53,6 +61,8 @@ def sample_replies(
         node.terminal = is_terminal(candidate, before, thinking=config.thinking, end_think=end_think)
         node.answer = extract_final_answer(text, end_think) if node.terminal else find_explicit_answer(text)
         leaves.append(node)
+        config.report("replies", budget.expansions, len(tree.nodes), sum(leaf.terminal for leaf in leaves), None,
+                      budget.generated_tokens)
     return leaves, stop_reason
 
 

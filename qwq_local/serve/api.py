@@ -176,6 +176,8 @@ def _sampling(body: dict[str, Any], limits: Limits) -> Sampling:
         "min_p": _number(body, "min_p", float, 0, 1),
         "seed": _number(body, "seed", int),
         "max_tokens": max_tokens,
+        "presence_penalty": _number(body, "presence_penalty", float, 0, 2),  # OpenAI's -2..2; below 0 is refused
+        "repeat_penalty": _number(body, "repeat_penalty", float),  # llama-server's own name
     }
     base = replace(limits.sampling, max_tokens=min(limits.sampling.max_tokens, limits.max_tokens))
     try:
