@@ -86,4 +86,4 @@ def test_a_locked_database_gives_one_warning_and_the_chat_goes_on(tmp_path: Path
 
 
 def test_history_errors_have_their_own_exit_code() -> None:
-    assert HistoryError("x").exit_code == ExitCode.HISTORY_UNAVAILABLE != ExitCode.ERROR
+    assert HistoryError("x").exit_code == ExitCode.HISTORY_UNAVAILABLE != ExitCode.UNEXPECTED

@@ -99,7 +99,7 @@ def read_bank(path: Path) -> dict[str, dict[str, Any]]:
             record = json.loads(line)
             records[str(record["problem_id"])] = record
         except (ValueError, KeyError, TypeError):
-            raise InputFileError(f"{path}:{number}: not a bank line") from None
+            raise InputFileError(f"{path}:{number}: not a bank line", ExitCode.BAD_DATA) from None
     return records
 
 

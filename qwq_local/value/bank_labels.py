@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from qwq_local.errors import InputFileError
+from qwq_local.errors import ExitCode, InputFileError
 
 
 def leaves_below(record: Mapping[str, Any]) -> dict[int, list[bool]]:
@@ -37,7 +37,7 @@ def bank_states(records: Iterable[Mapping[str, Any]], arrays_root: Path
         file = arrays_root / str(record.get("arrays") or "")
         if not record.get("arrays") or not file.is_file():
             raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
-                                 "rerun `qwq bench bank` with the same --results to rebuild them")
+                                 "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
         with np.load(file) as arrays:
             hidden = arrays["hidden"].astype(np.float32)
         for node, outcomes in leaves_below(record).items():
