@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Sequence
 
 import llama_cpp
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from qwq_local.dialog.messages import Message
 from qwq_local.engine.model import CHATML, quiet_stderr
+from qwq_local.engine.template import ChatTemplate, TemplateError
 from qwq_local.errors import ExitCode, ModelFileError
 
 
@@ -31,7 +31,12 @@ class GGUFVocab:
         # the BOS a server's tokenizer puts before a prompt by itself ("" when this vocab adds none)
         self.added_bos = self.bos_text if llama_cpp.llama_vocab_get_add_bos(self._vocab) else ""
         self.chat_template = chat_template or CHATML
-        self._formatter = Jinja2ChatFormatter(self.chat_template, self.eos_text, self.bos_text)
+        self.path = Path(path)
+        try:
+            self._template = ChatTemplate(self.chat_template, bos_token=self.bos_text, eos_token=self.eos_text)
+        except TemplateError as exc:
+            self.close()
+            raise ModelFileError(f"{path}: its chat template does not compile ({exc})") from None
 
     def _piece_text(self, token: int) -> str:
         if token < 0:
@@ -40,7 +45,10 @@ class GGUFVocab:
 
     def render_chat(self, messages: Sequence[Message]) -> str:
         """The GGUF's own chat template, ending with the assistant's generation prompt."""
-        return self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages]).prompt
+        try:
+            return self._template.render([{"role": m.role, "content": m.content} for m in messages])
+        except TemplateError as exc:
+            raise ModelFileError(f"{self.path}: its chat template failed ({exc})") from None
 
     def tokenize(self, text: str, bos: bool = True) -> list[int]:
         """Tokens of `text` with special tokens parsed; BOS only if the vocab wants it and the text lacks it."""
