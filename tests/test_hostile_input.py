@@ -95,6 +95,13 @@ def test_config_values_are_typed(line: str, words: str, tmp_path: Path, monkeypa
     assert code == ExitCode.USAGE and words in err
 
 
+def test_an_unknown_scorer_is_a_usage_error_before_the_model(tmp_path: Path, offline: list[str],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(["solve", str(_problem(tmp_path)), "--strategy", "astar", "--scorer", "magic", *offline],
+                        capsys)
+    assert code == ExitCode.USAGE and "--scorer" in err and "magic" in err  # was exit 9: the model came first
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--candidates", "100000"), ("--beam", "100000"),
                                              ("--trajectories", "100000"), ("--lambda", "nan")])
 def test_search_widths_are_bounded_before_the_model(flag: str, value: str, tmp_path: Path, offline: list[str],
@@ -108,6 +115,15 @@ def test_a_binary_data_file_is_exit_4(tmp_path: Path, offline: list[str], capsys
     data.write_bytes(b'{"question": "1+1?", "answer": "2"}\n\x89PNG\r\n\x1a\n\xff\xfe\x00garbage\n')
     code, err = run_cli(["bench", "accuracy", "--data", str(data), "-s", "direct", *offline], capsys)
     assert code == ExitCode.EMPTY_INPUT and "data.jsonl:2: not UTF-8" in err
+
+
+def test_a_results_directory_is_refused_before_the_model(tmp_path: Path, offline: list[str],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    code, err = run_cli(["bench", "accuracy", "--data", str(data), "-s", "direct", "--results", str(tmp_path),
+                         *offline], capsys)
+    assert code == ExitCode.IS_A_DIRECTORY and "--results" in err  # was exit 9: the model was located first
 
 
 def test_bad_json_in_a_data_file_has_its_own_code(tmp_path: Path, offline: list[str],
@@ -157,7 +173,8 @@ def test_ctrl_c_prints_interrupted_and_exits_130(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("name", ["hf:a/b/../../../../escape_dir/c.gguf", "hf:../../x/y.gguf",
-                                  "hf:a/b@../c.gguf", "hf:a/b//c.gguf", "hf:a/b/d\\..\\c.gguf"])
+                                  "hf:a/b@../c.gguf", "hf:a/b//c.gguf", "hf:a/b/d\\..\\c.gguf",
+                                  "hf:/etc/passwd.gguf", "hf://a/b/c.gguf"])
 def test_hub_names_that_climb_out_are_refused_before_any_disk_access(name: str, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -100,7 +100,7 @@ def solve(
     api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
     """Answer a markdown problem once, by plain generation or by search."""
-    from qwq_local.app.search import check_strategy, prepare_search, search_defaults, search_options
+    from qwq_local.app.search import check_scorers, check_strategy, prepare_search, search_defaults, search_options
 
     settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                              seed=seed, max_tokens=max_tokens, ctx=ctx_size, gpu_layers=gpu_layers,
@@ -112,6 +112,8 @@ def solve(
         raise UsageError(f"unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
     if strategy == "direct" and (scorer or show_tree or trace):
         raise UsageError("--scorer, --show-tree and --trace need a search strategy (astar, beam, bon, sc)")
+    if scorer:
+        check_scorers(scorer)
     if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
         raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)
