@@ -200,14 +200,16 @@ def isolation_name() -> str:
     if any("chroot" in part for part in prefix):
         return ("unshare + chroot (empty root, no network or IPC, private /dev and /proc, total limits: bubblewrap "
                 "made by hand; install bubblewrap for the maintained tool)")
-    cannot = ("cannot stop: reading files the user can read, writing /dev"
-              + ("" if "--mount" in prefix else " and other writable host paths, connecting to host Unix sockets "
-                 "except through Python's socket module"))
+    mounts = "--mount" in prefix
+    cannot = ["reading files the user can read", "writing /dev" if mounts else "writing /dev and any path the user can",
+              "filling the disk (16 MB a file)"]
+    if not mounts:
+        cannot.append("reaching host Unix sockets except through Python's socket module")
     if prefix:
-        return f"unshare (no network, {'read-only mounts, ' if '--mount' in prefix else ''}rlimits; {cannot}; " \
-               "install bubblewrap)"
-    return ("rlimits and a Python socket guard only (cannot stop: reading and writing what the user can, host "
-            "sockets through ctypes, seeing host processes; install bubblewrap)")
+        return (f"unshare (no network, {'read-only mounts, ' if mounts else ''}rlimits; cannot stop: "
+                f"{', '.join(cannot)}; install bubblewrap)")
+    return ("rlimits and a Python socket guard only (cannot stop: reading and writing what the user can, filling "
+            "the disk (16 MB a file), host sockets through ctypes, seeing host processes; install bubblewrap)")
 
 
 @cache
