@@ -95,7 +95,7 @@ def check_chat_templates(path: Path) -> None:
     try:
         _check_templates_once(str(path), *_identity(path))
     except TemplateError as exc:
-        raise ModelFileError(f"{path}: its chat template is refused ({exc})") from None
+        raise ModelFileError(f"{path}: its chat template does not compile ({exc})") from None
 
 
 def _identity(path: Path) -> tuple[int, int]:
