@@ -9,10 +9,10 @@ from pathlib import Path
 
 
 class ExitCode(IntEnum):
-    """Process exit codes; each user-facing failure has its own."""
+    """Process exit codes; each user-facing failure has its own, and 1 is only ever an unexpected one (a bug)."""
 
     OK = 0
-    ERROR = 1
+    UNEXPECTED = 1
     USAGE = 2
     FILE_NOT_FOUND = 3
     EMPTY_INPUT = 4
@@ -38,19 +38,22 @@ class ExitCode(IntEnum):
     BAD_CATALOG = 24
     ENGINE_UNREACHABLE = 25
     ENGINE_BAD_REPLY = 26
+    MISSING_DEPENDENCY = 27
     INTERRUPTED = 130
 
 
 class QwqError(Exception):
-    """An error with a one-line message for the user and its exit code."""
+    """An error with a one-line message for the user and its own exit code (never 1, which means a bug)."""
 
-    exit_code: ExitCode = ExitCode.ERROR
+    exit_code: ExitCode  # a subclass sets it, or each raise gives one
 
     def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
         super().__init__(message)
         self.message = message
         if exit_code is not None:
             self.exit_code = exit_code
+        if getattr(self, "exit_code", ExitCode.UNEXPECTED) in (ExitCode.OK, ExitCode.UNEXPECTED):
+            raise TypeError(f"{type(self).__name__}({message!r}) needs its own exit code")
 
 
 class InputFileError(QwqError):

@@ -134,16 +134,21 @@ def slow_thinker() -> FakeChat:
 def main() -> int:
     import os
 
+    import sys
+
     from qwq_local.config import load_settings
-    from qwq_local.render.history import History
     from qwq_local.render.console import Env
+    from qwq_local.render.history import default_path, open_history
     from qwq_local.render.repl import run_chat
 
     model = slow_thinker()
     if os.environ.get("FAKE_CHAT_SLOW"):
         model.replies = [Reply(model.default, piece_seconds=float(os.environ["FAKE_CHAT_SLOW"]))] * 3
     env = Env.from_process()
-    with History() as history:
+    history, warning = open_history(default_path())  # as `qwq chat` opens it
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    try:
         return run_chat(
             model,
             load_settings(),
@@ -153,6 +158,9 @@ def main() -> int:
             hide_thinking=bool(os.environ.get("FAKE_CHAT_HIDE")),
             think_budget=int(os.environ["FAKE_CHAT_BUDGET"]) if os.environ.get("FAKE_CHAT_BUDGET") else None,
         )
+    finally:
+        if history is not None:
+            history.close()
 
 
 if __name__ == "__main__":

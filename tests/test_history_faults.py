@@ -86,4 +86,124 @@ def test_a_locked_database_gives_one_warning_and_the_chat_goes_on(tmp_path: Path
 
 
 def test_history_errors_have_their_own_exit_code() -> None:
-    assert HistoryError("x").exit_code == ExitCode.HISTORY_UNAVAILABLE != ExitCode.ERROR
+    assert HistoryError("x").exit_code == ExitCode.HISTORY_UNAVAILABLE != ExitCode.UNEXPECTED
+
+
+# A read-only or full disk, for real: the data dir is a read-only bind mount or a small full tmpfs in a user and
+# mount namespace (root ignores file modes, so chmod would prove nothing), and `qwq chat` runs on the fake model.
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_FILL = """
+import sys
+from pathlib import Path
+from qwq_local.render.history import History, Turn
+path = Path(sys.argv[1])
+with History(path) as history:
+    history.add_turn(None, Turn(prompt="an old question", answer="an old answer"))
+if len(sys.argv) > 2:  # fill the disk to its last byte
+    with open(path.parent / "filler", "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"x" * 4096)
+                filler.flush()
+        except OSError:
+            pass
+    with open(path.parent / "filler", "ab", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"x")
+                filler.flush()
+        except OSError:
+            pass
+"""
+
+
+def _namespaces_available() -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True).returncode == 0
+
+
+def _chat_on(disk: str, data: Path, lines: str) -> tuple[int, str, str]:
+    """Piped `qwq chat` (the fake model) with its data dir on a read-only or a full disk."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    python, db = shlex.quote(sys.executable), shlex.quote(str(data / "history.db"))
+    where = shlex.quote(str(data))
+    if disk == "read-only":
+        setup = (f"{python} -c {shlex.quote(_FILL)} {db} && mount --bind {where} {where} && "
+                 f"mount -o remount,bind,ro {where}")
+    else:
+        setup = f"mount -t tmpfs -o size=256k qwq-full {where} && {python} -c {shlex.quote(_FILL)} {db} full"
+    proc = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "/bin/sh", "-c",
+         f"{setup} && exec {python} -m tests.fake_chat"],
+        input=lines, capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "QWQ_USER_PATH": str(data)},
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("disk", ["read-only", "full"])
+def test_a_read_only_or_full_disk_gives_one_warning_and_loses_no_turn(disk: str, tmp_path: Path) -> None:
+    if not _namespaces_available():
+        pytest.skip("no user and mount namespaces here to make a read-only or full disk")
+    data = tmp_path / "data"
+    data.mkdir()
+    saved = tmp_path / "saved.md"
+    rc, out, err = _chat_on(disk, data, f"first?\nsecond?\nthird?\n/save {saved}\n")
+    assert rc == 0 and "Traceback" not in err, err
+    warnings = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1, err
+    assert f"the disk holding {data} is {disk}" in warnings[0]  # not SQLite's "disk I/O error" alone
+    assert out.count("The answer is 42.") == 3  # every reply on screen
+    text = saved.read_text()
+    assert all(q in text for q in ("first?", "second?", "third?"))
+
+
+_MID_SESSION = """
+import sys
+from pathlib import Path
+from qwq_local.render.history import History, Turn
+path = Path(sys.argv[1])
+with History(path) as history:
+    first = history.add_turn(None, Turn(prompt="q1", answer="a1"))
+    assert first.ok, first
+    with open(path.parent / "filler", "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"x" * 4096)
+        except OSError:
+            pass
+    second = history.add_turn(first.conversation_id, Turn(prompt="q2", answer="a2" * 20000))
+    print(second.warning)
+"""
+
+
+def test_a_disk_that_fills_mid_session_is_a_warning_that_says_so(tmp_path: Path) -> None:
+    """(A disk cannot be made read-only under an open database: Linux refuses while files are open to write.)"""
+    import shlex
+    import subprocess
+    import sys
+
+    if not _namespaces_available():
+        pytest.skip("no user and mount namespaces here to make a read-only or full disk")
+    data = tmp_path / "data"
+    data.mkdir()
+    where, db = shlex.quote(str(data)), shlex.quote(str(data / "history.db"))
+    proc = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "/bin/sh", "-c",
+         f"mount -t tmpfs -o size=1m qwq-disk {where} && exec {shlex.quote(sys.executable)} -c "
+         f"{shlex.quote(_MID_SESSION)} {db}"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    warning = proc.stdout.strip()
+    assert warning == "history not saved: the disk is full"

@@ -95,6 +95,13 @@ def test_config_values_are_typed(line: str, words: str, tmp_path: Path, monkeypa
     assert code == ExitCode.USAGE and words in err
 
 
+def test_an_unknown_scorer_is_a_usage_error_before_the_model(tmp_path: Path, offline: list[str],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(["solve", str(_problem(tmp_path)), "--strategy", "astar", "--scorer", "magic", *offline],
+                        capsys)
+    assert code == ExitCode.USAGE and "--scorer" in err and "magic" in err  # was exit 9: the model came first
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--candidates", "100000"), ("--beam", "100000"),
                                              ("--trajectories", "100000"), ("--lambda", "nan")])
 def test_search_widths_are_bounded_before_the_model(flag: str, value: str, tmp_path: Path, offline: list[str],
@@ -108,6 +115,15 @@ def test_a_binary_data_file_is_exit_4(tmp_path: Path, offline: list[str], capsys
     data.write_bytes(b'{"question": "1+1?", "answer": "2"}\n\x89PNG\r\n\x1a\n\xff\xfe\x00garbage\n')
     code, err = run_cli(["bench", "accuracy", "--data", str(data), "-s", "direct", *offline], capsys)
     assert code == ExitCode.EMPTY_INPUT and "data.jsonl:2: not UTF-8" in err
+
+
+def test_a_results_directory_is_refused_before_the_model(tmp_path: Path, offline: list[str],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    code, err = run_cli(["bench", "accuracy", "--data", str(data), "-s", "direct", "--results", str(tmp_path),
+                         *offline], capsys)
+    assert code == ExitCode.IS_A_DIRECTORY and "--results" in err  # was exit 9: the model was located first
 
 
 def test_bad_json_in_a_data_file_has_its_own_code(tmp_path: Path, offline: list[str],
@@ -157,7 +173,8 @@ def test_ctrl_c_prints_interrupted_and_exits_130(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("name", ["hf:a/b/../../../../escape_dir/c.gguf", "hf:../../x/y.gguf",
-                                  "hf:a/b@../c.gguf", "hf:a/b//c.gguf", "hf:a/b/d\\..\\c.gguf"])
+                                  "hf:a/b@../c.gguf", "hf:a/b//c.gguf", "hf:a/b/d\\..\\c.gguf",
+                                  "hf:/etc/passwd.gguf", "hf://a/b/c.gguf"])
 def test_hub_names_that_climb_out_are_refused_before_any_disk_access(name: str, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,7 +202,7 @@ def test_known_failures_that_were_exit_1_have_their_own_codes(tmp_path: Path) ->
     assert len(codes) == len(set(codes))
     readme = (ROOT / "README.md").read_text()
     for code in ExitCode:
-        if code not in (ExitCode.OK, ExitCode.ERROR):
+        if code != ExitCode.OK:
             assert f"| {int(code)} |" in readme, f"README's exit-code table lacks {code!r}"
 
 
@@ -237,3 +254,74 @@ def test_a_pull_killed_with_sigkill_takes_its_pip_child_with_it(tmp_path: Path) 
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the child outlived its killed parent")
+
+
+def test_every_clean_error_is_raised_with_its_own_code() -> None:
+    """A QwqError raised without a code used to exit 1, the code of unexpected failures; now none can."""
+    import ast
+
+    from qwq_local.errors import InputFileError, QwqError
+
+    uncoded = []
+    for path in (ROOT / "qwq_local").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                    "QwqError", "InputFileError"):
+                if len(node.args) < 2 and not any(k.arg == "exit_code" for k in node.keywords):
+                    uncoded.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert uncoded == []
+    for error in (QwqError, InputFileError):
+        with pytest.raises(TypeError, match="needs its own exit code"):
+            error("no code")
+        with pytest.raises(TypeError, match="needs its own exit code"):
+            error("the bug's code", ExitCode.UNEXPECTED)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unexpected_failure_is_exit_1_in_one_line_and_debug_shows_it(
+        debug: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local import catalog
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(catalog, "list_models", broken)
+    if debug:
+        with pytest.raises(KeyError):
+            main(["--debug", "models"])
+        return
+    code, err = run_cli(["models"], capsys)
+    assert code == ExitCode.UNEXPECTED == 1
+    assert err.startswith("error: unexpected KeyError: 'a bug'") and "--debug" in err
+    assert all(code != ExitCode.UNEXPECTED for code in (e.exit_code for e in _clean_error_classes()))
+
+
+def _clean_error_classes() -> list[type]:
+    import qwq_local.engine.chat
+    import qwq_local.engine.kvtree
+    import qwq_local.render.history  # noqa: F401
+    from qwq_local.errors import QwqError
+
+    found, todo = [], [QwqError]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if "exit_code" in vars(cls):
+            found.append(cls)
+    return found
+
+
+@pytest.mark.parametrize("command", [["bench", "accuracy", "--strategy", "direct"], ["bench", "choose", "BANK"]])
+def test_plot_without_matplotlib_is_one_line_with_its_own_code(
+        command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails as when not installed
+    args = [str(tmp_path / "bank") if part == "BANK" else part for part in command]
+    code, err = run_cli([*args, "--plot", str(tmp_path / "p.png")], capsys)
+    assert code == ExitCode.MISSING_DEPENDENCY and "--plot needs matplotlib" in err
+    assert not (tmp_path / "p.png").exists()

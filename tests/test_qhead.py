@@ -13,7 +13,6 @@ from qwq_local.errors import (
     HeadMismatchError,
     InputFileError,
     ModelFileError,
-    QwqError,
 )
 from qwq_local.search.protocol import Candidate
 from qwq_local.value.qhead import (
@@ -207,7 +206,7 @@ def test_scorer_uses_the_candidate_hidden_state(rng: np.random.Generator) -> Non
 
 def test_scorer_without_hidden_state_says_how_to_fix() -> None:
     head = QHead(linear_weights(np.random.default_rng(1)), meta())
-    with pytest.raises(QwqError, match="hidden states on"):
+    with pytest.raises(RuntimeError, match="hidden states on"):
         head.score("q", [], Candidate("x", branch=0, n_tokens=1, finished=False))
 
 

@@ -155,6 +155,28 @@ def _needs_bwrap() -> None:
         pytest.skip("bubblewrap is not installed or cannot make namespaces here")
 
 
+def _isolated(isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bubblewrap ("best"), or the fallback made with unshare and chroot as where bwrap is not installed."""
+    if isolation == "best":
+        _needs_bwrap()
+        return
+    monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
+    if not _can_make_an_empty_root():
+        pytest.skip("no user and mount namespaces (or no chroot) here: the fallback cannot make an empty root")
+
+
+def _can_make_an_empty_root() -> bool:
+    """What the fallback needs of the machine (not of qwq): unshare into user and mount namespaces, and chroot."""
+    if shutil.which("unshare") is None or shutil.which("chroot", path="/usr/bin:/bin:/usr/sbin:/sbin") is None:
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "true"],
+                           check=False, capture_output=True)
+    return probe.returncode == 0
+
+
+ISOLATIONS = pytest.mark.parametrize("isolation", ["best", "fallback"])
+
+
 @pytest.mark.parametrize("isolation", ["best", "fallback"])
 def test_a_host_unix_socket_is_unreachable(isolation: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if isolation == "fallback":
@@ -177,8 +199,9 @@ def test_a_host_unix_socket_is_unreachable(isolation: str, tmp_path: Path, monke
             server.accept()
 
 
-def test_dev_cannot_be_written() -> None:
-    _needs_bwrap()
+@ISOLATIONS
+def test_dev_cannot_be_written(isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _isolated(isolation, monkeypatch)
     target = Path(f"/dev/qwq-probe-{os.getpid()}")
     result = run_python(f"open({str(target)!r}, 'w').write('x')\nprint('written')")
     assert not result.ok and "written" not in result.stdout
@@ -187,8 +210,10 @@ def test_dev_cannot_be_written() -> None:
     assert devices.ok and "'urandom'" in devices.stdout and "'vda'" not in devices.stdout
 
 
-def test_a_private_file_and_host_processes_are_invisible(tmp_path: Path) -> None:
-    _needs_bwrap()
+@ISOLATIONS
+def test_a_private_file_and_host_processes_are_invisible(
+        isolation: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _isolated(isolation, monkeypatch)
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
     secret.chmod(0o600)
@@ -202,7 +227,7 @@ def test_a_private_file_and_host_processes_are_invisible(tmp_path: Path) -> None
     lines = result.stdout.splitlines()
     assert lines[0] == "FileNotFoundError" and "top secret" not in result.stdout
     assert lines[1] == "home False"
-    assert int(lines[2].split()[1]) <= 3  # bubblewrap's init and the program itself
+    assert int(lines[2].split()[1]) <= 3  # the namespace's init (bubblewrap's or sh), the shell, the program
 
 
 def test_clean_up_follows_no_symlink_out_of_the_sandbox(tmp_path: Path) -> None:
@@ -244,7 +269,9 @@ def test_remove_tree_without_dac_override_leaves_link_targets_alone(tmp_path: Pa
     assert not tree.exists()
 
 
-def test_memory_is_a_total_over_all_children() -> None:
+@ISOLATIONS
+def test_memory_is_a_total_over_all_children(isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _isolated(isolation, monkeypatch)
     code = (
         "import os, time\n"
         "for _ in range(8):\n"
@@ -261,8 +288,9 @@ def test_memory_is_a_total_over_all_children() -> None:
     assert "total memory" in result.stderr
 
 
-def test_disk_is_a_total_over_all_files() -> None:
-    _needs_bwrap()
+@ISOLATIONS
+def test_disk_is_a_total_over_all_files(isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _isolated(isolation, monkeypatch)
     code = (
         "for i in range(50):\n"
         "    with open(f'f{i}', 'wb') as f:\n"
@@ -274,9 +302,11 @@ def test_disk_is_a_total_over_all_files() -> None:
     assert len(result.stdout.split()) * 16 <= sandbox.MAX_DISK_BYTES >> 20
 
 
-def test_the_mbpp_check_fails_a_solution_that_reads_a_private_file(tmp_path: Path) -> None:
+@ISOLATIONS
+def test_the_mbpp_check_fails_a_solution_that_reads_a_private_file(
+        isolation: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end: the audit's solution read a mode-600 file and was still reported correct."""
-    _needs_bwrap()
+    _isolated(isolation, monkeypatch)
     from qwq_local.problems.checks import code_passes
     from qwq_local.problems.datasets import Problem
 
@@ -289,3 +319,20 @@ def test_the_mbpp_check_fails_a_solution_that_reads_a_private_file(tmp_path: Pat
     assert not code_passes(problem, reply)
     honest = "```python\ndef get_secret():\n    return 's3cret'\n```"
     assert code_passes(problem, honest)
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_doctor_names_the_sandbox_and_what_the_fallback_cannot_stop(
+        available: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if available:
+        _needs_bwrap()
+        assert sandbox.isolation_name().startswith("bubblewrap")
+        return
+    monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
+    for prefix, says in [
+        (sandbox._isolation_candidates()[0], "empty root"),
+        (("unshare", "--user", "--map-root-user", "--net"), "cannot stop: reading files the user can read"),
+        ((), "cannot stop: reading and writing what the user can"),
+    ]:
+        monkeypatch.setattr(sandbox, "_isolation_prefix", lambda prefix=prefix: prefix)
+        assert says in sandbox.isolation_name()

@@ -114,7 +114,8 @@ def test_a_problem_that_fails_is_skipped_and_a_failing_model_stops_the_run(
     assert code != 0 and "error: " in err and "Traceback" not in err  # no labels at all to train on
     failing_everywhere = True
     code, _, err = run(common + ["--problems", "6"], capsys)
-    assert code == ExitCode.ERROR and err.strip().splitlines()[-1].startswith("error: RuntimeError: decode failed")
+    assert code == ExitCode.UNEXPECTED
+    assert err.strip().splitlines()[-1].startswith("error: unexpected RuntimeError: decode failed")
     assert store.done_problems() == {"t0", "t1", "t2"}  # three failures in a row: none marked done
 
 

@@ -87,6 +87,14 @@ def check_strategy(strategy: str) -> None:
         raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
 
 
+def check_scorers(text: str) -> tuple[ScorerChoice, ...]:
+    """The scorers `--scorer` names; a usage error for a name or weight that is not one (before any model)."""
+    try:
+        return parse_scorers(text)
+    except ValueError as exc:
+        raise UsageError(f"--scorer: {exc}") from None
+
+
 def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, options: SearchConfig,
                    scorer: str | tuple[ScorerChoice, ...] | None = None, *, head: "QHead | None" = _UNSET,
                    ) -> SearchSetup:
@@ -113,10 +121,7 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
         found = None
     else:
         if isinstance(scorer, str):
-            try:
-                choices = parse_scorers(scorer)
-            except ValueError as exc:
-                raise UsageError(f"--scorer: {exc}") from None
+            choices = check_scorers(scorer)
         else:
             choices = tuple(scorer)
         wants_head = any(name == "qhead" for name, _ in choices)

@@ -148,7 +148,7 @@ def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, ki
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
     X, y_max, y_mean, groups = bank_states(records, arrays_root())
     if len(X) == 0:
-        raise QwqError("the banks hold no states with hidden states")
+        raise QwqError("the banks hold no states with hidden states", ExitCode.EMPTY_INPUT)
     if X.shape[1] != plan.info.n_embd:
         raise UsageError(f"--bank: its hidden states are {X.shape[1]} wide, {settings.model}'s {plan.info.n_embd}")
     return _train(plan, (X, y_max, y_mean, groups), out, "bank of " + ", ".join(sorted(datasets)), kind, target, seed,

@@ -139,7 +139,7 @@ def _read_results(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
             record = json.loads(line)
             records[(str(record["strategy"]), str(record["problem_id"]))] = record
         except (ValueError, KeyError, TypeError):
-            raise InputFileError(f"{path}:{number}: not an accuracy results line") from None
+            raise InputFileError(f"{path}:{number}: not an accuracy results line", ExitCode.BAD_DATA) from None
     return records
 
 

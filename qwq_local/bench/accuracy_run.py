@@ -31,7 +31,7 @@ from qwq_local.bench.accuracy import Outcome, PairedSolve, format_table, run_acc
 from qwq_local.catalog.integrity import sha256_file
 from qwq_local.config import Settings
 from qwq_local.dialog.think import wrap_thinking
-from qwq_local.errors import ExitCode, UsageError
+from qwq_local.errors import ExitCode, InputFileError, UsageError
 from qwq_local.problems.datasets import Problem, load_problems, problem_seed
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.strategies import STRATEGIES, needs_scorer
@@ -95,6 +95,8 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         from qwq_local.bench.plot import check_can_plot
 
         check_can_plot(plot)
+    if results is not None and results.is_dir():  # known before the model, not after it loads
+        raise InputFileError(f"--results {results} is a directory, not a results file", ExitCode.IS_A_DIRECTORY)
     problems = load_problems(data, limit)
     plan = runtime.plan_for(settings)
     needs_head = any(_names_qhead(s.choices or ()) or (s.choices is None and settings.head is not None)

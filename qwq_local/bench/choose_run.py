@@ -23,7 +23,7 @@ from qwq_local.bench.choose import (
     sign_test,
     state_auc,
 )
-from qwq_local.errors import InputFileError, UsageError
+from qwq_local.errors import ExitCode, InputFileError, UsageError
 
 
 def head_signals(head_path: Path) -> Callable[[Mapping[str, Any]], list[dict[str, float]]]:
@@ -39,7 +39,7 @@ def head_signals(head_path: Path) -> Callable[[Mapping[str, Any]], list[dict[str
         file = root / name if name else None
         if file is None or not file.exists():
             raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
-                                 "rerun `qwq bench bank` with the same --results to rebuild them")
+                                 "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
         with np.load(file) as arrays:
             hidden = arrays["hidden"].astype(np.float32)
         if hidden.shape[1] != head.weights.n_embd:
@@ -74,7 +74,8 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
     for bank in banks:
         file = bank / BANK_FILE if bank.is_dir() else bank
         if not file.exists():
-            raise InputFileError(f"{bank}: no bank here (run `qwq bench bank --results {bank}` first)")
+            raise InputFileError(f"{bank}: no bank here (run `qwq bench bank --results {bank}` first)",
+                                     ExitCode.FILE_NOT_FOUND)
         records += list(read_bank(file).values())
     if limit is not None:
         records = records[:limit]

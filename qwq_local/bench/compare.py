@@ -13,7 +13,7 @@ from typing import Any
 
 from qwq_local.bench.accuracy import wilson_interval
 from qwq_local.bench.choose import sign_test
-from qwq_local.errors import InputFileError, UsageError
+from qwq_local.errors import ExitCode, InputFileError, UsageError
 from qwq_local.problems.checks import check
 from qwq_local.problems.datasets import Problem
 from qwq_local.search.answer import normalize_for_vote
@@ -62,7 +62,7 @@ def read_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
     out: dict[str, dict[str, Run]] = {}
     for path in paths:
         if not path.is_file():
-            raise InputFileError(f"{path}: no such results file")
+            raise InputFileError(f"{path}: no such results file", ExitCode.FILE_NOT_FOUND)
         mine: dict[str, dict[str, Run]] = defaultdict(dict)
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -72,7 +72,7 @@ def read_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
                 pid, strategy = str(record["problem_id"]), str(record["strategy"])
                 mine[strategy][pid] = _run(record)
             except (ValueError, KeyError, TypeError):
-                raise InputFileError(f"{path}:{number}: not an accuracy results line") from None
+                raise InputFileError(f"{path}:{number}: not an accuracy results line", ExitCode.BAD_DATA) from None
         for strategy, runs in mine.items():
             out[strategy if strategy not in out else f"{strategy}@{path.stem}"] = runs
     return out

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from qwq_local.bench.accuracy import AccuracyReport
-from qwq_local.errors import QwqError, UsageError
+from qwq_local.errors import ExitCode, QwqError, UsageError
+
+NO_MATPLOTLIB = "--plot needs matplotlib, which is not installed: pip install 'qwq-local[bench]' (or run without --plot)"
 
 
 def check_can_plot(path: Path) -> None:
@@ -13,7 +15,7 @@ def check_can_plot(path: Path) -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise QwqError("plotting needs matplotlib: pip install 'qwq-local[bench]'")
+        raise QwqError(NO_MATPLOTLIB, ExitCode.MISSING_DEPENDENCY)
     if path.is_dir():
         raise UsageError(f"--plot {path}: a directory, not a .png file")
 
@@ -25,7 +27,7 @@ def plot_accuracy(report: AccuracyReport, path: Path, title: str | None = None) 
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise QwqError("plotting needs matplotlib: pip install 'qwq-local[bench]'") from None
+        raise QwqError(NO_MATPLOTLIB, ExitCode.MISSING_DEPENDENCY) from None
     figure = Figure(figsize=(9, 4.5), dpi=120)
     FigureCanvasAgg(figure)  # Agg without touching pyplot's global backend
     axes = figure.add_subplot()

@@ -6,6 +6,7 @@ from qwq_local.catalog.hub_env import HubSettings, hub_reachable, offline_mode
 from qwq_local.catalog.local import (
     ModelRow,
     ResolvedModel,
+    disk_bytes,
     list_models,
     pulled_files,
     recorded_info,
@@ -24,6 +25,7 @@ __all__ = [
     "ModelSpec",
     "ResolvedModel",
     "WheelSpec",
+    "disk_bytes",
     "hub_reachable",
     "list_models",
     "load_catalog",

@@ -163,7 +163,8 @@ def _shard_paths(path: Path, count: int) -> list[Path]:
     paths = [path.with_name(name) for name in names]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
-        raise InputFileError(f"split model {path.name} is missing shard(s): {', '.join(missing)}")
+        raise InputFileError(f"split model {path.name} is missing shard(s): {', '.join(missing)}",
+                             ExitCode.FILE_NOT_FOUND)
     return paths
 
 

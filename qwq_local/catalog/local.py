@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from qwq_local.catalog import integrity
 from qwq_local.catalog.gguf_info import GGUFInfo
 from qwq_local.catalog.hub_env import offline_mode
+from qwq_local.catalog.pypi_source import stale_temp_dirs
 from qwq_local.catalog.refs import CatalogRef, HubRef, PathRef, parse_ref, shard_names
 from qwq_local.catalog.spec import HeadSpec, ModelSpec, load_catalog
 from qwq_local.errors import ExitCode, InputFileError, NotPulledError, UsageError
@@ -68,7 +70,8 @@ def recorded_info(model: str, models_dir: Path) -> tuple[ResolvedModel, GGUFInfo
 
 
 def pulled_files(model: str, models_dir: Path) -> list[Path]:
-    """A pulled model's files under models_dir: its .gguf files and any partial download beside them.
+    """A pulled model's files under models_dir: its .gguf files and any partial download beside them (files, and
+    the wheel folders of a killed PyPI pull).
 
     NotPulledError when none is there; UsageError for a path the user gave (qwq removes only what it pulled).
     """
@@ -78,6 +81,7 @@ def pulled_files(model: str, models_dir: Path) -> list[Path]:
     found = []
     for path in ref.local_paths(models_dir):
         found += [p for p in (path, *(path.with_name(path.name + s) for s in _DOWNLOAD_SUFFIXES)) if p.is_file()]
+        found += stale_temp_dirs(path)  # a killed pull's wheel downloads
     if not found:
         raise NotPulledError(f"model {model} is not pulled (nothing of it in {models_dir})")
     return found
@@ -86,14 +90,25 @@ def pulled_files(model: str, models_dir: Path) -> list[Path]:
 _DOWNLOAD_SUFFIXES = (".part", ".part.etag", ".lock")
 
 
+def disk_bytes(path: Path) -> int:
+    """The bytes of a file, or of the files in a folder."""
+    if path.is_dir() and not path.is_symlink():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return path.stat().st_size
+
+
 def remove_files(paths: list[Path], models_dir: Path) -> int:
     """Delete a model's files (from pulled_files) and the folders they leave empty; the bytes freed."""
     freed = 0
     for path in paths:
-        freed += path.stat().st_size
-        path.unlink(missing_ok=True)
-    for folder in sorted({p.parent for p in paths}, key=lambda p: len(p.parts), reverse=True):
-        while folder != models_dir and models_dir in folder.parents and not any(folder.iterdir()):
+        freed += disk_bytes(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    folders = {parent for p in paths for parent in p.parents if models_dir in parent.parents}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        while folder.is_dir() and folder != models_dir and models_dir in folder.parents and not any(folder.iterdir()):
             folder.rmdir()
             folder = folder.parent
     return freed

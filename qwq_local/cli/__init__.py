@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
             typer.echo(f"error: disk full{where} ({exc.strerror}); free space and run again: "
                        "what was finished is kept", err=True)
             sys.exit(int(ExitCode.DISK_FULL))
-        typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
-        sys.exit(int(ExitCode.ERROR))
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        sys.exit(int(ExitCode.UNEXPECTED))
     code = code if isinstance(code, int) else 0
     if code == ExitCode.INTERRUPTED:  # Typer turns Ctrl-C into Exit(130); a chat returns it itself
         typer.echo("interrupted", err=True)

@@ -45,7 +45,7 @@ def rm(model: str = typer.Argument(..., help="Catalog name or hf:REPO/FILE of a 
 
     settings = settings_from(models_dir=models_dir)
     files = catalog.pulled_files(model, settings.models_dir)
-    size = fmt_bytes(sum(f.stat().st_size for f in files))
+    size = fmt_bytes(sum(catalog.disk_bytes(f) for f in files))
     listing = "\n".join(f"  {f}" for f in files)
     if not yes and not typer.confirm(f"Remove {model} ({size}):\n{listing}\n", default=False, err=True):
         typer.echo("nothing removed", err=True)

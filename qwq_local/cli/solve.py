@@ -112,7 +112,7 @@ def solve(
     Progress goes to stderr when it is a terminal. Ctrl-C prints the best answer found so far (stop_reason
     "interrupted") and exits 130.
     """
-    from qwq_local.app.search import check_strategy, prepare_search, search_defaults, search_options
+    from qwq_local.app.search import check_scorers, check_strategy, prepare_search, search_defaults, search_options
 
     settings = settings_from(model=model, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                              seed=seed, max_tokens=max_tokens, ctx=ctx_size, gpu_layers=gpu_layers,
@@ -129,6 +129,8 @@ def solve(
     if think_budget is not None and (strategy != "direct" or settings.engine is not None):
         raise UsageError("--think-budget works with --strategy direct on a local model; a search bounds its steps "
                          "with --max-depth and --max-tokens")
+    if scorer:
+        check_scorers(scorer)
     if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
         raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+import jinja2
 import llama_cpp
 
 from qwq_local.engine.plan import KVCache, RopePlan
-from qwq_local.engine.template import ChatTemplate, TemplateError
+from qwq_local.engine.template import ChatTemplate, TemplateError, check_llama_cpp_compiles
 from qwq_local.errors import ExitCode, ModelFileError, OutOfMemoryError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,8 +89,38 @@ def quiet_stderr(enabled: bool) -> Iterator[None]:
         os.close(fd)
 
 
+def check_chat_templates(path: Path) -> None:
+    """ModelFileError (exit 7) for a chat template in the GGUF that llama-cpp-python could not compile in bounded
+    time: it compiles all of them whenever it opens the file (engine/template.check_llama_cpp_compiles)."""
+    try:
+        _check_templates_once(str(path), *_identity(path))
+    except TemplateError as exc:
+        raise ModelFileError(f"{path}: its chat template does not compile ({exc})") from None
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = Path(path).stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _check_templates_once(path: str, size: int, mtime_ns: int) -> None:
+    """Checked once per file version in a process (a chat reopens its model, a solve counts tokens first)."""
+    from qwq_local.catalog.gguf_header import HeaderError, read_header
+
+    try:
+        metadata = read_header(Path(path)).metadata
+    except (HeaderError, OSError):
+        return  # not readable as GGUF here: llama.cpp's own load says what is wrong
+    templates = [value for key, value in metadata.items()
+                 if (key == "tokenizer.chat_template" or key.startswith("tokenizer.chat_template."))
+                 and isinstance(value, str)]
+    check_llama_cpp_compiles(templates)
+
+
 def count_tokens(path: Path, text: str) -> int:
     """Tokens of `text` by the model's own tokenizer, loading its vocabulary only (no weights, no context)."""
+    check_chat_templates(path)
     with quiet_stderr(True):
         vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
@@ -120,6 +152,7 @@ class LoadedModel:
                 rope_freq_scale=rope.freq_scale,
                 yarn_orig_ctx=rope.orig_ctx,
             )
+        check_chat_templates(self.path)
         try:
             with quiet_stderr(not options.verbose):
                 self.llama = llama_cpp.Llama(
@@ -139,6 +172,9 @@ class LoadedModel:
                                        "context; try a smaller --ctx or fewer --gpu-layers") from exc
             raise ModelFileError(f"{self.path.name}: llama.cpp could not load it ({exc})",
                                  ExitCode.CORRUPT_MODEL) from exc
+        except jinja2.TemplateError as exc:  # llama-cpp-python compiles the GGUF's chat template as it loads
+            raise ModelFileError(f"{self.path}: its chat template does not compile "
+                                 f"({type(exc).__name__}: {exc})") from None
         self.name = self.path.name
         self.n_ctx = self.llama.n_ctx()
         meta = self.llama.metadata

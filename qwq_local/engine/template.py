@@ -151,3 +151,61 @@ class ChatTemplate:
         finally:
             sys.settrace(previous)
         return "".join(chunks)
+
+
+# llama-cpp-python compiles every chat template of a GGUF as it opens the file, in a sandbox that intercepts no
+# operator: Jinja folds constant expressions while compiling, so `{{ (7 ** 100000) ** 1000 }}` or
+# `{{ 'x' | center(10 ** 9) }}` never ends (or fills memory) before anything can be rendered. A template with such an
+# expression is compiled first in a child process bounded in time and memory; one that fails or passes the bound is
+# refused before llama.cpp sees it.
+FOREIGN_COMPILE_SECONDS = 20.0
+FOREIGN_COMPILE_BYTES = 1 << 30
+_FOLDED_OPERATORS = (jinja2.nodes.Pow, jinja2.nodes.Mul, jinja2.nodes.Mod, jinja2.nodes.FloorDiv, jinja2.nodes.Filter,
+                     jinja2.nodes.Test)
+_COMPILE_AS_LLAMA_CPP = """\
+import json, sys, jinja2, jinja2.ext, jinja2.sandbox
+class Generation(jinja2.ext.Extension):
+    tags = {"generation"}
+    def parse(self, parser):
+        parser.stream.skip(1)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+env = jinja2.sandbox.ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
+                                                   extensions=[Generation, jinja2.ext.loopcontrols])
+for source in json.load(sys.stdin):
+    env.from_string(source)
+"""
+
+
+def _folds_a_constant(source: str) -> bool:
+    """Whether Jinja's compiler would compute an operator or filter on constants only (no variable in it)."""
+    environment = jinja2.Environment(extensions=[_IgnoreGenerationTags, jinja2.ext.loopcontrols])
+    try:
+        tree = environment.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"TemplateSyntaxError: {exc}") from None
+    except RecursionError:
+        raise TemplateError("RecursionError: expressions nested too deeply") from None
+    return any(not any(True for _ in node.find_all(jinja2.nodes.Name)) for node in tree.find_all(_FOLDED_OPERATORS))
+
+
+def check_llama_cpp_compiles(sources: Sequence[str]) -> None:
+    """TemplateError unless llama-cpp-python can compile these chat templates in bounded time and memory."""
+    risky = [source for source in sources if _folds_a_constant(source)]
+    if not risky:
+        return
+    import resource
+    import subprocess
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (FOREIGN_COMPILE_BYTES, FOREIGN_COMPILE_BYTES))
+
+    try:
+        child = subprocess.run([sys.executable, "-c", _COMPILE_AS_LLAMA_CPP], input=json.dumps(risky), text=True,
+                               capture_output=True, timeout=FOREIGN_COMPILE_SECONDS, check=False,
+                               preexec_fn=limit)  # noqa: PLW1509 - one setrlimit between fork and exec
+    except subprocess.TimeoutExpired:
+        raise TemplateError(f"compiling it passed {FOREIGN_COMPILE_SECONDS:g} s (a constant expression too large "
+                            "to compute)") from None
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or ["it failed"])[-1]
+        raise TemplateError(f"compiling it failed: {last[:200]}")

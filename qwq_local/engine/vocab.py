@@ -31,11 +31,12 @@ class GGUFVocab:
         # the BOS a server's tokenizer puts before a prompt by itself ("" when this vocab adds none)
         self.added_bos = self.bos_text if llama_cpp.llama_vocab_get_add_bos(self._vocab) else ""
         self.chat_template = chat_template or CHATML
-        try:  # bounded as on the local engine: a hostile template fails here, it does not hang the search
+        self.path = Path(path)
+        try:
             self._template = ChatTemplate(self.chat_template, bos_token=self.bos_text, eos_token=self.eos_text)
         except TemplateError as exc:
             self.close()
-            raise ModelFileError(f"{self.name}: its chat template does not compile ({exc})") from None
+            raise ModelFileError(f"{path}: its chat template does not compile ({exc})") from None
 
     def _piece_text(self, token: int) -> str:
         if token < 0:
@@ -47,7 +48,7 @@ class GGUFVocab:
         try:
             return self._template.render([{"role": m.role, "content": m.content} for m in messages])
         except TemplateError as exc:
-            raise ModelFileError(f"{self.name}: its chat template failed ({exc})") from None
+            raise ModelFileError(f"{self.path}: its chat template failed ({exc})") from None
 
     def tokenize(self, text: str, bos: bool = True) -> list[int]:
         """Tokens of `text` with special tokens parsed; BOS only if the vocab wants it and the text lacks it."""

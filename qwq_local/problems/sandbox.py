@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import shlex
 import shutil
 import signal
 import stat
@@ -69,13 +70,56 @@ done
 mount -o remount,bind,rw "$PWD" || exit 125
 """
 _NAMESPACES = ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child")
-_ISOLATION_CANDIDATES: tuple[tuple[str, ...], ...] = (
-    (*_NAMESPACES, "--mount", "/bin/sh", "-c", _READ_ONLY + _SIGNAL_AS_EXIT, "sh"),
-    (*_NAMESPACES, "/bin/sh", "-c", _SIGNAL_AS_EXIT, "sh"),
-    ("unshare", "--net", "--pid", "--fork", "--kill-child", "/bin/sh", "-c", _SIGNAL_AS_EXIT, "sh"),
-    ("unshare", "--user", "--map-root-user", "--net"),
-    ("unshare", "--net"),
-)
+
+
+def _empty_root_script(chroot: str) -> str:
+    """bubblewrap's empty root made by hand with mount and chroot, for where bwrap is not installed.
+
+    In the run's directory on the host: a tmpfs root holding only the system directories and Python read-only,
+    null/zero/full/random/urandom in /dev, a fresh /proc and a size-capped tmpfs work dir; then chroot into it.
+    """
+    _, prefix = _python()
+    binds = " ".join(shlex.quote(path) for path in (*_HOST_DIRS, prefix))
+    files = " ".join(shlex.quote(path) for path in _HOST_FILES)
+    return f"""\
+set -e
+W=$PWD
+mkdir root
+mount -t tmpfs -o size=1m,mode=755 qwq-root root
+cd root
+for d in {binds}; do
+  if [ -L "$d" ]; then mkdir -p ".${{d%/*}}"; ln -s "$(readlink "$d")" ".$d"
+  elif [ -d "$d" ]; then mkdir -p ".$d"; mount --rbind "$d" ".$d"; mount -o remount,bind,ro ".$d"; fi
+done
+mkdir -p etc dev proc {_INSIDE[1:]}
+for f in {files}; do
+  if [ -f "$f" ]; then touch ".$f"; mount --bind "$f" ".$f"; mount -o remount,bind,ro ".$f"; fi
+done
+for n in null zero full random urandom; do touch "dev/$n"; mount --bind "/dev/$n" "dev/$n"; done
+ln -s /proc/self/fd dev/fd
+mount -t proc proc proc
+mount -t tmpfs -o size={MAX_DISK_BYTES},mode=755 qwq-work {_INSIDE[1:]}
+if [ -f "$W/{_SCRIPT}" ]; then cp "$W/{_SCRIPT}" {_INSIDE[1:]}/; fi
+mount -o remount,bind,ro .
+cd /
+exec {shlex.quote(chroot)} "$W/root" /bin/sh -c 'cd {_INSIDE} || exit 125; {_SIGNAL_AS_EXIT}' sh "$@"
+"""
+
+
+def _isolation_candidates() -> tuple[tuple[str, ...], ...]:
+    """unshare command lines, most isolating first; the first that works here is the fallback sandbox."""
+    chroot = shutil.which("chroot", path=f"{_PATH}:/usr/sbin:/sbin")
+    empty_root = ((*_NAMESPACES, "--mount", "--ipc", "/bin/sh", "-c", _empty_root_script(chroot), "sh"),) if chroot else ()
+    return (
+        *empty_root,
+        (*_NAMESPACES, "--mount", "/bin/sh", "-c", _READ_ONLY + _SIGNAL_AS_EXIT, "sh"),
+        (*_NAMESPACES, "/bin/sh", "-c", _SIGNAL_AS_EXIT, "sh"),
+        ("unshare", "--net", "--pid", "--fork", "--kill-child", "/bin/sh", "-c", _SIGNAL_AS_EXIT, "sh"),
+        ("unshare", "--user", "--map-root-user", "--net"),
+        ("unshare", "--net"),
+    )
+
+
 _PROBE = "import socket; print(' '.join(name for _, name in socket.if_nameindex()))"
 
 
@@ -149,15 +193,23 @@ def _bwrap() -> str | None:
 
 
 def isolation_name() -> str:
-    """Which sandbox model-written code runs in here, for `qwq doctor`."""
+    """Which sandbox model-written code runs in here, and what it cannot stop, for `qwq doctor`."""
     if _bwrap():
         return "bubblewrap (empty root, no network, private /dev and /proc, total limits)"
     prefix = _isolation_prefix()
-    if "--mount" in prefix:
-        return "unshare (no network, read-only mounts, rlimits; install bubblewrap for an empty root)"
+    if any("chroot" in part for part in prefix):
+        return ("unshare + chroot (empty root, no network or IPC, private /dev and /proc, total limits: bubblewrap "
+                "made by hand; install bubblewrap for the maintained tool)")
+    mounts = "--mount" in prefix
+    cannot = ["reading files the user can read", "writing /dev" if mounts else "writing /dev and any path the user can",
+              "filling the disk (16 MB a file)"]
+    if not mounts:
+        cannot.append("reaching host Unix sockets except through Python's socket module")
     if prefix:
-        return "unshare (no network, rlimits; install bubblewrap for an empty root)"
-    return "rlimits and a socket guard only (install bubblewrap for real isolation)"
+        return (f"unshare (no network, {'read-only mounts, ' if mounts else ''}rlimits; cannot stop: "
+                f"{', '.join(cannot)}; install bubblewrap)")
+    return ("rlimits and a Python socket guard only (cannot stop: reading and writing what the user can, filling "
+            "the disk (16 MB a file), host sockets through ctypes, seeing host processes; install bubblewrap)")
 
 
 @cache
@@ -169,10 +221,10 @@ def _isolation_prefix() -> tuple[str, ...]:
     if shutil.which("unshare") is None:
         return ()
     with tempfile.TemporaryDirectory(prefix="qwq-sandbox-probe-") as workdir:
-        for prefix in _ISOLATION_CANDIDATES:
+        for prefix in _isolation_candidates():
             try:
                 probe = subprocess.run(
-                    [*prefix, sys.executable, "-I", "-S", "-c", _PROBE],
+                    [*prefix, _python()[0], "-I", "-S", "-c", _PROBE],
                     check=False, capture_output=True, text=True, timeout=10, env={"PATH": _PATH},
                     stdin=subprocess.DEVNULL, cwd=workdir,
                 )
@@ -470,7 +522,7 @@ def run_python(
             command, forks = [*_bwrap_command(bwrap, code_fd), "-I", "-S", "-c", _NO_PWD + _RUNNER], True
         else:
             prefix = _isolation_prefix()
-            command, forks = [*prefix, sys.executable, "-I", "-S", "-c", _NO_NETWORK + _RUNNER], "--fork" in prefix
+            command, forks = [*prefix, _python()[0], "-I", "-S", "-c", _NO_NETWORK + _RUNNER], "--fork" in prefix
             Path(workdir, _SCRIPT).write_text(code, encoding="utf-8")
         proc = subprocess.Popen(
             command, cwd=workdir, env={"PATH": _PATH}, stdin=subprocess.DEVNULL,

@@ -7,6 +7,8 @@ Writes never crash the REPL: a full disk or a database locked for too long comes
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -216,7 +218,7 @@ class History:
                 )
                 return int(cur.lastrowid or 0)
         except sqlite3.OperationalError as exc:
-            raise HistoryError(_write_warning(exc)) from None
+            raise HistoryError(_write_warning(exc, self.path)) from None
 
     def add_turn(self, conversation_id: int | None, turn: Turn) -> SaveResult:
         """Store a completed turn in one transaction (creating its conversation when id is None).
@@ -255,7 +257,7 @@ class History:
         except sqlite3.IntegrityError as exc:
             return SaveResult(conversation_id, warning=f"turn not saved to history: {exc}")
         except sqlite3.OperationalError as exc:
-            return SaveResult(conversation_id, warning=_write_warning(exc))
+            return SaveResult(conversation_id, warning=_write_warning(exc, self.path))
         except sqlite3.Error as exc:  # a file corrupted under us: the turn stays on screen and in /save
             return SaveResult(conversation_id, warning=f"turn not saved: the history database {self.path} "
                                                        f"failed ({exc}); this session is kept in memory only")
@@ -274,7 +276,7 @@ class History:
                 self._conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # nor kept in old WAL frames
         except sqlite3.OperationalError as exc:
-            raise HistoryError(_write_warning(exc)) from None
+            raise HistoryError(_write_warning(exc, self.path)) from None
         return int(count)
 
     # --- reads ----------------------------------------------------------------------------
@@ -360,7 +362,8 @@ def open_history(path: Path, clock: Callable[[], str] = _now) -> tuple[History |
         problem = " ".join(getattr(exc, "message", str(exc)).split())
         corrupt = any(word in problem for word in _CORRUPT)
     if not corrupt:
-        return None, f"history is not saved this session ({problem})"
+        cause = disk_cause(path)
+        return None, f"history is not saved this session{': ' + cause if cause else ''} ({problem})"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     try:
@@ -404,13 +407,31 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
 
 
-def _write_warning(exc: sqlite3.OperationalError) -> str:
+def disk_cause(path: Path) -> str | None:
+    """What SQLite's "unable to open database file" or "disk I/O error" means here: a read-only or a full disk."""
+    folder = path.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"the disk holding {folder} is read-only"
+        if shutil.disk_usage(folder).free < 64 * 1024:
+            return f"the disk holding {folder} is full"
+    except OSError:
+        return None
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{path} is read-only for you"
+    return None
+
+
+def _write_warning(exc: sqlite3.OperationalError, path: Path | None = None) -> str:
     message = str(exc)
     if "full" in message:
         return "history not saved: the disk is full"
     if "locked" in message or "busy" in message:
         return "history not saved: the database is locked by another qwq"
-    return f"history not saved: {message}"
+    cause = disk_cause(path) if path is not None else None
+    if cause is None and "readonly" in message:
+        cause = "the database is read-only"
+    return f"history not saved: {cause} ({message})" if cause else f"history not saved: {message}"
 
 
 def transcript_markdown(title: str, model: str, turns: list[Turn]) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import platformdirs
 
 from qwq_local.config import APP
-from qwq_local.errors import InputFileError
+from qwq_local.errors import ExitCode, InputFileError
 
 
 BANK_FILE = "bank.jsonl"
@@ -49,7 +49,7 @@ def read_bank(path: Path) -> dict[str, dict[str, Any]]:
             record = json.loads(line)
             records[str(record["problem_id"])] = record
         except (ValueError, KeyError, TypeError):
-            raise InputFileError(f"{path}:{number}: not a bank line") from None
+            raise InputFileError(f"{path}:{number}: not a bank line", ExitCode.BAD_DATA) from None
     return records
 
 
@@ -76,7 +76,7 @@ def bank_states(records: Iterable[Mapping[str, Any]], arrays_root: Path
         file = arrays_root / str(record.get("arrays") or "")
         if not record.get("arrays") or not file.is_file():
             raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
-                                 "rerun `qwq bench bank` with the same --results to rebuild them")
+                                 "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
         with np.load(file) as arrays:
             hidden = arrays["hidden"].astype(np.float32)
         for node, outcomes in leaves_below(record).items():

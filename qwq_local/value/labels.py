@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from qwq_local.errors import HeadMismatchError, InputFileError
+from qwq_local.errors import ExitCode, HeadMismatchError, InputFileError
 
 def lock_path(path: Path) -> Path:
     """The lock file a label store's writers take turns on."""
@@ -206,7 +206,7 @@ class LabelStore:
     def _read_scan(self) -> _Scan:
         scan = _Scan()
         if self.path.is_dir():
-            raise InputFileError(f"label store {self.path} is a directory")
+            raise InputFileError(f"label store {self.path} is a directory", ExitCode.IS_A_DIRECTORY)
         if not self.path.is_file():
             return scan
         pending: list[tuple[dict[str, Any], int, int]] = []
@@ -217,7 +217,7 @@ class LabelStore:
             if first != HEADER:
                 if first.endswith(b"\n") or not HEADER.startswith(first):
                     raise InputFileError(f"{self.path} is not a qwq_local label store (its first line is not "
-                                         f"the {FORMAT} header); pick another path")
+                                         f"the {FORMAT} header); pick another path", ExitCode.BAD_DATA)
                 return scan  # only a torn header: nothing committed yet
             scan.end = offset = len(first)
             for line in f:

@@ -26,7 +26,6 @@ from qwq_local.errors import (
     HeadMismatchError,
     InputFileError,
     ModelFileError,
-    QwqError,
 )
 from qwq_local.search.protocol import Candidate
 
@@ -264,7 +263,7 @@ class QHead:
 
     def score(self, question: str, steps: Sequence[str], candidate: Candidate) -> float:
         if candidate.hidden is None:
-            raise QwqError(
+            raise RuntimeError(  # a bug: every engine that offers qhead gives hidden states
                 "the Q-value head scores hidden states, but this candidate has none: "
                 "run the engine with hidden states on (KVTree(hidden=True))"
             )
