@@ -101,7 +101,7 @@ def test_gsm8k_check_falls_back_to_the_reply() -> None:
     ],
 )
 def test_math_equivalent_forms(answer: str, reference: str) -> None:
-    assert math_equal(answer, reference)
+    assert math_equal(answer, reference, seconds=60)  # equivalence, not the time bound (a loaded machine is slow)
 
 
 @pytest.mark.parametrize(
