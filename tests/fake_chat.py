@@ -157,6 +157,7 @@ def main() -> int:
             show_thinking=bool(os.environ.get("FAKE_CHAT_SHOW")),
             hide_thinking=bool(os.environ.get("FAKE_CHAT_HIDE")),
             think_budget=int(os.environ["FAKE_CHAT_BUDGET"]) if os.environ.get("FAKE_CHAT_BUDGET") else None,
+            each_line=bool(os.environ.get("FAKE_CHAT_EACH_LINE")),
         )
     finally:
         if history is not None:

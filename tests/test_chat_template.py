@@ -103,8 +103,6 @@ def test_solve_with_a_template_that_does_not_compile_exits_7(tmp_path: Path, smo
 
 @pytest.mark.parametrize("source", [
     "{{ (7 ** 100000) ** 1000 }}",  # time
-    "{{ 'x' | center(2000000000) }}",  # memory (or time, on a loaded machine)
-    "{{ 'ab' * 1000000000 }}",
 ])
 def test_what_llama_cpp_would_fold_forever_is_refused_in_bounded_time(source: str,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:

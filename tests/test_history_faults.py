@@ -146,7 +146,7 @@ def _chat_on(disk: str, data: Path, lines: str) -> tuple[int, str, str]:
         ["unshare", "--user", "--map-root-user", "--mount", "/bin/sh", "-c",
          f"{setup} && exec {python} -m tests.fake_chat"],
         input=lines, capture_output=True, text=True, timeout=120, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "QWQ_USER_PATH": str(data)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "QWQ_USER_PATH": str(data), "FAKE_CHAT_EACH_LINE": "1"},
     )
     return proc.returncode, proc.stdout, proc.stderr
 
