@@ -138,7 +138,7 @@ def test_a_chat_that_grows_past_the_threshold_switches_to_yarn_once(tmp_path: Pa
     lines = ["Hi", "Natalia sold clips to 48 of her friends in April. " * 3, "Thanks", "Bye"]
     monkeypatch.setattr("sys.stdin", io.StringIO("".join(line + "\n" for line in lines)))
     code, out, err = run_cli(["chat", "--model", "qwen2.5-coder-0.5b", "--models-dir", str(MODELS_CACHE),
-                              "--ctx", "1024", "--max-tokens", "6", "--temperature", "0"], capsys)
+                              "--ctx", "1024", "--max-tokens", "6", "--temperature", "0", "--each-line"], capsys)
     assert code == 0, err
     assert err.count("note: YaRN on (x4 over 32,768): the conversation is past 64 tokens") == 1
     assert out.count("\n") >= 4  # every message answered, before and after the switch

@@ -234,7 +234,7 @@ def test_bench_accuracy_runs_every_strategy_on_the_engine(llama_server: LlamaSer
     assert report["problems"] == 2 and report["pending"] == 0
     scores = {s["strategy"]: s for s in report["scores"]}
     assert set(scores) == {"direct", "sc@2", "astar:rules"}
-    assert all(s["errors"] == 0 and s["mean_tokens"] > 0 for s in scores.values()), scores
+    assert all(s["errors"] == 0 and s["mean_tokens"] > 0 for s in scores.values()), [(s["strategy"], s["errors"], s["mean_tokens"]) for s in scores.values()]
     # direct streams one completion a problem; sc@2 two replies; A* at least one expansion of two candidates
     assert llama_server.completions() - before >= 2 * (1 + 2 + 2)
     records = [json.loads(line) for line in results.read_text().splitlines()]

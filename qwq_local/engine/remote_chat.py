@@ -29,12 +29,15 @@ class RemoteChat:
         self.template_thinks = prompt_format.render_chat([Message("user", "x")]).endswith(THINK_OPEN)
         self.thinks = self.template_thinks if think is None else think
 
-    def prompt_text(self, messages: list[Any]) -> str:
-        """The rendered prompt: history holds final answers only; a thinking reply opens `<think>\\n`."""
+    def prompt_text(self, messages: list[Any], think: bool | None = None) -> str:
+        """The rendered prompt: history holds final answers only; a thinking reply opens `<think>\\n`.
+
+        `think`: True opens the thinking even on a model that does not think on its own (None: `self.thinks`).
+        """
         clean = [Message(m.role, strip_closed_thinking(m.content) if m.role == "assistant" else m.content)
                  for m in messages]
         text = self.format.render_chat(clean)
-        if self.thinks and not text.endswith(THINK_OPEN):
+        if (self.thinks if think is None else think) and not text.endswith(THINK_OPEN):
             text += THINK_OPEN
         bos = self.format.added_bos
         return text[len(bos):] if bos and text.startswith(bos) else text
@@ -43,16 +46,19 @@ class RemoteChat:
         """Nothing to forget here: the server keeps (or drops) its own prefix cache."""
 
     def stream(self, messages: list[Any], sampling: Sampling, *,
-               intervene: Callable[[str, int], str | None] | None = None) -> Iterator[str]:
-        """Yield the reply's text pieces; a thinking reply starts with `<think>\\n`. Closing it ends the request."""
+               intervene: Callable[[str, int], str | None] | None = None, think: bool | None = None,
+               ) -> Iterator[str]:
+        """Yield the reply's text pieces; a thinking reply starts with `<think>\\n`. Closing it ends the request.
+
+        `think` as in `prompt_text` (a thinking budget opens the thinking, as the local engine does)."""
         start = time.perf_counter()
-        prompt = self.prompt_text(messages)
+        prompt = self.prompt_text(messages, think)
         n_prompt = self.format.count_tokens(prompt)
         if n_prompt >= self.n_ctx:
             self.last_stats = TurnStats(n_prompt, 0, 0, 0, 0.0, 0.0, n_prompt, self.n_ctx, "context")
             raise QwqError(f"the conversation ({n_prompt:,} tokens) fills the context ({self.n_ctx:,}); use /reset "
                            "or a larger --ctx", ExitCode.CONTEXT_TOO_LARGE)
-        tally = ThinkTally(self.thinks, start)
+        tally = ThinkTally(self.thinks if think is None else think, start)
         generated = ""
         prefill = 0.0
         stop_reason = "length"
