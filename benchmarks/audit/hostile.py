@@ -474,21 +474,19 @@ def sandbox_probes(tmp: Path) -> list[tuple[str, Callable[[], str]]]:
             except socket.timeout:
                 return ""
 
-    def dev_write() -> str:
-        target = Path(f"/dev/qwq-audit-{os.getpid()}")
+    def writes(target: Path) -> str:
+        """What escaped when the program inside tries to write `target` (the file is removed again)."""
         run_python(f"open({str(target)!r}, 'w').write('x')")
         if target.exists():
             target.unlink()
             return f"wrote {target}"
         return ""
 
+    def dev_write() -> str:
+        return writes(Path(f"/dev/qwq-audit-{os.getpid()}"))
+
     def dev_shm() -> str:
-        target = Path(f"/dev/shm/qwq-audit-{os.getpid()}")
-        run_python(f"open({str(target)!r}, 'w').write('x')")
-        if target.exists():
-            target.unlink()
-            return f"wrote {target}"
-        return ""
+        return writes(Path(f"/dev/shm/qwq-audit-{os.getpid()}"))
 
     def write_outside() -> str:
         target = tmp / f"outside-{time.monotonic_ns()}.txt"
