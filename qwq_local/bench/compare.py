@@ -17,6 +17,7 @@ from qwq_local.errors import ExitCode, InputFileError, UsageError
 from qwq_local.problems.checks import check
 from qwq_local.problems.datasets import Problem
 from qwq_local.search.answer import normalize_for_vote
+from qwq_local.search.astar import value_weight
 
 RECHOOSERS = ("vote", "value", "top")  # value^B too: each path votes with (g / (1 - g)) ** B
 
@@ -103,10 +104,9 @@ def rechoose(answers: Sequence[str | None], values: Sequence[float], how: str) -
     totals: dict[str, float] = defaultdict(float)
     first: dict[str, str] = {}
     for answer, value in scored:
-        g = min(max(value, 1e-6), 1 - 1e-6)
         key = normalize_for_vote(answer)
         first.setdefault(key, answer)
-        totals[key] += 1.0 if how == "vote" else (g / (1 - g)) ** power
+        totals[key] += 1.0 if how == "vote" else value_weight(value, power)
     order = list(first)
     return first[max(totals, key=lambda key: (totals[key], -order.index(key)))]
 

@@ -206,6 +206,12 @@ def _rank(node: Node) -> tuple[float, int]:
     return (node.f, -node.id)
 
 
+def value_weight(value: float, power: float = 1.0) -> float:
+    """A finished path's vote in a value-weighted vote: the odds g / (1 - g) of its value, to the power `power`."""
+    g = min(max(value, 1e-6), 1 - 1e-6)
+    return (g / (1 - g)) ** power
+
+
 def choose_terminal(terminals: list[Node], how: str) -> Node:
     """The finished path A* answers with: the best by f, or the best of the answer with the most votes, each path
     voting with 1 (`vote`) or with the odds g / (1 - g) of its value (`value`: weighted best-of-N, arXiv 2408.03314
@@ -215,8 +221,7 @@ def choose_terminal(terminals: list[Node], how: str) -> Node:
     totals: dict[str, float] = defaultdict(float)
     for node in terminals:
         if node.answer is not None:
-            g = min(max(node.g, 1e-6), 1 - 1e-6)
-            totals[normalize_for_vote(node.answer)] += 1.0 if how == "vote" else g / (1 - g)
+            totals[normalize_for_vote(node.answer)] += 1.0 if how == "vote" else value_weight(node.g)
     if not totals:
         return max(terminals, key=_rank)
     order = [normalize_for_vote(n.answer) for n in terminals if n.answer is not None]
