@@ -41,17 +41,20 @@ def test_strategies_of_two_files_on_shared_problems_with_rechosen_searches(tmp_p
                  line("sc@8", "c", True, 2100), line("direct", "a", False, 300), line("direct", "b", False, 280))
     search = write(tmp_path / "astar.jsonl",
                    line("astar", "a", False, 1700, terminal_answers=["18", "18", "2"], terminal_values=[0.5, 0.5, 0.99]),
-                   line("astar", "b", True, 1600, terminal_answers=["18"], terminal_values=[0.7]))
+                   line("astar", "b", True, 1600, terminal_answers=["18"], terminal_values=[0.7]),
+                   line("astar", "c", True, 2500, terminal_answers=[], terminal_values=[]))
     runs = add_rechosen(read_runs([base, search]), ["vote", "top"])
     assert runs["astar/vote"]["a"].right and not runs["astar/top"]["a"].right  # "2" is wrong, the vote's "18" right
+    assert runs["astar/vote"]["c"].right  # no path finished: the search's own answer (from its best open path)
     assert "sc@8/vote" not in runs  # its records keep no values
-    report = compare(runs, ["astar", "astar/vote", "sc@8"], ["sc@8"])
-    assert report.problems == 2  # c has no astar run
+    assert compare(runs, ["astar", "sc@8"], []).problems == 3
+    report = compare(runs, ["astar", "astar/vote", "sc@8", "direct"], ["sc@8"])
+    assert report.problems == 2  # c has no direct run
     rows = {r.strategy: r for r in report.rows}
     assert (rows["astar"].right, rows["astar/vote"].right, rows["sc@8"].right) == (1, 2, 1)
     assert rows["astar"].mean_tokens == 1650 and rows["sc@8"].mean_tokens == 2100
     pairs = {(p.strategy, p.other): (p.wins, p.losses) for p in report.pairs}
-    assert pairs == {("astar", "sc@8"): (1, 1), ("astar/vote", "sc@8"): (1, 0)}
+    assert pairs == {("astar", "sc@8"): (1, 1), ("astar/vote", "sc@8"): (1, 0), ("direct", "sc@8"): (0, 1)}
     with pytest.raises(UsageError, match="no runs of bon@8"):
         compare(runs, ["bon@8"], [])
 

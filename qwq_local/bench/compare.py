@@ -29,7 +29,7 @@ class Run:
     right: bool
     tokens: int
     answers: tuple[str | None, ...] = ()  # a search's finished paths, in order
-    values: tuple[float, ...] = ()  # their values g, when the record keeps them
+    values: tuple[float, ...] | None = None  # their values g, when the record keeps them
     problem: Problem | None = None  # what re-chosen answers are checked against (GSM8K and MATH records)
 
 
@@ -82,9 +82,8 @@ def read_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
 def _run(record: Mapping[str, Any]) -> Run:
     extra = record.get("extra") or {}
     answers = tuple(extra.get("terminal_answers") or ())
-    values = tuple(float(v) for v in extra.get("terminal_values") or ())
-    if len(values) != len(answers):
-        values = ()
+    kept = extra.get("terminal_values")
+    values = tuple(float(v) for v in kept) if isinstance(kept, list) and len(kept) == len(answers) else None
     reference, kind = record.get("reference"), record.get("kind")
     problem = None
     if reference is not None and kind in ("gsm8k", "math"):  # MBPP answers need their programs to be checked
@@ -130,11 +129,12 @@ def add_rechosen(runs: dict[str, dict[str, Run]], rechoosers: Sequence[str]) -> 
         _power(how)
     out = dict(runs)
     for strategy, by_problem in runs.items():
-        if not by_problem or not all(r.values and r.problem for r in by_problem.values()):
+        if not by_problem or not all(r.values is not None and r.problem for r in by_problem.values()):
             continue
-        for how in rechoosers:
+        for how in rechoosers:  # a search that finished no path keeps its own answer (from its best open path)
             out[f"{strategy}/{how}"] = {
-                pid: Run(_checked(r.problem, rechoose(r.answers, r.values, how)), r.tokens)
+                pid: Run(_checked(r.problem, rechoose(r.answers, r.values or (), how)) if r.answers else r.right,
+                         r.tokens)
                 for pid, r in by_problem.items() if r.problem is not None}
     return out
 
