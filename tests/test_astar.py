@@ -402,3 +402,64 @@ def test_choose_and_completions_are_checked() -> None:
         SearchConfig(choose="mean")
     with pytest.raises(ValueError, match="completions"):
         SearchConfig(completions=0)
+
+
+class WideningLM(BatchedLM):
+    """A BatchedLM whose whole replies sampled from the question come from `replies`, in order."""
+
+    def __init__(self, *args: Any, replies: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.replies = list(replies)
+        self.root_replies = 0
+
+    def sample(self, branch: int, k: int, stop: StepStop) -> list[Any]:
+        if self.paths.get(branch) == () and stop.delimiter is None:
+            text = self.replies.pop(0)
+            self.root_replies += 1
+            self.script[()] = [(text, True)]  # the scripted LM answers the root with this reply once
+            try:
+                return super().sample(branch, 1, stop)
+            finally:
+                del self.script[()]
+        return super().sample(branch, k, stop)
+
+
+SPLIT = {"A": {"A so \\boxed{3}": None}, "B": {"B so \\boxed{7}": None}}
+
+
+@pytest.mark.parametrize(("settle", "replies", "added", "answer"), [
+    (0.6, ["R so \\boxed{7}"], 1, "7"),  # 3 against 7, one more 7 settles it (2 of 3 votes)
+    (0.8, ["R so \\boxed{3}", "S so \\boxed{9}"], 2, "3"),  # never settled: both extra replies, then the vote
+])
+def test_unsettled_paths_widen_from_the_question(settle: float, replies: list[str], added: int, answer: str) -> None:
+    lm = WideningLM(script_from_tree(SPLIT), replies=replies)
+    cfg = config(candidates=2, trajectories=2, max_depth=1, finish_partial=True, thinking=False, choose="vote",
+                 widen=2, settle=settle)
+    result = astar("q", cfg, lm, FixedScorer({}))
+    assert lm.root_replies == added
+    assert result.terminal_answers == ["3", "7", *[r[-2] for r in replies[:added]]]
+    assert result.final_answer == answer and lm.live == set()
+
+
+def test_settled_paths_and_spent_budgets_do_not_widen() -> None:
+    agree = {"A": {"A so \\boxed{3}": None}, "B": {"B so \\boxed{3}": None}}
+    cfg = config(candidates=2, trajectories=2, max_depth=1, finish_partial=True, thinking=False, choose="value",
+                 widen=2)
+    lm = WideningLM(script_from_tree(agree), replies=["R so \\boxed{7}"])
+    assert astar("q", cfg, lm, FixedScorer({})).terminal_answers == ["3", "3"]
+    assert lm.root_replies == 0 and lm.live == set()
+    spent = WideningLM(script_from_tree(SPLIT), replies=["R so \\boxed{7}"])
+    result = astar("q", replace(cfg, max_generated_tokens=4), spent, FixedScorer({}))
+    assert spent.root_replies == 0 and len(result.terminal_answers) == 2 and spent.live == set()
+    plain = WideningLM(script_from_tree(SPLIT), replies=["R so \\boxed{7}"])
+    astar("q", replace(cfg, widen=0), plain, FixedScorer({}))
+    root = plain.history[0][2]
+    assert ("release", root) in plain.history[: plain.history.index(("sample", root, 2)) + 2]  # freed at expansion
+
+
+def test_widen_and_settle_are_checked() -> None:
+    with pytest.raises(ValueError, match="widen"):
+        SearchConfig(widen=-1)
+    for bad in (0, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="settle"):
+            SearchConfig(settle=bad)

@@ -71,12 +71,32 @@ def test_bench_accuracy_runs_resumes_and_plots(tmp_path: Path, qwen_path: Path,
     with pytest.raises(SystemExit) as exc:  # other settings do not resume these runs
         main([a if a != "120" else "100" for a in args])
     assert exc.value.code == ExitCode.USAGE and "max_tokens 120 (this run: 100)" in capsys.readouterr().err
+    later = tmp_path / "later.jsonl"  # --offset: the problems after the first N
+    with pytest.raises(SystemExit) as exc:
+        main(args[:5] + ["direct", *args[6:args.index("--results")], "--results", str(later), "--offset", "1",
+                         "--limit", "1", "--json"])
+    assert exc.value.code == 0 and json.loads(capsys.readouterr().out)["problems"] == 1
+    assert [json.loads(line)["problem_id"] for line in later.read_text().splitlines()] == ["p1"]
 
 
 def test_bench_accuracy_bad_strategy_is_usage(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["bench", "accuracy", "--strategy", "direct,dfs"])
     assert exc.value.code == ExitCode.USAGE and "bad strategy" in capsys.readouterr().err
+
+
+def test_bench_accuracy_offset_past_the_data_is_usage(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local.app import runtime
+
+    monkeypatch.setattr(runtime, "locate", lambda *a, **k: pytest.fail("got as far as the model"))
+    data = tmp_path / "two.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "question": "1 + 1?", "answer": "#### 2"}) + "\n"
+                            for i in range(2)))
+    for extra, said in ((["--offset", "2"], "no problems after the first 2"), (["--offset", "-1"], "--offset must")):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "accuracy", "--data", str(data), "--strategy", "direct", *extra])
+        assert exc.value.code == ExitCode.USAGE and said in capsys.readouterr().err
 
 
 def test_bench_accuracy_checks_the_plot_before_it_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path,

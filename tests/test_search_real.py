@@ -136,3 +136,27 @@ def test_astar_expands_two_open_nodes_in_one_batch(model: LoadedModel) -> None:
     depth_one = [n for n in result.tree if n["parent"] == 0]
     assert result.expansions == 1 + len([n for n in depth_one if not n["terminal"]])  # root, then both at once
     assert len(result.terminal_answers) == len(result.terminal_values) >= 2
+
+
+def test_astar_widens_from_the_question_while_its_paths_disagree(model: LoadedModel) -> None:
+    tree, policy = policy_for(model, budget=4000)
+    question = build_question("Name a random whole number between 1 and 1000. Reply with the number only.", "math")
+    config = SearchConfig(candidates=2, trajectories=4, beam=8, max_depth=1, completions=2, choose="value",
+                          finish_partial=True, thinking=False, max_reply_tokens=160, widen=2, settle=1.0,
+                          stop=StepStop(min_tokens=1, max_tokens=16))
+    with tree:
+        result = run("astar", question, config, policy, build_scorer("confidence", policy))
+        policy.close()
+        assert not tree.branches  # the root, held for widening, is released too
+    nodes = {n["id"]: n for n in result.tree}
+    widened = [n["id"] for n in result.tree if n["parent"] == 0][2:]  # root children after the first expansion's K
+
+    def from_widening(node: dict) -> bool:
+        while node["parent"] not in (0, None):
+            node = nodes[node["parent"]]
+        return node["id"] in widened
+
+    searched = [n["answer"] for n in result.tree if n["terminal"] and not from_widening(n)]
+    if len({a for a in searched if a is not None}) > 1:  # settle 1.0: once two answers differ, both replies come
+        assert len(widened) == 2
+    assert len(result.terminal_answers) == len(result.terminal_values) >= len(searched)

@@ -104,7 +104,7 @@ def test_astar_starts_from_the_measured_settings_and_other_strategies_do_not() -
     for base in (SOLVE_SEARCH, CHAT_SEARCH, BENCH_SEARCH):
         astar = search_defaults("astar", base)
         assert (astar.candidates, astar.trajectories, astar.max_depth, astar.completions, astar.choose,
-                astar.agg) == (2, 8, 2, 2, "value", "last") == tuple(ASTAR_CHANGES.values())
+                astar.agg, astar.widen) == (2, 8, 2, 2, "value", "last", 2) == tuple(ASTAR_CHANGES.values())
         assert astar.time_limit == base.time_limit  # the front end's own budget stays
         for other in ("beam", "bon", "sc"):
             assert search_defaults(other, base) == base

@@ -40,7 +40,7 @@ from qwq_local.value.combine import ScorerChoice, parse_scorers
 SPEC = re.compile(rf"^({'|'.join(map(re.escape, STRATEGIES))})(?:@(\d+))?(?::([a-z0-9+,:.\-]+))?$")
 # The search options a run's records are keyed by (a rerun with other values does not mix with them).
 RECORDED_OPTIONS = ("agg", "beam", "candidates", "choose", "completions", "expand_width", "lam", "max_depth",
-                    "max_expansions", "time_limit", "trajectories")
+                    "max_expansions", "settle", "time_limit", "trajectories", "widen")
 
 
 class _LoadFailed(BaseException):
@@ -87,8 +87,11 @@ def parse_strategy(text: str) -> StrategySpec:
 
 
 def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, changes: dict[str, Any],
-                       results: Path | None, as_json: bool, plot: Path | None) -> None:
-    """`changes`: the search options given; the rest are each strategy's defaults (`search_defaults`)."""
+                       results: Path | None, as_json: bool, plot: Path | None, offset: int = 0) -> None:
+    """`changes`: the search options given; the rest are each strategy's defaults (`search_defaults`).
+    The problems are offset+1 .. offset+limit of `data`."""
+    if offset < 0 or (limit is not None and limit < 1):
+        raise UsageError("--offset must be >= 0 and --limit >= 1")
     specs = [parse_strategy(s) for s in strategies.split(",") if s.strip()]
     options = {s.label: search_options(search_defaults(s.name, BENCH_SEARCH), **changes) for s in specs}
     if plot is not None:
@@ -97,7 +100,9 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         check_can_plot(plot)
     if results is not None and results.is_dir():  # known before the model, not after it loads
         raise InputFileError(f"--results {results} is a directory, not a results file", ExitCode.IS_A_DIRECTORY)
-    problems = load_problems(data, limit)
+    problems = load_problems(data, None if limit is None else offset + limit)[offset:]
+    if not problems:
+        raise UsageError(f"{data}: no problems after the first {offset}")
     plan = runtime.plan_for(settings)
     needs_head = any(_names_qhead(s.choices or ()) or (s.choices is None and settings.head is not None)
                      for s in specs if needs_scorer(s.name))

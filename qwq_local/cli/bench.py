@@ -11,7 +11,7 @@ import typer
 from qwq_local.app.search import BENCH_SEARCH as S
 from qwq_local.bench.choose import DEFAULT_CHOOSERS as CHOOSERS
 from qwq_local.bench.choose import STAT_SIGNALS
-from qwq_local.cli.root import (AggOpt, ApiKeyOpt, BeamOpt, CandidatesOpt, ChooseOpt, Command, CompletionsOpt, ExpandWidthOpt,
+from qwq_local.cli.root import (AggOpt, ApiKeyOpt, BeamOpt, CandidatesOpt, ChooseOpt, Command, CompletionsOpt, ExpandWidthOpt, SettleOpt, WidenOpt,
                                 CtxOpt, EngineOpt, GpuOpt, HeadOpt, LambdaOpt, MaxDepthOpt, MaxExpansionsOpt, ModelOpt,
                                 ModelsDirOpt, TimeLimitOpt, TrajectoriesOpt, bench_app, given, settings_from)
 from qwq_local.errors import UsageError
@@ -64,7 +64,8 @@ def bench_chat(
 @bench_app.command("accuracy", cls=Command)
 def bench_accuracy(
     data: str = typer.Option("gsm8k", "--data", help="gsm8k | math500 | mbpp | FILE.jsonl"),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="The first N problems."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="The first N problems (after --offset)."),
+    offset: int = typer.Option(0, "--offset", help="Skip the first N problems."),
     strategy: str = typer.Option("direct,sc@4,bon@4,astar", "--strategy", "-s",
                                  help="Comma-separated NAME[@N][:SCORER+SCORER]."),
     model: Optional[str] = ModelOpt,
@@ -82,6 +83,8 @@ def bench_accuracy(
     completions: Optional[int] = CompletionsOpt,
     choose: Optional[str] = ChooseOpt,
     expand_width: Optional[int] = ExpandWidthOpt,
+    widen: Optional[int] = WidenOpt,
+    settle: Optional[float] = SettleOpt,
     time_limit: Optional[float] = TimeLimitOpt,
     results: Optional[Path] = typer.Option(None, "--results", help="JSONL of runs; a rerun resumes it."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against generated tokens."),
@@ -103,8 +106,9 @@ def bench_accuracy(
                              api_key=api_key)
     changes = given(candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg,
                     max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
-                    completions=completions, choose=choose, expand_width=expand_width)
-    run_accuracy_bench(settings, data, limit, strategy, changes, results, as_json, plot)
+                    completions=completions, choose=choose, expand_width=expand_width, widen=widen,
+                    settle=settle)
+    run_accuracy_bench(settings, data, limit, strategy, changes, results, as_json, plot, offset)
 
 
 @bench_app.command("bank", cls=Command)

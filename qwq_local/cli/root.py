@@ -112,11 +112,12 @@ def _root(
     """qwq: a local reasoning assistant."""
 
 
-def settings_from(**flags: Any) -> Settings:
-    """Settings: defaults < config file < QWQ_* environment < these flags (None: not given); its warnings said once."""
+def settings_from(*, samples: bool = True, **flags: Any) -> Settings:
+    """Settings: defaults < config file < QWQ_* environment < these flags (None: not given); its warnings said once.
+    `samples=False`: the command never samples, so bad sampling settings are only warned about."""
     from qwq_local.config import load_settings
 
-    settings = load_settings(flags)
+    settings = load_settings(flags, samples=samples)
     for warning in settings.warnings:
         typer.echo(f"warning: {warning}", err=True)
     return settings
@@ -135,6 +136,8 @@ MaxExpansionsOpt = typer.Option(None, "--max-expansions", help="Most expansions 
 MaxDepthOpt = typer.Option(None, "--max-depth", help="Steps A* branches; deeper states are completed.")
 CompletionsOpt = typer.Option(None, "--completions", help="Replies completed from each open node at the end.")
 ExpandWidthOpt = typer.Option(None, "--expand-width", help="Open nodes A* expands together in one batched decode.")
+WidenOpt = typer.Option(None, "--widen", help="Most replies A* adds from the question while its paths disagree.")
+SettleOpt = typer.Option(None, "--settle", help="Vote share of the leading answer at which A* stops widening.")
 ChooseOpt = typer.Option(None, "--choose", help="A*'s answer: best | vote | value (value-weighted vote).")
 
 

@@ -20,6 +20,8 @@ from qwq_local.cli.root import (
     ChooseOpt,
     CompletionsOpt,
     ExpandWidthOpt,
+    SettleOpt,
+    WidenOpt,
     LambdaOpt,
     MaxDepthOpt,
     MaxExpansionsOpt,
@@ -100,6 +102,8 @@ def solve(
     completions: Optional[int] = CompletionsOpt,
     choose: Optional[str] = ChooseOpt,
     expand_width: Optional[int] = ExpandWidthOpt,
+    widen: Optional[int] = WidenOpt,
+    settle: Optional[float] = SettleOpt,
     kv_budget: Optional[str] = typer.Option(None, "--kv-budget", envvar="QWQ_KV_BUDGET",
                                             help="KV the search may hold: tokens (4096) or bytes (512MiB, 2GB)."),
     show_tree: bool = typer.Option(False, "--show-tree", help="Draw the explored tree."),
@@ -138,7 +142,7 @@ def solve(
     options = search_options(search_defaults(strategy, S), **given(
         candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg, beam_width=beam_width,
         time_limit=time_limit, max_expansions=max_expansions, max_depth=max_depth, completions=completions,
-        choose=choose, expand_width=expand_width))
+        choose=choose, expand_width=expand_width, widen=widen, settle=settle))
     plan = runtime.plan_for(settings, prompt=problem)
     if plan.note:
         typer.echo(f"note: {plan.note}", err=True)
@@ -218,16 +222,14 @@ def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
             as_json: bool, think_budget: int | None, progress: SolveProgress) -> SolveResult:
     """Plain generation, streamed to stdout as it comes (the thinking only with --show-thinking, else counted on the
     live line and folded when it closes)."""
+    from qwq_local.app.chat import ChatSetup, open_chat
     from qwq_local.app.solve import solve_direct
     from qwq_local.dialog.guard import Intervention
     from qwq_local.dialog.think import ThinkParser
-    from qwq_local.engine.chat import LlamaChat
 
     _loading(progress, plan, settings)
-    model = runtime.load(plan, settings)
-    progress.done(f"loaded {_name(plan, settings)} in {progress.elapsed():.1f} s")
-    try:
-        chat = LlamaChat(model, think=plan.thinks or None)
+    with open_chat(ChatSetup(plan, None), settings, think=plan.thinks or None) as (chat, _):
+        progress.done(f"loaded {_name(plan, settings)} in {progress.elapsed():.1f} s")
         parser = ThinkParser(starts_in_thinking=chat.thinks)
         guard = Intervention(budget=think_budget)
         shown = {"thinking": False, "thought": 0, "folded": False}
@@ -269,8 +271,6 @@ def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings,
                               system=settings.system, guard=guard)
         write(parser.close())
         fold()
-    finally:
-        model.close()
     if not as_json:
         sys.stdout.write("\n")
     return result

@@ -47,6 +47,7 @@ class AStar:
                 stop_reason = self._search()
                 if self.config.finish_partial and len(self.terminals) < self.config.trajectories:
                     self._complete(self.config.trajectories - len(self.terminals))
+                self._widen(root)
             except KeyboardInterrupt:  # Ctrl-C: answer with the best path found so far
                 stop_reason = "interrupted"
             return self._result(root, stop_reason)
@@ -87,7 +88,8 @@ class AStar:
         text_so_far = "".join(steps)
         self.budget.expansions += 1
         node.expanded = True
-        self.tree.release(node)  # children continue on their own branches
+        if not (node.parent is None and config.widen):  # the root stays for widening
+            self.tree.release(node)  # children continue on their own branches
         best = 0.0
         for candidate in self.tree.release_duplicates(candidates):
             q = safe_score(self.scorer, self.question, steps, candidate)
@@ -162,6 +164,31 @@ class AStar:
             k = min(per, wanted - sum(k for _, k in requests))
             requests.append((node, k))
             self.open.discard(node.id)
+        self._finish(requests)
+
+    def _widen(self, root: Node) -> None:
+        """While the finished paths' vote is unsettled, add up to `widen` whole replies sampled from the root.
+
+        The tree's paths share their first steps, which saves tokens and costs diversity; where they disagree, fresh
+        replies from the question itself are what the tree lacks (adaptive-consistency's stopping rule, arXiv
+        2305.11860, on the search's value-weighted vote). Where they agree, no tokens are spent.
+        """
+        for _ in range(self.config.widen):
+            if self._settled() or self.budget.exhausted():
+                return
+            self._finish([(root, 1)], keep=root.id)
+
+    def _settled(self) -> bool:
+        """Whether the leading answer holds `settle` of the finished paths' vote (weighted as `choose` weighs)."""
+        totals: dict[str, float] = defaultdict(float)
+        for node in self.terminals:
+            if node.answer is not None:
+                totals[normalize_for_vote(node.answer)] += 1.0 if self.config.choose == "vote" else value_weight(node.g)
+        whole = sum(totals.values())
+        return whole > 0 and max(totals.values()) >= self.config.settle * whole
+
+    def _finish(self, requests: list[tuple[Node, int]], keep: int | None = None) -> None:
+        """Sample `k` whole replies from each (node, k) of `requests` in one batched call; node `keep` stays held."""
         pending = requests
         for _ in range(3):  # an engine may pause at </think>: the answer follows in a second call
             if not pending:
@@ -172,7 +199,8 @@ class AStar:
                 before = self.tree.text(node)
                 steps = self.tree.steps(node)
                 node.expanded = True
-                self.tree.release(node)
+                if node.id != keep:
+                    self.tree.release(node)
                 for candidate in candidates:
                     q = safe_score(self.scorer, self.question, steps, candidate)
                     child = self._child(node, candidate, q, before)

@@ -44,6 +44,8 @@ class SearchConfig:
     completions: int = 1  # whole replies sampled from each node A* completes
     choose: str = "best"  # A*'s answer among finished paths: best (highest f) | vote | value (value-weighted vote)
     expand_width: int = 1  # open nodes A* expands together, the best m by f, in one batched call
+    widen: int = 0  # most whole replies A* adds from the root after its N paths, while their vote is unsettled
+    settle: float = 0.6  # the leading answer's share of the value-weighted vote at which A* stops widening
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     progress: Callable[[SearchProgress], None] | None = field(default=None, repr=False, compare=False)
 
@@ -72,6 +74,9 @@ class SearchConfig:
         _at_least("max_reply_tokens", self.max_reply_tokens, 1)
         _at_least("completions", self.completions, 1)
         _at_least("expand_width", self.expand_width, 1)
+        _at_least("widen", self.widen, 0)
+        if isinstance(self.settle, bool) or not isinstance(self.settle, (int, float)) or not 0 < self.settle <= 1:
+            raise ValueError(f"settle must be a share in (0, 1], got {self.settle!r}")
         if self.choose not in CHOOSE:
             raise ValueError(f"choose must be one of {', '.join(CHOOSE)}, got {self.choose!r}")
         if not callable(self.clock):

@@ -22,7 +22,7 @@ MAX_STOPS = 4
 SEARCH_FIELDS: dict[str, type] = {"candidates": int, "trajectories": int, "beam": int, "beam_width": int,
                                   "lam": float, "agg": str, "max_expansions": int, "max_depth": int,
                                   "time_limit": float, "completions": int, "choose": str,
-                                  "expand_width": int}
+                                  "expand_width": int, "widen": int, "settle": float}
 assert set(SEARCH_FIELDS) <= {f.name for f in fields(CHAT_SEARCH)}
 
 
