@@ -181,8 +181,13 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] = os.environ,
     config_file: Path | None = None,
+    *,
+    samples: bool = True,
 ) -> Settings:
-    """Merge defaults, the TOML config file, QWQ_* variables and flags (None flags are unset)."""
+    """Merge defaults, the TOML config file, QWQ_* variables and flags (None flags are unset).
+
+    `samples=False`, for commands that never sample (models, pull, info, doctor): a bad sampling setting is a
+    warning and its default is used, so that a broken QWQ_TEMPERATURE does not stop `qwq models`."""
     data_dir = user_data_dir(env)
     layers: list[Mapping[str, Any]] = []
     warnings: list[str] = []
@@ -211,9 +216,21 @@ def load_settings(
     merged: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
-            if key in _SAMPLING_KEYS or key in _SETTING_KEYS:
+            if key in _SAMPLING_KEYS and not samples:
+                try:
+                    merged[key] = _coerce(key, value)
+                except UsageError as exc:
+                    warnings.append(f"{exc} (ignored here; a command that samples refuses it)")
+            elif key in _SAMPLING_KEYS or key in _SETTING_KEYS:
                 merged[key] = _coerce(key, value)
-    sampling = replace(Sampling(), **{k: v for k, v in merged.items() if k in _SAMPLING_KEYS}).validate()
+    sampling = replace(Sampling(), **{k: v for k, v in merged.items() if k in _SAMPLING_KEYS})
+    try:
+        sampling = sampling.validate()
+    except UsageError as exc:
+        if samples:
+            raise
+        warnings.append(f"{exc} (ignored here; a command that samples refuses it)")
+        sampling = Sampling()
     settings = Settings(
         models_dir=merged.pop("models_dir", None) or default_models_dir(env),
         data_dir=data_dir,

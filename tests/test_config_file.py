@@ -88,3 +88,21 @@ def test_an_option_reads_its_variable(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(SystemExit) as exc:
         main(["solve", str(tmp_path / "missing.md")])
     assert exc.value.code == ExitCode.USAGE and "--top-p must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_bad_sampling_setting_stops_only_the_commands_that_sample(xdg: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    env = {**os.environ, "QWQ_TEMPERATURE": "abc", "QWQ_TOP_P": "7"}
+    with pytest.raises(Exception, match="'temperature' must be a number"):
+        load_settings(env=env)
+    quiet = load_settings(env=env, samples=False)
+    assert quiet.sampling.temperature == 0.6 and quiet.sampling.top_p == 0.95  # the defaults
+    assert len(quiet.warnings) == 2 and all("ignored here" in w for w in quiet.warnings)
+    monkeypatch.setenv("QWQ_TEMPERATURE", "abc")
+    monkeypatch.setenv("QWQ_MODELS_DIR", str(xdg / "models"))
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "--json"])
+    assert exc.value.code == 0 and "'temperature' must be a number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["solve", str(xdg / "none.md")])
+    assert exc.value.code == ExitCode.USAGE and "QWQ_TEMPERATURE" in capsys.readouterr().err  # solve samples

@@ -58,6 +58,13 @@ def test_no_command_imports_another_and_services_never_import_front_ends() -> No
             assert not front, f"{module} (a service or lower layer) imports the front end {sorted(front)}"
 
 
+def test_commands_reach_the_engine_only_through_the_services() -> None:
+    for module, names in IMPORTS.items():
+        if package(module) == "cli":
+            engine = sorted(n for n in names if n == "qwq_local.engine" or n.startswith("qwq_local.engine."))
+            assert not engine, f"{module} imports {engine}: a command goes through qwq_local.app"
+
+
 def test_no_module_takes_another_modules_private_names() -> None:
     private = sorted(n for names in IMPORTS.values() for n in names
                      if n.startswith("qwq_local.") and n.rsplit(".", 1)[-1].startswith("_")

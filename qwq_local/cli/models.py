@@ -30,7 +30,7 @@ def pull(model: str = typer.Argument(..., help="Catalog name, hf:REPO/FILE."),
     """Download a model (and its Q-value head) for offline use."""
     from qwq_local import catalog
 
-    settings = settings_from(models_dir=models_dir)
+    settings = settings_from(models_dir=models_dir, samples=False)
     path = catalog.pull(model, settings.models_dir, progress=sys.stderr.isatty())
     typer.echo(str(path))
 
@@ -41,9 +41,9 @@ def rm(model: str = typer.Argument(..., help="Catalog name or hf:REPO/FILE of a 
        models_dir: Optional[Path] = ModelsDirOpt) -> None:
     """Remove a pulled model's files (and any partial download of it)."""
     from qwq_local import catalog
-    from qwq_local.engine.plan import fmt_bytes
+    from qwq_local.render.reports import fmt_bytes
 
-    settings = settings_from(models_dir=models_dir)
+    settings = settings_from(models_dir=models_dir, samples=False)
     files = catalog.pulled_files(model, settings.models_dir)
     size = fmt_bytes(sum(catalog.disk_bytes(f) for f in files))
     listing = "\n".join(f"  {f}" for f in files)
@@ -60,7 +60,7 @@ def models(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt) -
     from qwq_local import catalog
     from qwq_local.render.reports import print_models
 
-    settings = settings_from(models_dir=models_dir)
+    settings = settings_from(models_dir=models_dir, samples=False)
     print_models(catalog.list_models(settings.models_dir), as_json=as_json)
 
 
@@ -74,7 +74,7 @@ def info(model: str = typer.Argument(..., help="Catalog name or .gguf path."),
     from qwq_local.app import runtime
     from qwq_local.render.reports import print_info
 
-    settings = settings_from(ctx=ctx, gpu_layers=gpu_layers, models_dir=models_dir, cache_type_k=cache_type_k,
+    settings = settings_from(samples=False, ctx=ctx, gpu_layers=gpu_layers, models_dir=models_dir, cache_type_k=cache_type_k,
                              cache_type_v=cache_type_v, flash_attn=flash_attn)
     print_info(runtime.plan_for_info(model, settings), as_json=as_json)
 
@@ -86,7 +86,7 @@ def doctor(models_dir: Optional[Path] = ModelsDirOpt, as_json: bool = JsonOpt, e
 
     With --engine: what that server serves and supports instead (models, n > 1, log-probs, prefix cache).
     """
-    settings = settings_from(models_dir=models_dir, engine=engine, api_key=api_key)
+    settings = settings_from(models_dir=models_dir, engine=engine, api_key=api_key, samples=False)
     if settings.engine is not None:
         from qwq_local.app.remote import engine_report
         from qwq_local.render.reports import print_engine
