@@ -247,3 +247,36 @@ def test_help_has_plain_labels_sampling_defaults_and_completion(capsys: pytest.C
     assert "--top-p" in out and "--top-k" in out and "--system" in out and "<bool>" not in out
     code, out, _ = run_cli(["--help"], capsys)
     assert "--install-completion" in out and "--show-completion" in out
+
+
+def test_a_large_download_is_asked_for_in_a_terminal_and_refused_in_a_script(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import typer
+
+    from qwq_local import catalog
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("QWQ_YES", raising=False)
+    pulls: list[str] = []
+    monkeypatch.setattr(catalog, "pull", lambda model, *a, **k: pulls.append(model) or pytest.fail("pulled"))
+    args = ["solve", str(NATALIA), "--model", "qwq-32b", "--models-dir", str(tmp_path)]
+    code, _, err = run_cli(args, capsys)  # a script (stdin is not a terminal): refused, with the way out
+    assert code == ExitCode.DOWNLOAD_NOT_CONFIRMED and "qwq pull qwq-32b" in err and "--yes" in err
+    assert "GiB" in err and err.count("\n") == 1 and pulls == []
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    asked: list[str] = []
+    monkeypatch.setattr(typer, "confirm", lambda text, **k: asked.append(text) or False)
+    code, _, err = run_cli(args, capsys)  # a terminal: asked, and "no" downloads nothing
+    assert code == ExitCode.DOWNLOAD_NOT_CONFIRMED and "not downloaded" in err and pulls == []
+    assert len(asked) == 1 and "qwq-32b" in asked[0] and str(tmp_path) in asked[0]
+    from qwq_local.cli.root import confirm_download
+    from qwq_local.config import load_settings
+
+    confirm_download(load_settings({"model": "smollm2-135m", "models_dir": tmp_path}, env={}), False)
+    assert len(asked) == 1  # a small model (135M: ~100 MiB) is fetched without asking
+    monkeypatch.setattr(catalog, "pull", lambda model, *a, **k: pulls.append(model))  # --yes: straight to the pull
+    code, _, _ = run_cli([*args, "--yes"], capsys)
+    assert pulls == ["qwq-32b"] and len(asked) == 1

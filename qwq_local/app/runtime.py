@@ -57,6 +57,17 @@ def locate(model: str, settings: Settings, *, pull: bool = True) -> ResolvedMode
     return catalog.resolve(model, settings.models_dir)
 
 
+LARGE_DOWNLOAD = 2 * 2**30  # a front end asks before fetching more than this (QwQ-32B is ~19 GiB)
+
+
+def pending_download(settings: Settings) -> int | None:
+    """Bytes the model of `settings` must download before it can run here (None: nothing to fetch, or the hub is off
+    limits, or a remote engine runs it; 0: a size the catalog does not record)."""
+    if settings.engine is not None or catalog.offline_mode():
+        return None
+    return catalog.download_size(settings.model, settings.models_dir)
+
+
 def plan_for_info(model: str, settings: Settings) -> ModelPlan:
     """`qwq info`'s plan: from the GGUF when pulled, else from the facts the catalog records (no download)."""
     try:

@@ -51,6 +51,14 @@ def resolve(model: str, models_dir: Path) -> ResolvedModel:
     return ResolvedModel(path=paths[0], spec=ref.spec, head=head_path(ref.spec.head, models_dir))
 
 
+def download_size(model: str, models_dir: Path) -> int | None:
+    """Bytes a pull of MODEL would fetch now: None when its files are here (or it is a path), 0 when unknown."""
+    ref = parse_ref(model)
+    if isinstance(ref, PathRef) or all(p.is_file() for p in ref.local_paths(models_dir)):
+        return None
+    return (ref.spec.size or 0) if isinstance(ref, CatalogRef) else 0
+
+
 def recorded_info(model: str, models_dir: Path) -> tuple[ResolvedModel, GGUFInfo] | None:
     """A catalog model's would-be files and GGUF facts from the catalog alone (None if it records none)."""
     ref = parse_ref(model)

@@ -11,9 +11,10 @@ import typer
 from qwq_local.app.search import BENCH_SEARCH as S
 from qwq_local.bench.choose import DEFAULT_CHOOSERS as CHOOSERS
 from qwq_local.bench.choose import STAT_SIGNALS
-from qwq_local.cli.root import (AggOpt, ApiKeyOpt, BeamOpt, CandidatesOpt, ChooseOpt, Command, CompletionsOpt, ExpandWidthOpt, SettleOpt, WidenOpt,
-                                CtxOpt, EngineOpt, GpuOpt, HeadOpt, LambdaOpt, MaxDepthOpt, MaxExpansionsOpt, ModelOpt,
-                                ModelsDirOpt, TimeLimitOpt, TrajectoriesOpt, bench_app, given, settings_from)
+from qwq_local.cli.root import (AggOpt, ApiKeyOpt, BeamOpt, CandidatesOpt, ChooseOpt, Command, CompletionsOpt, CtxOpt,
+                                EngineOpt, ExpandWidthOpt, GpuOpt, HeadOpt, LambdaOpt, MaxDepthOpt, MaxExpansionsOpt,
+                                ModelOpt, ModelsDirOpt, SettleOpt, TimeLimitOpt, TrajectoriesOpt, WidenOpt, YesOpt,
+                                bench_app, confirm_download, given, settings_from)
 from qwq_local.errors import UsageError
 
 BENCH_MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
@@ -94,6 +95,7 @@ def bench_accuracy(
     head: Optional[Path] = HeadOpt,
     engine: Optional[str] = EngineOpt,
     api_key: Optional[str] = ApiKeyOpt,
+    yes: bool = YesOpt,
 ) -> None:
     """Accuracy, generated tokens and seconds per problem of each strategy on the same problems.
 
@@ -108,6 +110,7 @@ def bench_accuracy(
                     max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
                     completions=completions, choose=choose, expand_width=expand_width, widen=widen,
                     settle=settle)
+    confirm_download(settings, yes)
     run_accuracy_bench(settings, data, limit, strategy, changes, results, as_json, plot, offset)
 
 

@@ -10,6 +10,8 @@ import typer
 
 from qwq_local.cli.root import (
     ApiKeyOpt,
+    YesOpt,
+    confirm_download,
     Command,
     EngineOpt,
     CtxOpt,
@@ -62,6 +64,7 @@ def chat(
     head: Optional[Path] = HeadOpt,
     engine: Optional[str] = EngineOpt,
     api_key: Optional[str] = ApiKeyOpt,
+    yes: bool = YesOpt,
 ) -> None:
     """Interactive chat with folded thinking (piped stdin: the whole input is one message, as `ollama run`)."""
     from qwq_local.app import runtime
@@ -92,6 +95,7 @@ def chat(
         raise UsageError(f"no conversation {resume} in the history; `qwq history` lists them")
     if resumed is not None and resumed.model and model is None:  # the model it was held with, unless -m says
         settings = replace(settings, model=resumed.model)
+    confirm_download(settings, yes)
     setup = prepare_chat(settings)
     # A thinking budget makes even a model that does not think on its own open a <think> section.
     with open_chat(setup, settings, think=True if (setup.plan.thinks or think_budget) else None,

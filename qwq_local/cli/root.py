@@ -123,6 +123,30 @@ def settings_from(*, samples: bool = True, **flags: Any) -> Settings:
     return settings
 
 
+YesOpt = typer.Option(False, "--yes", "-y", envvar="QWQ_YES", help="Download a missing model without asking.")
+
+
+def confirm_download(settings: Settings, yes: bool) -> None:
+    """Before a large download (QwQ-32B: ~19 GiB): ask in a terminal, refuse in a script unless --yes (QWQ_YES=1)."""
+    import sys
+
+    from qwq_local.app.runtime import LARGE_DOWNLOAD, pending_download
+    from qwq_local.errors import ExitCode, QwqError
+    from qwq_local.render.reports import fmt_bytes
+
+    size = pending_download(settings)
+    if yes or not size or size < LARGE_DOWNLOAD:
+        return
+    model = settings.model
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        if typer.confirm(f"{model} is not downloaded yet: fetch {fmt_bytes(size)} into {settings.models_dir}?",
+                         default=True, err=True):
+            return
+        raise QwqError(f"{model} not downloaded (`qwq pull {model}` fetches it)", ExitCode.DOWNLOAD_NOT_CONFIRMED)
+    raise QwqError(f"{model} is not downloaded yet ({fmt_bytes(size)}): run `qwq pull {model}` first, or pass --yes "
+                   "(QWQ_YES=1) to fetch it now", ExitCode.DOWNLOAD_NOT_CONFIRMED)
+
+
 # The search knobs (SearchConfig fields) as flags, declared once for `solve` and `bench accuracy`. None: the
 # strategy's own default (app.search.search_defaults), so that a flag changes only what it names.
 CandidatesOpt = typer.Option(None, "--candidates", "-K", help="Candidate steps per expansion.")

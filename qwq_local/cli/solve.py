@@ -27,6 +27,8 @@ from qwq_local.cli.root import (
     MaxExpansionsOpt,
     TimeLimitOpt,
     TrajectoriesOpt,
+    YesOpt,
+    confirm_download,
     given,
     ApiKeyOpt,
     Command,
@@ -110,6 +112,7 @@ def solve(
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
     engine: Optional[str] = EngineOpt,
     api_key: Optional[str] = ApiKeyOpt,
+    yes: bool = YesOpt,
 ) -> None:
     """Answer a markdown problem once, by plain generation or by search.
 
@@ -143,6 +146,7 @@ def solve(
         candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg, beam_width=beam_width,
         time_limit=time_limit, max_expansions=max_expansions, max_depth=max_depth, completions=completions,
         choose=choose, expand_width=expand_width, widen=widen, settle=settle))
+    confirm_download(settings, yes)
     plan = runtime.plan_for(settings, prompt=problem)
     if plan.note:
         typer.echo(f"note: {plan.note}", err=True)
