@@ -73,6 +73,7 @@ class Settings:
     cache_type_k: str = "f16"  # KV-cache element types: f16 | q8_0 | q4_0
     cache_type_v: str = "f16"
     flash_attn: bool = False
+    chat_template: str | None = None  # "chatml" or a Jinja file used instead of the GGUF's own chat template
     sampling: Sampling = Sampling()
     warnings: tuple[str, ...] = ()  # one line each for the user: misspelt config keys, a config in the old place
 
@@ -118,7 +119,7 @@ def default_models_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
 _SETTING_KEYS = {"model", "ctx", "gpu_layers", "kv_budget", "models_dir", "head", "engine", "api_key",
-                 "engine_timeout", "system", "cache_type_k", "cache_type_v", "flash_attn"}
+                 "engine_timeout", "system", "cache_type_k", "cache_type_v", "flash_attn", "chat_template"}
 
 
 # QWQ_* variables that are not settings (read where they are used); never reported as misspelt
@@ -172,7 +173,7 @@ def _coerce(key: str, value: Any) -> Any:
         return str(value)
     if key in ("models_dir", "head"):
         return Path(str(value)).expanduser()
-    if key in ("engine", "api_key"):
+    if key in ("engine", "api_key", "chat_template"):
         return str(value).strip() or None
     return str(value)
 

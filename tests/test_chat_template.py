@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +149,50 @@ def test_a_gguf_whose_template_llama_cpp_cannot_compile_is_exit_7_before_llama_c
     with pytest.raises(ModelFileError) as error:
         model.count_tokens(path, "2+2?")  # what a solve calls first: a vocab-only llama_cpp.Llama
     assert error.value.exit_code == ExitCode.CORRUPT_MODEL and "power.gguf" in error.value.message
+
+
+def _settings(tmp_path: Path, template: str | None, model: str = "smollm2-135m") -> Any:
+    from qwq_local.config import load_settings
+
+    return load_settings({"model": model, "models_dir": tmp_path / "models", "chat_template": template}, env={})
+
+
+def test_a_chat_template_given_is_read_bounded_and_compiled_before_any_model(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local.app import runtime
+    from qwq_local.engine import template
+    from qwq_local.errors import ExitCode, QwqError
+
+    assert runtime.chat_template_override(_settings(tmp_path, None)) is None
+    assert runtime.chat_template_override(_settings(tmp_path, "ChatML")) == template.CHATML
+    good = tmp_path / "t.jinja"
+    good.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    assert runtime.chat_template_override(_settings(tmp_path, str(good))) == good.read_text()
+    huge, binary, broken = tmp_path / "huge.jinja", tmp_path / "bin.jinja", tmp_path / "broken.jinja"
+    huge.write_text("x" * (template.MAX_TEMPLATE_BYTES + 1))
+    binary.write_bytes(b"\xff\xfe{{ x }}")
+    broken.write_text("{% for m in messages %}")
+    monkeypatch.setattr(runtime, "locate", lambda *a, **k: pytest.fail("got as far as the model"))
+    for value, code, said in ((tmp_path / "none.jinja", ExitCode.FILE_NOT_FOUND, "no such file"),
+                              (tmp_path, ExitCode.IS_A_DIRECTORY, "a directory"),
+                              (huge, ExitCode.BAD_DATA, "over 1 MiB"), (binary, ExitCode.BAD_DATA, "not UTF-8"),
+                              (broken, ExitCode.BAD_DATA, "does not compile")):
+        with pytest.raises(QwqError, match=said) as caught:
+            runtime.plan_for(_settings(tmp_path, str(value)))
+        assert caught.value.exit_code == code and "--chat-template" in str(caught.value)
+
+
+@pytest.mark.model
+def test_the_chat_template_given_replaces_the_models_own(tmp_path: Path, smollm_path: Path) -> None:
+    from qwq_local.app import runtime
+    from qwq_local.dialog.messages import Message
+
+    marked = tmp_path / "marked.jinja"
+    marked.write_text("{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}{% endfor %}<<assistant>>")
+    for value, expected in ((None, "<|im_start|>user\nhi"), (str(marked), "<<user>>hi<<assistant>>")):
+        settings = _settings(tmp_path, value, model=str(smollm_path))
+        model = runtime.load(runtime.plan_for(settings), settings)
+        try:
+            assert expected in model.render_chat([Message("user", "hi")])
+        finally:
+            model.close()

@@ -374,6 +374,14 @@ def test_without_the_gguf_the_template_and_tokenizer_come_from_llama_servers_pro
     assert prompt == "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n<think>\n"
 
 
+def test_a_chat_template_given_wins_over_the_servers() -> None:
+    from qwq_local.dialog.messages import Message
+    from qwq_local.engine.server_format import ServerFormat
+
+    fmt = ServerFormat.discover(LlamaServerFake().server(), "qwq-32b", override="[{{ messages[0]['content'] }}]")
+    assert fmt is not None and fmt.render_chat([Message("user", "hi")]) == "[hi]" and fmt.added_bos == "<s>"
+
+
 def test_a_servers_template_that_loops_forever_is_stopped() -> None:
     from qwq_local.dialog.messages import Message
     from qwq_local.engine.server_format import ServerFormat

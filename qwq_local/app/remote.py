@@ -59,11 +59,12 @@ def remote_policies(plan: runtime.ModelPlan, settings: Settings) -> Iterator[Rem
         if plan.pulled:
             from qwq_local.engine.vocab import GGUFVocab
 
-            prompt_format: Any = stack.enter_context(GGUFVocab(plan.resolved.path, plan.info.chat_template))
+            prompt_format: Any = stack.enter_context(GGUFVocab(plan.resolved.path,
+                                                                    plan.chat_template or plan.info.chat_template))
         else:
             from qwq_local.engine.server_format import ServerFormat
 
-            prompt_format = ServerFormat.discover(server, served)
+            prompt_format = ServerFormat.discover(server, served, override=plan.chat_template)
             if prompt_format is None:
                 raise NotPulledError(
                     f"--engine: {settings.model}'s GGUF is not here and the engine at {server.url} does not say its "

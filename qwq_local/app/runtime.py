@@ -17,7 +17,7 @@ from qwq_local.engine.plan import (
     plan_rope,
     ram_free_bytes,
 )
-from qwq_local.errors import NotPulledError, UsageError
+from qwq_local.errors import ExitCode, InputFileError, NotPulledError, UsageError
 
 DEFAULT_YARN_FACTOR = 4.0
 
@@ -34,6 +34,7 @@ class ModelPlan:
     pulled: bool = True  # False: planned from the catalog's recorded facts, before the download
     cache: KVCache = KVCache()
     note: str | None = None  # one line for the user about the plan (YaRN switched on for a long prompt)
+    chat_template: str | None = None  # the template given with --chat-template, used instead of the GGUF's
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -66,6 +67,39 @@ def pending_download(settings: Settings) -> int | None:
     if settings.engine is not None or catalog.offline_mode():
         return None
     return catalog.download_size(settings.model, settings.models_dir)
+
+
+def chat_template_override(settings: Settings) -> str | None:
+    """The chat template `--chat-template` names: "chatml", or a Jinja file (at most 1 MiB, UTF-8, compiling in the
+    bounded sandbox every template runs in); None when none is given."""
+    from qwq_local.engine.template import CHATML, MAX_TEMPLATE_BYTES, ChatTemplate, TemplateError
+
+    value = settings.chat_template
+    if value is None:
+        return None
+    if value.lower() == "chatml":
+        return CHATML
+    path = Path(value).expanduser()
+    what = f"--chat-template {value}"
+    if path.is_dir():
+        raise InputFileError(f"{what}: a directory, not a template file", ExitCode.IS_A_DIRECTORY)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_TEMPLATE_BYTES + 1)
+    except FileNotFoundError:
+        raise InputFileError(f"{what}: no such file (give chatml or a Jinja file)", ExitCode.FILE_NOT_FOUND) from None
+    except OSError as exc:
+        raise InputFileError(f"{what}: cannot be read ({exc.strerror})", ExitCode.PERMISSION_DENIED) from None
+    if len(data) > MAX_TEMPLATE_BYTES:
+        raise InputFileError(f"{what}: over {MAX_TEMPLATE_BYTES // 2**20} MiB, not a chat template", ExitCode.BAD_DATA)
+    try:
+        source = data.decode("utf-8")
+        ChatTemplate(source, bos_token="", eos_token="")
+    except UnicodeDecodeError:
+        raise InputFileError(f"{what}: not UTF-8 text", ExitCode.BAD_DATA) from None
+    except TemplateError as exc:
+        raise InputFileError(f"{what}: does not compile ({exc})", ExitCode.BAD_DATA) from None
+    return source
 
 
 def plan_for_info(model: str, settings: Settings) -> ModelPlan:
@@ -115,7 +149,7 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
         gpu_supported=gpu_supported,
         refuse=refuse,
     )
-    return ModelPlan(resolved, info, ctx, rope, offload, pulled, cache, note)
+    return ModelPlan(resolved, info, ctx, rope, offload, pulled, cache, note, chat_template_override(settings))
 
 
 def yarn_later(plan: ModelPlan) -> tuple[int, RopePlan] | None:
@@ -137,7 +171,7 @@ def plan_remote(resolved: ResolvedModel, settings: Settings, recorded: GGUFInfo 
     offload = OffloadPlan(n_layer=info.n_layer, n_gpu_layers=0, model_bytes=info.file_size, kv_bytes=0, gpu_bytes=0,
                           ram_bytes=0, device=None, ram_free_bytes=0)
     return ModelPlan(resolved, info, settings.ctx, plan_rope(settings.ctx, native, factor), offload,
-                     pulled=recorded is None)
+                     pulled=recorded is None, chat_template=chat_template_override(settings))
 
 
 def plan_for(settings: Settings, prompt: str | None = None) -> ModelPlan:
@@ -146,6 +180,7 @@ def plan_for(settings: Settings, prompt: str | None = None) -> ModelPlan:
     A remote engine takes the model's chat template and tokenizer from its GGUF here (only the vocabulary is
     read; never pulled for that), else, for a catalog model, from the server (llama-server's /props).
     """
+    chat_template_override(settings)  # a bad --chat-template is said before any download or load
     if settings.engine is None:
         return plan_model(locate(settings.model, settings), settings, prompt=prompt)
     try:
@@ -187,5 +222,5 @@ def load(plan: ModelPlan, settings: Settings, *, verbose: bool = False, chat_ctx
     seed = settings.sampling.seed if settings.sampling.seed is not None else 0xFFFFFFFF
     return LoadedModel(Path(plan.resolved.path), LoadOptions(
         n_ctx=min(chat_ctx, plan.n_ctx) if chat_ctx else plan.n_ctx, n_gpu_layers=plan.offload.llama_n_gpu_layers, rope=plan.rope,
-        seed=seed, verbose=verbose, cache=plan.cache,
+        seed=seed, verbose=verbose, cache=plan.cache, chat_template=plan.chat_template,
     ))

@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import typer
 
@@ -87,9 +87,11 @@ def parse_strategy(text: str) -> StrategySpec:
 
 
 def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, changes: dict[str, Any],
-                       results: Path | None, as_json: bool, plot: Path | None, offset: int = 0) -> None:
+                       results: Path | None, as_json: bool, plot: Path | None, offset: int = 0,
+                       before_load: Callable[[], None] = lambda: None) -> None:
     """`changes`: the search options given; the rest are each strategy's defaults (`search_defaults`).
-    The problems are offset+1 .. offset+limit of `data`."""
+    The problems are offset+1 .. offset+limit of `data`; `before_load` runs after every check, before the model is
+    located (the CLI asks there before a large download)."""
     if offset < 0 or (limit is not None and limit < 1):
         raise UsageError("--offset must be >= 0 and --limit >= 1")
     specs = [parse_strategy(s) for s in strategies.split(",") if s.strip()]
@@ -103,6 +105,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     problems = load_problems(data, None if limit is None else offset + limit)[offset:]
     if not problems:
         raise UsageError(f"{data}: no problems after the first {offset}")
+    before_load()
     plan = runtime.plan_for(settings)
     needs_head = any(_names_qhead(s.choices or ()) or (s.choices is None and settings.head is not None)
                      for s in specs if needs_scorer(s.name))

@@ -110,8 +110,8 @@ def bench_accuracy(
                     max_expansions=max_expansions, time_limit=time_limit, max_depth=max_depth,
                     completions=completions, choose=choose, expand_width=expand_width, widen=widen,
                     settle=settle)
-    confirm_download(settings, yes)
-    run_accuracy_bench(settings, data, limit, strategy, changes, results, as_json, plot, offset)
+    run_accuracy_bench(settings, data, limit, strategy, changes, results, as_json, plot, offset,
+                       before_load=lambda: confirm_download(settings, yes))
 
 
 @bench_app.command("bank", cls=Command)

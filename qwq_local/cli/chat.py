@@ -10,6 +10,7 @@ import typer
 
 from qwq_local.cli.root import (
     ApiKeyOpt,
+    ChatTemplateOpt,
     YesOpt,
     confirm_download,
     Command,
@@ -64,6 +65,7 @@ def chat(
     head: Optional[Path] = HeadOpt,
     engine: Optional[str] = EngineOpt,
     api_key: Optional[str] = ApiKeyOpt,
+    chat_template: Optional[str] = ChatTemplateOpt,
     yes: bool = YesOpt,
 ) -> None:
     """Interactive chat with folded thinking (piped stdin: the whole input is one message, as `ollama run`)."""
@@ -77,7 +79,7 @@ def chat(
                              gpu_layers=gpu_layers, models_dir=models_dir, head=head, engine=engine,
                              api_key=api_key, top_p=top_p, top_k=top_k, presence_penalty=presence_penalty,
                              repeat_penalty=repeat_penalty, system=system, cache_type_k=cache_type_k,
-                             cache_type_v=cache_type_v, flash_attn=flash_attn)
+                             cache_type_v=cache_type_v, flash_attn=flash_attn, chat_template=chat_template)
     if show_thinking and hide_thinking:
         raise UsageError("--show-thinking and --hide-thinking cannot be used together")
     if think_budget is not None and think_budget < 1:

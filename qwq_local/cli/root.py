@@ -123,6 +123,8 @@ def settings_from(*, samples: bool = True, **flags: Any) -> Settings:
     return settings
 
 
+ChatTemplateOpt = typer.Option(None, "--chat-template", envvar="QWQ_CHAT_TEMPLATE",
+                               help="chatml, or a Jinja file: used instead of the model's own chat template.")
 YesOpt = typer.Option(False, "--yes", "-y", envvar="QWQ_YES", help="Download a missing model without asking.")
 
 

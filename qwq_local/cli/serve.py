@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from qwq_local.cli.root import (Command, CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, YesOpt, app, confirm_download,
+from qwq_local.cli.root import (Command, CtxOpt, GpuOpt, HeadOpt, ModelOpt, ModelsDirOpt, YesOpt, ChatTemplateOpt, app, confirm_download,
                                 settings_from)
 from qwq_local.serve.options import ServeOptions as O
 
@@ -34,14 +34,14 @@ def serve(
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
     head: Optional[Path] = HeadOpt,
+    chat_template: Optional[str] = ChatTemplateOpt,
     yes: bool = YesOpt,
 ) -> None:
     """Serve the model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from qwq_local.serve.run import serve as run_server
 
     settings = settings_from(model=model, temperature=temperature, max_tokens=max_tokens, ctx=ctx,
-                             gpu_layers=gpu_layers, models_dir=models_dir, head=head)
+                             gpu_layers=gpu_layers, models_dir=models_dir, head=head, chat_template=chat_template)
     options = O(host=host, port=port, api_key=api_key, cors=tuple(cors), max_body_bytes=max_body,
                 max_tokens=max_tokens_limit, queue=queue, think_budget=think_budget).check()
-    confirm_download(settings, yes)
-    run_server(settings, options)
+    run_server(settings, options, before_load=lambda: confirm_download(settings, yes))

@@ -27,6 +27,7 @@ from qwq_local.cli.root import (
     MaxExpansionsOpt,
     TimeLimitOpt,
     TrajectoriesOpt,
+    ChatTemplateOpt,
     YesOpt,
     confirm_download,
     given,
@@ -112,6 +113,7 @@ def solve(
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the whole tree as JSON."),
     engine: Optional[str] = EngineOpt,
     api_key: Optional[str] = ApiKeyOpt,
+    chat_template: Optional[str] = ChatTemplateOpt,
     yes: bool = YesOpt,
 ) -> None:
     """Answer a markdown problem once, by plain generation or by search.
@@ -125,7 +127,8 @@ def solve(
                              seed=seed, max_tokens=max_tokens, ctx=ctx_size, gpu_layers=gpu_layers,
                              models_dir=models_dir, kv_budget=kv_budget, head=head, engine=engine, api_key=api_key,
                              system=system, presence_penalty=presence_penalty, repeat_penalty=repeat_penalty,
-                             cache_type_k=cache_type_k, cache_type_v=cache_type_v, flash_attn=flash_attn)
+                             cache_type_k=cache_type_k, cache_type_v=cache_type_v, flash_attn=flash_attn,
+                             chat_template=chat_template)
     check_strategy(strategy)
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")

@@ -14,7 +14,7 @@ import jinja2
 import llama_cpp
 
 from qwq_local.engine.plan import KVCache, RopePlan
-from qwq_local.engine.template import ChatTemplate, TemplateError, check_llama_cpp_compiles
+from qwq_local.engine.template import CHATML, ChatTemplate, TemplateError, check_llama_cpp_compiles
 from qwq_local.errors import ExitCode, ModelFileError, OutOfMemoryError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,11 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
 
-# Used only when a GGUF carries no chat template: ChatML, as Qwen models use.
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -41,6 +36,7 @@ class LoadOptions:
     seed: int = 0xFFFFFFFF
     verbose: bool = False
     cache: KVCache = KVCache()  # KV-cache types and flash attention
+    chat_template: str | None = None  # used instead of the GGUF's own (`--chat-template`)
 
 
 def physical_cores() -> int:
@@ -181,7 +177,7 @@ class LoadedModel:
         self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
         self.eos_text = self._piece_text(self.llama.token_eos())
         self.bos_text = self._piece_text(self.llama.token_bos())
-        self.chat_template = meta.get("tokenizer.chat_template") or CHATML
+        self.chat_template = options.chat_template or meta.get("tokenizer.chat_template") or CHATML
         try:
             self._template = ChatTemplate(self.chat_template, bos_token=self.bos_text, eos_token=self.eos_text)
         except TemplateError as exc:

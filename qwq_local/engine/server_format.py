@@ -76,13 +76,16 @@ class ServerFormat:
         self.source = source  # where the template came from, for messages
 
     @classmethod
-    def discover(cls, server: CompletionServer, model: str | None) -> ServerFormat | None:
-        """The server's template and tokenizer, or None when it says no template (llama-server's /props)."""
+    def discover(cls, server: CompletionServer, model: str | None, override: str | None = None) -> ServerFormat | None:
+        """The server's template (or `override`, given with --chat-template) and tokenizer, or None when it says no
+        template (llama-server's /props)."""
         try:
             props = server.request("GET", "/props", retry=False)
         except QwqError:
-            return None
-        source = props.get("chat_template") if isinstance(props, dict) else None
+            if override is None:
+                return None
+            props = {}
+        source = override or (props.get("chat_template") if isinstance(props, dict) else None)
         if not isinstance(source, str) or not source.strip():
             return None
         bos, eos = (str(props.get(k) or "") for k in ("bos_token", "eos_token"))
@@ -99,7 +102,7 @@ class ServerFormat:
             special = None
         tokens = special.get("tokens") if isinstance(special, dict) else None
         added_bos = bos if bos and isinstance(tokens, list) and len(tokens) == len(plain) + 1 else ""
-        return cls(template, tokenizer, bos_text=bos, added_bos=added_bos, source=f"{server.url}/props")
+        return cls(template, tokenizer, bos_text=bos, added_bos=added_bos, source="--chat-template" if override else f"{server.url}/props")
 
     def render_chat(self, messages: Sequence[Message]) -> str:
         """The server's chat template, ending with the assistant's generation prompt."""

@@ -22,6 +22,14 @@ MAX_SECONDS = 3.0
 MAX_OUTPUT = 4 * 1024 * 1024  # characters of rendered prompt, and of any string a template computes with * or **
 
 
+# Used when a GGUF carries no chat template (and for `--chat-template chatml`): ChatML, as Qwen models use.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MAX_TEMPLATE_BYTES = 1 << 20  # a chat template file given with --chat-template (real ones are a few KiB)
+
+
 class TemplateError(Exception):
     """The template cannot be compiled, fails, or passes a bound; the message says which."""
 

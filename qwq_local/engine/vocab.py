@@ -8,8 +8,8 @@ from typing import Sequence
 import llama_cpp
 
 from qwq_local.dialog.messages import Message
-from qwq_local.engine.model import CHATML, quiet_stderr
-from qwq_local.engine.template import ChatTemplate, TemplateError
+from qwq_local.engine.model import quiet_stderr
+from qwq_local.engine.template import CHATML, ChatTemplate, TemplateError
 from qwq_local.errors import ExitCode, ModelFileError
 
 

@@ -6,6 +6,7 @@ import logging
 import signal
 import socket
 import sys
+from typing import Callable
 
 from qwq_local.config import Settings
 from qwq_local.errors import UsageError
@@ -14,8 +15,9 @@ from qwq_local.serve.options import ServeOptions
 GRACE_SECONDS = 3  # Ctrl-C: streams still open after this long are closed (their generation is cancelled)
 
 
-def serve(settings: Settings, options: ServeOptions) -> None:
-    """Load `settings.model` and serve the OpenAI API on `options.host:port` until interrupted."""
+def serve(settings: Settings, options: ServeOptions, before_load: Callable[[], None] = lambda: None) -> None:
+    """Load `settings.model` and serve the OpenAI API on `options.host:port` until interrupted (`before_load`: after
+    the checks, before the model is located; the CLI asks there before a large download)."""
     import uvicorn
 
     from qwq_local.app.reply import SEARCH_STRATEGIES, ReplyService
@@ -23,6 +25,7 @@ def serve(settings: Settings, options: ServeOptions) -> None:
 
     options.check()
     _check_free(options.host, options.port)  # before a model that may take minutes to load
+    before_load()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     log = logging.getLogger("qwq.serve")
