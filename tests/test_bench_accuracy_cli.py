@@ -153,3 +153,17 @@ def test_bench_records_keep_the_head_that_scored_them(tmp_path: Path, qwen_path:
     with pytest.raises(SystemExit) as exc:  # a run the head does not score is the same run with either
         main(args + [str(tmp_path / "h2.gguf"), "--strategy", "direct"])
     assert exc.value.code == 0 and len(results.read_text().splitlines()) == 2
+
+
+def test_a_run_cut_short_by_ctrl_c_is_never_recorded() -> None:
+    from qwq_local.app.solve import SolveResult
+    from qwq_local.bench.accuracy_run import _outcome
+
+    def result(stop: str) -> SolveResult:
+        return SolveResult(model="m", strategy="sc", format="math", answer="\\boxed{5}", final_answer="5",
+                           thinking="", prompt_tokens=1, thinking_tokens=0, answer_tokens=3, seconds=1.0,
+                           decode_seconds=1.0, stop_reason=stop)
+
+    assert _outcome(result("done")).final_answer == "5"
+    with pytest.raises(KeyboardInterrupt):  # run_accuracy stops there, and a rerun does the problem again
+        _outcome(result("interrupted"))

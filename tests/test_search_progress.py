@@ -76,6 +76,30 @@ def test_ctrl_c_while_replies_are_sampled_gives_an_empty_interrupted_result() ->
     assert lm.live == set()
 
 
+class CutShortLM(ScriptedLM):
+    """Ctrl-C during its first sample call, which hands back the replies as far as they got, as the KV tree does."""
+
+    def sample(self, branch: int, k: int, stop: Any) -> list[Any]:
+        from dataclasses import replace
+
+        from qwq_local.search.protocol import Interrupted
+
+        got = super().sample(branch, k, stop)
+        if len(self.sample_calls) == 1:
+            raise Interrupted([[replace(c, finished=False) for c in got]])
+        return got
+
+
+def test_ctrl_c_while_replies_are_sampled_votes_among_them_as_far_as_they_got() -> None:
+    script = {(): [("so far it is \\boxed{5} and", True), ("I get \\boxed{6} but", True),
+                   ("again \\boxed{5}, so", True)]}
+    lm = CutShortLM(script)
+    result = self_consistency("q", SearchConfig(n_samples=3, thinking=False), lm)
+    assert result.stop_reason == "interrupted"  # (each stated an answer, which ends a reply that does not think)
+    assert result.final_answer == "5" and result.text == "so far it is \\boxed{5} and"
+    assert len(lm.sample_calls) == 1 and lm.live == set()  # nothing sampled after the Ctrl-C
+
+
 def test_a_progress_that_is_not_callable_is_refused() -> None:
     with pytest.raises(ValueError, match="progress"):
         SearchConfig(progress=3)  # type: ignore[arg-type]

@@ -160,3 +160,27 @@ def test_astar_widens_from_the_question_while_its_paths_disagree(model: LoadedMo
     if len({a for a in searched if a is not None}) > 1:  # settle 1.0: once two answers differ, both replies come
         assert len(widened) == 2
     assert len(result.terminal_answers) == len(result.terminal_values) >= len(searched)
+
+
+def test_ctrl_c_while_replies_are_sampled_keeps_them_as_far_as_they_got(model: LoadedModel,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    tree, policy = policy_for(model, budget=4000)
+    config = SearchConfig(n_samples=3, thinking=False, max_reply_tokens=150)
+    batches = [0]
+    step_batch = tree.step_batch
+
+    def pressed_at_the_tenth_token(*args: object) -> object:  # Ctrl-C arrives between two batched tokens
+        out = step_batch(*args)
+        batches[0] += 1
+        if batches[0] == 10:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(tree, "step_batch", pressed_at_the_tenth_token)
+    with tree:
+        result = run("sc", QUESTION, config, policy, None)
+        policy.close()
+        assert not tree.branches
+    replies = [n for n in result.tree if n["parent"] == 0]
+    assert result.stop_reason == "interrupted" and len(replies) == 3
+    assert all(n["text"] for n in replies) and result.text in [n["text"] for n in replies]

@@ -195,7 +195,10 @@ def pair_replies(specs: list[StrategySpec]) -> dict[str, str]:
 
 
 def _outcome(result: SolveResult, pooled_with: str | None = None) -> Outcome:
-    """A SolveResult as the benchmark records it."""
+    """A SolveResult as the benchmark records it; one cut short by Ctrl-C is never recorded as a run: the benchmark
+    stops there (KeyboardInterrupt) and a rerun does that problem again."""
+    if result.stop_reason == "interrupted":
+        raise KeyboardInterrupt
     text = wrap_thinking(result.thinking, result.answer)
     extra: dict[str, Any] = {}
     if result.search is not None:

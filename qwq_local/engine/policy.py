@@ -15,7 +15,7 @@ from qwq_local.dialog.messages import Message
 from qwq_local.dialog.think import CLOSE, OPEN_LINE
 from qwq_local.engine.kvtree import Branch, KVTree, NativeSampler, SamplerSpec
 from qwq_local.engine.model import LoadedModel
-from qwq_local.search.protocol import Candidate, LMStats, StepStop
+from qwq_local.search.protocol import Candidate, Interrupted, LMStats, StepStop
 
 
 @dataclass
@@ -154,7 +154,14 @@ class TreePolicy:
                 child.pending_stats = token_stats(parent.branch.logits, child.pending)
                 group.append(child)
             groups.append(group)
-        active = [child for group in groups for child in group]
+        try:
+            self._decode([child for group in groups for child in group], stop)
+        except KeyboardInterrupt:  # Ctrl-C: every child as far as it got, for a best-so-far answer
+            raise Interrupted([[self._candidate(child) for child in group] for group in groups]) from None
+        return [[self._candidate(child) for child in group] for group in groups]
+
+    def _decode(self, active: list[_Child], stop: StepStop) -> None:
+        """Decode the children one token per batch until every one has ended its step."""
         while active:
             rows, hidden = [], []
             for child in active:
@@ -173,7 +180,6 @@ class TreePolicy:
                 child.pending = child.sampler.from_context(self.tree.ctx, row)
                 child.pending_stats = token_stats(self.tree.row_logits(child.state.branch), child.pending)
                 active.append(child)
-        return [[self._candidate(child) for child in group] for group in groups]
 
     def _candidate(self, child: _Child) -> Candidate:
         child.sampler.close()

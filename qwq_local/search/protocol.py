@@ -77,6 +77,15 @@ class StepLM(Protocol):
         ...
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C inside a sample call, carrying what had been sampled: per request, its candidates as far as they got
+    (unfinished, their branches live), so that a strategy can answer with the best so far."""
+
+    def __init__(self, candidates: list[list[Candidate]]) -> None:
+        super().__init__()
+        self.candidates = candidates
+
+
 def sample_many(lm: StepLM, requests: Sequence[tuple[int, int]], stop: StepStop) -> list[list[Candidate]]:
     """`k` next steps from each `(branch, k)`: in one batched decode where the LM has `sample_many` (the KV
     tree), else one `sample` call per branch."""

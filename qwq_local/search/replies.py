@@ -8,7 +8,7 @@ from types import TracebackType
 from qwq_local.search.answer import extract_final_answer, find_explicit_answer
 from qwq_local.search.budget import Budget
 from qwq_local.search.config import SearchConfig
-from qwq_local.search.protocol import Candidate, SearchResult, StepLM
+from qwq_local.search.protocol import Candidate, Interrupted, SearchResult, StepLM
 from qwq_local.search.steps import is_terminal
 from qwq_local.search.tree import Node, SearchTree
 
@@ -26,14 +26,16 @@ def sample_replies(
     root = tree.add_root(lm.open(question))
     config.report("replies", 0, 1, 0, None, budget.generated_tokens)
     leaves: list[Node] = []
+    stop_reason = "done"
     try:
         candidates = lm.sample(root.branch, n, stop)
-    except KeyboardInterrupt:  # Ctrl-C before any reply was whole: nothing to choose from
-        return leaves, "interrupted"
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: the replies as far as they got, if the engine kept them
+        if not isinstance(interrupt, Interrupted) or not interrupt.candidates:
+            return leaves, "interrupted"
+        candidates, stop_reason = interrupt.candidates[0], "interrupted"
     budget.expansions += 1
     root.expanded = True
     tree.release(root)
-    stop_reason = "done"
     for candidate in candidates:
         node = tree.add_child(root, candidate, reward=None)
         before = ""  # the reply before the node's step
