@@ -76,6 +76,7 @@ class Settings:
     chat_template: str | None = None  # "chatml" or a Jinja file used instead of the GGUF's own chat template
     sampling: Sampling = Sampling()
     warnings: tuple[str, ...] = ()  # one line each for the user: misspelt config keys, a config in the old place
+    given: frozenset[str] = frozenset()  # the settings the config file, QWQ_* variables or flags set
 
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1 << 10, "mb": 1000**2, "mib": 1 << 20, "gb": 1000**3, "gib": 1 << 30}
@@ -232,11 +233,13 @@ def load_settings(
             raise
         warnings.append(f"{exc} (ignored here; a command that samples refuses it)")
         sampling = Sampling()
+    given = frozenset(merged)
     settings = Settings(
         models_dir=merged.pop("models_dir", None) or default_models_dir(env),
         data_dir=data_dir,
         sampling=sampling,
         warnings=tuple(warnings),
+        given=given,
         **{k: v for k, v in merged.items() if k in _SETTING_KEYS - {"models_dir"}},
     )
     if settings.engine is not None and not settings.engine.startswith(("http://", "https://")):

@@ -436,7 +436,7 @@ def test_unsettled_paths_widen_from_the_question(settle: float, replies: list[st
     cfg = config(candidates=2, trajectories=2, max_depth=1, finish_partial=True, thinking=False, choose="vote",
                  widen=2, settle=settle)
     result = astar("q", cfg, lm, FixedScorer({}))
-    assert lm.root_replies == added
+    assert lm.root_replies == added == result.widened
     assert result.terminal_answers == ["3", "7", *[r[-2] for r in replies[:added]]]
     assert result.final_answer == answer and lm.live == set()
 

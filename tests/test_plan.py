@@ -188,3 +188,30 @@ def test_quantised_kv_cache_reaches_llama_cpp(smollm_path: Path) -> None:
     q8 = state_bytes(KVCache("q8_0", "q8_0", flash_attn=True))
     q4 = state_bytes(KVCache("q4_0", "q4_0", flash_attn=True))
     assert q4 < q8 < f16
+
+
+@pytest.mark.parametrize(("gpu_gib", "cache", "ram_gib", "expected"), [
+    (24, ("f16", "f16", False), 16, 16384),  # a 24 GB card: 32k of f16 KV (8 GiB) would push layers off it
+    (24, ("q8_0", "q8_0", True), 16, 32768),  # q8_0 KV halves it: the card's 32,768 fit
+    (None, ("f16", "f16", False), 64, 32768),  # CPU only, RAM enough
+    (None, ("f16", "f16", False), 22, 8192),  # CPU only, barely room for 8k: the plain default
+])
+def test_qwq_gets_the_largest_context_the_memory_plan_fits_without_ctx(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpu_gib: int | None, cache: tuple[str, str, bool],
+        ram_gib: int, expected: int) -> None:
+    from qwq_local import catalog
+    from qwq_local.app import runtime
+
+    device = None if gpu_gib is None else Device("cuda", "RTX 4090", gpu_gib * GiB, gpu_gib * GiB)
+    monkeypatch.setattr(runtime, "detect_gpu", lambda: device)
+    monkeypatch.setattr(runtime, "ram_free_bytes", lambda: ram_gib * GiB)
+    k, v, flash = cache
+    flags = {"models_dir": tmp_path, "cache_type_k": k, "cache_type_v": v, "flash_attn": flash}
+    settings = load_settings(flags, env={})
+    resolved, info = catalog.recorded_info("qwq-32b", tmp_path)
+    plan = runtime.plan_model(resolved, settings, info=info, gpu_supported=gpu_gib is not None, refuse=False)
+    assert plan.n_ctx == expected and not plan.rope.yarn
+    assert runtime.sized_to(plan, settings).sampling.max_tokens == max(8192, expected)  # the reply may fill it
+    given = load_settings({**flags, "ctx": 8192, "max_tokens": 1000}, env={})  # --ctx and --max-tokens win
+    fixed = runtime.plan_model(resolved, given, info=info, gpu_supported=gpu_gib is not None, refuse=False)
+    assert fixed.n_ctx == 8192 and runtime.sized_to(fixed, given).sampling.max_tokens == 1000

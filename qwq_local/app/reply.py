@@ -210,6 +210,7 @@ class ReplyService:
         from qwq_local.engine.chat import LlamaChat
 
         plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
+        settings = runtime.sized_to(plan, settings)
         head = load_head(plan, settings, required=settings.head is not None)
         loaded = runtime.load(plan, settings)
         chat = LlamaChat(loaded, think=plan.thinks or None)

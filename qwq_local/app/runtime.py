@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qwq_local import catalog
@@ -121,7 +121,28 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
     cache = KVCache.parse(settings.cache_type_k, settings.cache_type_v, settings.flash_attn)
     pulled = info is None
     info = info or catalog.read_gguf_info(resolved.path)
+    if gpu_supported is None:
+        from qwq_local.engine.system import gpu_offload_supported
+
+        gpu_supported = gpu_offload_supported()
+    device, ram_free, per_token = detect_gpu(), ram_free_bytes(), info.kv_bytes_per_token(*cache.element_bytes)
+
+    def offload_at(tokens: int, refuse_now: bool) -> OffloadPlan:
+        return plan_offload(model_bytes=info.file_size, n_layer=info.n_layer, kv_bytes=per_token * tokens,
+                            device=device, ram_free_bytes=ram_free, gpu_layers=settings.gpu_layers,
+                            gpu_supported=gpu_supported, refuse=refuse_now)
+
     ctx = n_ctx or settings.ctx
+    wanted = resolved.spec.default_context if resolved.spec else 0
+    if n_ctx is None and "ctx" not in settings.given and wanted > ctx:
+        # no --ctx: the model's own default (QwQ: 32,768), halved until model + KV fit with no layer moved off the GPU
+        base = offload_at(ctx, False)
+        while wanted > ctx:
+            trial = offload_at(wanted, False)
+            if not trial.shortfall_bytes and trial.n_gpu_layers >= base.n_gpu_layers:
+                ctx = wanted
+                break
+            wanted //= 2
     native = info.context_length or (resolved.spec.native_context if resolved.spec else ctx)
     factor = resolved.spec.yarn_max_factor if resolved.spec else DEFAULT_YARN_FACTOR
     yarn_from = resolved.spec.yarn_from_tokens if resolved.spec else 0
@@ -135,21 +156,18 @@ def plan_model(resolved: ResolvedModel, settings: Settings, n_ctx: int | None = 
     if rope.yarn and ctx <= native:
         note = (f"YaRN on (x{rope.factor:g} over {rope.orig_ctx:,}): the prompt is {prompt_tokens:,} tokens, past "
                 f"the {yarn_from:,} after which the model card asks for it")
-    if gpu_supported is None:
-        from qwq_local.engine.system import gpu_offload_supported
-
-        gpu_supported = gpu_offload_supported()
-    offload = plan_offload(
-        model_bytes=info.file_size,
-        n_layer=info.n_layer,
-        kv_bytes=info.kv_bytes_per_token(*cache.element_bytes) * ctx,
-        device=detect_gpu(),
-        ram_free_bytes=ram_free_bytes(),
-        gpu_layers=settings.gpu_layers,
-        gpu_supported=gpu_supported,
-        refuse=refuse,
-    )
+    offload = offload_at(ctx, refuse)
     return ModelPlan(resolved, info, ctx, rope, offload, pulled, cache, note, chat_template_override(settings))
+
+
+def sized_to(plan: ModelPlan, settings: Settings) -> Settings:
+    """`settings` with a reply as long as the planned context for a model with its own default context (QwQ's card:
+    up to 32,768 output tokens on hard problems) when --max-tokens was not given anywhere."""
+    spec = plan.resolved.spec
+    if spec is None or not spec.default_context or "max_tokens" in settings.given:
+        return settings
+    return replace(settings, sampling=replace(settings.sampling, max_tokens=max(settings.sampling.max_tokens,
+                                                                               plan.n_ctx)))
 
 
 def yarn_later(plan: ModelPlan) -> tuple[int, RopePlan] | None:

@@ -55,6 +55,7 @@ class SearchStats:
     scorer: str
     complete: bool
     stop_reason: str
+    widened: int = 0  # the last `widened` finished paths are A*'s replies from the question (--widen)
 
 
 @dataclass
@@ -309,7 +310,7 @@ def _search_result(policy: SearchPolicy, model_name: str, fmt: str, result: Sear
             evaluated_tokens=stats.evaluated_tokens, peak_kv_tokens=stats.peak_kv_tokens,
             terminal_answers=result.terminal_answers,
             terminal_values=result.terminal_values, chosen_path=result.chosen_path, scorer=scorer_label,
-            complete=result.complete, stop_reason=result.stop_reason,
+            complete=result.complete, stop_reason=result.stop_reason, widened=result.widened,
         ),
         tree=result.tree,
         stop_reason=result.stop_reason,

@@ -205,6 +205,8 @@ def _outcome(result: SolveResult, pooled_with: str | None = None) -> Outcome:
         extra = {"expansions": result.search.expansions, "evaluated_tokens": result.search.evaluated_tokens,
                  "terminal_answers": result.search.terminal_answers,
                  "terminal_values": result.search.terminal_values}
+        if result.search.widened:
+            extra["widened"] = result.search.widened
     if pooled_with is not None:
         extra["pooled_with"] = pooled_with
     return Outcome(result.final_answer, text, result.generated_tokens, result.seconds, extra)

@@ -101,6 +101,7 @@ class ModelSpec:
     is_default_quant: bool = False
     gguf: GGUFFacts | None = None
     yarn_from_tokens: int = 0  # prompts longer than this run with YaRN (QwQ's card: 8,192); 0 = only past native
+    default_context: int = 0  # the context a run gets without --ctx, where the memory plan allows (QwQ: 32,768)
 
     @property
     def name(self) -> str:
@@ -254,6 +255,7 @@ def _parse_spec(
         is_default_quant=default,
         gguf=_parse_facts(where, raw["gguf"]) if "gguf" in raw else None,
         yarn_from_tokens=int(raw.get("yarn_from_tokens", 0)),
+        default_context=int(raw.get("default_context", 0)),
     )
 
 

@@ -99,6 +99,7 @@ def chat(
         settings = replace(settings, model=resumed.model)
     confirm_download(settings, yes)
     setup = prepare_chat(settings)
+    settings = runtime.sized_to(setup.plan, settings)
     # A thinking budget makes even a model that does not think on its own open a <think> section.
     with open_chat(setup, settings, think=True if (setup.plan.thinks or think_budget) else None,
                    yarn_later=runtime.yarn_later(setup.plan),

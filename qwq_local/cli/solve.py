@@ -151,6 +151,7 @@ def solve(
         choose=choose, expand_width=expand_width, widen=widen, settle=settle))
     confirm_download(settings, yes)
     plan = runtime.plan_for(settings, prompt=problem)
+    settings = runtime.sized_to(plan, settings)
     if plan.note:
         typer.echo(f"note: {plan.note}", err=True)
     progress = SolveProgress(Env.from_process(), enabled=False if quiet else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
+from dataclasses import replace
 
 from qwq_local.search.aggregate import get_agg
 from qwq_local.search.answer import normalize_for_vote
@@ -36,6 +37,7 @@ class AStar:
         self.open: set[int] = set()
         self.terminals: list[Node] = []
         self.cut: list[Node] = []  # at the depth limit: never expanded, but completed when paths are short
+        self.widened = 0  # finished paths added by widening (the last ones in self.terminals)
 
     def run(self) -> SearchResult:
         try:
@@ -176,7 +178,9 @@ class AStar:
         for _ in range(self.config.widen):
             if self._settled() or self.budget.exhausted():
                 return
+            before = len(self.terminals)
             self._finish([(root, 1)], keep=root.id)
+            self.widened += len(self.terminals) - before
 
     def _settled(self) -> bool:
         """Whether the leading answer holds `settle` of the finished paths' vote (weighted as `choose` weighs)."""
@@ -219,14 +223,14 @@ class AStar:
         else:
             leaves = self.tree.open_leaves()  # open, cut at max depth, or dead ends
             chosen = max(leaves, key=_rank) if leaves else root
-        return self.tree.result(
+        return replace(self.tree.result(
             "astar",
             chosen,
             terminals=self.terminals,
             expansions=self.budget.expansions,
             stop_reason=stop_reason,
             end_think=self.config.stop.end_think,
-        )
+        ), widened=self.widened)
 
 
 def _rank(node: Node) -> tuple[float, int]:

@@ -116,6 +116,7 @@ class SearchResult:
     nodes: int = 0
     terminal_answers: list[str | None] = field(default_factory=list)
     terminal_values: list[float] = field(default_factory=list)  # g of each finished path, in the same order
+    widened: int = 0  # of the finished paths, how many (the last ones) A* added from the question (--widen)
     chosen_path: list[int] = field(default_factory=list)  # node ids from root to the chosen leaf
     tree: list[dict[str, Any]] = field(default_factory=list)  # every node: id, parent, text, g, h, f, ...
     complete: bool = True  # False: no reply finished within the budget; `text` is the best partial one
