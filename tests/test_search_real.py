@@ -184,3 +184,17 @@ def test_ctrl_c_while_replies_are_sampled_keeps_them_as_far_as_they_got(model: L
     replies = [n for n in result.tree if n["parent"] == 0]
     assert result.stop_reason == "interrupted" and len(replies) == 3
     assert all(n["text"] for n in replies) and result.text in [n["text"] for n in replies]
+
+
+def test_a_think_budget_closes_each_paths_thinking_for_it(model: LoadedModel) -> None:
+    tree = KVTree(model, n_ctx=4096, n_seq_max=8)
+    policy = TreePolicy(model, tree, Sampling(temperature=0.7, seed=5, max_tokens=120), thinks=True, think_budget=6)
+    whole = StepStop(delimiter=None, max_tokens=120)
+    with tree:
+        replies = policy.sample(policy.open(QUESTION), 2, whole)
+        steps = policy.sample(policy.open(QUESTION), 2, StepStop(min_tokens=1, max_tokens=3))  # budget spans steps
+        more = [policy.sample(s.branch, 1, StepStop(min_tokens=1, max_tokens=40))[0] for s in steps]
+        policy.close()
+    for text in [r.text for r in replies] + [s.text + m.text for s, m in zip(steps, more, strict=True)]:
+        thinking, closed, _ = text.partition("</think>")
+        assert closed and len(model.tokenize(thinking, bos=False)) <= 6 + 1, text  # the budget, then the close

@@ -191,9 +191,10 @@ def test_every_search_strategy_json_has_a_stop_reason(tiny_model: Path, problem:
         assert json.loads(result.stdout)["stop_reason"] in ("done", "exhausted"), strategy
 
 
-def test_think_budget_with_a_search_is_a_usage_error(tiny_model: Path, problem: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    for args in (["--strategy", "astar", "--think-budget", "100"], ["--think-budget", "0"]):
+def test_think_budget_on_a_remote_engine_is_a_usage_error(tiny_model: Path, problem: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (["--strategy", "astar", "--think-budget", "100", "--engine", "http://127.0.0.1:9"],
+                 ["--think-budget", "0"]):
         with pytest.raises(SystemExit) as exc:
             main(["solve", str(problem), "--model", str(tiny_model), *args])
         err = capsys.readouterr().err

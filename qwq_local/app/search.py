@@ -45,6 +45,7 @@ class SearchSetup:
     kv_budget: int | None
     plan: runtime.ModelPlan
     note: str | None = None  # what a front end should tell the user (the default scorers it fell back to)
+    think_budget: int | None = None  # tokens each path may think before its </think> is written for it (local only)
 
     @property
     def scorer_label(self) -> str:
@@ -98,7 +99,7 @@ def check_scorers(text: str) -> tuple[ScorerChoice, ...]:
 
 def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, options: SearchConfig,
                    scorer: str | tuple[ScorerChoice, ...] | None = None, *, head: "QHead | None" = _UNSET,
-                   ) -> SearchSetup:
+                   think_budget: int | None = None) -> SearchSetup:
     """The SearchSetup for `strategy` on the planned model: every check done, the head loaded, nothing decoded.
 
     No scorer: the token confidence of the replies (DEFAULT_SCORERS); the Q-value head only when named, or when
@@ -106,6 +107,8 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
     Self-consistency votes, so it takes no scorer and no head. `head` given: that head, not loaded again.
     """
     check_strategy(strategy)
+    if think_budget is not None and settings.engine is not None:
+        raise UsageError("--think-budget works on a local model; with --engine bound the reply with --max-tokens")
     config = replace(options, n_samples=options.trajectories, thinking=plan.thinks,
                      max_reply_tokens=settings.sampling.max_tokens, finish_partial=True)
     kv_budget = runtime.kv_budget_tokens(plan, settings)
@@ -113,7 +116,7 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
     if not needs_scorer(strategy):
         if scorer:
             raise UsageError(f"--scorer: {strategy} uses no scorer (self-consistency votes on answers)")
-        return SearchSetup(strategy, config, (), None, kv_budget, plan)
+        return SearchSetup(strategy, config, (), None, kv_budget, plan, think_budget=think_budget)
     remote = settings.engine is not None
     if scorer is None and settings.head is not None and not remote:  # a head given explicitly is meant
         scorer = (("qhead", 1.0),)
@@ -133,7 +136,7 @@ def prepare_search(plan: runtime.ModelPlan, settings: Settings, strategy: str, o
         if wants_head and found is None:
             raise UsageError("scorer qhead: no Q-value head for this model")
     its_head = found if any(name == "qhead" for name, _ in choices) else None
-    return SearchSetup(strategy, config, choices, its_head, kv_budget, plan, note)
+    return SearchSetup(strategy, config, choices, its_head, kv_budget, plan, note, think_budget)
 
 
 def load_head(plan: runtime.ModelPlan, settings: Settings, required: bool) -> "QHead | None":

@@ -149,7 +149,8 @@ class TreePolicies:
         n_seq = max(config.beam, 1) + max(config.candidates, config.n_samples, 1) * 2 + 4
         with KVTree(self.model, n_ctx=setup.plan.n_ctx, n_seq_max=min(n_seq, 256), kv_budget=setup.kv_budget,
                     hidden=setup.head is not None) as tree:
-            policy = TreePolicy(self.model, tree, sampling, thinks=setup.plan.thinks, history=list(history))
+            policy = TreePolicy(self.model, tree, sampling, thinks=setup.plan.thinks, history=list(history),
+                                think_budget=setup.think_budget)
             try:
                 yield policy
             finally:

@@ -136,9 +136,8 @@ def solve(
         raise UsageError("--scorer, --show-tree and --trace need a search strategy (astar, beam, bon, sc)")
     if think_budget is not None and think_budget < 1:
         raise UsageError("--think-budget must be at least 1 token")
-    if think_budget is not None and (strategy != "direct" or settings.engine is not None):
-        raise UsageError("--think-budget works with --strategy direct on a local model; a search bounds its steps "
-                         "with --max-depth and --max-tokens")
+    if think_budget is not None and settings.engine is not None:
+        raise UsageError("--think-budget works on a local model; with --engine bound the reply with --max-tokens")
     if scorer:
         check_scorers(scorer)
     if trace is not None and (trace.is_dir() or not trace.parent.is_dir()):
@@ -163,7 +162,7 @@ def solve(
         else:
             from qwq_local.app.solve import solve_search
 
-            setup = prepare_search(plan, settings, strategy, options, scorer)
+            setup = prepare_search(plan, settings, strategy, options, scorer, think_budget=think_budget)
             if setup.note and not as_json:
                 typer.echo(f"note: {setup.note}", err=True)
             backend = ctx.obj if isinstance(ctx.obj, Backend) else backend_for(settings)

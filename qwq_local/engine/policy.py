@@ -25,6 +25,7 @@ class _State:
     branch: Branch
     in_think: bool
     reply_tokens: int
+    think_tokens: int = 0  # of them inside <think>
 
 
 @dataclass
@@ -41,6 +42,7 @@ class _Child:
     finished: bool = False  # EOS sampled
     flush: bool = False  # decode the EOS too, for the hidden state at the reply's end
     at_limit: bool = False  # the whole reply reached its token limit
+    forced: list[int] = field(default_factory=list)  # tokens to write next instead of sampling (closing the thinking)
 
 
 TOP_K_CONFIDENCE = 20  # DeepConf's k: a token's confidence is -mean log-prob of the k likeliest tokens
@@ -71,6 +73,7 @@ class TreePolicy:
         thinks: bool,
         max_reply_tokens: int | None = None,
         history: list[Message] | None = None,
+        think_budget: int | None = None,
     ) -> None:
         self.model = model
         self.tree = tree
@@ -83,6 +86,8 @@ class TreePolicy:
         self._generated = 0
         self._judge: Branch | None = None
         self.history = list(history or [])  # earlier turns (final answers only) before each question
+        self.think_budget = think_budget  # tokens a path may think before its </think> is written for it
+        self._close_tokens: list[int] | None = None
 
     @property
     def stats(self) -> LMStats:
@@ -148,9 +153,10 @@ class TreePolicy:
                 sampler = NativeSampler(spec, self.tree.n_vocab)
                 if spec.penalises:  # the penalties see the path's last tokens, not this step's alone
                     sampler.remember(parent.branch.tokens[-spec.penalty_last_n:])
-                child = _Child(_State(b, parent.in_think, parent.reply_tokens), sampler,
+                child = _Child(_State(b, parent.in_think, parent.reply_tokens, parent.think_tokens), sampler,
                                codecs.getincrementaldecoder("utf-8")(errors="replace"))
-                child.pending = sampler.from_logits(parent.branch.logits)
+                self._close_if_over(child, stop)
+                child.pending = child.forced.pop(0) if child.forced else sampler.from_logits(parent.branch.logits)
                 child.pending_stats = token_stats(parent.branch.logits, child.pending)
                 group.append(child)
             groups.append(group)
@@ -177,7 +183,7 @@ class TreePolicy:
                 if child.ending or child.finished:
                     continue
                 row = self.tree.row_of(child.state.branch)
-                child.pending = child.sampler.from_context(self.tree.ctx, row)
+                child.pending = child.forced.pop(0) if child.forced else child.sampler.from_context(self.tree.ctx, row)
                 child.pending_stats = token_stats(self.tree.row_logits(child.state.branch), child.pending)
                 active.append(child)
 
@@ -208,6 +214,7 @@ class TreePolicy:
         child.stats.append(child.pending_stats)
         child.n_tokens += 1
         state.reply_tokens += 1
+        state.think_tokens += state.in_think
         self._generated += 1
         text = "".join(child.text)
         if state.in_think and stop.end_think in text:
@@ -221,6 +228,17 @@ class TreePolicy:
             child.ending = True
         if state.reply_tokens >= self.max_reply_tokens:
             child.ending = child.at_limit = True
+        self._close_if_over(child, stop)
+
+    def _close_if_over(self, child: _Child, stop: StepStop) -> None:
+        """Past the thinking budget: the path's next tokens are its </think>, written for it (as --think-budget does
+        for a direct reply), so that it goes on to answer."""
+        state = child.state
+        if self.think_budget is None or not state.in_think or child.forced or state.think_tokens < self.think_budget:
+            return
+        if self._close_tokens is None:
+            self._close_tokens = self.model.tokenize(f"\n{stop.end_think}\n\n", bos=False)
+        child.forced = list(self._close_tokens)
 
     def yes_probability(self, prompt: str) -> float:
         """P(Yes) / (P(Yes) + P(No)) for the first answer token, with thinking skipped.
