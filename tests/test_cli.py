@@ -245,6 +245,10 @@ def test_help_has_plain_labels_sampling_defaults_and_completion(capsys: pytest.C
         assert f"[default: {default}]" in line, line
     code, out, _ = run_cli(["chat", "--help"], capsys)
     assert "--top-p" in out and "--top-k" in out and "--system" in out and "<bool>" not in out
+    for command in (["solve"], ["bench", "compare"], ["history", "show"]):  # arguments by name, no type column
+        code, out, _ = run_cli([*command, "--help"], capsys)
+        arguments = out.split("Arguments")[1].split("Options")[0]
+        assert code == 0 and "<" not in arguments and any(w in arguments for w in ("FILE", "RESULTS", "CONVERSATION"))
     code, out, _ = run_cli(["--help"], capsys)
     assert "--install-completion" in out and "--show-completion" in out
 

@@ -16,6 +16,9 @@ def _plain_params(params: list[Any]) -> list[Any]:
     """Help without Typer's type labels: none on a flag (`--json`), a click-style word on a value."""
     for param in params:
         if param.param_type_name == "argument":
+            if param.metavar is None:  # the argument's own name (FILE, RESULTS), not its type
+                param.metavar = param.name.upper()
+            param.display_type_rich = lambda ctx=None: None  # no `<str>` column beside it
             continue
         if getattr(param, "is_flag", False):
             param.metavar = param.metavar or ""
@@ -83,7 +86,8 @@ SeedOpt = typer.Option(None, "--seed", envvar="QWQ_SEED",
                        help="Random seed, for a repeatable reply." + _default("random"))
 MaxTokensOpt = typer.Option(None, "--max-tokens",
                             envvar="QWQ_MAX_TOKENS",
-                            help="Most tokens in a reply (thinking included)." + _default(str(_S.max_tokens)))
+                            help="Most tokens in a reply (thinking included); QwQ without it: up to the context."
+                            + _default(str(_S.max_tokens)))
 PresenceOpt = typer.Option(None, "--presence-penalty",
                            envvar="QWQ_PRESENCE_PENALTY",
                            help="0-2: penalise tokens already said, against endless repetition." + _default("0, off"))
