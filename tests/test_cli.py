@@ -83,7 +83,7 @@ def test_debug_shows_traceback(tmp_path: Path, where: str) -> None:
 
 
 @pytest.mark.parametrize(("args", "last_line"), [(["models", "--bogus"], "Error: No such option: --bogus"),
-                                                 (["solve"], "Error: Missing argument 'file'."),
+                                                 (["solve"], "Error: Missing argument 'FILE'."),
                                                  (["no-such-command"], "Error: No such command 'no-such-command'.")])
 def test_bad_command_line_is_a_usage_error(args: list[str], last_line: str,
                                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -284,3 +284,23 @@ def test_a_large_download_is_asked_for_in_a_terminal_and_refused_in_a_script(
     monkeypatch.setattr(catalog, "pull", lambda model, *a, **k: pulls.append(model))  # --yes: straight to the pull
     code, _, _ = run_cli([*args, "--yes"], capsys)
     assert pulls == ["qwq-32b"] and len(asked) == 1
+
+
+def test_ctrl_c_while_the_cli_is_imported_exits_130_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.abc
+    import sys
+
+    from qwq_local.__main__ import run
+
+    class Pressed(importlib.abc.MetaPathFinder):  # Ctrl-C arrives while the CLI's modules load
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "qwq_local.cli":
+                raise KeyboardInterrupt
+
+    for name in [m for m in sys.modules if m == "qwq_local.cli" or m.startswith("qwq_local.cli.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Pressed(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exc:
+        run()
+    assert exc.value.code == ExitCode.INTERRUPTED and capsys.readouterr().err == "interrupted\n"
