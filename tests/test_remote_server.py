@@ -174,12 +174,19 @@ def test_doctor_shows_what_the_engine_supports(llama_server: LlamaServer, capsys
     assert "n > 1         no (K concurrent requests instead)" in out
 
 
-def test_doctor_on_nothing_listening(capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_on_nothing_listening(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    from qwq_local.engine import remote_client
+
+    waits: list[float] = []  # the back-off is counted, not slept
+    monkeypatch.setattr(remote_client, "Retry", functools.partial(remote_client.Retry, sleep=waits.append))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     code, _, err = run_cli(["doctor", "--engine", f"http://127.0.0.1:{port}"], capsys)
     assert code == ExitCode.ENGINE_UNREACHABLE and err.startswith("error: cannot reach") and err.count("\n") == 1
+    assert waits and waits == sorted(waits)  # tried again, backing off, before it said so
 
 
 def test_chat_streams_from_the_engine_and_searches_there(llama_server: LlamaServer, user_path: Path) -> None:
