@@ -47,6 +47,8 @@ def test_strategies_of_two_files_on_shared_problems_with_rechosen_searches(tmp_p
     assert runs["astar/vote"]["a"].right and not runs["astar/top"]["a"].right  # "2" is wrong, the vote's "18" right
     assert runs["astar/vote"]["c"].right  # no path finished: the search's own answer (from its best open path)
     assert "sc@8/vote" not in runs  # its records keep no values
+    shares = write(tmp_path / "sc.jsonl", line("sc@8", "a", True, 2000, terminal_answers=["18"], terminal_values=[1.0]))
+    assert set(add_rechosen(read_runs([shares]), ["vote"])) == {"sc@8"}  # vote shares are not path values
     assert compare(runs, ["astar", "sc@8"], []).problems == 3
     report = compare(runs, ["astar", "astar/vote", "sc@8", "direct"], ["sc@8"])
     assert report.problems == 2  # c has no direct run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -129,6 +130,8 @@ def add_rechosen(runs: dict[str, dict[str, Run]], rechoosers: Sequence[str]) -> 
         _power(how)
     out = dict(runs)
     for strategy, by_problem in runs.items():
+        if re.match(r"(sc|bon|direct)\b", strategy):  # their values are vote shares or none, not path values
+            continue
         if not by_problem or not all(r.values is not None and r.problem for r in by_problem.values()):
             continue
         for how in rechoosers:  # a search that finished no path keeps its own answer (from its best open path)
