@@ -413,3 +413,33 @@ def test_a_catalog_model_not_pulled_is_planned_from_the_catalog_for_an_engine(tm
     with pytest.raises(NotPulledError, match="qwq pull"):  # a file name the catalog does not know
         plan_for(load_settings({"engine": "http://gpu-box:8000", "model": "hf:someone/repo/x.gguf",
                                 "models_dir": tmp_path}, env={}))
+
+
+def test_server_chat_shows_vllms_separate_reasoning_as_folded_thinking() -> None:
+    import json
+
+    import httpx
+
+    from qwq_local.dialog.messages import Message
+    from qwq_local.engine.remote_chat import ServerChat
+
+    asked: list[dict] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(json.loads(request.content))
+        deltas = [{"reasoning_content": "2 and 2"}, {"reasoning_content": " make 4."}, {"content": "\\boxed{4}"}]
+        events = [{"choices": [{"delta": d, "finish_reason": None}]} for d in deltas]
+        events += [{"choices": [{"delta": {}, "finish_reason": "stop"}]},
+                   {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 9}}]
+        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    server = CompletionServer("http://vllm.test", transport=httpx.MockTransport(handle))
+    chat = ServerChat(server, name="qwq-32b", n_ctx=32768, model="Qwen/QwQ-32B")
+    history = [Message("user", "1+1?"), Message("assistant", "<think>\nhm\n</think>\n\n2"), Message("user", "2+2?")]
+    text = "".join(chat.stream(history, Sampling(max_tokens=100)))
+    assert text == "<think>\n2 and 2 make 4.\n</think>\n\n\\boxed{4}"
+    assert asked[0]["messages"][1]["content"] == "2" and asked[0]["model"] == "Qwen/QwQ-32B"  # final answers only
+    stats = chat.last_stats
+    assert stats is not None and stats.prompt_tokens == 12 and stats.stop_reason == "eos"
+    assert stats.thinking_tokens + stats.answer_tokens == 9

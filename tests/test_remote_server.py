@@ -203,6 +203,21 @@ def test_chat_streams_from_the_engine_and_searches_there(llama_server: LlamaServ
     assert llama_server.completions() - before >= 1 + 4  # the chat turn, then sc's four replies
 
 
+def test_without_the_gguf_or_props_chat_runs_on_the_servers_own_template(llama_server: LlamaServer,
+                                                                         user_path: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, QWQ_USER_PATH=str(user_path), NO_COLOR="1")
+    chat = subprocess.run(  # smollm2-135m is not in this models dir, and llama_cpp.server has no /props
+        [sys.executable, "-m", "qwq_local", "chat", "-m", "smollm2-135m", "--models-dir", str(tmp_path), "--engine",
+         llama_server.url, "--temperature", "0", "--max-tokens", "30", "--each-line"],
+        input="What is the capital of France? One word.\n/search sc\nWhat is 2 + 2? Reply with the number.\n",
+        env=env, text=True, capture_output=True, timeout=600)
+    assert chat.returncode == 0, chat.stderr
+    assert "Paris" in chat.stdout and "4" in chat.stdout.split("Paris", 1)[1]  # both turns, the server's template
+    assert "the server's (/v1/chat/completions)" in chat.stderr  # said once, as the chat starts
+    assert "search strategies are not available" in chat.stderr and "Traceback" not in chat.stderr  # one line
+    assert any("/v1/chat/completions" in line for line in llama_server.lines)
+
+
 def test_bench_engine_remote_recompute_ratio(llama_server: LlamaServer, smollm_path: Path) -> None:
     from qwq_local.bench.engine_bench import SearchShape
     from qwq_local.bench.remote_bench import run_remote_search

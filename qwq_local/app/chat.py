@@ -41,12 +41,19 @@ def open_chat(setup: ChatSetup, settings: Settings, *, think: bool | None, yarn_
     """
     if settings.engine is not None:
         from qwq_local.app.remote import remote_policies
-        from qwq_local.engine.remote_chat import RemoteChat
+        from qwq_local.engine.remote_chat import RemoteChat, ServerChat
 
         with remote_policies(setup.plan, settings) as policies:
-            yield (RemoteChat(policies.server, policies.prompt_format, name=settings.model, n_ctx=setup.plan.n_ctx,
-                              model=policies.served_model, think=think),
-                   SearchTurns(policies, setup, settings))
+            if policies.prompt_format is None:  # the server's own template, through /v1/chat/completions
+                chat: Any = ServerChat(policies.server, name=settings.model, n_ctx=setup.plan.n_ctx,
+                                       model=policies.served_model, think=bool(setup.plan.thinks))
+                if on_note is not None:
+                    on_note("the chat template is the server's (/v1/chat/completions); /search needs it here: "
+                            "`qwq pull` the model's GGUF")
+            else:
+                chat = RemoteChat(policies.server, policies.prompt_format, name=settings.model,
+                                  n_ctx=setup.plan.n_ctx, model=policies.served_model, think=think)
+            yield chat, SearchTurns(policies, setup, settings)
         return
     from qwq_local.engine.chat import LlamaChat
 
@@ -66,6 +73,11 @@ class SearchTurns:
         self.policies = policies
         self.setup = setup
         self.settings = settings
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why searches cannot run in this chat (a remote model's template not known here), else None."""
+        return getattr(self.policies, "needs", None)
 
     def search_setup(self, strategy: str) -> SearchSetup:
         return prepare_search(self.setup.plan, self.settings, strategy, search_defaults(strategy, CHAT_SEARCH),

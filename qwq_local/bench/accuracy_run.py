@@ -31,7 +31,7 @@ from qwq_local.bench.accuracy import Outcome, PairedSolve, format_table, run_acc
 from qwq_local.catalog.integrity import sha256_file
 from qwq_local.config import Settings
 from qwq_local.dialog.think import wrap_thinking
-from qwq_local.errors import ExitCode, InputFileError, UsageError
+from qwq_local.errors import ExitCode, InputFileError, NotPulledError, UsageError
 from qwq_local.problems.datasets import Problem, load_problems, problem_seed
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.strategies import STRATEGIES, needs_scorer
@@ -125,6 +125,9 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
                                                             think=True if plan.thinks else None))
             except Exception as exc:  # not one wrong answer per run: the whole benchmark stops
                 raise _LoadFailed(exc) from exc
+            needs = getattr(turns.policies, "needs", None)  # a remote template not known here: plain chat only
+            if needs and any(needs_template(s.name) for s in specs):
+                raise _LoadFailed(NotPulledError(needs))
             opened.append((chat, turns.policies))
         return opened[0]
 
@@ -210,6 +213,11 @@ def _outcome(result: SolveResult, pooled_with: str | None = None) -> Outcome:
     if pooled_with is not None:
         extra["pooled_with"] = pooled_with
     return Outcome(result.final_answer, text, result.generated_tokens, result.seconds, extra)
+
+
+def needs_template(strategy: str) -> bool:
+    """Whether `strategy` renders prompts here (every search does; direct can run on the server's own template)."""
+    return strategy != "direct"
 
 
 def _names_qhead(scorers: tuple[ScorerChoice, ...]) -> bool:

@@ -105,7 +105,7 @@ def chat(
                    yarn_later=runtime.yarn_later(setup.plan),
                    on_note=lambda text: info(env, f"note: {text}")) as (chat_model, turns):
         code = run_chat(chat_model, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
-                        think_budget=think_budget, resume=resume, strategy_runner=turns,
+                        think_budget=think_budget, resume=resume, strategy_runner=None if turns.unavailable else turns,
                         each_line=each_line)
     if code:
         raise typer.Exit(code)

@@ -1,4 +1,5 @@
-"""A ChatModel on a remote OpenAI-compatible engine: the reply streams from `/v1/completions` (`qwq chat --engine`)."""
+"""ChatModels on a remote OpenAI-compatible engine (`qwq chat --engine`): RemoteChat streams from `/v1/completions`
+with the chat template applied here; ServerChat, when the template is not known here, from `/v1/chat/completions`."""
 
 from __future__ import annotations
 
@@ -132,3 +133,94 @@ def _piece(event: Any, url: str) -> tuple[str, str | None]:
         return text, choice.get("finish_reason")
     except (KeyError, IndexError, TypeError, AttributeError):
         raise EngineReplyError(f"the engine at {url} streamed an event that is not a completion chunk") from None
+
+
+class ServerChat:
+    """A ChatModel for a server whose chat template is not known here (vLLM, Ollama, with the GGUF not pulled): the
+    server applies its own template through `/v1/chat/completions`. Plain chat only; token counts from its `usage`."""
+
+    def __init__(self, server: CompletionServer, *, name: str, n_ctx: int, model: str | None = None,
+                 think: bool = False) -> None:
+        self.server = server
+        self.name = name
+        self.n_ctx = n_ctx
+        self.model = model
+        self.thinks = think  # the server's template opens <think> itself (QwQ): its reply starts inside it
+        self.last_stats: TurnStats | None = None
+
+    def reset(self) -> None:
+        """Nothing to forget here: the server keeps (or drops) its own prefix cache."""
+
+    def stream(self, messages: list[Any], sampling: Sampling, *,
+               intervene: Callable[[str, int], str | None] | None = None, think: bool | None = None,
+               ) -> Iterator[str]:
+        """Yield the reply's text pieces (a thinking reply starts with `<think>\\n`); closing it ends the request.
+        The server writes the reply whole: a thinking budget (`intervene`) cannot be applied here."""
+        start = time.perf_counter()
+        clean = [{"role": m.role, "content": strip_closed_thinking(m.content) if m.role == "assistant" else m.content}
+                 for m in messages]
+        body: dict[str, Any] = {
+            "messages": clean, "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p,
+            "presence_penalty": sampling.presence_penalty, "stream_options": {"include_usage": True},
+        }
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if self.model:
+            body["model"] = self.model
+        thinks = self.thinks if think is None else think
+        tally = ThinkTally(thinks, start)
+        usage: dict[str, Any] = {}
+        stop_reason, prefill, reasoning = "length", 0.0, False
+        if tally.in_think:
+            yield THINK_OPEN
+        events = self.server.stream(body, "/v1/chat/completions")
+        try:
+            for event in events:
+                if isinstance(event, dict) and isinstance(event.get("usage"), dict):
+                    usage = event["usage"]
+                piece, thought, finish = _delta(event, self.server.url)
+                if thought and not tally.in_think and not reasoning:  # vLLM's reasoning parser: thinking apart
+                    piece, reasoning = THINK_OPEN + thought + piece, True
+                elif thought:
+                    piece = thought + piece
+                elif reasoning and piece:  # the answer after separate reasoning: close the thinking shown
+                    piece, reasoning = "\n</think>\n\n" + piece, False
+                if piece:
+                    prefill = prefill or time.perf_counter() - start
+                    tally.token(piece)
+                    yield piece
+                if finish is not None:
+                    stop_reason = "eos" if finish == "stop" else "length"
+        except (GeneratorExit, KeyboardInterrupt):
+            stop_reason = "interrupted"
+            raise
+        finally:
+            events.close()  # type: ignore[attr-defined]
+            now = time.perf_counter()
+            n_prompt = int(usage.get("prompt_tokens") or 0)
+            generated = int(usage.get("completion_tokens") or tally.n_think + tally.n_answer)
+            self.last_stats = TurnStats(
+                prompt_tokens=n_prompt, evaluated_prompt_tokens=n_prompt, thinking_tokens=tally.n_think,
+                answer_tokens=max(generated - tally.n_think, 0), seconds=now - start,
+                thinking_seconds=tally.thinking_seconds(now, thinks), ctx_used=n_prompt + generated,
+                n_ctx=self.n_ctx, stop_reason=stop_reason, prefill_seconds=prefill,
+            )
+
+    def complete(self, messages: list[Message], sampling: Sampling) -> str:
+        return "".join(self.stream(messages, sampling))
+
+
+def _delta(event: Any, url: str) -> tuple[str, str, str | None]:
+    """(content, reasoning content, finish_reason) of one streamed chat completion event."""
+    try:
+        if not event["choices"]:  # a closing event that carries only usage
+            return "", "", None
+        choice = event["choices"][0]
+        delta = choice.get("delta") or {}
+        text, thought = delta.get("content") or "", delta.get("reasoning_content") or ""
+        if not isinstance(text, str) or not isinstance(thought, str):
+            raise TypeError
+        return text, thought, choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise EngineReplyError(f"the engine at {url} streamed an event that is not a chat completion chunk") from None

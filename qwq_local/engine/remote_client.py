@@ -128,9 +128,9 @@ class CompletionServer:
                                    "give it with --api-key or QWQ_API_KEY")
         raise EngineReplyError(f"{where} answered {path} with HTTP {reply.status_code}: {_message(reply)}")
 
-    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """The events of one streamed `/v1/completions` request; closing the iterator ends the request."""
-        path = "/v1/completions"
+    def stream(self, body: dict[str, Any], path: str = "/v1/completions") -> Iterator[dict[str, Any]]:
+        """The events of one streamed `path` request (`/v1/completions`, `/v1/chat/completions`); closing the iterator
+        ends the request."""
         where = f"the engine at {self.url}"
         for attempt in range(self.retry.attempts):
             last = attempt == self.retry.attempts - 1
