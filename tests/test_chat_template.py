@@ -176,6 +176,7 @@ def test_a_chat_template_given_is_read_bounded_and_compiled_before_any_model(tmp
     for value, code, said in ((tmp_path / "none.jinja", ExitCode.FILE_NOT_FOUND, "no such file"),
                               (tmp_path, ExitCode.IS_A_DIRECTORY, "a directory"),
                               (huge, ExitCode.BAD_DATA, "over 1 MiB"), (binary, ExitCode.BAD_DATA, "not UTF-8"),
+                              (Path("/dev/zero"), ExitCode.NOT_A_REGULAR_FILE, "not a regular file"),
                               (broken, ExitCode.BAD_DATA, "does not compile")):
         with pytest.raises(QwqError, match=said) as caught:
             runtime.plan_for(_settings(tmp_path, str(value)))

@@ -144,6 +144,10 @@ def qwq_cases(tmp: Path, with_model: bool) -> list[Case]:
     data_good.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
     data_list = tmp / "list.jsonl"
     data_list.write_text("[1, 2]\n")
+    huge_template = tmp / "huge.jinja"
+    huge_template.write_text("{{ 'x' }}" * (2 * 2**20 // 9))
+    broken_template = tmp / "broken.jinja"
+    broken_template.write_text("{% for m in messages %}{{ m.content }")
     drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.getuid() == 0 else []
 
     def config(name: str, line: str) -> dict[str, str]:
@@ -177,6 +181,25 @@ def qwq_cases(tmp: Path, with_model: bool) -> list[Case]:
         Case("solve: unknown strategy", ["solve", str(problem), "--strategy", "dfs", *offline], E.USAGE),
         Case("solve: unknown scorer", ["solve", str(problem), "--strategy", "astar", "--scorer", "magic", *offline],
              E.USAGE),
+        Case("solve: --chat-template missing", ["solve", str(problem), "--chat-template", str(tmp / "no.jinja"),
+                                                *offline], E.FILE_NOT_FOUND),
+        Case("solve: --chat-template a directory", ["solve", str(problem), "--chat-template", str(tmp), *offline],
+             E.IS_A_DIRECTORY),
+        Case("solve: --chat-template binary", ["solve", str(problem), "--chat-template", str(binary), *offline],
+             E.BAD_DATA),
+        Case("solve: --chat-template of 2 MiB", ["solve", str(problem), "--chat-template", str(huge_template),
+                                                 *offline], E.BAD_DATA),
+        Case("solve: --chat-template that does not compile", ["solve", str(problem), "--chat-template",
+                                                              str(broken_template), *offline], E.BAD_DATA),
+        Case("solve: --chat-template /dev/zero", ["solve", str(problem), "--chat-template", "/dev/zero", *offline],
+             E.NOT_A_REGULAR_FILE, timeout=20),
+        Case("solve: --chat-template a FIFO", ["solve", str(problem), "--chat-template", str(fifo), *offline],
+             E.NOT_A_REGULAR_FILE, timeout=20),
+        Case("solve: --widen -1", ["solve", str(problem), "--strategy", "astar", "--widen", "-1", *offline], E.USAGE),
+        Case("solve: --settle nan", ["solve", str(problem), "--strategy", "astar", "--settle", "nan", *offline],
+             E.USAGE),
+        Case("bench accuracy: --offset past the data", ["bench", "accuracy", "--data", str(data_good), "--offset",
+                                                        "5", *offline], E.USAGE),
         Case("solve: unknown model", ["solve", str(problem), "--model", "no-such-model"], E.UNKNOWN_MODEL),
         Case("solve: not pulled, offline", ["solve", str(problem), *offline], E.NOT_PULLED_OFFLINE),
         Case("solve: not a GGUF", ["solve", str(problem), "--model", str(not_gguf)], E.NOT_GGUF),

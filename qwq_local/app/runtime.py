@@ -83,6 +83,8 @@ def chat_template_override(settings: Settings) -> str | None:
     what = f"--chat-template {value}"
     if path.is_dir():
         raise InputFileError(f"{what}: a directory, not a template file", ExitCode.IS_A_DIRECTORY)
+    if path.exists() and not path.is_file():  # a FIFO would block the read, a device never end it
+        raise InputFileError(f"{what}: not a regular file", ExitCode.NOT_A_REGULAR_FILE)
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_TEMPLATE_BYTES + 1)
