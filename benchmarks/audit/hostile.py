@@ -34,6 +34,7 @@ from qwq_local.errors import ExitCode  # noqa: E402
 
 MODELS = Path(os.environ.get("QWQ_TEST_MODELS_DIR", Path.home() / ".cache" / "qwq_local" / "models"))
 SMOLLM = MODELS / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+QWEN = MODELS / "qwen2.5-coder-0.5b" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"  # slower and wordier: still going
 E = ExitCode
 
 
@@ -381,7 +382,7 @@ def _head_cases(tmp: Path) -> list[Case]:
 
 
 def model_cases(tmp: Path) -> list[Case]:
-    """Cases that load the tiny SmolLM2 GGUF: templates, chat with a broken history, results files, Ctrl-C."""
+    """Cases that load the tiny GGUFs: templates, chat with a broken history, results files, Ctrl-C."""
     cases = []
     problem = str(tmp / "problem.md")
     small = ["--model", str(SMOLLM), "--ctx", "512", "--max-tokens", "8"]
@@ -405,7 +406,7 @@ def model_cases(tmp: Path) -> list[Case]:
         user = tmp / f"chat-user-{name.replace(' ', '-')}"
         user.mkdir()
         make(user / "history.db")
-        cases.append(Case(f"chat: a history database of {name} (goes on)", ["chat", *small],
+        cases.append(Case(f"chat: a history database of {name} (goes on)", ["chat", *small, "--each-line"],
                           0, env={"QWQ_USER_PATH": str(user)}, stdin=b"hi\nhello\n/exit\n", timeout=180,
                           after=lambda u=user: _saved_turns(u, 2), needs_model=True, goes_on=True))
     locked_user = tmp / "chat-user-locked"
@@ -423,8 +424,11 @@ def model_cases(tmp: Path) -> list[Case]:
     cases.append(Case("bench accuracy: forged results lines without a setup", [
         "bench", "accuracy", "--data", str(data), "-s", "direct", "--results", str(results), "--json", *small],
         0, timeout=300, needs_model=True, after=lambda: _forged_trusted(results)))
-    cases.append(Case("solve: Ctrl-C while generating", ["solve", problem, "--model", str(SMOLLM), "--ctx", "2048",
-                                                         "--max-tokens", "2000"],
+    endless = tmp / "endless.md"  # a reply long enough to be still going when Ctrl-C comes, on an idle machine too
+    endless.write_text("Write a complete, fully commented Python implementation of a red-black tree with insert, "
+                       "delete, search and an in-order iterator, then unit tests for every method.\n")
+    cases.append(Case("solve: Ctrl-C while generating", ["solve", str(endless), "--model", str(QWEN), "--ctx",
+                                                         "4096", "--max-tokens", "3000", "--temperature", "0"],
                       E.INTERRUPTED, interrupt_after=8.0, timeout=120, needs_model=True))
     return cases
 
