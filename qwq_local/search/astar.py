@@ -184,10 +184,7 @@ class AStar:
 
     def _settled(self) -> bool:
         """Whether the leading answer holds `settle` of the finished paths' vote (weighted as `choose` weighs)."""
-        totals: dict[str, float] = defaultdict(float)
-        for node in self.terminals:
-            if node.answer is not None:
-                totals[normalize_for_vote(node.answer)] += 1.0 if self.config.choose == "vote" else value_weight(node.g)
+        totals = vote_totals(self.terminals, self.config.choose)
         whole = sum(totals.values())
         return whole > 0 and max(totals.values()) >= self.config.settle * whole
 
@@ -244,16 +241,22 @@ def value_weight(value: float, power: float = 1.0) -> float:
     return (g / (1 - g)) ** power
 
 
+def vote_totals(terminals: list[Node], how: str) -> dict[str, float]:
+    """Each answer's vote among the finished paths: 1 a path (`vote`), else the odds of its value."""
+    totals: dict[str, float] = defaultdict(float)
+    for node in terminals:
+        if node.answer is not None:
+            totals[normalize_for_vote(node.answer)] += 1.0 if how == "vote" else value_weight(node.g)
+    return totals
+
+
 def choose_terminal(terminals: list[Node], how: str) -> Node:
     """The finished path A* answers with: the best by f, or the best of the answer with the most votes, each path
     voting with 1 (`vote`) or with the odds g / (1 - g) of its value (`value`: weighted best-of-N, arXiv 2408.03314
     section 5.1; with the confidence scorer, the weight exp((c - center) / scale) of `qwq bench choose` wvote)."""
     if how == "best":
         return max(terminals, key=_rank)
-    totals: dict[str, float] = defaultdict(float)
-    for node in terminals:
-        if node.answer is not None:
-            totals[normalize_for_vote(node.answer)] += 1.0 if how == "vote" else value_weight(node.g)
+    totals = vote_totals(terminals, how)
     if not totals:
         return max(terminals, key=_rank)
     order = [normalize_for_vote(n.answer) for n in terminals if n.answer is not None]
