@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,14 +72,27 @@ def pending_download(settings: Settings) -> int | None:
 
 def chat_template_override(settings: Settings) -> str | None:
     """The chat template `--chat-template` names: "chatml", or a Jinja file (at most 1 MiB, UTF-8, compiling in the
-    bounded sandbox every template runs in); None when none is given."""
-    from qwq_local.engine.template import CHATML, MAX_TEMPLATE_BYTES, ChatTemplate, TemplateError
+    bounded sandbox every template runs in); None when none is given. Read and compiled once per file version (a
+    command checks it before the download, then plans with it)."""
+    from qwq_local.engine.template import CHATML
 
     value = settings.chat_template
     if value is None:
         return None
     if value.lower() == "chatml":
         return CHATML
+    try:
+        stat = Path(value).expanduser().stat()
+        identity = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        identity = (-1, -1)  # not there: the read below says so
+    return _template_file(value, *identity)
+
+
+@functools.lru_cache(maxsize=8)
+def _template_file(value: str, size: int, mtime_ns: int) -> str:
+    from qwq_local.engine.template import MAX_TEMPLATE_BYTES, ChatTemplate, TemplateError
+
     path = Path(value).expanduser()
     what = f"--chat-template {value}"
     if path.is_dir():
