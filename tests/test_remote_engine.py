@@ -443,3 +443,7 @@ def test_server_chat_shows_vllms_separate_reasoning_as_folded_thinking() -> None
     stats = chat.last_stats
     assert stats is not None and stats.prompt_tokens == 12 and stats.stop_reason == "eos"
     assert stats.thinking_tokens + stats.answer_tokens == 9
+    # QwQ planned as thinking (the reply opens inside <think>): the answer is still closed off from the thinking
+    thinking = ServerChat(server, name="qwq-32b", n_ctx=32768, model="Qwen/QwQ-32B", think=True)
+    assert "".join(thinking.stream(history, Sampling(max_tokens=100))) == text
+    assert thinking.last_stats is not None and thinking.last_stats.answer_tokens > 0

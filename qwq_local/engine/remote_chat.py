@@ -180,10 +180,9 @@ class ServerChat:
                 if isinstance(event, dict) and isinstance(event.get("usage"), dict):
                     usage = event["usage"]
                 piece, thought, finish = _delta(event, self.server.url)
-                if thought and not tally.in_think and not reasoning:  # vLLM's reasoning parser: thinking apart
-                    piece, reasoning = THINK_OPEN + thought + piece, True
-                elif thought:
-                    piece = thought + piece
+                if thought:  # vLLM's reasoning parser: the thinking comes apart, opened here unless it already is
+                    piece = (thought if tally.in_think or reasoning else THINK_OPEN + thought) + piece
+                    reasoning = True
                 elif reasoning and piece:  # the answer after separate reasoning: close the thinking shown
                     piece, reasoning = "\n</think>\n\n" + piece, False
                 if piece:
