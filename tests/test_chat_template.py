@@ -181,6 +181,16 @@ def test_a_chat_template_given_is_read_bounded_and_compiled_before_any_model(tmp
         with pytest.raises(QwqError, match=said) as caught:
             runtime.plan_for(_settings(tmp_path, str(value)))
         assert caught.value.exit_code == code and "--chat-template" in str(caught.value)
+    locked = tmp_path / "locked" / "t.jinja"  # a directory it may not enter (EACCES on stat, for a user not root)
+
+    def refused(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    settings = _settings(tmp_path, str(locked))
+    monkeypatch.setattr(Path, "is_dir", refused)
+    with pytest.raises(QwqError, match="cannot be read") as caught:
+        runtime.chat_template_override(settings)
+    assert caught.value.exit_code == ExitCode.PERMISSION_DENIED
 
 
 @pytest.mark.model

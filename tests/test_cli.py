@@ -281,6 +281,12 @@ def test_a_large_download_is_asked_for_in_a_terminal_and_refused_in_a_script(
 
     confirm_download(load_settings({"model": "smollm2-135m", "models_dir": tmp_path}, env={}), False)
     assert len(asked) == 1  # a small model (135M: ~100 MiB) is fetched without asking
+    code, _, err = run_cli([*args, "--chat-template", str(tmp_path / "missing.jinja")], capsys)
+    assert code == ExitCode.FILE_NOT_FOUND and "--chat-template" in err and len(asked) == 1  # said before asking
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
+    code, _, err = run_cli(["solve", str(NATALIA), "--model", "hf:someone/repo/x-Q8_0.gguf",
+                            "--models-dir", str(tmp_path)], capsys)  # a hub file of unknown size: asked for too
+    assert code == ExitCode.DOWNLOAD_NOT_CONFIRMED and "size unknown" in err and pulls == []
     monkeypatch.setattr(catalog, "pull", lambda model, *a, **k: pulls.append(model))  # --yes: straight to the pull
     code, _, _ = run_cli([*args, "--yes"], capsys)
     assert pulls == ["qwq-32b"] and len(asked) == 1

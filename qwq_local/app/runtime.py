@@ -95,11 +95,11 @@ def _template_file(value: str, size: int, mtime_ns: int) -> str:
 
     path = Path(value).expanduser()
     what = f"--chat-template {value}"
-    if path.is_dir():
-        raise InputFileError(f"{what}: a directory, not a template file", ExitCode.IS_A_DIRECTORY)
-    if path.exists() and not path.is_file():  # a FIFO would block the read, a device never end it
-        raise InputFileError(f"{what}: not a regular file", ExitCode.NOT_A_REGULAR_FILE)
     try:
+        if path.is_dir():
+            raise InputFileError(f"{what}: a directory, not a template file", ExitCode.IS_A_DIRECTORY)
+        if path.exists() and not path.is_file():  # a FIFO would block the read, a device never end it
+            raise InputFileError(f"{what}: not a regular file", ExitCode.NOT_A_REGULAR_FILE)
         with path.open("rb") as handle:
             data = handle.read(MAX_TEMPLATE_BYTES + 1)
     except FileNotFoundError:

@@ -133,23 +133,26 @@ YesOpt = typer.Option(False, "--yes", "-y", envvar="QWQ_YES", help="Download a m
 
 
 def confirm_download(settings: Settings, yes: bool) -> None:
-    """Before a large download (QwQ-32B: ~19 GiB): ask in a terminal, refuse in a script unless --yes (QWQ_YES=1)."""
+    """Before a large download (QwQ-32B: ~19 GiB) or one of unknown size (an `hf:` file): ask in a terminal, refuse
+    in a script unless --yes (QWQ_YES=1). A bad --chat-template is said first, before anything is asked or fetched."""
     import sys
 
-    from qwq_local.app.runtime import LARGE_DOWNLOAD, pending_download
+    from qwq_local.app.runtime import LARGE_DOWNLOAD, chat_template_override, pending_download
     from qwq_local.errors import ExitCode, QwqError
     from qwq_local.render.reports import fmt_bytes
 
+    chat_template_override(settings)
     size = pending_download(settings)
-    if yes or not size or size < LARGE_DOWNLOAD:
+    if yes or size is None or 0 < size < LARGE_DOWNLOAD:
         return
     model = settings.model
+    what = fmt_bytes(size) if size else "size unknown"
     if sys.stdin.isatty() and sys.stderr.isatty():
-        if typer.confirm(f"{model} is not downloaded yet: fetch {fmt_bytes(size)} into {settings.models_dir}?",
+        if typer.confirm(f"{model} is not downloaded yet: fetch it ({what}) into {settings.models_dir}?",
                          default=True, err=True):
             return
         raise QwqError(f"{model} not downloaded (`qwq pull {model}` fetches it)", ExitCode.DOWNLOAD_NOT_CONFIRMED)
-    raise QwqError(f"{model} is not downloaded yet ({fmt_bytes(size)}): run `qwq pull {model}` first, or pass --yes "
+    raise QwqError(f"{model} is not downloaded yet ({what}): run `qwq pull {model}` first, or pass --yes "
                    "(QWQ_YES=1) to fetch it now", ExitCode.DOWNLOAD_NOT_CONFIRMED)
 
 
