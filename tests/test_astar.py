@@ -451,6 +451,9 @@ def test_settled_paths_and_spent_budgets_do_not_widen() -> None:
     spent = WideningLM(script_from_tree(SPLIT), replies=["R so \\boxed{7}"])
     result = astar("q", replace(cfg, max_generated_tokens=4), spent, FixedScorer({}))
     assert spent.root_replies == 0 and len(result.terminal_answers) == 2 and spent.live == set()
+    expanded = WideningLM(script_from_tree(SPLIT), replies=["R so \\boxed{7}"])  # whole replies expand nothing:
+    result = astar("q", replace(cfg, max_expansions=1), expanded, FixedScorer({}))  # a spent expansions budget
+    assert expanded.root_replies == 1 == result.widened and expanded.live == set()  # does not stop the widening
     plain = WideningLM(script_from_tree(SPLIT), replies=["R so \\boxed{7}"])
     astar("q", replace(cfg, widen=0), plain, FixedScorer({}))
     root = plain.history[0][2]

@@ -176,7 +176,7 @@ class AStar:
         2305.11860, on the search's value-weighted vote). Where they agree, no tokens are spent.
         """
         for _ in range(self.config.widen):
-            if self._settled() or self.budget.exhausted():
+            if self._settled() or self.budget.exhausted(expansions=False):  # whole replies expand nothing
                 return
             before = len(self.terminals)
             self._finish([(root, 1)], keep=root.id)

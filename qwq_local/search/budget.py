@@ -20,13 +20,14 @@ class Budget:
     def generated_tokens(self) -> int:
         return self.lm.stats.generated_tokens - self.tokens_at_start
 
-    def exhausted(self) -> str | None:
+    def exhausted(self, *, expansions: bool = True) -> str | None:
         """"expansions", "tokens" or "time" when that budget allows no further sample call, else None.
+        `expansions=False`: for work that expands nothing (whole replies), only tokens and time count.
 
         Checked before each call, so one batched call can overshoot the token budget by its own tokens.
         """
         config = self.config
-        if config.max_expansions is not None and self.expansions >= config.max_expansions:
+        if expansions and config.max_expansions is not None and self.expansions >= config.max_expansions:
             return "expansions"
         if config.max_generated_tokens is not None and self.generated_tokens >= config.max_generated_tokens:
             return "tokens"
