@@ -362,6 +362,10 @@ def test_runs_of_another_setup_are_not_resumed(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="head 'h1' \\(this run: 'h2'\\)"):
         run_accuracy(problems(5), ["good"], FakeSolver(), results, progress=False,
                      setups={"good": {"model": "a", "K": 4, "head": "h2"}})
+    with pytest.raises(UsageError, match="ctx 32768 \\(this run: 16384\\): .* or --ctx 32768 to go on with them"):
+        sized = tmp_path / "sized.jsonl"  # a context sized to free memory differs: the way on is said
+        run_accuracy(problems(1), ["good"], FakeSolver(), sized, progress=False, setups={"good": {"ctx": 32768}})
+        run_accuracy(problems(1), ["good"], FakeSolver(), sized, progress=False, setups={"good": {"ctx": 16384}})
     # Only the strategies of this run are checked: "other" was made with model z.
     solver = FakeSolver()
     run_accuracy(problems(5), ["good"], solver, results, progress=False, setups={"good": with_head["good"]})

@@ -159,7 +159,10 @@ def _check_setup(done: dict[tuple[str, str], dict[str, Any]], setups: Mapping[st
         differ = sorted(k for k in theirs if theirs[k] != ours.get(k))
         if differ:
             said = ", ".join(f"{k} {theirs[k]!r} (this run: {ours.get(k)!r})" for k in differ)
-            raise UsageError(f"{path} holds {strategy} runs made with {said}: pass another --results to keep both")
+            # A context sized to the machine's free memory can differ between runs: --ctx fixes it.
+            resume = f", or --ctx {theirs['ctx']} to go on with them" if differ == ["ctx"] else ""
+            raise UsageError(f"{path} holds {strategy} runs made with {said}: pass another --results to keep "
+                             f"both{resume}")
 
 
 def _attempt(problem: Problem, strategy: str, solve: Solve, checker: Check) -> dict[str, Any]:
