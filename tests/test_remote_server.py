@@ -208,12 +208,13 @@ def test_without_the_gguf_or_props_chat_runs_on_the_servers_own_template(llama_s
     env = dict(os.environ, QWQ_USER_PATH=str(user_path), NO_COLOR="1")
     chat = subprocess.run(  # smollm2-135m is not in this models dir, and llama_cpp.server has no /props
         [sys.executable, "-m", "qwq_local", "chat", "-m", "smollm2-135m", "--models-dir", str(tmp_path), "--engine",
-         llama_server.url, "--temperature", "0", "--max-tokens", "30", "--each-line"],
+         llama_server.url, "--temperature", "0", "--max-tokens", "30", "--each-line", "--think-budget", "500"],
         input="What is the capital of France? One word.\n/search sc\nWhat is 2 + 2? Reply with the number.\n",
         env=env, text=True, capture_output=True, timeout=600)
     assert chat.returncode == 0, chat.stderr
     assert "Paris" in chat.stdout and "4" in chat.stdout.split("Paris", 1)[1]  # both turns, the server's template
     assert "the server's (/v1/chat/completions)" in chat.stderr  # said once, as the chat starts
+    assert "--think-budget is not applied" in chat.stderr  # the server writes the reply whole
     assert "search strategies are not available" in chat.stderr and "Traceback" not in chat.stderr  # one line
     assert any("/v1/chat/completions" in line for line in llama_server.lines)
 

@@ -33,11 +33,12 @@ def prepare_chat(settings: Settings) -> ChatSetup:
 
 @contextlib.contextmanager
 def open_chat(setup: ChatSetup, settings: Settings, *, think: bool | None, yarn_later: Any = None,
-              on_note: Any = None) -> Iterator[tuple[Any, SearchTurns]]:
+              on_note: Any = None, think_budget: int | None = None) -> Iterator[tuple[Any, SearchTurns]]:
     """(the ChatModel, its `/search` turns) on the model loaded here, or on the remote engine `settings.engine`.
 
     `think=True` opens a <think> section even for a model that does not think on its own; `yarn_later`: the plan to
-    reload with once the conversation passes the card's YaRN threshold (`on_note` says so).
+    reload with once the conversation passes the card's YaRN threshold (`on_note` says so). `think_budget`: only to
+    say that a server writing the reply whole cannot apply it.
     """
     if settings.engine is not None:
         from qwq_local.app.remote import remote_policies
@@ -49,7 +50,8 @@ def open_chat(setup: ChatSetup, settings: Settings, *, think: bool | None, yarn_
                                        model=policies.served_model, think=bool(setup.plan.thinks))
                 if on_note is not None:
                     on_note("the chat template is the server's (/v1/chat/completions); /search needs it here: "
-                            "`qwq pull` the model's GGUF")
+                            "`qwq pull` the model's GGUF" + ("; --think-budget is not applied: the server writes "
+                                                            "the reply whole" if think_budget is not None else ""))
             else:
                 chat = RemoteChat(policies.server, policies.prompt_format, name=settings.model,
                                   n_ctx=setup.plan.n_ctx, model=policies.served_model, think=think)

@@ -103,7 +103,7 @@ def chat(
     # A thinking budget makes even a model that does not think on its own open a <think> section.
     with open_chat(setup, settings, think=True if (setup.plan.thinks or think_budget) else None,
                    yarn_later=runtime.yarn_later(setup.plan),
-                   on_note=lambda text: info(env, f"note: {text}")) as (chat_model, turns):
+                   on_note=lambda text: info(env, f"note: {text}"), think_budget=think_budget) as (chat_model, turns):
         code = run_chat(chat_model, settings, env, history, show_thinking=show_thinking, hide_thinking=hide_thinking,
                         think_budget=think_budget, resume=resume, strategy_runner=None if turns.unavailable else turns,
                         each_line=each_line)
