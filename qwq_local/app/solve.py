@@ -207,7 +207,7 @@ def solve_direct(chat: Any, problem: str, fmt: str, sampling: Sampling,
         thinking, answer = text.lstrip()[len(OPEN):], ""
     return SolveResult(
         model=chat.name, strategy="direct", format=fmt, answer=answer.strip(),
-        final_answer=extract_final_answer(text), thinking=thinking.strip(),
+        final_answer=answer_reader(fmt)(text, CLOSE), thinking=thinking.strip(),
         prompt_tokens=stats.prompt_tokens, thinking_tokens=stats.thinking_tokens,
         answer_tokens=stats.answer_tokens, seconds=stats.seconds,
         decode_seconds=stats.seconds - stats.prefill_seconds,
@@ -224,6 +224,8 @@ def solve_search(setup: SearchSetup, problem: str, fmt: str, sampling: Sampling,
     with the best path found so far (stop_reason "interrupted").
     """
     from qwq_local.search.strategies import run
+
+    setup = _reading(setup, fmt)
 
     def search(question: str, policy: SearchPolicy, scorer: Any, mark: Mark) -> list[Marked]:
         config = setup.config
@@ -248,6 +250,8 @@ def solve_sc_and_bon(setup: SearchSetup, problem: str, fmt: str, sampling: Sampl
     from qwq_local.search.replies import SampledReplies
     from qwq_local.search.sc import vote
 
+    setup = _reading(setup, fmt)
+
     def search(question: str, policy: SearchPolicy, scorer: Any, mark: Mark) -> list[Marked]:
         with SampledReplies(question, setup.config, policy) as replies:
             by_vote = mark(replies.result("sc", vote(replies.leaves)), "")
@@ -259,6 +263,23 @@ def solve_sc_and_bon(setup: SearchSetup, problem: str, fmt: str, sampling: Sampl
     by_vote, by_score = _on_tree(setup, problem, fmt, sampling, policies, search, ())
     assert isinstance(by_vote, SolveResult)
     return by_vote, by_score
+
+
+def answer_reader(fmt: str) -> Callable[[str, str], str | None]:
+    """How a finished reply of format `fmt` gives its final answer: the program format's is what its program prints
+    in the sandbox; every other format's is what the reply states (extract_final_answer)."""
+    if fmt == "program":
+        from qwq_local.problems.programs import program_answer
+
+        return program_answer
+    return extract_final_answer
+
+
+def _reading(setup: SearchSetup, fmt: str) -> SearchSetup:
+    """`setup` whose search reads its replies' answers as format `fmt` wants (see answer_reader)."""
+    reader = answer_reader(fmt)
+    return setup if reader is setup.config.read_answer else replace(setup, config=replace(setup.config,
+                                                                                          read_answer=reader))
 
 
 Marked = tuple[Any, float, LMStats, str]  # a SearchResult (or the error in its place), when, the LM's stats, scorer

@@ -156,6 +156,7 @@ def _check_setup(done: dict[tuple[str, str], dict[str, Any]], setups: Mapping[st
         theirs, ours = record.get("setup"), setups.get(strategy)
         if theirs is None or ours is None:
             continue
+        theirs = {**UNNAMED_MEANS, **theirs}
         differ = sorted(k for k in theirs if theirs[k] != ours.get(k))
         if differ:
             said = ", ".join(f"{k} {theirs[k]!r} (this run: {ours.get(k)!r})" for k in differ)
@@ -163,6 +164,11 @@ def _check_setup(done: dict[tuple[str, str], dict[str, Any]], setups: Mapping[st
             resume = f", or --ctx {theirs['ctx']} to go on with them" if differ == ["ctx"] else ""
             raise UsageError(f"{path} holds {strategy} runs made with {said}: pass another --results to keep "
                              f"both{resume}")
+
+
+# Settings a record made before they existed means as these: records of the problems' own format are not resumed
+# by a run that asks for another (--format program).
+UNNAMED_MEANS: dict[str, Any] = {"format": None}
 
 
 def _attempt(problem: Problem, strategy: str, solve: Solve, checker: Check) -> dict[str, Any]:

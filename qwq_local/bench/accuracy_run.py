@@ -32,7 +32,9 @@ from qwq_local.catalog.integrity import sha256_file
 from qwq_local.config import Settings
 from qwq_local.dialog.think import wrap_thinking
 from qwq_local.errors import ExitCode, InputFileError, NotPulledError, UsageError
+from qwq_local.problems.checks import check
 from qwq_local.problems.datasets import Problem, load_problems, problem_seed
+from qwq_local.problems.prompts import FORMATS
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.strategies import STRATEGIES, needs_scorer
 from qwq_local.value.combine import ScorerChoice, parse_scorers
@@ -88,8 +90,9 @@ def parse_strategy(text: str) -> StrategySpec:
 
 def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, changes: dict[str, Any],
                        results: Path | None, as_json: bool, plot: Path | None, offset: int = 0,
-                       before_load: Callable[[], None] = lambda: None) -> None:
-    """`changes`: the search options given; the rest are each strategy's defaults (`search_defaults`).
+                       before_load: Callable[[], None] = lambda: None, fmt: str | None = None) -> None:
+    """`changes`: the search options given; the rest are each strategy's defaults (`search_defaults`). `fmt`: the
+    format every problem is asked in instead of its own (`program`: answered by its program run in the sandbox).
     The problems are offset+1 .. offset+limit of `data`; `before_load` runs after every check, before the model is
     located (the CLI asks there before a large download)."""
     if offset < 0 or (limit is not None and limit < 1):
@@ -105,6 +108,12 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     problems = load_problems(data, None if limit is None else offset + limit)[offset:]
     if not problems:
         raise UsageError(f"{data}: no problems after the first {offset}")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        if any(p.kind == "mbpp" for p in problems):
+            raise UsageError("--format: MBPP problems are asked for code and checked by their tests")
+        problems = [replace(p, format=fmt) for p in problems]
     before_load()
     plan = runtime.plan_for(settings)
     needs_head = any(_names_qhead(s.choices or ()) or (s.choices is None and settings.head is not None)
@@ -155,12 +164,13 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
                     bon_label: by_score if isinstance(by_score, Exception) else _outcome(by_score, pooled_with=sc_label)}
         return outcomes[label], outcomes[partner]
 
-    setup = _setup(settings, data, plan)
+    setup = {**_setup(settings, data, plan), "format": fmt}
     try:
         started = time.perf_counter()
         try:
             report = run_accuracy(problems, [s.label for s in specs],
                                   PairedSolve(pair_replies(specs), solve_pair, solve), results,
+                                  checker=check if fmt != "program" else program_check,
                                   setups={s.label: {**setup, **_recorded(options[s.label]),
                                                     **_scoring(setups[s.label], head_id)} for s in specs})
         except _LoadFailed as failed:
@@ -182,6 +192,12 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
             typer.echo(f"plot: {plot}")
     if report.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))
+
+
+def program_check(problem: Problem, text: str, final_answer: str | None) -> bool:
+    """The program format's check: only what the program printed counts (no number read off the code or its
+    comments when it failed)."""
+    return bool(final_answer and final_answer.strip()) and check(problem, "", final_answer)
 
 
 def pair_replies(specs: list[StrategySpec]) -> dict[str, str]:

@@ -90,6 +90,8 @@ def bench_accuracy(
     results: Optional[Path] = typer.Option(None, "--results", help="JSONL of runs; a rerun resumes it."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against generated tokens."),
     as_json: bool = typer.Option(False, "--json"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Ask every problem in this format instead of its own "
+                                      "(program: answered by its program, run in the sandbox)."),
     gpu_layers: Optional[str] = GpuOpt,
     models_dir: Optional[Path] = ModelsDirOpt,
     head: Optional[Path] = HeadOpt,
@@ -111,7 +113,7 @@ def bench_accuracy(
                     completions=completions, choose=choose, expand_width=expand_width, widen=widen,
                     settle=settle)
     run_accuracy_bench(settings, data, limit, strategy, changes, results, as_json, plot, offset,
-                       before_load=lambda: confirm_download(settings, yes))
+                       before_load=lambda: confirm_download(settings, yes), fmt=fmt)
 
 
 @bench_app.command("bank", cls=Command)

@@ -1,10 +1,11 @@
-"""Problem formats and the instructions QwQ expects for each (math asks for \\boxed{})."""
+"""Problem formats and the instructions QwQ expects for each (math asks for \\boxed{}; program asks for a Python program
+whose printed output, run in the sandbox, is the answer)."""
 
 from __future__ import annotations
 
 import re
 
-FORMATS = ("math", "choice", "code", "plain")
+FORMATS = ("math", "choice", "code", "plain", "program")
 
 INSTRUCTIONS = {
     "math": "Please reason step by step, and put your final answer within \\boxed{}.",
@@ -14,6 +15,11 @@ INSTRUCTIONS = {
     ),
     "code": "Please write the solution as one Python code block.",
     "plain": "",
+    # Program-aided (PAL, arXiv 2211.10435; rStar-Math's checked code): the answer is computed, not written.
+    "program": (
+        "Write a Python program that solves the problem step by step: each step a short comment and the code "
+        "computing it. The program must print only the final answer."
+    ),
 }
 
 _CHOICE = re.compile(r"^\s*\(?[A-E][).:]\s+\S", re.MULTILINE)
@@ -24,7 +30,8 @@ _MATH = re.compile(r"(\d|\\frac|\\sqrt|\$|how many|how much|what is|compute|find
 
 
 def detect_format(problem: str) -> str:
-    """Guess the format where it is obvious: lettered options, a coding request, numbers; else plain."""
+    """Guess the format where it is obvious: lettered options, a coding request, numbers; else plain (never
+    program: that one is asked for)."""
     if len(_CHOICE.findall(problem)) >= 2:
         return "choice"
     if _CODE.search(problem):

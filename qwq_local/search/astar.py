@@ -31,7 +31,7 @@ class AStar:
         self.lm = lm
         self.scorer = scorer
         self.agg = get_agg(config.agg)
-        self.tree = SearchTree(lm)
+        self.tree = SearchTree(lm, config.read_answer)
         self.budget = Budget(config, lm)
         self.heap: list[tuple[float, int]] = []
         self.open: set[int] = set()

@@ -23,7 +23,7 @@ class BeamSearch:
         self.lm = lm
         self.scorer = scorer
         self.agg = get_agg(config.agg)
-        self.tree = SearchTree(lm)
+        self.tree = SearchTree(lm, config.read_answer)
         self.budget = Budget(config, lm)
         self.terminals: list[Node] = []
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from qwq_local.search.aggregate import AGGREGATES
+from qwq_local.search.answer import extract_final_answer
 from qwq_local.search.protocol import SearchProgress, StepStop
 
 
@@ -47,6 +48,9 @@ class SearchConfig:
     widen: int = 0  # most whole replies A* adds from the root after its N paths, while their vote is unsettled
     settle: float = 0.6  # the leading answer's share of the value-weighted vote at which A* stops widening
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    # A finished reply's final answer from (its text, the end-of-thinking tag): what it states, or for a program
+    # format what its program prints when run in the sandbox (the front end supplies that reader).
+    read_answer: Callable[[str, str], str | None] = field(default=extract_final_answer, repr=False, compare=False)
     progress: Callable[[SearchProgress], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from types import TracebackType
 
-from qwq_local.search.answer import extract_final_answer, find_explicit_answer
+from qwq_local.search.answer import find_explicit_answer
 from qwq_local.search.budget import Budget
 from qwq_local.search.config import SearchConfig
 from qwq_local.search.protocol import Candidate, Interrupted, SearchResult, StepLM
@@ -61,7 +61,7 @@ def sample_replies(
             node = tree.add_child(node, candidate, reward=None)
         text = before + candidate.text
         node.terminal = is_terminal(candidate, before, thinking=config.thinking, end_think=end_think)
-        node.answer = extract_final_answer(text, end_think) if node.terminal else find_explicit_answer(text)
+        node.answer = config.read_answer(text, end_think) if node.terminal else find_explicit_answer(text)
         leaves.append(node)
         config.report("replies", budget.expansions, len(tree.nodes), sum(leaf.terminal for leaf in leaves), None,
                       budget.generated_tokens)
@@ -90,7 +90,7 @@ class SampledReplies:
 
     def __init__(self, question: str, config: SearchConfig, lm: StepLM, n: int | None = None) -> None:
         self.config = config
-        self.tree = SearchTree(lm)
+        self.tree = SearchTree(lm, config.read_answer)
         self.budget = Budget(config, lm)
         try:
             count = config.n_samples if n is None else n

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from qwq_local.search.answer import extract_final_answer, find_explicit_answer
 from qwq_local.search.protocol import Candidate, Scorer, SearchResult, StepLM
@@ -46,8 +46,9 @@ def safe_score(scorer: Scorer, question: str, steps: Sequence[str], candidate: C
 class SearchTree:
     """All nodes of one search; releases each LM branch exactly once."""
 
-    def __init__(self, lm: StepLM) -> None:
+    def __init__(self, lm: StepLM, read_answer: Callable[[str, str], str | None] = extract_final_answer) -> None:
         self.lm = lm
+        self.read_answer = read_answer  # a finished reply's final answer (SearchConfig.read_answer)
         self.nodes: list[Node] = []
         self._holding: set[int] = set()  # ids of nodes whose branch is still live
 
@@ -76,7 +77,7 @@ class SearchTree:
         child = self.add_child(parent, candidate, reward)
         if is_terminal(candidate, text_so_far, thinking=thinking, end_think=end_think):
             child.terminal = True
-            child.answer = extract_final_answer(text_so_far + candidate.text, end_think)
+            child.answer = self.read_answer(text_so_far + candidate.text, end_think)
             self.release(child)
         return child
 
@@ -168,7 +169,7 @@ class SearchTree:
             node.chosen = True
         text = self.text(chosen)
         if chosen.terminal:
-            answer = chosen.answer if chosen.answer is not None else extract_final_answer(text, end_think)
+            answer = chosen.answer if chosen.answer is not None else self.read_answer(text, end_think)
         else:
             answer = find_explicit_answer(text)
         return SearchResult(

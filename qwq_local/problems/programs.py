@@ -1,0 +1,29 @@
+"""The program format's answers: a reply's Python program runs in the sandbox, and what it prints is the answer."""
+
+from __future__ import annotations
+
+from qwq_local.dialog.think import CLOSE, split_at_close
+from qwq_local.problems.checks import extract_code
+from qwq_local.problems.sandbox import run_python
+from qwq_local.search.answer import find_explicit_answer
+
+PROGRAM_SECONDS = 10  # a reply's program gets this long in the sandbox (GSM8K's programs take milliseconds)
+PROGRAM_MEMORY_MB = 256
+MAX_ANSWER_CHARS = 200  # a longer last line is output, not an answer
+
+
+def program_answer(text: str, end_think: str = CLOSE) -> str | None:
+    """The last line a reply's program prints when run in the sandbox; None when the program fails, times out or
+    prints nothing (a program that does not run gives no answer: the filter of rStar-Math's code-checked steps).
+    A reply without a program answers with what it states outright (a `\\boxed{}`), never with a stray number."""
+    _, answer_part = split_at_close(text, end_think)
+    code = extract_code(answer_part)
+    if code is None:
+        return find_explicit_answer(answer_part)
+    result = run_python(code, timeout=PROGRAM_SECONDS, memory_mb=PROGRAM_MEMORY_MB)
+    if not result.ok:
+        return None
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    if not lines or len(lines[-1]) > MAX_ANSWER_CHARS:
+        return None
+    return lines[-1]
