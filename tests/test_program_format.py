@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from qwq_local.app import runtime
 from qwq_local.cli import app, main
 from qwq_local.errors import ExitCode
-from qwq_local.problems.programs import program_answer
+from qwq_local.problems.programs import printed_answer, program_answer
 from qwq_local.problems.prompts import build_question, detect_format
 from tests.fakes import script_from_tree, write_tiny_gguf
 from tests.test_solve_service import ScriptedBackend
@@ -32,6 +32,16 @@ def test_a_program_answers_with_its_last_printed_line_in_the_sandbox(monkeypatch
     assert program_answer("No program: the answer is \\boxed{7}, not 8.") == "7"  # stated outright
     assert program_answer("No program, and 8 is just a number.") is None  # never a stray number
     assert program_answer("```python\nimport socket\nsocket.create_connection(('1.1.1.1', 53))\nprint(1)\n```") is None
+
+
+@pytest.mark.parametrize(("line", "answer"), [
+    ("55", "55"), ("55.0", "55.0"), ("30 liters", "30"), ("Baldur gets 55 liters of water every day.", "55"),
+    ("Total: $1,250.50", "1,250.50"), ("The answer is 18", "18"), ("\\boxed{7}", "7"), ("no number here", None),
+    ("sqrt(2)/2", "sqrt(2)/2"), ("\\frac{1}{2}", "\\frac{1}{2}"), ("3*pi/4", "3*pi/4"), ("(3, 4)", "(3, 4)"),
+])
+def test_a_printed_sentence_answers_with_its_number_and_an_expression_with_itself(line: str,
+                                                                                  answer: str | None) -> None:
+    assert printed_answer(line) == answer
 
 
 def test_the_program_format_is_asked_for_never_guessed() -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from qwq_local.dialog.think import CLOSE, split_at_close
 from qwq_local.problems.checks import extract_code
 from qwq_local.problems.sandbox import run_python
-from qwq_local.search.answer import find_explicit_answer
+from qwq_local.search.answer import find_explicit_answer, last_number
 
 PROGRAM_SECONDS = 10  # a reply's program gets this long in the sandbox (GSM8K's programs take milliseconds)
 PROGRAM_MEMORY_MB = 256
 MAX_ANSWER_CHARS = 200  # a longer last line is output, not an answer
+# Words a printed expression may hold (sympy's and LaTeX's names); any other word makes the line a sentence.
+_MATH_NAMES = frozenset({"sqrt", "exp", "log", "ln", "sin", "cos", "tan", "asin", "acos", "atan", "pi", "oo", "inf",
+                         "infty", "frac", "dfrac", "cdot", "times", "Rational", "Abs", "mod", "gcd", "lcm"})
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 
 def program_answer(text: str, end_think: str = CLOSE) -> str | None:
@@ -26,4 +32,16 @@ def program_answer(text: str, end_think: str = CLOSE) -> str | None:
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if not lines or len(lines[-1]) > MAX_ANSWER_CHARS:
         return None
-    return lines[-1]
+    return printed_answer(lines[-1])
+
+
+def printed_answer(line: str) -> str | None:
+    """The answer in a program's last printed line: the line itself when it is a value or an expression, what it
+    states when it says so (`\\boxed{}`, "the answer is"), else the last number of a sentence ("Baldur gets 55
+    liters a day." is 55: the same answer as a program that prints 55)."""
+    stated = find_explicit_answer(line)
+    if stated is not None:
+        return stated
+    if any(word not in _MATH_NAMES for word in _WORD.findall(line)):
+        return last_number(line)
+    return line
