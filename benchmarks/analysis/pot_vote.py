@@ -4,7 +4,7 @@
 problem_seed + 7) to a prompt that wants a Python program printing the answer; each program runs in the real sandbox
 and its last printed line is the answer (a program that fails gives none). Resumable, one line per problem:
 
-    QWQ_DATA_DIR=../shared/data python benchmarks/analysis/pot_vote.py sample --offset 200 --limit 32 \\
+    QWQ_DATA_DIR=../shared/data python benchmarks/analysis/pot_vote.py sample --offset 200 --limit 39 \\
         benchmarks/runs/pot-gsm8k-dev201-qwen2.5-coder-0.5b.jsonl
 
 `compare` votes, in seconds and without a model, over those replies, the bank's 8 tree replies of the same problems,
@@ -85,6 +85,13 @@ def sample(out: Path, offset: int, limit: int, model_name: str) -> None:
         model.close()
 
 
+def _printed(answer: str | None) -> str | None:
+    """A recorded last printed line read as `--format program` reads it (a sentence gives its number)."""
+    from qwq_local.problems.programs import printed_answer
+
+    return None if answer is None else printed_answer(answer)
+
+
 def _key(answer: str | None) -> str | None:
     if answer is None:
         return None
@@ -120,7 +127,7 @@ def compare(pot_path: Path, bank_path: Path) -> None:
         n += 1
         tree = from_records([bank[record["problem_id"]]])[0]
         cot = [(leaf.answer, leaf.correct) for leaf in tree.leaves]
-        pot = [(s["answer"], s["correct"]) for s in record["samples"]]
+        pot = [(_printed(s["answer"]), s["correct"]) for s in record["samples"]]
         cost = [s["tokens"] for s in record["samples"]]
         for name, tree_leaves, programs in (("tree of 8 CoT replies", 8, 0), ("8 programs", 0, 8), ("4 programs", 0, 4),
                                             ("4 CoT + 4 programs", 4, 4), ("8 CoT + 2 programs", 8, 2),
