@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from qwq_local.app import runtime
 from qwq_local.cli import app, main
 from qwq_local.errors import ExitCode
-from qwq_local.problems.programs import printed_answer, program_answer
+from qwq_local.problems.programs import ProgramRun, printed_answer, program_answer, run_reply_program
 from qwq_local.problems.prompts import build_question, detect_format
 from tests.fakes import script_from_tree, write_tiny_gguf
 from tests.test_solve_service import ScriptedBackend
@@ -32,6 +32,13 @@ def test_a_program_answers_with_its_last_printed_line_in_the_sandbox(monkeypatch
     assert program_answer("No program: the answer is \\boxed{7}, not 8.") == "7"  # stated outright
     assert program_answer("No program, and 8 is just a number.") is None  # never a stray number
     assert program_answer("```python\nimport socket\nsocket.create_connection(('1.1.1.1', 53))\nprint(1)\n```") is None
+
+
+def test_a_run_says_whether_the_program_ran() -> None:
+    assert run_reply_program(PROGRAM) == ProgramRun("72", ran=True)
+    assert run_reply_program("```python\nx = 48 / 0\n```") == ProgramRun(None, ran=False)
+    assert run_reply_program("```python\nx = 3\n```") == ProgramRun(None, ran=True)  # ran, printed nothing
+    assert run_reply_program("No program: \\boxed{7}.") == ProgramRun("7", ran=None)  # nothing to run
 
 
 @pytest.mark.parametrize(("line", "answer"), [

@@ -24,9 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from qwq_local.bench.choose import from_records, subset_tokens
-from qwq_local.problems.checks import extract_code, numbers_equal
+from qwq_local.problems.checks import numbers_equal
 from qwq_local.problems.datasets import load_problems, problem_seed
-from qwq_local.problems.sandbox import run_python
+from qwq_local.problems.programs import printed_answer, run_reply_program
 from qwq_local.search.answer import normalize_for_vote
 
 POT = ("Write a Python program that solves the problem step by step: each step a short comment and the code "
@@ -35,15 +35,11 @@ SAMPLES = 8
 
 
 def program_answer(text: str, reference: str) -> dict:
-    """Run the reply's program in the sandbox: its last printed line, whether it ran, whether it is right."""
-    result = run_python(extract_code(text) or text, timeout=5)
-    lines = result.stdout.strip().splitlines()
-    answer = lines[-1].strip() if result.ok and lines else None
-    try:
-        right = answer is not None and numbers_equal(answer.replace(",", "").replace("$", ""), reference)
-    except Exception:  # noqa: BLE001 - an unparsable answer is wrong
-        right = False
-    return {"answer": answer, "correct": bool(right), "ran": result.ok}
+    """Run the reply's program as `--format program` does (the product's sandboxed reader): the answer it printed,
+    whether it ran, whether it is right."""
+    run = run_reply_program(text)
+    right = run.answer is not None and numbers_equal(run.answer, reference)
+    return {"answer": run.answer, "correct": bool(right), "ran": bool(run.ran)}
 
 
 def sample(out: Path, offset: int, limit: int, model_name: str) -> None:
@@ -86,9 +82,8 @@ def sample(out: Path, offset: int, limit: int, model_name: str) -> None:
 
 
 def _printed(answer: str | None) -> str | None:
-    """A recorded last printed line read as `--format program` reads it (a sentence gives its number)."""
-    from qwq_local.problems.programs import printed_answer
-
+    """A recorded last printed line read as `--format program` reads it (a sentence gives its number; records
+    sampled before the script used the product's reader hold the raw line)."""
     return None if answer is None else printed_answer(answer)
 
 

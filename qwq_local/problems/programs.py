@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from qwq_local.dialog.think import CLOSE, split_at_close
 from qwq_local.problems.checks import extract_code
@@ -18,21 +19,34 @@ _MATH_NAMES = frozenset({"sqrt", "exp", "log", "ln", "sin", "cos", "tan", "asin"
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 
+@dataclass(frozen=True)
+class ProgramRun:
+    """What running a reply's program gave: the answer it printed, and whether it ran (None: the reply had none)."""
+
+    answer: str | None
+    ran: bool | None
+
+
 def program_answer(text: str, end_think: str = CLOSE) -> str | None:
     """The last line a reply's program prints when run in the sandbox; None when the program fails, times out or
     prints nothing (a program that does not run gives no answer: the filter of rStar-Math's code-checked steps).
     A reply without a program answers with what it states outright (a `\\boxed{}`), never with a stray number."""
+    return run_reply_program(text, end_think).answer
+
+
+def run_reply_program(text: str, end_think: str = CLOSE) -> ProgramRun:
+    """Run the program in a reply's answer part (after the thinking) in the sandbox; see `program_answer`."""
     _, answer_part = split_at_close(text, end_think)
     code = extract_code(answer_part)
     if code is None:
-        return find_explicit_answer(answer_part)
+        return ProgramRun(find_explicit_answer(answer_part), ran=None)
     result = run_python(code, timeout=PROGRAM_SECONDS, memory_mb=PROGRAM_MEMORY_MB)
     if not result.ok:
-        return None
+        return ProgramRun(None, ran=False)
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if not lines or len(lines[-1]) > MAX_ANSWER_CHARS:
-        return None
-    return printed_answer(lines[-1])
+        return ProgramRun(None, ran=True)
+    return ProgramRun(printed_answer(lines[-1]), ran=True)
 
 
 def printed_answer(line: str) -> str | None:
