@@ -41,6 +41,19 @@ def test_a_run_says_whether_the_program_ran() -> None:
     assert run_reply_program("No program: \\boxed{7}.") == ProgramRun("7", ran=None)  # nothing to run
 
 
+def test_a_math_program_may_use_sympy_and_its_answer_reads_as_latex(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local.problems import programs
+
+    roots = "```python\nimport sympy as sp\nx = sp.symbols('x')\nprint(max(sp.solve(x**2 - 2, x)) / 2)\n```"
+    assert program_answer(roots) == "\\frac{\\sqrt{2}}{2}"  # sympy's sqrt(2)/2, written as MATH writes it
+    assert program_answer("```python\nfrom sympy import pi\nprint(3 * pi / 4)\n```") == "\\frac{3 \\pi}{4}"
+    assert programs.as_latex("Interval(0, oo)") == "\\left[0, \\infty\\right)"
+    assert programs.as_latex("72") == "72" and programs.as_latex("\\frac{1}{2}") == "\\frac{1}{2}"  # no run
+    monkeypatch.setattr(programs, "LATEX_SECONDS", 1)
+    assert programs.as_latex("2**10**10**10") == "2**10**10**10"  # too big to read in time: kept as printed
+    assert programs.as_latex("sqrt(2") == "sqrt(2"  # not sympy: kept
+
+
 @pytest.mark.parametrize(("line", "answer"), [
     ("55", "55"), ("55.0", "55.0"), ("30 liters", "30"), ("Baldur gets 55 liters of water every day.", "55"),
     ("Total: $1,250.50", "1,250.50"), ("The answer is 18", "18"), ("\\boxed{7}", "7"), ("no number here", None),

@@ -111,6 +111,33 @@ def test_the_rest_of_the_filesystem_is_read_only(tmp_path: Path) -> None:
     assert not outside.exists()
 
 
+@pytest.mark.parametrize("isolation", ["best", "fallback", "rlimits"])
+def test_a_run_imports_only_the_libraries_it_names_and_cannot_change_them(
+        isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if isolation == "rlimits":  # no namespaces at all: the host's files are seen, the links are what is added
+        monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
+        monkeypatch.setattr(sandbox, "_isolation_prefix", lambda: ())
+    else:
+        _isolated(isolation, monkeypatch)
+    code = (
+        "import sympy, mpmath\n"
+        "print(sympy.latex(sympy.sqrt(8)), sympy.__file__)\n"
+        "try:\n    import numpy\nexcept ImportError:\n    print('no numpy')\n"
+    )
+    if isolation != "rlimits":  # rlimits alone cannot stop writing what the user can (doctor says so): not tried
+        code += "try:\n    open(sympy.__file__, 'a').write('#')\nexcept OSError:\n    print('read-only')\n"
+    result = run_python(code, timeout=30, memory_mb=256, libraries=("sympy", "mpmath", "not_installed_here"))
+    assert result.ok, result
+    first, *rest = result.stdout.splitlines()
+    assert first.startswith("2 \\sqrt{2} ") and rest[0] == "no numpy"  # numpy is installed, but not named
+    if isolation != "rlimits":
+        assert rest[1:] == ["read-only"]
+        assert first.split()[-1] == "/qwq-lib/sympy/__init__.py"  # not where it lives on the host
+    assert not run_python("import sympy").ok  # not named: not there
+    with pytest.raises(ValueError):
+        run_python("print(1)", libraries=("../etc",))
+
+
 def _host_processes_named(name: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():

@@ -12,10 +12,16 @@ from qwq_local.search.answer import find_explicit_answer, last_number
 
 PROGRAM_SECONDS = 10  # a reply's program gets this long in the sandbox (GSM8K's programs take milliseconds)
 PROGRAM_MEMORY_MB = 256
+# What a math program may import besides the standard library (read-only in the sandbox): sympy, as PoT and
+# rStar-Math programs use it for exact fractions, roots and equations, and mpmath, the one package sympy needs.
+PROGRAM_LIBRARIES = ("sympy", "mpmath")
+LATEX_SECONDS = 10
 MAX_ANSWER_CHARS = 200  # a longer last line is output, not an answer
 # Words a printed expression may hold (sympy's and LaTeX's names); any other word makes the line a sentence.
 _MATH_NAMES = frozenset({"sqrt", "exp", "log", "ln", "sin", "cos", "tan", "asin", "acos", "atan", "pi", "oo", "inf",
-                         "infty", "frac", "dfrac", "cdot", "times", "Rational", "Abs", "mod", "gcd", "lcm"})
+                         "infty", "frac", "dfrac", "cdot", "times", "Rational", "Abs", "mod", "gcd", "lcm",
+                         "Interval", "open", "Lopen", "Ropen", "Union", "FiniteSet", "Matrix", "Eq", "Integer",
+                         "Float", "theta", "alpha", "beta"})
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 
@@ -40,13 +46,30 @@ def run_reply_program(text: str, end_think: str = CLOSE) -> ProgramRun:
     code = extract_code(answer_part)
     if code is None:
         return ProgramRun(find_explicit_answer(answer_part), ran=None)
-    result = run_python(code, timeout=PROGRAM_SECONDS, memory_mb=PROGRAM_MEMORY_MB)
+    result = run_python(code, timeout=PROGRAM_SECONDS, memory_mb=PROGRAM_MEMORY_MB, libraries=PROGRAM_LIBRARIES)
     if not result.ok:
         return ProgramRun(None, ran=False)
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if not lines or len(lines[-1]) > MAX_ANSWER_CHARS:
         return ProgramRun(None, ran=True)
-    return ProgramRun(printed_answer(lines[-1]), ran=True)
+    answer = printed_answer(lines[-1])
+    return ProgramRun(as_latex(answer) if answer is not None else None, ran=True)
+
+
+_SYMPY_LOOKING = re.compile(r"[A-Za-z]|\*\*")
+
+
+def as_latex(expression: str) -> str:
+    """A printed sympy expression in LaTeX, as MATH's answers are written ("3*pi/4" is `\\frac{3 \\pi}{4}`, "oo"
+    is `\\infty`, "x**2 + 1" is `x^{2} + 1`), so that equal answers vote together and check as equal. Reading it
+    (sympify) evaluates Python, so that runs in the sandbox as well. A number, LaTeX already, or what sympy cannot
+    read stays as it is."""
+    if "\\" in expression or not _SYMPY_LOOKING.search(expression):
+        return expression
+    code = f"import sympy\nprint(sympy.latex(sympy.sympify({expression!r})))\n"
+    result = run_python(code, timeout=LATEX_SECONDS, memory_mb=PROGRAM_MEMORY_MB, libraries=PROGRAM_LIBRARIES)
+    latex = result.stdout.strip()
+    return latex if result.ok and latex and "\n" not in latex and len(latex) <= MAX_ANSWER_CHARS else expression
 
 
 def printed_answer(line: str) -> str | None:

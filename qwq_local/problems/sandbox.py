@@ -28,6 +28,8 @@ _WATCH_SECONDS = 0.05  # how often the total memory and process count of a run a
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _SCRIPT = "main.py"
 _INSIDE = "/tmp/qwq-sandbox-work"  # the work dir inside bubblewrap, a size-capped tmpfs
+_LIBRARY_ROOT = "/qwq-lib"  # where the installed packages a run may import are bound read-only (empty roots)
+_LIBRARY_LINKS = "qwq-lib"  # in the host work dir: a link to each, for the fallbacks (the chroot script binds them)
 _HOST_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr")
 _HOST_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf")
 
@@ -37,6 +39,16 @@ with open({_SCRIPT!r}, encoding="utf-8") as _f:
     _code = compile(_f.read(), {_SCRIPT!r}, "exec")
 del _f
 exec(_code, {{"__name__": "__main__", "__file__": {_SCRIPT!r}, "__builtins__": __builtins__}})
+"""
+
+# Put the packages a run may import (run_python's `libraries`) first on sys.path: bound read-only at _LIBRARY_ROOT
+# in an empty root, linked from the work dir where the host's files are seen anyway.
+_LIBRARY_PATH = f"""\
+import os as _os, sys as _sys
+for _p in ({_LIBRARY_ROOT!r}, _os.path.abspath({_LIBRARY_LINKS!r})):
+    if _os.path.isdir(_p):
+        _sys.path.insert(0, _p)
+del _os, _sys
 """
 
 # bubblewrap sets PWD after --chdir; the environment stays PATH only.
@@ -99,6 +111,14 @@ for n in null zero full random urandom; do touch "dev/$n"; mount --bind "/dev/$n
 ln -s /proc/self/fd dev/fd
 mount -t proc proc proc
 mount -t tmpfs -o size={MAX_DISK_BYTES},mode=755 qwq-work {_INSIDE[1:]}
+if [ -d "$W/{_LIBRARY_LINKS}" ]; then
+  mkdir {_LIBRARY_ROOT[1:]}
+  for l in "$W/{_LIBRARY_LINKS}"/*; do
+    [ -L "$l" ] || continue
+    n=${{l##*/}}; mkdir "{_LIBRARY_ROOT[1:]}/$n"
+    mount --rbind "$(readlink -f "$l")" "{_LIBRARY_ROOT[1:]}/$n"; mount -o remount,bind,ro "{_LIBRARY_ROOT[1:]}/$n"
+  done
+fi
 if [ -f "$W/{_SCRIPT}" ]; then cp "$W/{_SCRIPT}" {_INSIDE[1:]}/; fi
 mount -o remount,bind,ro .
 cd /
@@ -139,8 +159,9 @@ def _python() -> tuple[str, str]:
     return os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
 
 
-def _bwrap_command(bwrap: str, code_fd: int) -> list[str]:
-    """bubblewrap from an empty root: Python and system libraries read-only, private /dev and /proc, no network."""
+def _bwrap_command(bwrap: str, code_fd: int, libraries: dict[str, str] | None = None) -> list[str]:
+    """bubblewrap from an empty root: Python and system libraries read-only, private /dev and /proc, no network;
+    each of `libraries` (name: package directory) read-only under _LIBRARY_ROOT."""
     command = [
         bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--tmpfs", "/",
         "--proc", "/proc", "--dev", "/dev",
@@ -156,6 +177,8 @@ def _bwrap_command(bwrap: str, code_fd: int) -> list[str]:
     command += ["--ro-bind", prefix, prefix]
     if not executable.startswith(prefix.rstrip("/") + "/"):
         command += ["--ro-bind", executable, executable]
+    for name, directory in (libraries or {}).items():
+        command += ["--ro-bind", directory, f"{_LIBRARY_ROOT}/{name}"]
     command += [
         "--size", str(MAX_DISK_BYTES), "--tmpfs", _INSIDE, "--file", str(code_fd), f"{_INSIDE}/{_SCRIPT}",
         "--chdir", _INSIDE, "--remount-ro", "/dev", "--remount-ro", "/",
@@ -498,8 +521,29 @@ def _communicate(
     return _text(kept[0]), _text(kept[1]), timed_out, over
 
 
+def library_dirs(names: tuple[str, ...]) -> dict[str, str]:
+    """The directory of each installed package of `names` (found, not imported); one not installed is left out, so
+    a program importing it fails as it would without it. Only packages (directories) are bound, never a module file
+    that could be a link to anything."""
+    import importlib.util
+
+    found = {}
+    for name in names:
+        if not name.isidentifier():
+            raise ValueError(f"not a package name: {name!r}")
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        if locations and os.path.isdir(locations[0]):
+            found[name] = os.path.realpath(locations[0])
+    return found
+
+
 def run_python(
-    code: str, *, timeout: float = 10, memory_mb: int = 512, cpu_seconds: int | None = None
+    code: str, *, timeout: float = 10, memory_mb: int = 512, cpu_seconds: int | None = None,
+    libraries: tuple[str, ...] = (),
 ) -> SandboxResult:
     """Run `code` as a script (`python -I -S`, __main__) in a fresh, throwaway work dir.
 
@@ -509,9 +553,12 @@ def run_python(
     temp dir removed without following symlinks. Always: rlimits on memory, CPU, open files and file size, a
     pids cgroup where one can be made, `memory_mb` and MAX_PROCESSES as totals over all the run's processes,
     env PATH only, stdin /dev/null, everything killed after `timeout` seconds (or at the end), output cut to
-    OUTPUT_LIMIT bytes.
+    OUTPUT_LIMIT bytes. `libraries`: installed pure-Python packages the code may import (sympy and mpmath for
+    math programs), bound read-only; nothing else of the installation is seen.
     """
     bwrap = _bwrap()
+    shared = library_dirs(libraries)
+    runner = (_LIBRARY_PATH if shared else "") + _RUNNER
     cpu = cpu_seconds if cpu_seconds is not None else math.ceil(timeout) + 1
     nproc = _user_process_count() + MAX_PROCESSES if os.getuid() != 0 else None  # root ignores NPROC
     workdir = tempfile.mkdtemp(prefix="qwq-sandbox-")  # on the host: names the cgroup; the fallback's cwd
@@ -519,11 +566,15 @@ def run_python(
     code_fd = _code_fd(code) if bwrap else None
     try:
         if bwrap and code_fd is not None:
-            command, forks = [*_bwrap_command(bwrap, code_fd), "-I", "-S", "-c", _NO_PWD + _RUNNER], True
+            command, forks = [*_bwrap_command(bwrap, code_fd, shared), "-I", "-S", "-c", _NO_PWD + runner], True
         else:
             prefix = _isolation_prefix()
-            command, forks = [*prefix, _python()[0], "-I", "-S", "-c", _NO_NETWORK + _RUNNER], "--fork" in prefix
+            command, forks = [*prefix, _python()[0], "-I", "-S", "-c", _NO_NETWORK + runner], "--fork" in prefix
             Path(workdir, _SCRIPT).write_text(code, encoding="utf-8")
+            if shared:
+                os.mkdir(os.path.join(workdir, _LIBRARY_LINKS))
+                for name, directory in shared.items():
+                    os.symlink(directory, os.path.join(workdir, _LIBRARY_LINKS, name))
         proc = subprocess.Popen(
             command, cwd=workdir, env={"PATH": _PATH}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
