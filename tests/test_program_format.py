@@ -49,6 +49,10 @@ def test_a_math_program_may_use_sympy_and_its_answer_reads_as_latex(monkeypatch:
     assert program_answer("```python\nfrom sympy import pi\nprint(3 * pi / 4)\n```") == "\\frac{3 \\pi}{4}"
     assert programs.as_latex("Interval(0, oo)") == "\\left[0, \\infty\\right)"
     assert programs.as_latex("72") == "72" and programs.as_latex("\\frac{1}{2}") == "\\frac{1}{2}"  # no run
+    for kept in ("E", "(B)", "I", "N", "1e-7", "inf"):  # a choice or a number, not sympy's E, I, N (a function)
+        assert programs.as_latex(kept) == kept
+    assert programs.as_latex("N(pi)") == "3.14159265358979"  # a value: written as sympy writes it
+    assert programs.as_latex("print") == "print"  # sympify reads it as Python's print: not a value, kept
     monkeypatch.setattr(programs, "LATEX_SECONDS", 1)
     assert programs.as_latex("2**10**10**10") == "2**10**10**10"  # too big to read in time: kept as printed
     assert programs.as_latex("sqrt(2") == "sqrt(2"  # not sympy: kept

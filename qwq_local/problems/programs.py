@@ -21,7 +21,7 @@ MAX_ANSWER_CHARS = 200  # a longer last line is output, not an answer
 _MATH_NAMES = frozenset({"sqrt", "exp", "log", "ln", "sin", "cos", "tan", "asin", "acos", "atan", "pi", "oo", "inf",
                          "infty", "frac", "dfrac", "cdot", "times", "Rational", "Abs", "mod", "gcd", "lcm",
                          "Interval", "open", "Lopen", "Ropen", "Union", "FiniteSet", "Matrix", "Eq", "Integer",
-                         "Float", "theta", "alpha", "beta"})
+                         "Float"})
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 
@@ -57,19 +57,33 @@ def run_reply_program(text: str, end_think: str = CLOSE) -> ProgramRun:
 
 
 _SYMPY_LOOKING = re.compile(r"[A-Za-z]|\*\*")
+_LETTER = re.compile(r"\(?\s*[A-Za-z]\s*\)?")  # "E", "(B)": a choice or a name, never sympy's E, I, N or S
+# In the sandbox: the printed line as sympy reads it, in LaTeX; nothing for what is not a sympy value.
+_TO_LATEX = """\
+import sympy
+value = sympy.sympify({line!r})
+if isinstance(value, sympy.Basic):
+    print(sympy.latex(value))
+"""
 
 
 def as_latex(expression: str) -> str:
     """A printed sympy expression in LaTeX, as MATH's answers are written ("3*pi/4" is `\\frac{3 \\pi}{4}`, "oo"
     is `\\infty`, "x**2 + 1" is `x^{2} + 1`), so that equal answers vote together and check as equal. Reading it
-    (sympify) evaluates Python, so that runs in the sandbox as well. A number, LaTeX already, or what sympy cannot
-    read stays as it is."""
-    if "\\" in expression or not _SYMPY_LOOKING.search(expression):
+    (sympify) evaluates Python, so that runs in the sandbox as well. A number, a lone letter (a choice), LaTeX
+    already, or what sympy cannot read as a value stays as it is."""
+    if "\\" in expression or not _SYMPY_LOOKING.search(expression) or _LETTER.fullmatch(expression):
         return expression
-    code = f"import sympy\nprint(sympy.latex(sympy.sympify({expression!r})))\n"
+    try:
+        float(expression)  # 1e-7, inf: a number already
+        return expression
+    except ValueError:
+        pass
+    code = _TO_LATEX.format(line=expression)
     result = run_python(code, timeout=LATEX_SECONDS, memory_mb=PROGRAM_MEMORY_MB, libraries=PROGRAM_LIBRARIES)
     latex = result.stdout.strip()
-    return latex if result.ok and latex and "\n" not in latex and len(latex) <= MAX_ANSWER_CHARS else expression
+    readable = latex and "\n" not in latex and "\\mathtt" not in latex and len(latex) <= MAX_ANSWER_CHARS
+    return latex if result.ok and readable else expression
 
 
 def printed_answer(line: str) -> str | None:

@@ -45,6 +45,7 @@ exec(_code, {{"__name__": "__main__", "__file__": {_SCRIPT!r}, "__builtins__": _
 # in an empty root, linked from the work dir where the host's files are seen anyway.
 _LIBRARY_PATH = f"""\
 import os as _os, sys as _sys
+_sys.dont_write_bytecode = True  # never into a package (read-only, or the user's own files in the weak fallbacks)
 for _p in ({_LIBRARY_ROOT!r}, _os.path.abspath({_LIBRARY_LINKS!r})):
     if _os.path.isdir(_p):
         _sys.path.insert(0, _p)
@@ -554,7 +555,8 @@ def run_python(
     pids cgroup where one can be made, `memory_mb` and MAX_PROCESSES as totals over all the run's processes,
     env PATH only, stdin /dev/null, everything killed after `timeout` seconds (or at the end), output cut to
     OUTPUT_LIMIT bytes. `libraries`: installed pure-Python packages the code may import (sympy and mpmath for
-    math programs), bound read-only; nothing else of the installation is seen.
+    math programs), bound read-only in an empty root, where nothing else of the installation is seen (the weaker
+    fallbacks link to them, and see the host anyway).
     """
     bwrap = _bwrap()
     shared = library_dirs(libraries)
