@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import resource
@@ -526,8 +527,6 @@ def library_dirs(names: tuple[str, ...]) -> dict[str, str]:
     """The directory of each installed package of `names` (found, not imported); one not installed is left out, so
     a program importing it fails as it would without it. Only packages (directories) are bound, never a module file
     that could be a link to anything."""
-    import importlib.util
-
     found = {}
     for name in names:
         if not name.isidentifier():
