@@ -40,6 +40,12 @@ def test_the_vote_counts_numbers_as_numbers_and_ignores_missing_answers() -> Non
     assert pot_vote.vote([("$1,000", False), ("7", True), ("1000.0", False)]) is False
     assert pot_vote.vote([("3", True), ("4", False)]) is True  # a tie goes to the earliest answer
     assert pot_vote.vote([(None, False)]) is False
+    assert pot_vote.vote([("3", True), ("4", False)], [1.0, 2.0]) is False  # weighted: the heavier answer
+
+
+def test_a_programs_weight_is_the_default_astars_odds_of_its_confidence() -> None:
+    sure, unsure = pot_vote.confidence_weight(15.0), pot_vote.confidence_weight(11.0)
+    assert sure > 1.0 > unsure > 0.0 and pot_vote.confidence_weight(None) == pytest.approx(1.0)
 
 
 def test_compare_mixes_programs_with_the_banks_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,6 +60,7 @@ def test_compare_mixes_programs_with_the_banks_tree(tmp_path: Path, capsys: pyte
                                         + json.dumps({"problem_id": "not in the bank", "samples": samples}) + "\n")
     pot_vote.compare(tmp_path / "pot.jsonl", tmp_path / "bank.jsonl")
     out = capsys.readouterr().out
+    assert "2 problems: 8 programs, plain vote 2, weighted by tail confidence 2 (+0/-0" in out
     assert "1 problems in both" in out
     assert "tree of 8 CoT replies, vote      0" in out
     assert "8 programs, vote                 1" in out

@@ -7,8 +7,9 @@ and its last printed line is the answer (a program that fails gives none). Resum
     QWQ_DATA_DIR=../shared/data python benchmarks/analysis/pot_vote.py sample --offset 200 --limit 39 \\
         benchmarks/runs/pot-gsm8k-dev201-qwen2.5-coder-0.5b.jsonl
 
-`compare` votes, in seconds and without a model, over those replies, the bank's 8 tree replies of the same problems,
-and mixtures of the two:
+`compare` votes, in seconds and without a model: first over every sampled problem, the programs' plain vote against
+the vote weighted as the default A* weighs its paths (the odds of their tail confidence); then over the replies, the
+bank's 8 tree replies of the same problems, and mixtures of the two:
 
     python benchmarks/analysis/pot_vote.py compare benchmarks/runs/pot-gsm8k-dev201-qwen2.5-coder-0.5b.jsonl \\
         benchmarks/runs/bank-gsm8k-dev201-qwen2.5-coder-0.5b/bank.jsonl
@@ -23,11 +24,14 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from qwq_local.bench.choose import from_records, subset_tokens
+from qwq_local.bench.choose import from_records, sign_test, subset_tokens
 from qwq_local.problems.checks import numbers_equal
 from qwq_local.problems.datasets import load_problems, problem_seed
 from qwq_local.problems.programs import printed_answer, run_reply_program
 from qwq_local.search.answer import normalize_for_vote
+from qwq_local.search.astar import value_weight
+from qwq_local.search.protocol import Candidate
+from qwq_local.value.confidence import ConfidenceScorer
 
 POT = ("Write a Python program that solves the problem step by step: each step a short comment and the code "
        "computing it. The program must print only the final numeric answer.")
@@ -98,19 +102,43 @@ def _key(answer: str | None) -> str | None:
     return str(round(number)) if abs(number - round(number)) < 1e-6 else str(round(number, 4))
 
 
-def vote(replies: list[tuple[str | None, bool]]) -> bool:
-    """Whether the plain majority among `replies` (answer, right), the earliest answer winning ties, is right."""
+def vote(replies: list[tuple[str | None, bool]], weights: list[float] | None = None) -> bool:
+    """Whether the majority among `replies` (answer, right), each counting 1 or its weight, the earliest answer
+    winning ties, is right."""
     counts: Counter[str] = Counter()
     right: dict[str, bool] = {}
-    for answer, correct in replies:
+    for i, (answer, correct) in enumerate(replies):
         key = _key(answer)
         if key is not None:
-            counts[key] += 1
+            counts[key] += 1.0 if weights is None else weights[i]
             right.setdefault(key, correct)
     return bool(counts) and right[max(counts, key=lambda k: (counts[k], -list(right).index(k)))]
 
 
+def confidence_weight(tail_conf: float | None) -> float:
+    """A program's vote in the default A*'s value vote: the odds of the confidence scorer's value of its reply
+    (the recorded tail confidence is the mean over the same last 32 tokens the scorer reads)."""
+    reply = Candidate(text="", branch=0, n_tokens=1, finished=True,
+                      token_confidences=[] if tail_conf is None else [tail_conf])
+    return value_weight(ConfidenceScorer().score("", [], reply))
+
+
+def choosers(pot_path: Path) -> None:
+    """Over every sampled problem: the programs' plain vote against the vote weighted as the default A* weighs its
+    paths (the odds of their tail confidence), with the paired sign test."""
+    plain = weighted = wins = losses = n = 0
+    for line in pot_path.read_text().splitlines():
+        samples = json.loads(line)["samples"]
+        replies = [(_printed(s["answer"]), s["correct"]) for s in samples]
+        a, b = vote(replies), vote(replies, [confidence_weight(s.get("tail_conf")) for s in samples])
+        n, plain, weighted = n + 1, plain + a, weighted + b
+        wins, losses = wins + (b and not a), losses + (a and not b)
+    print(f"{n} problems: 8 programs, plain vote {plain}, weighted by tail confidence {weighted} "
+          f"(+{wins}/-{losses}, sign test p = {sign_test(wins, losses):.3f})")
+
+
 def compare(pot_path: Path, bank_path: Path) -> None:
+    choosers(pot_path)
     bank = {json.loads(line)["problem_id"]: json.loads(line) for line in bank_path.read_text().splitlines()}
     rows: Counter[str] = Counter()
     tokens: Counter[str] = Counter()
