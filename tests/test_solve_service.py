@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -110,3 +111,7 @@ def test_astar_starts_from_the_measured_settings_and_other_strategies_do_not() -
             assert search_defaults(other, base) == base
     given = search_options(search_defaults("astar"), max_depth=5)
     assert given.max_depth == 5 and given.choose == "value"
+    programs = search_defaults("astar", SOLVE_SEARCH, "program")  # programs are checked by running: one vote each
+    assert programs == replace(search_defaults("astar"), choose="vote")
+    assert search_defaults("astar", SOLVE_SEARCH, "math") == search_defaults("astar")
+    assert search_defaults("sc", SOLVE_SEARCH, "program") == SOLVE_SEARCH

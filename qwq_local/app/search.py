@@ -52,9 +52,19 @@ class SearchSetup:
         return scorer_label(self.scorers)
 
 
-def search_defaults(strategy: str, base: SearchConfig = SOLVE_SEARCH) -> SearchConfig:
-    """The settings a front end starts `strategy` from: its own base, with the measured A* settings for astar."""
-    return replace(base, **ASTAR_CHANGES) if strategy == "astar" else base
+# With --format program the paths' answers are what their programs print in the sandbox, and a program's token
+# confidence does not tell a right one from a wrong one: on dev problems 201-299 the programs' plain vote beat the
+# confidence-weighted vote (benchmarks/README.md, "Choosing among programs"), so each finished program is one vote.
+PROGRAM_ASTAR_CHANGES: dict[str, Any] = {"choose": "vote"}
+
+
+def search_defaults(strategy: str, base: SearchConfig = SOLVE_SEARCH, fmt: str | None = None) -> SearchConfig:
+    """The settings a front end starts `strategy` from: its own base, with the measured A* settings for astar (and
+    for a search over programs, `fmt` "program", its own choosing)."""
+    if strategy != "astar":
+        return base
+    config = replace(base, **ASTAR_CHANGES)
+    return replace(config, **PROGRAM_ASTAR_CHANGES) if fmt == "program" else config
 
 
 # Most of each width a search may ask for: every candidate, path and beam node holds KV cells and a sequence of

@@ -98,7 +98,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
     if offset < 0 or (limit is not None and limit < 1):
         raise UsageError("--offset must be >= 0 and --limit >= 1")
     specs = [parse_strategy(s) for s in strategies.split(",") if s.strip()]
-    options = {s.label: search_options(search_defaults(s.name, BENCH_SEARCH), **changes) for s in specs}
+    options = {s.label: search_options(search_defaults(s.name, BENCH_SEARCH, fmt), **changes) for s in specs}
     if plot is not None:
         from qwq_local.bench.plot import check_can_plot
 

@@ -144,7 +144,7 @@ def solve(
         raise UsageError(f"--trace {trace}: not a file in an existing directory")
     problem = read_problem(file)
     # every search option checked before the model is even located, and the head loaded before it loads
-    options = search_options(search_defaults(strategy, S), **given(
+    options = search_options(search_defaults(strategy, S, fmt), **given(
         candidates=candidates, trajectories=trajectories, beam=beam, lam=lam, agg=agg, beam_width=beam_width,
         time_limit=time_limit, max_expansions=max_expansions, max_depth=max_depth, completions=completions,
         choose=choose, expand_width=expand_width, widen=widen, settle=settle))
