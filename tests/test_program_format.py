@@ -34,11 +34,16 @@ def test_a_program_answers_with_its_last_printed_line_in_the_sandbox(monkeypatch
     assert program_answer("```python\nimport socket\nsocket.create_connection(('1.1.1.1', 53))\nprint(1)\n```") is None
 
 
-def test_a_run_says_whether_the_program_ran() -> None:
+def test_a_run_says_whether_the_program_ran_and_why_it_gave_no_answer() -> None:
     assert run_reply_program(PROGRAM) == ProgramRun("72", ran=True)
-    assert run_reply_program("```python\nx = 48 / 0\n```") == ProgramRun(None, ran=False)
-    assert run_reply_program("```python\nx = 3\n```") == ProgramRun(None, ran=True)  # ran, printed nothing
+    assert run_reply_program("```python\nx = 48 / 0\n```") == ProgramRun(
+        None, ran=False, error="its program failed: ZeroDivisionError: division by zero")
+    assert run_reply_program("```python\nx = 3\n```") == ProgramRun(None, ran=True,
+                                                                      error="its program printed no answer")
+    assert run_reply_program("```python\nprint('no idea')\n```").error == (
+        "its program's last line states no answer: no idea")
     assert run_reply_program("No program: \\boxed{7}.") == ProgramRun("7", ran=None)  # nothing to run
+    assert run_reply_program("No program, no answer.").error == "the reply holds no program"
 
 
 def test_a_math_program_may_use_sympy_and_its_answer_reads_as_latex(monkeypatch: pytest.MonkeyPatch) -> None:

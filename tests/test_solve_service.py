@@ -73,6 +73,23 @@ def test_solve_astar_json_runs_on_a_scripted_lm(tiny_model: Path, tmp_path: Path
     assert "_tree" not in data and "tree" not in data
 
 
+def test_solve_in_the_program_format_says_why_a_program_gave_no_answer(tiny_model: Path, tmp_path: Path) -> None:
+    problem = tmp_path / "natalia.md"
+    problem.write_text("Natalia sold 48 clips in April and half as many in May. How many in all?\n")
+    failing = script_from_tree({"```python\nmay = 48 / 0\n\n": {"print(48 + may)\n```\nSo \\boxed{72}.": None}})
+    result = CliRunner().invoke(app, ["solve", str(problem), "--model", str(tiny_model), "--strategy", "astar",
+                                      "--format", "program", "--candidates", "1", "--trajectories", "1",
+                                      "--completions", "1", "--widen", "0"], obj=ScriptedBackend(failing))
+    assert result.exit_code == 0, result.output
+    assert "Final answer" not in result.stderr  # the program failed: its \\boxed{72} is not its answer
+    assert "note: no final answer: its program failed: ZeroDivisionError: division by zero" in result.stderr
+    working = script_from_tree({"```python\nmay = 48 // 2\n\n": {"print(48 + may)\n```": None}})
+    result = CliRunner().invoke(app, ["solve", str(problem), "--model", str(tiny_model), "--strategy", "astar",
+                                      "--format", "program", "--candidates", "1", "--trajectories", "1",
+                                      "--completions", "1", "--widen", "0"], obj=ScriptedBackend(working))
+    assert "Final answer: 72" in result.stderr and "note: no final answer" not in result.stderr
+
+
 def test_search_setup_is_checked_and_typed(tiny_model: Path) -> None:
     settings = load_settings({"model": str(tiny_model), "max_tokens": 300})
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)

@@ -275,6 +275,16 @@ def answer_reader(fmt: str) -> Callable[[str, str], str | None]:
     return extract_final_answer
 
 
+def why_no_answer(result: SolveResult) -> str | None:
+    """For a program-format reply without a final answer, why (its program run once more in the sandbox: the error
+    it ends with, a timeout, no output); None otherwise."""
+    if result.format != "program" or result.final_answer is not None or not result.answer.strip():
+        return None
+    from qwq_local.problems.programs import run_reply_program
+
+    return run_reply_program(result.answer).error
+
+
 def _reading(setup: SearchSetup, fmt: str) -> SearchSetup:
     """`setup` whose search reads its replies' answers as format `fmt` wants (see answer_reader)."""
     reader = answer_reader(fmt)

@@ -11,7 +11,7 @@ import typer
 
 from qwq_local.app import runtime
 from qwq_local.app.search import SOLVE_SEARCH as S
-from qwq_local.app.solve import Backend, SolveResult, backend_for, read_problem
+from qwq_local.app.solve import Backend, SolveResult, backend_for, read_problem, why_no_answer
 from qwq_local.cli.root import (
     AggOpt,
     BeamOpt,
@@ -223,6 +223,8 @@ def _print(result: SolveResult, *, as_json: bool, show_thinking: bool, show_tree
         typer.echo(render_tree(result.tree, color=Env.from_process().colors))
     if result.final_answer is not None:
         typer.echo(f"\nFinal answer: {result.final_answer}", err=True)
+    elif (reason := why_no_answer(result)) is not None:
+        typer.echo(f"note: no final answer: {reason}", err=True)
 
 
 def _direct(plan: runtime.ModelPlan, problem: str, fmt: str, settings: Settings, show_thinking: bool,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from qwq_local.dialog.think import CLOSE, split_at_close
 from qwq_local.problems.checks import extract_code
-from qwq_local.problems.sandbox import run_python
+from qwq_local.problems.sandbox import SandboxResult, run_python
 from qwq_local.search.answer import find_explicit_answer, last_number
 
 PROGRAM_SECONDS = 10  # a reply's program gets this long in the sandbox (GSM8K's programs take milliseconds)
@@ -31,6 +31,7 @@ class ProgramRun:
 
     answer: str | None
     ran: bool | None
+    error: str | None = None  # why there is no answer: the program's last error line, a timeout, no output
 
 
 def program_answer(text: str, end_think: str = CLOSE) -> str | None:
@@ -45,15 +46,27 @@ def run_reply_program(text: str, end_think: str = CLOSE) -> ProgramRun:
     _, answer_part = split_at_close(text, end_think)
     code = extract_code(answer_part)
     if code is None:
-        return ProgramRun(find_explicit_answer(answer_part), ran=None)
+        stated = find_explicit_answer(answer_part)
+        return ProgramRun(stated, ran=None, error=None if stated else "the reply holds no program")
     result = run_python(code, timeout=PROGRAM_SECONDS, memory_mb=PROGRAM_MEMORY_MB, libraries=PROGRAM_LIBRARIES)
     if not result.ok:
-        return ProgramRun(None, ran=False)
+        return ProgramRun(None, ran=False, error=_failure(result))
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if not lines or len(lines[-1]) > MAX_ANSWER_CHARS:
-        return ProgramRun(None, ran=True)
+        return ProgramRun(None, ran=True, error="its program printed no answer" if not lines else
+                          "its program's last line is too long to be an answer")
     answer = printed_answer(lines[-1])
-    return ProgramRun(as_latex(answer) if answer is not None else None, ran=True)
+    if answer is None:
+        return ProgramRun(None, ran=True, error=f"its program's last line states no answer: {lines[-1][:80]}")
+    return ProgramRun(as_latex(answer), ran=True)
+
+
+def _failure(result: SandboxResult) -> str:
+    """Why a program failed, in one line: a timeout, or the last line of its error (the exception)."""
+    if result.timed_out:
+        return f"its program ran out of time ({PROGRAM_SECONDS} s)"
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    return f"its program failed: {lines[-1][:160]}" if lines else f"its program failed (exit {result.returncode})"
 
 
 _SYMPY_LOOKING = re.compile(r"[A-Za-z]|\*\*")
