@@ -53,7 +53,7 @@ class SearchSetup:
 
 
 # With --format program the paths' answers are what their programs print in the sandbox, and a program's token
-# confidence does not tell a right one from a wrong one: on dev problems 201-299 the programs' plain vote beat the
+# confidence does not tell a right one from a wrong one: on dev problems 201-300 the programs' plain vote beat the
 # confidence-weighted vote (benchmarks/README.md, "Choosing among programs"), so each finished program is one vote.
 PROGRAM_ASTAR_CHANGES: dict[str, Any] = {"choose": "vote"}
 
