@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from qwq_local.dialog.think import CLOSE, split_at_close
 from qwq_local.problems.checks import extract_code
@@ -80,6 +81,7 @@ if isinstance(value, sympy.Basic):
 """
 
 
+@lru_cache(maxsize=1024)  # the paths of one vote mostly print the same answer: read it once
 def as_latex(expression: str) -> str:
     """A printed sympy expression in LaTeX, as MATH's answers are written ("3*pi/4" is `\\frac{3 \\pi}{4}`, "oo"
     is `\\infty`, "x**2 + 1" is `x^{2} + 1`), so that equal answers vote together and check as equal. Reading it

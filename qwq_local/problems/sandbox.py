@@ -523,6 +523,7 @@ def _communicate(
     return _text(kept[0]), _text(kept[1]), timed_out, over
 
 
+@cache  # looked up once per process, not at every run
 def library_dirs(names: tuple[str, ...]) -> dict[str, str]:
     """The directory of each installed package of `names` (found, not imported); one not installed is left out, so
     a program importing it fails as it would without it. Only packages (directories) are bound, never a module file
