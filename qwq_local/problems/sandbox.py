@@ -14,10 +14,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO
 
 OUTPUT_LIMIT = 8192  # bytes kept of each of stdout and stderr
@@ -161,7 +162,7 @@ def _python() -> tuple[str, str]:
     return os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
 
 
-def _bwrap_command(bwrap: str, code_fd: int, libraries: dict[str, str] | None = None) -> list[str]:
+def _bwrap_command(bwrap: str, code_fd: int, libraries: Mapping[str, str] | None = None) -> list[str]:
     """bubblewrap from an empty root: Python and system libraries read-only, private /dev and /proc, no network;
     each of `libraries` (name: package directory) read-only under _LIBRARY_ROOT."""
     command = [
@@ -524,7 +525,7 @@ def _communicate(
 
 
 @cache  # looked up once per process, not at every run
-def library_dirs(names: tuple[str, ...]) -> dict[str, str]:
+def library_dirs(names: tuple[str, ...]) -> Mapping[str, str]:
     """The directory of each installed package of `names` (found, not imported); one not installed is left out, so
     a program importing it fails as it would without it. Only packages (directories) are bound, never a module file
     that could be a link to anything."""
@@ -539,7 +540,7 @@ def library_dirs(names: tuple[str, ...]) -> dict[str, str]:
         locations = list(spec.submodule_search_locations or []) if spec else []
         if locations and os.path.isdir(locations[0]):
             found[name] = os.path.realpath(locations[0])
-    return found
+    return MappingProxyType(found)  # cached and shared by every run: read-only
 
 
 def run_python(
