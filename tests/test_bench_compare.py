@@ -88,3 +88,30 @@ def test_the_command_prints_the_table_and_json(tmp_path: Path, capsys: pytest.Ca
     with pytest.raises(SystemExit) as exc:
         main(["bench", "compare", str(runs), "--rechoose", "median"])
     assert exc.value.code == ExitCode.USAGE and "--rechoose 'median'" in capsys.readouterr().err
+
+
+def test_finished_paths_are_judged_for_reach_and_for_how_their_values_separate_right_from_wrong(
+        tmp_path: Path) -> None:
+    runs = read_runs([write(
+        tmp_path / "runs.jsonl",
+        # a: mixed; the right paths outvalue the wrong answer but not the unanswered path (AUC 1/2); answered right
+        line("astar", "a", True, 900, terminal_answers=["18", "18.0", "3", None],
+             terminal_values=[0.9, 0.8, 0.2, 0.99]),
+        # b: mixed, the wrong path on top (AUC 0); the answer wrong although a right path was there
+        line("astar", "b", False, 900, terminal_answers=["18", "4"], terminal_values=[0.3, 0.6]),
+        # c: no right path
+        line("astar", "c", False, 900, terminal_answers=["5", "5"], terminal_values=[0.5, 0.5]),
+        line("sc@8", "a", True, 2000, terminal_answers=["18", "7"], terminal_values=[0.5, 0.5]),
+        line("sc@8", "b", False, 2000, terminal_answers=["7"], terminal_values=[1.0]),
+        line("sc@8", "c", False, 2000, terminal_answers=["18"], terminal_values=[1.0]),
+        line("direct", "a", True, 300), line("direct", "b", False, 300), line("direct", "c", False, 300))])
+    report = compare(runs, ["astar", "sc@8", "direct"], [])
+    paths = {p.strategy: p for p in report.paths}
+    assert set(paths) == {"astar", "sc@8"}  # direct keeps no paths
+    astar = paths["astar"]
+    assert (astar.paths, astar.reached, astar.chosen, astar.mixed) == (8, 2, 1, 2)
+    assert astar.auc == pytest.approx((1 / 2 + 0) / 2)  # the unanswered path counts as wrong
+    assert astar.top_right == pytest.approx(0.0)  # the unanswered path's 0.99 tops a; b's top is wrong
+    assert astar.random_right == pytest.approx((2 / 4 + 1 / 2) / 2)
+    sc = paths["sc@8"]  # vote shares are not path values: reach only
+    assert (sc.paths, sc.reached, sc.chosen, sc.auc) == (4, 2, 1, None)

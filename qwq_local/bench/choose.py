@@ -235,26 +235,29 @@ def evaluate(problems: Sequence[BankProblem], choosers: Sequence[str], signals: 
     return reports, signal_reports, summary
 
 
+def separation(scored: Sequence[tuple[float | None, bool]]) -> tuple[float, float, float] | None:
+    """How one problem's value signal tells its right answers from its wrong ones: (within-problem AUC, the chance
+    that the top-valued one is right (ties shared), a random one's chance); None unless the problem is mixed.
+    Missing and non-finite values are left out."""
+    kept = [(v, c) for v, c in scored if v is not None and math.isfinite(v)]
+    right = [v for v, c in kept if c]
+    wrong = [v for v, c in kept if not c]
+    if not right or not wrong:
+        return None
+    pairs = sum(1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong)
+    best = max(v for v, _ in kept)
+    at_best = [c for v, c in kept if v == best]
+    return pairs / (len(right) * len(wrong)), sum(at_best) / len(at_best), len(right) / len(kept)
+
+
 def signal_report(problems: Sequence[BankProblem], name: str, scales: Scales) -> SignalReport:
-    aucs, tops, randoms = [], [], []
-    for problem in problems:
-        scored = [(leaf.signals.get(name), leaf.correct) for leaf in problem.leaves]
-        scored = [(v, c) for v, c in scored if v is not None and math.isfinite(v)]
-        right = [v for v, c in scored if c]
-        wrong = [v for v, c in scored if not c]
-        if not right or not wrong:
-            continue
-        pairs = sum(1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong)
-        aucs.append(pairs / (len(right) * len(wrong)))
-        best = max(v for v, _ in scored)
-        at_best = [c for v, c in scored if v == best]
-        tops.append(sum(at_best) / len(at_best))
-        randoms.append(len(right) / len(scored))
+    found = [separation([(leaf.signals.get(name), leaf.correct) for leaf in problem.leaves]) for problem in problems]
+    mixed = [f for f in found if f is not None]
     centre, spread = scales.mean.get(name), scales.std.get(name)
-    if not aucs:
+    if not mixed:
         return SignalReport(name, centre, spread, None, None, None, 0)
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return SignalReport(name, centre, spread, mean(aucs), mean(tops), mean(randoms), len(aucs))
+    auc, top, random = (sum(column) / len(mixed) for column in zip(*mixed))
+    return SignalReport(name, centre, spread, auc, top, random, len(mixed))
 
 
 def subset_tokens(problem: BankProblem, leaves: Sequence[Leaf]) -> int:

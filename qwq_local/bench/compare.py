@@ -8,12 +8,12 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qwq_local.bench.accuracy import wilson_interval
-from qwq_local.bench.choose import sign_test
+from qwq_local.bench.choose import separation, sign_test
 from qwq_local.errors import ExitCode, InputFileError, UsageError
 from qwq_local.problems.checks import check
 from qwq_local.problems.datasets import Problem
@@ -21,6 +21,7 @@ from qwq_local.search.answer import normalize_for_vote
 from qwq_local.search.astar import value_weight
 
 RECHOOSERS = ("vote", "value", "top")  # value^B too: each path votes with (g / (1 - g)) ** B
+_VALUELESS = re.compile(r"(sc|bon|direct)\b")  # strategies whose record values are vote shares or none
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def add_rechosen(runs: dict[str, dict[str, Run]], rechoosers: Sequence[str]) -> 
         _power(how)
     out = dict(runs)
     for strategy, by_problem in runs.items():
-        if re.match(r"(sc|bon|direct)\b", strategy):  # their values are vote shares or none, not path values
+        if _VALUELESS.match(strategy):  # their values are vote shares or none, not path values
             continue
         if not by_problem or not all(r.values is not None and r.problem for r in by_problem.values()):
             continue
@@ -142,6 +143,13 @@ def add_rechosen(runs: dict[str, dict[str, Run]], rechoosers: Sequence[str]) -> 
     return out
 
 
+def _checked_once(seen: dict[str, bool], problem: Problem, answer: str) -> bool:
+    key = normalize_for_vote(answer)
+    if key not in seen:
+        seen[key] = _checked(problem, answer)
+    return seen[key]
+
+
 def _checked(problem: Problem, answer: str | None) -> bool:
     try:
         return answer is not None and check(problem, "", answer)
@@ -150,14 +158,31 @@ def _checked(problem: Problem, answer: str | None) -> bool:
 
 
 @dataclass(frozen=True)
+class Paths:
+    """A strategy's finished paths (or replies) on the shared problems: how often a right one is among them, how often
+    the strategy's answer is right when one is, and how its path values tell right paths from wrong (within-problem
+    AUC, the top-valued path against a random one, over problems whose paths are mixed; None without path values)."""
+
+    strategy: str
+    paths: int
+    reached: int
+    chosen: int  # of the reached problems, those answered right
+    mixed: int
+    auc: float | None
+    top_right: float | None
+    random_right: float | None
+
+
+@dataclass(frozen=True)
 class CompareReport:
     problems: int
     rows: list[Row]
     pairs: list[Pair]
+    paths: list[Paths] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"problems": self.problems, "rows": [asdict(r) for r in self.rows],
-                "pairs": [asdict(p) for p in self.pairs]}
+                "pairs": [asdict(p) for p in self.pairs], "paths": [asdict(p) for p in self.paths]}
 
 
 def compare(runs: Mapping[str, Mapping[str, Run]], strategies: Sequence[str], against: Sequence[str]
@@ -183,7 +208,32 @@ def compare(runs: Mapping[str, Mapping[str, Run]], strategies: Sequence[str], ag
             wins = sum(runs[strategy][p].right and not runs[other][p].right for p in shared)
             losses = sum(runs[other][p].right and not runs[strategy][p].right for p in shared)
             pairs.append(Pair(strategy, other, wins, losses, sign_test(wins, losses)))
-    return CompareReport(len(shared), rows, pairs)
+    paths = [found for strategy in strategies if (found := path_report(strategy, runs[strategy], shared))]
+    return CompareReport(len(shared), rows, pairs, paths)
+
+
+def path_report(strategy: str, by_problem: Mapping[str, Run], shared: Sequence[str]) -> Paths | None:
+    """Reach and value separation of a strategy's finished paths, when its records keep them (checked again here)."""
+    runs = [(run, run.problem) for run in (by_problem[pid] for pid in shared)]
+    if not any(run.answers for run, _ in runs) or any(problem is None for _, problem in runs):
+        return None
+    valued = not _VALUELESS.match(strategy) and all(run.values is not None for run, _ in runs)
+    paths = reached = chosen = 0
+    found = []
+    for run, problem in runs:
+        seen: dict[str, bool] = {}  # each distinct answer checked once
+        right = [a is not None and problem is not None and _checked_once(seen, problem, a) for a in run.answers]
+        paths += len(right)
+        if any(right):
+            reached += 1
+            chosen += run.right
+        if valued:
+            found.append(separation(list(zip(run.values or (), right))))
+    mixed = [f for f in found if f is not None]
+    if not mixed:
+        return Paths(strategy, paths, reached, chosen, 0, None, None, None)
+    auc, top, random = (sum(column) / len(mixed) for column in zip(*mixed))
+    return Paths(strategy, paths, reached, chosen, len(mixed), auc, top, random)
 
 
 def format_compare(report: CompareReport) -> str:
@@ -199,4 +249,15 @@ def format_compare(report: CompareReport) -> str:
         for p in report.pairs:
             lines.append(f"{p.strategy:<{width}}  {p.other:<{width}}  {f'+{p.wins}/-{p.losses}':>8}  "
                          f"{p.p_value:>11.3f}")
+    if report.paths:
+        lines += ["", f"{'paths of':<{width}}  {'paths':>6}  {'reached':>7}  {'chosen':>6}  {'mixed':>5}  {'AUC':>5}  "
+                      f"{'top right':>9}  {'random':>6}  {'ratio':>5}"]
+        for q in report.paths:
+            head = (f"{q.strategy:<{width}}  {q.paths:>6}  {q.reached:>7}  "
+                    f"{f'{q.chosen / q.reached:.0%}' if q.reached else '-':>6}  {q.mixed:>5}")
+            if q.auc is None or q.top_right is None or not q.random_right:
+                lines.append(head)
+                continue
+            lines.append(f"{head}  {q.auc:>5.3f}  {q.top_right:>9.1%}  {q.random_right:>6.1%}  "
+                         f"{q.top_right / q.random_right:>5.2f}")
     return "\n".join(lines)
