@@ -298,3 +298,41 @@ def test_early_states_are_judged_by_the_leaves_below_them() -> None:
     assert state_auc([rec], "conf", 1) == (1.0, 1)
     rec["nodes"][2]["stats"]["conf"] = 7.0
     assert state_auc([rec], "conf", 1) == (0.0, 1)
+
+
+def test_the_rules_signal_combined_signals_and_a_veto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qwq_local.bench.choose_run import run_choose
+
+    texts = ["Each box holds 3 + 4 = 7 pens.\n\n", "Two: 2 * 7 = 15. \\boxed{15}",  # the second sum is wrong
+             "Two: 2 * 7 = 14. \\boxed{14}", "About fourteen. \\boxed{14}"]  # the last has nothing to check
+    nodes = [{"id": i, "parent": parent, "depth": int(parent is not None), "n_tokens": 5, "stats": {}, "text": text}
+             for i, (parent, text) in enumerate(zip([None, 0, 0, None], texts))]
+    rec = {"problem_id": "p", "generated_tokens": 20, "nodes": nodes,
+           "leaves": [{"node": 1, "answer": "15", "correct": False, "tokens": 10, "stats": {"conf": 3.0}},
+                      {"node": 1, "answer": "15", "correct": False, "tokens": 10, "stats": {"conf": 2.0}},
+                      {"node": 2, "answer": "14", "correct": True, "tokens": 10, "stats": {"conf": 1.0}},
+                      {"node": 3, "answer": "14", "correct": True, "tokens": 10, "stats": {"conf": 0.0}}]}
+    (problem,) = from_records([rec])
+    assert sorted((lf.answer, lf.signals["rules"]) for lf in problem.leaves) == [
+        ("14", 0.0), ("14", 1.0), ("15", -1.0), ("15", -1.0)]  # the whole path's arithmetic, root first
+    scales = Scales({"conf": 0.0, "rules": 0.0}, {"conf": 1.0, "rules": 1.0})
+    assert make_chooser("top:conf")(problem.leaves, scales).answer == "15"
+    assert make_chooser("top:conf!rules")(problem.leaves, scales).answer == "14"  # the wrong sums are vetoed
+    assert make_chooser("top:conf+rules*4")(problem.leaves, scales).answer == "14"  # 1 + 4 against 3 - 4
+    assert make_chooser("top:conf+rules*0.5")(problem.leaves, scales).answer == "15"  # 3 - 0.5 against 1 + 0.5
+    assert make_chooser("vote!rules")([problem.leaves[0]], scales).answer == "15"  # never vetoes every leaf
+    combined = signal_report([problem], "conf+rules*4", scales)
+    assert combined.auc == pytest.approx(1.0) and combined.mean is None
+    for bad in ("top:conf*x", "top:+conf", "wvote:conf!rules*nan"):
+        with pytest.raises(ValueError):
+            make_chooser(bad)
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    (bank / "bank.jsonl").write_text(json.dumps({**rec, "reference": "14", "shape": [2], "setup": {}}) + "\n")
+    run_choose([bank], ["vote", "wvote:conf!rules"], ["conf+rules"], None, None, False)
+    out = capsys.readouterr().out
+    assert "wvote:conf!rules" in out and "conf+rules" in out
+    with pytest.raises(Exception, match="no signal tail_cnf in the bank"):
+        run_choose([bank], ["wvote:tail_cnf"], ["conf"], None, None, False)
+    with pytest.raises(Exception, match="no signal head in the bank.*need --head"):
+        run_choose([bank], ["vote"], ["conf+head"], None, None, False)

@@ -4,7 +4,10 @@ A chooser picks one answer from a problem's leaves: `vote` (plain majority), `to
 most), `wvote:SIG[^B]` (each leaf votes with weight exp(B·z), z its signal's z-score over the bank: weighted best-of-N,
 arXiv 2408.03314 section 5.1; B = 1 by default), `filter:SIG@ETA` (DeepConf offline, arXiv 2508.15260: the vote among the top ETA
 fraction of leaves by the signal). Signals are the leaves' log-prob statistics (`qwq_local.bench.bank.summarize`),
-`short` (fewer tokens), or any signal a caller adds (a Q-value head's value of the leaf's end state).
+`short` (fewer tokens), `rules` (the path's arithmetic: 1 checked and right, 0 nothing to check, -1 wrong), or any
+signal a caller adds (a Q-value head's value of the leaf's end state); `SIG*W+SIG*W` combines z-scores
+(`tail_conf+head*0.5`). A chooser ending in `!SIG` first drops the leaves whose SIG is below 0, unless that drops
+all of them: `wvote:tail_conf!rules` vetoes wrong arithmetic.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from qwq_local.search.answer import normalize_for_vote
+from qwq_local.value.rules import check_arithmetic
 
 STAT_SIGNALS = ("mean_logprob", "mean_conf", "low_conf", "tail_conf", "neg_entropy", "certainty")
 DEFAULT_CHOOSERS = ("vote", "wvote:tail_conf", "wvote:low_conf", "wvote:mean_conf", "filter:tail_conf@0.5",
@@ -52,6 +56,7 @@ def from_records(records: Sequence[Mapping[str, Any]],
         for leaf, more in zip(record["leaves"], added):
             signals: dict[str, float | None] = dict(leaf.get("stats") or {})
             signals["short"] = -float(leaf["tokens"])
+            signals["rules"] = _rules(record["nodes"], int(leaf["node"]))
             signals.update(more)
             leaves.append(Leaf(leaf["answer"], bool(leaf["correct"]), signals, int(leaf["tokens"]), int(leaf["node"])))
         nodes = record["nodes"]
@@ -61,6 +66,18 @@ def from_records(records: Sequence[Mapping[str, Any]],
             int(record.get("generated_tokens", 0)),
         ))
     return problems
+
+
+def _rules(nodes: Sequence[Mapping[str, Any]], leaf: int) -> float:
+    """The arithmetic of a leaf's whole path (its steps' texts, root first): 1 right, 0 nothing checked, -1 wrong."""
+    by_id = {n["id"]: n for n in nodes}
+    texts: list[str] = []
+    node: int | None = leaf
+    while node is not None and node in by_id:
+        texts.append(str(by_id[node].get("text") or ""))
+        node = by_id[node]["parent"]
+    verdict = check_arithmetic("".join(reversed(texts)))
+    return 0.0 if verdict is None else 1.0 if verdict else -1.0
 
 
 def _spread(leaves: list[Leaf], parents: Mapping[int, int | None]) -> list[Leaf]:
@@ -98,6 +115,31 @@ class Scales:
             return None
         return (value - self.mean[name]) / (self.std[name] or 1.0)
 
+    def value(self, spec: str, leaf: Leaf) -> float | None:
+        """A signal of the leaf as its z-score, or a combination `SIG*W+SIG*W` of z-scores; None if one is missing."""
+        total = 0.0
+        for name, weight in parse_signal(spec):
+            z = self.z(name, leaf.signals.get(name))
+            if z is None or not math.isfinite(z):
+                return None
+            total += weight * z
+        return total
+
+
+def parse_signal(spec: str) -> list[tuple[str, float]]:
+    """`tail_conf+head*0.5` -> [("tail_conf", 1.0), ("head", 0.5)]."""
+    terms = []
+    for term in spec.split("+"):
+        name, _, weight_text = term.partition("*")
+        try:
+            weight = float(weight_text) if weight_text else 1.0
+        except ValueError:
+            raise ValueError(f"signal {spec!r}: a weight must be a number, as in tail_conf+head*0.5") from None
+        if not name or not math.isfinite(weight):
+            raise ValueError(f"signal {spec!r}: write SIGNAL or SIGNAL*WEIGHT+SIGNAL*WEIGHT")
+        terms.append((name, weight))
+    return terms
+
 
 def bank_scales(problems: Sequence[BankProblem]) -> Scales:
     values: dict[str, list[float]] = {}
@@ -129,7 +171,34 @@ def weighted_vote(leaves: Sequence[Leaf], weights: Sequence[float]) -> Leaf | No
 
 
 def make_chooser(spec: str) -> Chooser:
-    """A chooser from `vote`, `top:SIG`, `wvote:SIG`, `filter:SIG@ETA`."""
+    """A chooser from `vote`, `top:SIG`, `wvote:SIG[^B]`, `filter:SIG@ETA`, each optionally ending in `!VETO`."""
+    spec, _, veto = spec.partition("!")
+    chooser = _make_chooser(spec)
+    if not veto:
+        return chooser
+    parse_signal(veto)
+
+    def vetoed(leaves: Sequence[Leaf], scales: Scales) -> Leaf | None:
+        kept = [leaf for leaf in leaves if not _below_zero(leaf, veto)]
+        return chooser(kept or leaves, scales)
+
+    return vetoed
+
+
+def chooser_signals(spec: str) -> list[str]:
+    """The signal expressions a chooser spec names (its signal and its veto)."""
+    spec, _, veto = spec.partition("!")
+    kind, _, rest = spec.partition(":")
+    signal = rest.partition("^")[0].partition("@")[0] if kind != "vote" else ""
+    return [part for part in (signal, veto) if part]
+
+
+def _below_zero(leaf: Leaf, spec: str) -> bool:
+    raw = sum(weight * (leaf.signals.get(name) or 0.0) for name, weight in parse_signal(spec))
+    return raw < 0
+
+
+def _make_chooser(spec: str) -> Chooser:
     kind, _, rest = spec.partition(":")
     if kind == "vote" and not rest:
         return lambda leaves, scales: weighted_vote(leaves, [1.0] * len(leaves))
@@ -138,6 +207,7 @@ def make_chooser(spec: str) -> Chooser:
     if not signal or kind not in ("top", "wvote", "filter") or (eta_text and kind != "filter") or (
             sharp_text and kind != "wvote"):
         raise ValueError(f"chooser {spec!r}: write vote, top:SIGNAL, wvote:SIGNAL[^SHARPNESS] or filter:SIGNAL@ETA")
+    parse_signal(signal)
     try:
         sharpness = float(sharp_text) if sharp_text else 1.0
     except ValueError:
@@ -150,7 +220,7 @@ def make_chooser(spec: str) -> Chooser:
         raise ValueError(f"chooser {spec!r}: ETA must be in (0, 1]")
 
     def value(leaf: Leaf, scales: Scales) -> float:
-        z = scales.z(signal, leaf.signals.get(signal))
+        z = scales.value(signal, leaf)
         return -math.inf if z is None else z
 
     if kind == "top":
@@ -251,7 +321,7 @@ def separation(scored: Sequence[tuple[float | None, bool]]) -> tuple[float, floa
 
 
 def signal_report(problems: Sequence[BankProblem], name: str, scales: Scales) -> SignalReport:
-    found = [separation([(leaf.signals.get(name), leaf.correct) for leaf in problem.leaves]) for problem in problems]
+    found = [separation([(scales.value(name, leaf), leaf.correct) for leaf in problem.leaves]) for problem in problems]
     mixed = [f for f in found if f is not None]
     centre, spread = scales.mean.get(name), scales.std.get(name)
     if not mixed:
@@ -278,21 +348,24 @@ def _right(leaf: Leaf | None) -> bool:
 def format_reports(reports: Sequence[ChooserReport], signals: Sequence[SignalReport], summary: Mapping[str, float]
                    ) -> str:
     n = int(summary["problems"])
+    cw = max([len(r.name) for r in reports] + [24])
+    sw = max([len(s.name) for s in signals] + [14])
     lines = [f"{n} problems · {summary['mean_leaves']:.1f} leaves and {summary['mean_tokens']:.0f} generated tokens "
              f"each · a right leaf in {int(summary['oracle'])} ({100 * summary['oracle'] / max(n, 1):.1f} %)", "",
-             f"{'chooser':<24} {'right':>6} {'acc %':>6} {'vs vote':>9} {'p':>6}"]
+             f"{'chooser':<{cw}} {'right':>6} {'acc %':>6} {'vs vote':>9} {'p':>6}"]
     for r in reports:
-        lines.append(f"{r.name:<24} {r.correct:>6} {100 * r.accuracy:>6.1f} {f'+{r.wins}/-{r.losses}':>9} "
+        lines.append(f"{r.name:<{cw}} {r.correct:>6} {100 * r.accuracy:>6.1f} {f'+{r.wins}/-{r.losses}':>9} "
                      f"{r.p_value:>6.3f}")
-    lines += ["", f"{'signal':<14} {'AUC':>6} {'top right':>10} {'random':>7} {'ratio':>6} {'mixed':>6} "
+    lines += ["", f"{'signal':<{sw}} {'AUC':>6} {'top right':>10} {'random':>7} {'ratio':>6} {'mixed':>6} "
                   f"{'mean':>8} {'std':>7}"]
     for s in signals:
         if s.auc is None:
-            lines.append(f"{s.name:<14} {'-':>6}")
+            lines.append(f"{s.name:<{sw}} {'-':>6}")
             continue
         ratio = s.top_right / s.random_right if s.random_right else float("nan")
-        lines.append(f"{s.name:<14} {s.auc:>6.3f} {100 * s.top_right:>9.1f}% {100 * s.random_right:>6.1f}% "
-                     f"{ratio:>6.2f} {s.mixed:>6} {s.mean:>8.3f} {s.std:>7.3f}")
+        spread = f"{s.mean:>8.3f} {s.std:>7.3f}" if s.mean is not None and s.std is not None else ""
+        lines.append(f"{s.name:<{sw}} {s.auc:>6.3f} {100 * s.top_right:>9.1f}% {100 * s.random_right:>6.1f}% "
+                     f"{ratio:>6.2f} {s.mixed:>6} {spread}".rstrip())
     return "\n".join(lines)
 
 

@@ -19,7 +19,9 @@ from qwq_local.bench.choose import (
     evaluate,
     format_reports,
     from_records,
+    chooser_signals,
     make_chooser,
+    parse_signal,
     sign_test,
     state_auc,
 )
@@ -66,6 +68,11 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
             make_chooser(name)
         except ValueError as exc:
             raise UsageError(f"--chooser: {exc}") from None
+    for name in signals:
+        try:
+            parse_signal(name)
+        except ValueError as exc:
+            raise UsageError(f"--signal: {exc}") from None
     if plot is not None:
         from qwq_local.bench.plot import check_can_plot
 
@@ -82,6 +89,12 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
     if not records:
         raise UsageError("the bank holds no problems yet")
     problems = from_records(records, head_signals(head) if head is not None else None)
+    known = {name for problem in problems for leaf in problem.leaves for name in leaf.signals}
+    named = {name for spec in signals for name, _ in parse_signal(spec)} | {
+        name for spec in choosers for part in chooser_signals(spec) for name, _ in parse_signal(part)}
+    if named - known:
+        raise UsageError(f"no signal {', '.join(sorted(named - known))} in the bank (it has {', '.join(sorted(known))}"
+                         f"{'' if head else '; head and head_min need --head'})")
     reports, signal_reports, summary = evaluate(problems, choosers, signals)
     depths = sorted({n["depth"] for r in records for n in r["nodes"]})[:-1]
     states = [{"signal": name, "depth": d, "auc": auc, "pairs": pairs}

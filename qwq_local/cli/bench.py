@@ -18,7 +18,7 @@ from qwq_local.cli.root import (AggOpt, ApiKeyOpt, BeamOpt, CandidatesOpt, Choos
 from qwq_local.errors import UsageError
 
 BENCH_MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
-SIGNALS = (*STAT_SIGNALS, "short")
+SIGNALS = (*STAT_SIGNALS, "short", "rules")
 
 
 @bench_app.command("engine", cls=Command)
