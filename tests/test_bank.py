@@ -93,9 +93,20 @@ def test_arrays_and_a_torn_bank_line(tmp_path: Path) -> None:
         assert arrays["hidden"].shape == (8, 4) and arrays["hidden"].dtype == np.float16
         assert arrays["offsets"][-1] == sum(n.n_tokens for n in nodes) == len(arrays["tokens"])
     bank = tmp_path / "bank.jsonl"
-    bank.write_text('{"problem_id": "p1", "leaves": []}\n{"problem_id": "p2", "lea')
-    assert list(read_bank(bank)) == ["p1"]
-    assert bank.read_text() == '{"problem_id": "p1", "leaves": []}\n'
+    line = json.dumps({"problem_id": "p1", "nodes": [{"id": 0, "parent": None, "depth": 0, "n_tokens": 3}],
+                       "leaves": [{"node": 0, "answer": "5", "correct": True, "tokens": 3}]}) + "\n"
+    bank.write_text(line + '{"problem_id": "p2", "lea')
+    assert list(read_bank(bank)) == ["p1"]  # a reader skips the torn line (a writer may still be at it)
+    assert bank.read_text().endswith('"lea')
+    assert list(read_bank(bank, repair=True)) == ["p1"]  # the writer cuts it off before it appends
+    assert bank.read_text() == line
+    for bad in ({"problem_id": "p"}, {"problem_id": "p", "nodes": [], "leaves": [{"node": 0}]},
+                {"problem_id": "p", "nodes": [{"id": 0, "parent": 7, "depth": 0, "n_tokens": 1}], "leaves": []},
+                {"problem_id": "p", "nodes": [{"id": 0, "parent": None, "depth": 0, "n_tokens": 1}],
+                 "leaves": [{"node": 0, "answer": 5, "correct": True, "tokens": 1}]}):
+        bank.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(Exception, match="bank.jsonl:1: not a bank line"):
+            read_bank(bank)
 
 
 def leaf(answer: str | None, correct: bool, conf: float, node: int = 0) -> Leaf:

@@ -84,7 +84,7 @@ def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shap
              "max_tokens": sampling.max_tokens, "step_min_tokens": stop.min_tokens, "step_max_tokens": stop.max_tokens}
     results.mkdir(parents=True, exist_ok=True)
     bank_path = results / BANK_FILE
-    done = read_bank(bank_path)
+    done = read_bank(bank_path, repair=True)
     for pid, record in done.items():
         theirs = record.get("setup", {})
         differ = sorted(k for k in setup if k in theirs and theirs[k] != setup[k])

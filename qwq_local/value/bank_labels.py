@@ -30,15 +30,16 @@ def arrays_root(env: dict[str, str] | None = None) -> Path:
     return Path(platformdirs.user_cache_dir(APP)) / "bank"
 
 
-def read_bank(path: Path) -> dict[str, dict[str, Any]]:
-    """A bank's records by problem id; a line torn by a crash is cut off (that problem is sampled again)."""
+def read_bank(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any]]:
+    """A bank's records by problem id. A last line torn by a crash (or still being written) is skipped; with
+    `repair` (the writer, before it appends) it is cut off the file, and that problem is sampled again."""
     if path.is_dir():
         path = path / BANK_FILE
     if not path.exists():
         return {}
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
-    if data[end:].strip():
+    if repair and data[end:].strip():
         with path.open("r+b") as handle:
             handle.truncate(end)
     records: dict[str, dict[str, Any]] = {}
@@ -47,10 +48,29 @@ def read_bank(path: Path) -> dict[str, dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
+            _check_record(record)
             records[str(record["problem_id"])] = record
         except (ValueError, KeyError, TypeError):
             raise InputFileError(f"{path}:{number}: not a bank line", ExitCode.BAD_DATA) from None
     return records
+
+
+def _check_record(record: Any) -> None:
+    """The shape every reader of a bank relies on: a tree of nodes and the leaves on it (ValueError if not)."""
+    ids = {node["id"] for node in record["nodes"]}
+    for node in record["nodes"]:
+        if not (_is_int(node["id"]) and _is_int(node["depth"]) and _is_int(node["n_tokens"])
+                and (node["parent"] is None or node["parent"] in ids) and isinstance(node.get("stats", {}), dict)):
+            raise ValueError(node)
+    for leaf in record["leaves"]:
+        if not (leaf["node"] in ids and isinstance(leaf["correct"], bool) and _is_int(leaf["tokens"])
+                and (leaf["answer"] is None or isinstance(leaf["answer"], str))
+                and isinstance(leaf.get("stats", {}), dict)):
+            raise ValueError(leaf)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def leaves_below(record: Mapping[str, Any]) -> dict[int, list[bool]]:
