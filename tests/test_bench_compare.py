@@ -68,6 +68,9 @@ def test_a_strategy_in_two_files_is_named_by_its_file_and_bad_lines_are_refused(
     write(two, "{not json\n")
     with pytest.raises(Exception, match="two.jsonl:1: not an accuracy results line"):
         read_runs([two])
+    write(two, line("sc@8", "a", False, 20), '{"strategy": "sc@8", "problem_id": "b", "cor')  # being written
+    assert set(read_runs([two])["sc@8"]) == {"a"}
+    assert two.read_text().endswith('"cor')  # a reader never touches the file
 
 
 def test_the_command_prints_the_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -67,7 +67,9 @@ def read_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
         if not path.is_file():
             raise InputFileError(f"{path}: no such results file", ExitCode.FILE_NOT_FOUND)
         mine: dict[str, dict[str, Run]] = defaultdict(dict)
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        lines = text.splitlines()
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -75,6 +77,8 @@ def read_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
                 pid, strategy = str(record["problem_id"]), str(record["strategy"])
                 mine[strategy][pid] = _run(record)
             except (ValueError, KeyError, TypeError):
+                if number == len(lines) and not text.endswith("\n"):
+                    break  # a last line still being written by a running `bench accuracy` (or torn by a crash)
                 raise InputFileError(f"{path}:{number}: not an accuracy results line", ExitCode.BAD_DATA) from None
         for strategy, runs in mine.items():
             out[strategy if strategy not in out else f"{strategy}@{path.stem}"] = runs
