@@ -24,6 +24,7 @@ from qwq_local.bench.choose import (
     subset_tokens,
     weighted_vote,
 )
+from qwq_local.errors import UsageError
 from qwq_local.problems.datasets import Problem
 from qwq_local.search.protocol import StepStop
 from tests.fakes import ScriptedLM
@@ -102,6 +103,10 @@ def test_arrays_and_a_torn_bank_line(tmp_path: Path) -> None:
     assert bank.read_text() == line
     for bad in ({"problem_id": "p"}, {"problem_id": "p", "nodes": [], "leaves": [{"node": 0}]},
                 {"problem_id": "p", "nodes": [{"id": 0, "parent": 7, "depth": 0, "n_tokens": 1}], "leaves": []},
+                {"problem_id": "p", "nodes": [{"id": 0, "parent": 0, "depth": 1, "n_tokens": 1}], "leaves": []},
+                {"problem_id": "p", "nodes": [{"id": 0, "parent": None, "depth": 0, "n_tokens": 1}] * 2, "leaves": []},
+                {"problem_id": "p", "nodes": [{"id": 0, "parent": None, "depth": 0, "n_tokens": 1}],
+                 "leaves": [{"node": 0, "answer": "5", "correct": 1, "tokens": 1}]},
                 {"problem_id": "p", "nodes": [{"id": 0, "parent": None, "depth": 0, "n_tokens": 1}],
                  "leaves": [{"node": 0, "answer": 5, "correct": True, "tokens": 1}]}):
         bank.write_text(json.dumps(bad) + "\n")
@@ -331,19 +336,29 @@ def test_the_rules_signal_combined_signals_and_a_veto(tmp_path: Path, capsys: py
     assert make_chooser("top:conf!rules")(problem.leaves, scales).answer == "14"  # the wrong sums are vetoed
     assert make_chooser("top:conf+rules*4")(problem.leaves, scales).answer == "14"  # 1 + 4 against 3 - 4
     assert make_chooser("top:conf+rules*0.5")(problem.leaves, scales).answer == "15"  # 3 - 0.5 against 1 + 0.5
-    assert make_chooser("vote!rules")([problem.leaves[0]], scales).answer == "15"  # never vetoes every leaf
+    wrong_only = [Leaf("15", False, {"conf": 3.0, "rules": -1.0}, 10, 1)]
+    assert make_chooser("vote!rules")(wrong_only, scales).answer == "15"  # never vetoes every leaf
     combined = signal_report([problem], "conf+rules*4", scales)
     assert combined.auc == pytest.approx(1.0) and combined.mean is None
-    for bad in ("top:conf*x", "top:+conf", "wvote:conf!rules*nan"):
+    for bad in ("top:conf*x", "top:+conf", "top:conf*", "top:conf*inf", "vote!", "vote!rules^2",
+                "wvote:conf!rules*2", "wvote:conf!rules+conf", "top:con-f"):
         with pytest.raises(ValueError):
             make_chooser(bad)
+    no_rules = Leaf("16", False, {"conf": 9.0}, 10, 9)  # a missing veto signal keeps the leaf
+    assert make_chooser("top:conf!rules")([*problem.leaves, no_rules], scales).answer == "16"
+    inf_conf = Leaf("17", False, {"conf": math.inf, "rules": 1.0}, 10, 9)  # a non-finite term: no value at all
+    assert scales.value((("conf", 1.0), ("rules", 1.0)), inf_conf) is None
+    assert make_chooser("top:conf+rules*2")([inf_conf, *problem.leaves], scales).answer == "14"  # not the inf
     bank = tmp_path / "bank"
     bank.mkdir()
     (bank / "bank.jsonl").write_text(json.dumps({**rec, "reference": "14", "shape": [2], "setup": {}}) + "\n")
-    run_choose([bank], ["vote", "wvote:conf!rules"], ["conf+rules"], None, None, False)
-    out = capsys.readouterr().out
-    assert "wvote:conf!rules" in out and "conf+rules" in out
-    with pytest.raises(Exception, match="no signal tail_cnf in the bank"):
-        run_choose([bank], ["wvote:tail_cnf"], ["conf"], None, None, False)
-    with pytest.raises(Exception, match="no signal head in the bank.*need --head"):
-        run_choose([bank], ["vote"], ["conf+head"], None, None, False)
+    run_choose([bank], ["vote", "top:conf!rules"], ["conf+rules*4"], None, None, True)
+    report = json.loads(capsys.readouterr().out)
+    assert [c["correct"] for c in report["choosers"]] == [0, 1]  # the vote's 15 (first seen of 2 against 2), then 14
+    assert report["signals"][0]["name"] == "conf+rules*4" and report["signals"][0]["auc"] == pytest.approx(1.0)
+    for choosers, signals, missing in ((["wvote:tail_cnf"], ["conf"], "tail_cnf"), (["vote!ruls"], [], "ruls"),
+                                       (["vote"], ["conf+head"], "head")):
+        with pytest.raises(UsageError, match=f"no signal {missing} in the bank"):
+            run_choose([bank], choosers, signals, None, None, False)
+    with pytest.raises(UsageError, match="--signal: signal 'conf\\*': write"):
+        run_choose([bank], ["vote"], ["conf*"], None, None, False)

@@ -118,3 +118,17 @@ def test_finished_paths_are_judged_for_reach_and_for_how_their_values_separate_r
     assert astar.random_right == pytest.approx((2 / 4 + 1 / 2) / 2)
     sc = paths["sc@8"]  # vote shares are not path values: reach only
     assert (sc.paths, sc.reached, sc.chosen, sc.auc) == (4, 2, 1, None)
+
+
+def test_complete_lines_of_a_file_being_appended(tmp_path: Path) -> None:
+    from qwq_local.jsonl import complete_lines
+
+    path = tmp_path / "runs.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}')  # whole, only its newline missing
+    assert complete_lines(path) == [b'{"a": 1}', b'{"b": 2}'] and path.read_bytes().endswith(b"2}")
+    assert complete_lines(path, repair=True) == [b'{"a": 1}', b'{"b": 2}'] and path.read_bytes().endswith(b"}\n")
+    path.write_bytes(b'{"a": 1}\n{"b": ')  # torn
+    assert complete_lines(path) == [b'{"a": 1}'] and path.read_bytes().endswith(b": ")
+    assert complete_lines(path, repair=True) == [b'{"a": 1}'] and path.read_bytes() == b'{"a": 1}\n'
+    path.write_bytes(b'{"a": 1}\nnot json\n{"b": 2}\n')  # damage in the middle is the reader's to refuse
+    assert complete_lines(path, repair=True) == [b'{"a": 1}', b"not json", b'{"b": 2}']

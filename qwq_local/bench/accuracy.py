@@ -16,6 +16,7 @@ from typing import IO, Any
 from qwq_local.problems.checks import check
 from qwq_local.problems.datasets import Problem
 from qwq_local.errors import ExitCode, InputFileError, UsageError
+from qwq_local.jsonl import complete_lines
 
 Z_95 = 1.959963984540054
 
@@ -114,25 +115,13 @@ def wilson_interval(correct: int, n: int, z: float = Z_95) -> tuple[float, float
 
 
 def _read_results(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """The records of a results file by (strategy, problem id); a torn last line is cut off the file."""
+    """The records of a results file by (strategy, problem id); a torn last line is mended or cut off the file."""
     if path.is_dir():
         raise InputFileError(f"{path} is a directory, not a results file", ExitCode.IS_A_DIRECTORY)
     if not path.exists():
         return {}
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    tail = data[end:]
-    if tail.strip():
-        try:
-            json.loads(tail)
-            with path.open("ab") as handle:  # a whole record that only lacks its newline
-                handle.write(b"\n")
-            end = len(data)
-        except ValueError:
-            with path.open("r+b") as handle:  # torn by a crash mid-write: the run is simply redone
-                handle.truncate(end)
     records: dict[tuple[str, str], dict[str, Any]] = {}
-    for number, line in enumerate(data[:end].splitlines(), 1):
+    for number, line in enumerate(complete_lines(path, repair=True), 1):
         if not line.strip():
             continue
         try:

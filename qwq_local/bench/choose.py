@@ -6,13 +6,14 @@ arXiv 2408.03314 section 5.1; B = 1 by default), `filter:SIG@ETA` (DeepConf offl
 fraction of leaves by the signal). Signals are the leaves' log-prob statistics (`qwq_local.bench.bank.summarize`),
 `short` (fewer tokens), `rules` (the path's arithmetic: 1 checked and right, 0 nothing to check, -1 wrong), or any
 signal a caller adds (a Q-value head's value of the leaf's end state); `SIG*W+SIG*W` combines z-scores
-(`tail_conf+head*0.5`). A chooser ending in `!SIG` first drops the leaves whose SIG is below 0, unless that drops
-all of them: `wvote:tail_conf!rules` vetoes wrong arithmetic.
+(`tail_conf+head*0.5`). A chooser ending in `!SIG` first drops the leaves whose raw SIG is below 0, unless that
+drops all of them: `wvote:tail_conf!rules` vetoes wrong arithmetic.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -115,10 +116,10 @@ class Scales:
             return None
         return (value - self.mean[name]) / (self.std[name] or 1.0)
 
-    def value(self, spec: str, leaf: Leaf) -> float | None:
-        """A signal of the leaf as its z-score, or a combination `SIG*W+SIG*W` of z-scores; None if one is missing."""
+    def value(self, terms: Terms, leaf: Leaf) -> float | None:
+        """A leaf's signal as a z-score, or a weighted sum of z-scores; None if one is missing or not finite."""
         total = 0.0
-        for name, weight in parse_signal(spec):
+        for name, weight in terms:
             z = self.z(name, leaf.signals.get(name))
             if z is None or not math.isfinite(z):
                 return None
@@ -126,19 +127,64 @@ class Scales:
         return total
 
 
-def parse_signal(spec: str) -> list[tuple[str, float]]:
-    """`tail_conf+head*0.5` -> [("tail_conf", 1.0), ("head", 0.5)]."""
+Terms = tuple[tuple[str, float], ...]  # a signal expression, parsed: (name, weight) pairs
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def parse_signal(spec: str) -> Terms:
+    """`tail_conf+head*0.5` -> (("tail_conf", 1.0), ("head", 0.5))."""
     terms = []
     for term in spec.split("+"):
-        name, _, weight_text = term.partition("*")
+        name, star, weight_text = term.partition("*")
         try:
-            weight = float(weight_text) if weight_text else 1.0
+            weight = float(weight_text) if star else 1.0
         except ValueError:
-            raise ValueError(f"signal {spec!r}: a weight must be a number, as in tail_conf+head*0.5") from None
-        if not name or not math.isfinite(weight):
-            raise ValueError(f"signal {spec!r}: write SIGNAL or SIGNAL*WEIGHT+SIGNAL*WEIGHT")
+            weight = math.nan
+        if not _NAME.fullmatch(name) or not math.isfinite(weight):
+            raise ValueError(f"signal {spec!r}: write SIGNAL or SIGNAL*WEIGHT+SIGNAL*WEIGHT (tail_conf+head*0.5)")
         terms.append((name, weight))
-    return terms
+    return tuple(terms)
+
+
+@dataclass(frozen=True)
+class ChooserSpec:
+    """`KIND[:SIGNAL][^SHARPNESS][@ETA][!VETO]`, parsed once."""
+
+    kind: str  # vote | top | wvote | filter
+    signal: Terms = ()
+    sharpness: float = 1.0
+    eta: float = 0.5
+    veto: str | None = None  # leaves whose raw VETO signal is below 0 are dropped first
+
+    @property
+    def names(self) -> set[str]:
+        return {name for name, _ in self.signal} | ({self.veto} if self.veto else set())
+
+
+def parse_chooser(spec: str) -> ChooserSpec:
+    """A chooser spec, or ValueError saying how to write one."""
+    body, bang, veto = spec.partition("!")
+    if bang and not _NAME.fullmatch(veto):
+        raise ValueError(f"chooser {spec!r}: the veto is one signal name, as in wvote:tail_conf!rules")
+    kind, _, rest = body.partition(":")
+    if kind == "vote" and not rest:
+        return ChooserSpec("vote", veto=veto or None)
+    rest, _, sharp_text = rest.partition("^")
+    signal, _, eta_text = rest.partition("@")
+    if not signal or kind not in ("top", "wvote", "filter") or (eta_text and kind != "filter") or (
+            sharp_text and kind != "wvote"):
+        raise ValueError(f"chooser {spec!r}: write vote, top:SIGNAL, wvote:SIGNAL[^SHARPNESS] or filter:SIGNAL@ETA")
+    try:
+        sharpness = float(sharp_text) if sharp_text else 1.0
+    except ValueError:
+        raise ValueError(f"chooser {spec!r}: SHARPNESS must be a number such as 2") from None
+    try:
+        eta = float(eta_text) if eta_text else 0.5
+    except ValueError:
+        raise ValueError(f"chooser {spec!r}: ETA must be a fraction such as 0.5") from None
+    if not 0 < eta <= 1:
+        raise ValueError(f"chooser {spec!r}: ETA must be in (0, 1]")
+    return ChooserSpec(kind, parse_signal(signal), sharpness, eta, veto or None)
 
 
 def bank_scales(problems: Sequence[BankProblem]) -> Scales:
@@ -172,66 +218,36 @@ def weighted_vote(leaves: Sequence[Leaf], weights: Sequence[float]) -> Leaf | No
 
 def make_chooser(spec: str) -> Chooser:
     """A chooser from `vote`, `top:SIG`, `wvote:SIG[^B]`, `filter:SIG@ETA`, each optionally ending in `!VETO`."""
-    spec, _, veto = spec.partition("!")
-    chooser = _make_chooser(spec)
-    if not veto:
+    parsed = parse_chooser(spec)
+    chooser = _chooser(parsed)
+    veto = parsed.veto
+    if veto is None:
         return chooser
-    parse_signal(veto)
 
     def vetoed(leaves: Sequence[Leaf], scales: Scales) -> Leaf | None:
-        kept = [leaf for leaf in leaves if not _below_zero(leaf, veto)]
+        kept = [leaf for leaf in leaves if not (leaf.signals.get(veto) or 0.0) < 0]  # a missing signal keeps it
         return chooser(kept or leaves, scales)
 
     return vetoed
 
 
-def chooser_signals(spec: str) -> list[str]:
-    """The signal expressions a chooser spec names (its signal and its veto)."""
-    spec, _, veto = spec.partition("!")
-    kind, _, rest = spec.partition(":")
-    signal = rest.partition("^")[0].partition("@")[0] if kind != "vote" else ""
-    return [part for part in (signal, veto) if part]
-
-
-def _below_zero(leaf: Leaf, spec: str) -> bool:
-    raw = sum(weight * (leaf.signals.get(name) or 0.0) for name, weight in parse_signal(spec))
-    return raw < 0
-
-
-def _make_chooser(spec: str) -> Chooser:
-    kind, _, rest = spec.partition(":")
-    if kind == "vote" and not rest:
+def _chooser(spec: ChooserSpec) -> Chooser:
+    if spec.kind == "vote":
         return lambda leaves, scales: weighted_vote(leaves, [1.0] * len(leaves))
-    rest, _, sharp_text = rest.partition("^")
-    signal, _, eta_text = rest.partition("@")
-    if not signal or kind not in ("top", "wvote", "filter") or (eta_text and kind != "filter") or (
-            sharp_text and kind != "wvote"):
-        raise ValueError(f"chooser {spec!r}: write vote, top:SIGNAL, wvote:SIGNAL[^SHARPNESS] or filter:SIGNAL@ETA")
-    parse_signal(signal)
-    try:
-        sharpness = float(sharp_text) if sharp_text else 1.0
-    except ValueError:
-        raise ValueError(f"chooser {spec!r}: SHARPNESS must be a number such as 2") from None
-    try:
-        eta = float(eta_text) if eta_text else 0.5
-    except ValueError:
-        raise ValueError(f"chooser {spec!r}: ETA must be a fraction such as 0.5") from None
-    if not 0 < eta <= 1:
-        raise ValueError(f"chooser {spec!r}: ETA must be in (0, 1]")
 
     def value(leaf: Leaf, scales: Scales) -> float:
-        z = scales.value(signal, leaf)
+        z = scales.value(spec.signal, leaf)
         return -math.inf if z is None else z
 
-    if kind == "top":
+    if spec.kind == "top":
         return lambda leaves, scales: max(leaves, key=lambda leaf: value(leaf, scales), default=None)
-    if kind == "wvote":
+    if spec.kind == "wvote":
         return lambda leaves, scales: weighted_vote(
-            leaves, [0.0 if value(leaf, scales) == -math.inf else math.exp(min(sharpness * value(leaf, scales), 60.0))
-                     for leaf in leaves])
+            leaves, [0.0 if value(leaf, scales) == -math.inf
+                     else math.exp(min(spec.sharpness * value(leaf, scales), 60.0)) for leaf in leaves])
 
     def filtered(leaves: Sequence[Leaf], scales: Scales) -> Leaf | None:
-        keep = max(1, math.ceil(eta * len(leaves)))
+        keep = max(1, math.ceil(spec.eta * len(leaves)))
         ranked = sorted(range(len(leaves)), key=lambda i: -value(leaves[i], scales))[:keep]
         kept = [leaves[i] for i in sorted(ranked)]
         return weighted_vote(kept, [1.0] * len(kept))
@@ -306,9 +322,7 @@ def evaluate(problems: Sequence[BankProblem], choosers: Sequence[str], signals: 
 
 
 def separation(scored: Sequence[tuple[float | None, bool]]) -> tuple[float, float, float] | None:
-    """How one problem's value signal tells its right answers from its wrong ones: (within-problem AUC, the chance
-    that the top-valued one is right (ties shared), a random one's chance); None unless the problem is mixed.
-    Missing and non-finite values are left out."""
+    """One mixed problem's (within-problem AUC, top-valued right (ties shared), random right); None if not mixed."""
     kept = [(v, c) for v, c in scored if v is not None and math.isfinite(v)]
     right = [v for v, c in kept if c]
     wrong = [v for v, c in kept if not c]
@@ -320,14 +334,21 @@ def separation(scored: Sequence[tuple[float | None, bool]]) -> tuple[float, floa
     return pairs / (len(right) * len(wrong)), sum(at_best) / len(at_best), len(right) / len(kept)
 
 
-def signal_report(problems: Sequence[BankProblem], name: str, scales: Scales) -> SignalReport:
-    found = [separation([(scales.value(name, leaf), leaf.correct) for leaf in problem.leaves]) for problem in problems]
+def mean_separation(found: Sequence[tuple[float, float, float] | None]
+                    ) -> tuple[int, float | None, float | None, float | None]:
+    """(mixed problems, mean AUC, mean top right, mean random right) over the problems `separation` judged."""
     mixed = [f for f in found if f is not None]
-    centre, spread = scales.mean.get(name), scales.std.get(name)
     if not mixed:
-        return SignalReport(name, centre, spread, None, None, None, 0)
-    auc, top, random = (sum(column) / len(mixed) for column in zip(*mixed))
-    return SignalReport(name, centre, spread, auc, top, random, len(mixed))
+        return 0, None, None, None
+    auc, top, chance = (sum(column) / len(mixed) for column in zip(*mixed))
+    return len(mixed), auc, top, chance
+
+
+def signal_report(problems: Sequence[BankProblem], name: str, scales: Scales) -> SignalReport:
+    terms = parse_signal(name)
+    mixed, auc, top, chance = mean_separation(
+        [separation([(scales.value(terms, leaf), leaf.correct) for leaf in problem.leaves]) for problem in problems])
+    return SignalReport(name, scales.mean.get(name), scales.std.get(name), auc, top, chance, mixed)
 
 
 def subset_tokens(problem: BankProblem, leaves: Sequence[Leaf]) -> int:

@@ -19,8 +19,8 @@ from qwq_local.bench.choose import (
     evaluate,
     format_reports,
     from_records,
-    chooser_signals,
     make_chooser,
+    parse_chooser,
     parse_signal,
     sign_test,
     state_auc,
@@ -90,8 +90,8 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
         raise UsageError("the bank holds no problems yet")
     problems = from_records(records, head_signals(head) if head is not None else None)
     known = {name for problem in problems for leaf in problem.leaves for name in leaf.signals}
-    named = {name for spec in signals for name, _ in parse_signal(spec)} | {
-        name for spec in choosers for part in chooser_signals(spec) for name, _ in parse_signal(part)}
+    named = {name for spec in signals for name, _ in parse_signal(spec)}.union(
+        *(parse_chooser(spec).names for spec in choosers))
     if named - known:
         raise UsageError(f"no signal {', '.join(sorted(named - known))} in the bank (it has {', '.join(sorted(known))}"
                          f"{'' if head else '; head and head_min need --head'})")

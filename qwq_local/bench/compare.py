@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from qwq_local.bench.accuracy import wilson_interval
-from qwq_local.bench.choose import separation, sign_test
+from qwq_local.bench.choose import mean_separation, separation, sign_test
 from qwq_local.errors import ExitCode, InputFileError, UsageError
+from qwq_local.jsonl import complete_lines
 from qwq_local.problems.checks import check
 from qwq_local.problems.datasets import Problem
 from qwq_local.search.answer import normalize_for_vote
@@ -67,9 +68,7 @@ def read_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
         if not path.is_file():
             raise InputFileError(f"{path}: no such results file", ExitCode.FILE_NOT_FOUND)
         mine: dict[str, dict[str, Run]] = defaultdict(dict)
-        text = path.read_text(encoding="utf-8", errors="replace")
-        lines = text.splitlines()
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(complete_lines(path), 1):  # a running `bench accuracy` may be appending
             if not line.strip():
                 continue
             try:
@@ -77,8 +76,6 @@ def read_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
                 pid, strategy = str(record["problem_id"]), str(record["strategy"])
                 mine[strategy][pid] = _run(record)
             except (ValueError, KeyError, TypeError):
-                if number == len(lines) and not text.endswith("\n"):
-                    break  # a last line still being written by a running `bench accuracy` (or torn by a crash)
                 raise InputFileError(f"{path}:{number}: not an accuracy results line", ExitCode.BAD_DATA) from None
         for strategy, runs in mine.items():
             out[strategy if strategy not in out else f"{strategy}@{path.stem}"] = runs
@@ -147,13 +144,6 @@ def add_rechosen(runs: dict[str, dict[str, Run]], rechoosers: Sequence[str]) -> 
     return out
 
 
-def _checked_once(seen: dict[str, bool], problem: Problem, answer: str) -> bool:
-    key = normalize_for_vote(answer)
-    if key not in seen:
-        seen[key] = _checked(problem, answer)
-    return seen[key]
-
-
 def _checked(problem: Problem, answer: str | None) -> bool:
     try:
         return answer is not None and check(problem, "", answer)
@@ -163,9 +153,7 @@ def _checked(problem: Problem, answer: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Paths:
-    """A strategy's finished paths (or replies) on the shared problems: how often a right one is among them, how often
-    the strategy's answer is right when one is, and how its path values tell right paths from wrong (within-problem
-    AUC, the top-valued path against a random one, over problems whose paths are mixed; None without path values)."""
+    """A strategy's finished paths on the shared problems: reach, and how their values separate right from wrong."""
 
     strategy: str
     paths: int
@@ -218,26 +206,23 @@ def compare(runs: Mapping[str, Mapping[str, Run]], strategies: Sequence[str], ag
 
 def path_report(strategy: str, by_problem: Mapping[str, Run], shared: Sequence[str]) -> Paths | None:
     """Reach and value separation of a strategy's finished paths, when its records keep them (checked again here)."""
-    runs = [(run, run.problem) for run in (by_problem[pid] for pid in shared)]
-    if not any(run.answers for run, _ in runs) or any(problem is None for _, problem in runs):
+    runs = [by_problem[pid] for pid in shared]
+    checkable = [(run, problem) for run in runs if (problem := run.problem) is not None]
+    if len(checkable) < len(runs) or not any(run.answers for run in runs):
         return None
-    valued = not _VALUELESS.match(strategy) and all(run.values is not None for run, _ in runs)
+    valued = not _VALUELESS.match(strategy) and all(run.values is not None for run in runs)
     paths = reached = chosen = 0
     found = []
-    for run, problem in runs:
-        seen: dict[str, bool] = {}  # each distinct answer checked once
-        right = [a is not None and problem is not None and _checked_once(seen, problem, a) for a in run.answers]
+    for run, problem in checkable:
+        verdicts = {a: _checked(problem, a) for a in set(run.answers) if a is not None}  # each answer checked once
+        right = [a is not None and verdicts[a] for a in run.answers]
         paths += len(right)
         if any(right):
             reached += 1
             chosen += run.right
         if valued:
             found.append(separation(list(zip(run.values or (), right))))
-    mixed = [f for f in found if f is not None]
-    if not mixed:
-        return Paths(strategy, paths, reached, chosen, 0, None, None, None)
-    auc, top, random = (sum(column) / len(mixed) for column in zip(*mixed))
-    return Paths(strategy, paths, reached, chosen, len(mixed), auc, top, random)
+    return Paths(strategy, paths, reached, chosen, *mean_separation(found))
 
 
 def format_compare(report: CompareReport) -> str:

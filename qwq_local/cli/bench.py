@@ -153,8 +153,12 @@ def bench_bank(
 def bench_choose(
     bank: list[Path] = typer.Argument(..., help="Bank directories (or bank.jsonl files) from `qwq bench bank`."),
     chooser: str = typer.Option(",".join(CHOOSERS), "--chooser", "-c",
-                                help="Comma-separated: vote, top:SIG, wvote:SIG, filter:SIG@ETA."),
-    signal: str = typer.Option(",".join(SIGNALS), "--signal", help="Signals whose separation to report."),
+                                help="Comma-separated: vote, top:SIG, wvote:SIG[^B], filter:SIG@ETA; SIG may add "
+                                     "weighted signals (tail_conf+rules*0.5); a trailing !SIG drops the leaves whose "
+                                     "SIG is below 0 first (wvote:tail_conf!rules)."),
+    signal: str = typer.Option(",".join(SIGNALS), "--signal",
+                               help="Signals whose separation to report: the leaves' statistics, short, rules, head "
+                                    "and head_min (with --head), or sums such as tail_conf+rules*0.5."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="The first N problems of the bank."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against leaves (1 .. S)."),
     head: Optional[Path] = typer.Option(None, "--head", help="A Q-value head: adds the signals head, head_min."),

@@ -17,6 +17,7 @@ import platformdirs
 
 from qwq_local.config import APP
 from qwq_local.errors import ExitCode, InputFileError
+from qwq_local.jsonl import complete_lines
 
 
 BANK_FILE = "bank.jsonl"
@@ -31,19 +32,13 @@ def arrays_root(env: dict[str, str] | None = None) -> Path:
 
 
 def read_bank(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any]]:
-    """A bank's records by problem id. A last line torn by a crash (or still being written) is skipped; with
-    `repair` (the writer, before it appends) it is cut off the file, and that problem is sampled again."""
+    """A bank's records by problem id; a last line still being written is skipped (`repair`: see `complete_lines`)."""
     if path.is_dir():
         path = path / BANK_FILE
     if not path.exists():
         return {}
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if repair and data[end:].strip():
-        with path.open("r+b") as handle:
-            handle.truncate(end)
     records: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(data[:end].splitlines(), 1):
+    for number, line in enumerate(complete_lines(path, repair=repair), 1):
         if not line.strip():
             continue
         try:
@@ -57,10 +52,15 @@ def read_bank(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any]]:
 
 def _check_record(record: Any) -> None:
     """The shape every reader of a bank relies on: a tree of nodes and the leaves on it (ValueError if not)."""
-    ids = {node["id"] for node in record["nodes"]}
-    for node in record["nodes"]:
+    depth = {node["id"]: node["depth"] for node in record["nodes"]}
+    if len(depth) < len(record["nodes"]):
+        raise ValueError("two nodes share an id")
+    ids = set(depth)
+    for node in record["nodes"]:  # a root at depth 0, a child one deeper than its parent: a tree, no cycle
+        parent = node["parent"]
         if not (_is_int(node["id"]) and _is_int(node["depth"]) and _is_int(node["n_tokens"])
-                and (node["parent"] is None or node["parent"] in ids) and isinstance(node.get("stats", {}), dict)):
+                and node["depth"] == (0 if parent is None else depth.get(parent, -2) + 1)
+                and isinstance(node.get("stats", {}), dict)):
             raise ValueError(node)
     for leaf in record["leaves"]:
         if not (leaf["node"] in ids and isinstance(leaf["correct"], bool) and _is_int(leaf["tokens"])
