@@ -54,10 +54,11 @@ def from_records(records: Sequence[Mapping[str, Any]],
     for record in records:
         added = extra(record) if extra else [{} for _ in record["leaves"]]
         leaves = []
+        by_id = {n["id"]: n for n in record["nodes"]}
         for leaf, more in zip(record["leaves"], added):
             signals: dict[str, float | None] = dict(leaf.get("stats") or {})
             signals["short"] = -float(leaf["tokens"])
-            signals["rules"] = _rules(record["nodes"], int(leaf["node"]))
+            signals["rules"] = _rules(by_id, int(leaf["node"]))
             signals.update(more)
             leaves.append(Leaf(leaf["answer"], bool(leaf["correct"]), signals, int(leaf["tokens"]), int(leaf["node"])))
         nodes = record["nodes"]
@@ -69,9 +70,8 @@ def from_records(records: Sequence[Mapping[str, Any]],
     return problems
 
 
-def _rules(nodes: Sequence[Mapping[str, Any]], leaf: int) -> float:
+def _rules(by_id: Mapping[int, Mapping[str, Any]], leaf: int) -> float:
     """The arithmetic of a leaf's whole path (its steps' texts, root first): 1 right, 0 nothing checked, -1 wrong."""
-    by_id = {n["id"]: n for n in nodes}
     texts: list[str] = []
     node: int | None = leaf
     while node is not None and node in by_id:
@@ -242,9 +242,12 @@ def _chooser(spec: ChooserSpec) -> Chooser:
     if spec.kind == "top":
         return lambda leaves, scales: max(leaves, key=lambda leaf: value(leaf, scales), default=None)
     if spec.kind == "wvote":
-        return lambda leaves, scales: weighted_vote(
-            leaves, [0.0 if value(leaf, scales) == -math.inf
-                     else math.exp(min(spec.sharpness * value(leaf, scales), 60.0)) for leaf in leaves])
+        def weighted(leaves: Sequence[Leaf], scales: Scales) -> Leaf | None:
+            values = [value(leaf, scales) for leaf in leaves]
+            return weighted_vote(leaves, [0.0 if v == -math.inf else math.exp(min(spec.sharpness * v, 60.0))
+                                          for v in values])
+
+        return weighted
 
     def filtered(leaves: Sequence[Leaf], scales: Scales) -> Leaf | None:
         keep = max(1, math.ceil(spec.eta * len(leaves)))

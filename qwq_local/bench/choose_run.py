@@ -63,14 +63,15 @@ def head_signals(head_path: Path) -> Callable[[Mapping[str, Any]], list[dict[str
 def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence[str], limit: int | None,
                plot: Path | None, as_json: bool, head: Path | None = None, baselines: Sequence[Path] = ()
                ) -> None:
+    named: set[str] = set()  # every signal the choosers and --signal name, checked against the bank below
     for name in choosers:
         try:
-            make_chooser(name)
+            named |= parse_chooser(name).names
         except ValueError as exc:
             raise UsageError(f"--chooser: {exc}") from None
     for name in signals:
         try:
-            parse_signal(name)
+            named |= {signal for signal, _ in parse_signal(name)}
         except ValueError as exc:
             raise UsageError(f"--signal: {exc}") from None
     if plot is not None:
@@ -90,8 +91,6 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
         raise UsageError("the bank holds no problems yet")
     problems = from_records(records, head_signals(head) if head is not None else None)
     known = {name for problem in problems for leaf in problem.leaves for name in leaf.signals}
-    named = {name for spec in signals for name, _ in parse_signal(spec)}.union(
-        *(parse_chooser(spec).names for spec in choosers))
     if named - known:
         raise UsageError(f"no signal {', '.join(sorted(named - known))} in the bank (it has {', '.join(sorted(known))}"
                          f"{'' if head else '; head and head_min need --head'})")
