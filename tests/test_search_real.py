@@ -198,3 +198,33 @@ def test_a_think_budget_closes_each_paths_thinking_for_it(model: LoadedModel) ->
     for text in [r.text for r in replies] + [s.text + m.text for s, m in zip(steps, more, strict=True)]:
         thinking, closed, _ = text.partition("</think>")
         assert closed and len(model.tokenize(thinking, bos=False)) <= 6 + 1, text  # the budget, then the close
+
+
+def test_replies_that_outgrow_the_kv_budget_together_take_turns_instead_of_failing(model: LoadedModel) -> None:
+    """sc@8 of long replies in a 4,096-cell context (MATH-500): the replies in the cache go on, the rest wait parked."""
+    budget = 400
+    tree, policy = policy_for(model, budget=budget)
+    whole = StepStop(delimiter=None, max_tokens=150)
+    with tree:
+        root = policy.open("Count from 1 to 500, one number a line.")
+        prompt = tree.stats.live_cells
+        replies = policy.sample(root, 4, whole)
+        assert len(replies) == 4 and all(r.text for r in replies)
+        assert sum(r.n_tokens for r in replies) + prompt > budget  # together they never fitted
+        assert all(r.n_tokens == 150 or r.finished for r in replies)  # and each went to its end
+        assert tree.stats.peak_cells <= budget and tree.stats.parked >= 1
+        for r in replies:
+            assert len(r.token_confidences) == r.n_tokens
+        policy.close()
+        assert not tree.branches and tree.stats.live_cells == 0
+
+
+def test_a_reply_too_long_for_the_whole_kv_budget_is_a_clear_error(model: LoadedModel) -> None:
+    from qwq_local.engine.kvtree import KVBudgetError
+
+    tree, policy = policy_for(model, budget=60)
+    with tree:
+        root = policy.open("Count from 1 to 500, one number a line.")
+        with pytest.raises(KVBudgetError, match="KV budget of 60 cells"):
+            policy.sample(root, 2, StepStop(delimiter=None, max_tokens=150))
+        policy.close()

@@ -63,6 +63,10 @@ class KVBudgetError(QwqError):
     exit_code = OutOfMemoryError.exit_code
 
 
+class KVRoomError(KVBudgetError):
+    """No room for this batch right now; raised before anything is decoded, so fewer rows may be retried."""
+
+
 @dataclass
 class SamplerSpec:
     """The QwQ sampler chain for one branch: top_k, top_p, min_p, temperature, seeded dist."""
@@ -380,7 +384,7 @@ class KVTree:
         if not self._free_seqs:
             victim = self._lru_victim(need_cells=False)
             if victim is None:
-                raise KVBudgetError("too many branches at once for the context's sequences")
+                raise KVRoomError("too many branches at once for the context's sequences")
             self._evict(victim)
         return self._free_seqs.pop()
 
@@ -394,7 +398,7 @@ class KVTree:
         while self.stats.live_cells + n > self.budget:
             victim = self._lru_victim()
             if victim is None:
-                raise KVBudgetError(
+                raise KVRoomError(
                     f"KV budget of {self.budget:,} cells cannot hold the {n:,} new tokens this step needs"
                 )
             self._evict(victim)

@@ -13,7 +13,7 @@ import numpy as np
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message
 from qwq_local.dialog.think import CLOSE, OPEN_LINE
-from qwq_local.engine.kvtree import Branch, KVTree, NativeSampler, SamplerSpec
+from qwq_local.engine.kvtree import Branch, KVRoomError, KVTree, NativeSampler, SamplerSpec
 from qwq_local.engine.model import LoadedModel
 from qwq_local.search.protocol import Candidate, Interrupted, LMStats, StepStop
 
@@ -167,25 +167,45 @@ class TreePolicy:
         return [[self._candidate(child) for child in group] for group in groups]
 
     def _decode(self, active: list[_Child], stop: StepStop) -> None:
-        """Decode the children one token per batch until every one has ended its step."""
-        while active:
-            rows, hidden = [], []
+        """Decode the children one token per batch until every one has ended its step.
+
+        When the KV budget cannot hold every child's next token, the children already in the cache go on and the
+        rest wait, their accepted token queued, until one ends and its cells can be parked (vLLM's preemption):
+        `n` replies of `max_tokens` each finish in a budget that holds fewer of them at once.
+        """
+        queued: list[_Child] = []  # accepted a token that no batch has decoded yet
+        room: int | None = None  # rows that fit when the budget last ran out; None: try every row
+        while active or queued:
             for child in active:
                 self._accept(child, stop)
-                if not child.finished or child.flush:
-                    rows.append((child.state.branch, child.pending))
-                    hidden.append(child.ending)
-            decoding = [c for c in active if not c.finished]
-            if rows:
-                self.tree.step_batch(rows, hidden)
+            ready = queued + [c for c in active if not c.finished or c.flush]
+            ready.sort(key=lambda c: not self.tree.resident(c.state.branch))  # stable: no reordering when all fit
+            decoded = self._step_some(ready, room)
+            queued = ready[len(decoded):]
+            room = len(decoded) if queued else None
             active = []
-            for child in decoding:
+            for child in decoded:
                 if child.ending or child.finished:
+                    room = None  # its cells can make room for a queued child
                     continue
                 row = self.tree.row_of(child.state.branch)
                 child.pending = child.forced.pop(0) if child.forced else child.sampler.from_context(self.tree.ctx, row)
                 child.pending_stats = token_stats(self.tree.row_logits(child.state.branch), child.pending)
                 active.append(child)
+
+    def _step_some(self, ready: list[_Child], room: int | None) -> list[_Child]:
+        """Decode the pending tokens of as many of `ready` (in order) as the KV budget holds; those decoded."""
+        n = len(ready) if room is None else min(room, len(ready))
+        while n:
+            batch = ready[:n]
+            try:
+                self.tree.step_batch([(c.state.branch, c.pending) for c in batch], [c.ending for c in batch])
+                return batch
+            except KVRoomError:
+                if n == 1:
+                    raise  # one branch alone does not fit with every other branch evicted: waiting frees nothing
+                n //= 2
+        return []
 
     def _candidate(self, child: _Child) -> Candidate:
         child.sampler.close()
