@@ -180,6 +180,31 @@ def test_a_raising_solve_is_recorded_as_wrong(tmp_path: Path) -> None:
     assert ok["generated_tokens"] == 10 and ok["text"] == "so \\boxed{1}"
 
 
+def test_retry_errors_runs_only_the_failed_runs_again_and_the_new_record_wins(tmp_path: Path) -> None:
+    from qwq_local.bench.compare import read_runs
+
+    results = tmp_path / "r.jsonl"
+    run_accuracy(problems(3), ["boom", "good"], FakeSolver(), results, progress=False)
+    again = FakeSolver()
+    run_accuracy(problems(3), ["boom", "good"], again, results, progress=False)
+    assert again.calls == []  # a plain resume keeps the error
+
+    calls: list[tuple[str, str]] = []
+
+    def mended(problem: Problem, strategy: str) -> Outcome:
+        calls.append((strategy, problem.id))
+        return Outcome(problem.answer, f"so \\boxed{{{problem.answer}}}", 7, 0.1, {})
+
+    report = run_accuracy(problems(3), ["boom", "good"], mended, results, progress=False, retry_errors=True)
+    assert calls == [("boom", "p1")]
+    boom = report.score("boom")
+    assert (boom.n, boom.correct, boom.errors) == (3, 3, 0)
+    assert len(results.read_text().splitlines()) == 7  # appended, nothing rewritten
+    assert read_runs([results])["boom"]["p1"].right  # every reader takes the later record
+    report = run_accuracy(problems(3), ["boom"], mended, results, progress=False, retry_errors=True)
+    assert report.score("boom").errors == 0 and calls == [("boom", "p1")]  # nothing failed: nothing runs again
+
+
 class FakePairs:
     """Solves a pair in one call: `sc@N` answers right; `bon@N` right on even problems, raising on p1 if `bon_fails`."""
 

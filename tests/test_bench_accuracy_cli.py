@@ -64,6 +64,16 @@ def test_bench_accuracy_runs_resumes_and_plots(tmp_path: Path, qwen_path: Path,
         main(args)
     assert json.loads(capsys.readouterr().out)["scores"] == report["scores"]
     assert results.read_text().splitlines() == runs
+    failed = {**records[("direct", "p0")], "correct": False, "error": "KVBudgetError: full", "final_answer": None}
+    with results.open("a") as handle:  # a run that failed (the later record wins), then --retry-errors
+        handle.write(json.dumps(failed) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--retry-errors"])
+    assert exc.value.code == 0
+    retried = {s["strategy"]: s for s in json.loads(capsys.readouterr().out)["scores"]}
+    assert retried["direct"]["errors"] == 0 and retried["direct"]["n"] == 2
+    again = results.read_text().splitlines()
+    assert len(again) == len(runs) + 2 and json.loads(again[-1])["problem_id"] == "p0"  # only that run, appended
     setup = records[("direct", "p0")]["setup"]
     assert setup["model"] == qwen_path.name and setup["max_tokens"] == 120 and setup["candidates"] == 2
     assert "scorers" not in setup and records[("astar:rules", "p0")]["setup"]["scorers"] == "rules"

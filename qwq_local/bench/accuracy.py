@@ -288,6 +288,7 @@ def run_accuracy(
     *,
     checker: Check = check,
     setups: Mapping[str, dict[str, Any]] | None = None,
+    retry_errors: bool = False,
 ) -> AccuracyReport:
     """Run every strategy on every problem (problems outer, so a partial run is like for like) and score them.
 
@@ -295,6 +296,8 @@ def run_accuracy(
     so a rerun resumes. `progress`: True shows a bar on stderr, False never, None when stderr is a tty.
     Ctrl-C stops after the current run and returns the report so far (`interrupted`). `setups` (per strategy: model,
     head and settings) go into each record; a results file whose records were made with another setup is refused.
+    `retry_errors`: runs recorded with an error (a crash, a full KV cache) are run again; the new record, appended,
+    replaces the old one for every reader.
     """
     strategies = list(strategies)
     if not strategies:
@@ -308,6 +311,9 @@ def run_accuracy(
     done = _read_results(results_path) if results_path is not None else {}
     if setups is not None:
         _check_setup(done, setups, results_path)
+    if retry_errors:
+        for key in [key for key, record in done.items() if key[0] in strategies and record.get("error")]:
+            del done[key]
     if isinstance(solve, PairedSolve):
         solve.done = set(done)  # as found: a partner this run records still shares its draws
     wanted = [(p, s) for p in problems for s in strategies]

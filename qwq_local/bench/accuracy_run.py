@@ -90,7 +90,8 @@ def parse_strategy(text: str) -> StrategySpec:
 
 def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strategies: str, changes: dict[str, Any],
                        results: Path | None, as_json: bool, plot: Path | None, offset: int = 0,
-                       before_load: Callable[[], None] = lambda: None, fmt: str | None = None) -> None:
+                       before_load: Callable[[], None] = lambda: None, fmt: str | None = None,
+                       retry_errors: bool = False) -> None:
     """`changes`: the search options given; the rest are each strategy's defaults (`search_defaults`). `fmt`: the
     format every problem is asked in instead of its own (`program`: answered by its program run in the sandbox).
     The problems are offset+1 .. offset+limit of `data`; `before_load` runs after every check, before the model is
@@ -170,7 +171,7 @@ def run_accuracy_bench(settings: Settings, data: str, limit: int | None, strateg
         try:
             report = run_accuracy(problems, [s.label for s in specs],
                                   PairedSolve(pair_replies(specs), solve_pair, solve), results,
-                                  checker=check if fmt != "program" else program_check,
+                                  checker=check if fmt != "program" else program_check, retry_errors=retry_errors,
                                   setups={s.label: {**setup, **_recorded(options[s.label]),
                                                     **_scoring(setups[s.label], head_id)} for s in specs})
         except _LoadFailed as failed:

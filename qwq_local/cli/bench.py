@@ -88,6 +88,8 @@ def bench_accuracy(
     settle: Optional[float] = SettleOpt,
     time_limit: Optional[float] = TimeLimitOpt,
     results: Optional[Path] = typer.Option(None, "--results", help="JSONL of runs; a rerun resumes it."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the runs in --results that ended in "
+                                      "an error; the new record replaces the old."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against generated tokens."),
     as_json: bool = typer.Option(False, "--json"),
     fmt: Optional[str] = typer.Option(None, "--format", help="Ask every problem in this format instead of its own "
@@ -113,7 +115,7 @@ def bench_accuracy(
                     completions=completions, choose=choose, expand_width=expand_width, widen=widen,
                     settle=settle)
     run_accuracy_bench(settings, data, limit, strategy, changes, results, as_json, plot, offset,
-                       before_load=lambda: confirm_download(settings, yes), fmt=fmt)
+                       before_load=lambda: confirm_download(settings, yes), fmt=fmt, retry_errors=retry_errors)
 
 
 @bench_app.command("bank", cls=Command)
