@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from qwq_local.config import Sampling
-from qwq_local.engine.kvtree import KVTree
+from qwq_local.engine.kvtree import KVBudgetError, KVTree
 from qwq_local.engine.model import LoadedModel, LoadOptions
 from qwq_local.engine.policy import TreePolicy
 from qwq_local.problems.prompts import build_question
@@ -220,8 +220,6 @@ def test_replies_that_outgrow_the_kv_budget_together_take_turns_instead_of_faili
 
 
 def test_a_reply_too_long_for_the_whole_kv_budget_is_a_clear_error(model: LoadedModel) -> None:
-    from qwq_local.engine.kvtree import KVBudgetError
-
     tree, policy = policy_for(model, budget=60)
     with tree:
         root = policy.open("Count from 1 to 500, one number a line.")
