@@ -239,13 +239,28 @@ MALFORMED: list[tuple[str, Any, int]] = [
     ("search candidates zero", {"model": "fake", "messages": USER, "search": {"strategy": "astar",
                                                                                "candidates": 0}}, 400),
     ("search of a completion", {"model": "fake+astar", "prompt": "x"}, 400),
+    ("search candidates over the limit", {"model": "fake", "messages": USER, "search": {"strategy": "astar",
+                                                                                         "candidates": 100000}}, 400),
+    ("search trajectories over the limit", {"model": "fake+bon", "messages": USER,
+                                            "search": {"trajectories": 10**6}}, 400),
+    # Asked of the reply and not given: refused, never dropped (an agent would take prose for a final answer).
+    ("tools", {"model": "fake", "messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}],
+               "tool_choice": "required"}, 400),
+    ("json schema", {"model": "fake", "messages": USER,
+                     "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, 400),
+    ("logprobs", {"model": "fake", "messages": USER, "logprobs": True, "top_logprobs": 2}, 400),
+    ("logit_bias", {"model": "fake", "messages": USER, "logit_bias": {"42": -100}}, 400),
+    ("frequency_penalty", {"model": "fake", "messages": USER, "frequency_penalty": 0.5}, 400),
+    ("stream_options without stream", {"model": "fake", "messages": USER, "stream_options": {"include_usage": True}},
+     400),
+    ("completion logprobs", {"model": "fake", "prompt": "x", "logprobs": 3}, 400),
 ]
 
 
 @pytest.mark.parametrize("name, body, status", MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_a_malformed_request_gets_an_openai_error_and_the_server_stays_up(
         chat: FakeChat, name: str, body: Any, status: int) -> None:
-    path = "/v1/completions" if name == "search of a completion" else "/v1/chat/completions"
+    path = "/v1/completions" if isinstance(body, dict) and "prompt" in body else "/v1/chat/completions"
     with client(chat) as c:
         r = c.post(path, content=body) if isinstance(body, bytes) else c.post(path, json=body)
         assert r.status_code == status, r.text
@@ -253,6 +268,43 @@ def test_a_malformed_request_gets_an_openai_error_and_the_server_stays_up(
         assert set(error) == {"message", "type", "param", "code"} and error["message"]
         assert c.post("/v1/chat/completions", json={"model": "fake", "messages": USER}).status_code == 200
     assert len(chat.calls) == 1  # nothing malformed reached the model
+
+
+def test_what_clients_send_by_default_is_accepted(chat: FakeChat) -> None:
+    defaults = {"model": "fake", "messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": "none", "response_format": {"type": "text"}, "logprobs": False, "frequency_penalty": 0,
+                "logit_bias": {}, "top_k": -1, "reasoning_effort": "minimal"}
+    with client(chat) as c:
+        r = c.post("/v1/chat/completions", json=defaults)
+        assert r.status_code == 200, r.text
+    assert chat.samplings[-1].top_k == 0  # -1 is "off" to llama.cpp and vLLM; 0 is off here
+
+
+def test_a_model_suffix_and_a_search_body_start_from_the_same_defaults() -> None:
+    from qwq_local.serve.api import Limits, parse_chat
+
+    limits = Limits("fake", 4096, Sampling())
+    by_id = parse_chat({"model": "fake+astar", "messages": USER}, limits).request.search
+    by_body = parse_chat({"model": "fake", "messages": USER, "search": {"strategy": "astar"}}, limits).request.search
+    nulls = parse_chat({"model": "fake+astar", "messages": USER,
+                        "search": {"max_expansions": None, "time_limit": None}}, limits).request.search
+    assert by_id is not None and by_id == by_body == nulls
+    assert by_id.config.time_limit is not None and by_id.config.max_expansions is not None  # null: the default
+    assert (by_id.config.choose, by_id.config.completions) == ("value", 2)  # the measured A*, as `/search astar`
+
+
+def test_health_answers_without_a_key_and_busy_gets_retry_after(chat: FakeChat) -> None:
+    from starlette.requests import Request
+
+    from qwq_local.serve.api import ApiError
+    from qwq_local.serve.app import _error
+
+    with client(chat, api_key=KEY) as c:
+        r = c.get("/health")
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        assert c.get("/v1/models").status_code == 401
+    busy = _error(Request({"type": "http", "state": {}}), ApiError(429, "busy", code="queue_full"))
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
 
 
 def test_an_api_key_is_required_when_set(chat: FakeChat) -> None:
@@ -283,6 +335,9 @@ def test_cors_is_off_unless_an_origin_is_given(chat: FakeChat) -> None:
     with client(chat, cors=("http://localhost:3000",)) as c:
         r = c.options("/v1/chat/completions", headers=preflight)
         assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        sdk = {**preflight, "Access-Control-Request-Headers": "authorization,content-type,x-stainless-lang"}
+        r = c.options("/v1/chat/completions", headers=sdk)  # the openai SDKs' own headers
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
 
 
 def test_a_full_queue_gets_429_and_a_stopping_server_503(chat: FakeChat) -> None:

@@ -24,7 +24,7 @@ from qwq_local.search.config import SearchConfig
 from qwq_local.search.strategies import STRATEGIES
 
 # What `reasoning_effort` means as a thinking budget in tokens.
-REASONING_EFFORT: dict[str, int] = {"low": 1024, "medium": 4096, "high": 16384}
+REASONING_EFFORT: dict[str, int] = {"minimal": 256, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 SEARCH_STRATEGIES: tuple[str, ...] = tuple(s for s in STRATEGIES if s != "direct")
 
 

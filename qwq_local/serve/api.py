@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, fields, replace
@@ -11,7 +12,7 @@ from typing import Any
 
 from qwq_local.app.reply import (REASONING_EFFORT, SEARCH_STRATEGIES, Delta, ReplyRequest, ReplyResult,
                                  SearchChoice)
-from qwq_local.app.search import CHAT_SEARCH, search_defaults
+from qwq_local.app.search import CHAT_SEARCH, search_defaults, search_options
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message
 from qwq_local.errors import UsageError
@@ -82,6 +83,7 @@ def parse_chat(body: dict[str, Any], limits: Limits) -> Parsed:
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty array", "messages")
     parsed = tuple(_message(m, i) for i, m in enumerate(messages))
+    _refuse_unsupported(body, chat=True)
     if "search" in body and body["search"] is not None:
         search = _search(body["search"], search)
     think_budget = _think_budget(body, limits)
@@ -102,6 +104,7 @@ def parse_completion(body: dict[str, Any], limits: Limits) -> Parsed:
         raise bad("prompt must be a non-empty string", "prompt")
     if body.get("echo"):
         raise bad("echo is not supported", "echo")
+    _refuse_unsupported(body, chat=False)
     request = ReplyRequest((), _sampling(body, limits), prompt=prompt, stop=_stops(body))
     return Parsed(request, model, *_stream(body))
 
@@ -113,8 +116,30 @@ def _model(body: dict[str, Any], limits: Limits) -> tuple[str, SearchChoice | No
     if model not in limits.model_ids():
         raise ApiError(404, f"the model {model!r} does not exist; this server has {', '.join(limits.model_ids())}",
                        code="model_not_found", param="model")
-    _, _, strategy = model.partition("+")
-    return model, SearchChoice(strategy) if strategy else None
+    _, _, strategy = model.partition("+")  # the same knobs as `/search STRATEGY` in `qwq chat`
+    return model, SearchChoice(strategy, search_defaults(strategy, CHAT_SEARCH)) if strategy else None
+
+
+def _refuse_unsupported(body: dict[str, Any], chat: bool) -> None:
+    """A 400 for what a client asks of the reply that this server cannot give, rather than a reply without it
+    (an agent that sent tools would get prose and stop; a JSON schema would go unenforced)."""
+    tools = body.get("tools") or body.get("functions")
+    if tools and body.get("tool_choice", body.get("function_call")) != "none":
+        raise bad("tools are not supported: this server answers in text only (send no tools, or "
+                  "tool_choice \"none\")", "tools")
+    form = body.get("response_format")
+    if form is not None and (not isinstance(form, dict) or form.get("type", "text") != "text"):
+        raise bad("response_format: only {\"type\": \"text\"} is supported", "response_format")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise bad("logprobs are not supported", "logprobs" if body.get("logprobs") else "top_logprobs")
+    if body.get("logit_bias"):
+        raise bad("logit_bias is not supported", "logit_bias")
+    frequency = _number(body, "frequency_penalty", float, -2, 2)
+    if frequency:
+        raise bad("frequency_penalty is not supported; use presence_penalty (QwQ's card: 0 to 2) or "
+                  "repeat_penalty", "frequency_penalty")
+    if chat and body.get("stream_options") is not None and body.get("stream") is not True:
+        raise bad("stream_options is only allowed when stream is true", "stream_options")
 
 
 def _message(item: Any, i: int) -> Message:
@@ -172,7 +197,7 @@ def _sampling(body: dict[str, Any], limits: Limits) -> Sampling:
     changes = {
         "temperature": _number(body, "temperature", float, 0, 2),
         "top_p": _number(body, "top_p", float, 0, 1),
-        "top_k": _number(body, "top_k", int, 0),
+        "top_k": _off_if_not_positive(_number(body, "top_k", int)),  # llama.cpp's and vLLM's -1: no top-k
         "min_p": _number(body, "min_p", float, 0, 1),
         "seed": _number(body, "seed", int),
         "max_tokens": max_tokens,
@@ -184,6 +209,10 @@ def _sampling(body: dict[str, Any], limits: Limits) -> Sampling:
         return replace(base, **{k: v for k, v in changes.items() if v is not None}).validate()
     except UsageError as exc:
         raise bad(exc.message.replace("--", "").replace("-", "_")) from None
+
+
+def _off_if_not_positive(value: int | None) -> int | None:
+    return value if value is None or value > 0 else 0
 
 
 def _stops(body: dict[str, Any]) -> tuple[str, ...]:
@@ -221,20 +250,22 @@ def _search(value: Any, from_model: SearchChoice | None) -> SearchChoice | None:
                   "search")
     changes = {}
     for name, kind in SEARCH_FIELDS.items():
-        if name in value:
-            if kind is str:
-                if not isinstance(value[name], str):
-                    raise bad(f"search.{name} must be a string", f"search.{name}")
-                changes[name] = value[name]
-            else:
-                changes[name] = _number(value, name, kind)
+        if value.get(name) is None:  # absent or null: the strategy's default (never "no limit")
+            continue
+        if kind is str:
+            if not isinstance(value[name], str):
+                raise bad(f"search.{name} must be a string", f"search.{name}")
+            changes[name] = value[name]
+        else:
+            changes[name] = _number(value, name, kind)
     scorer = value.get("scorer")
     if scorer is not None and not isinstance(scorer, str):
         raise bad("search.scorer must be a string such as \"self-eval+rules\"", "search.scorer")
-    try:
-        config = replace(search_defaults(strategy, CHAT_SEARCH), **changes)
-    except ValueError as exc:
-        raise bad(f"search: {exc}", "search") from None
+    try:  # the CLI's bounds: every width holds KV cells and llama.cpp sequences
+        config = search_options(search_defaults(strategy, CHAT_SEARCH), **changes)
+    except UsageError as exc:
+        raise bad("search: " + re.sub(r"--([a-z-]+)", lambda m: "search." + m.group(1).replace("-", "_"),
+                                      exc.message).replace("search.lambda", "search.lam"), "search") from None
     return SearchChoice(strategy, config, scorer)
 
 

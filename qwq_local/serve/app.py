@@ -1,4 +1,5 @@
-"""The Starlette app: `/v1/models`, `/v1/chat/completions`, `/v1/completions` over one ReplyService."""
+"""The Starlette app: `/v1/models`, `/v1/chat/completions`, `/v1/completions` over one ReplyService, and
+`/health` for probes."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def create_app(service: ReplyService, options: ServeOptions = ServeOptions()) ->
         return JSONResponse({"object": "list", "data": [
             {"id": mid, "object": "model", "created": created, "owned_by": "qwq"} for mid in limits.model_ids()]})
 
+    async def health(request: Request) -> Response:
+        """llama-server's and vLLM's probe: no key needed, 503 once the server is stopping."""
+        if queue.closed:
+            return JSONResponse({"status": "stopping"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
     async def chat(request: Request) -> Response:
         _authorize(request, options)
         parsed = api.parse_chat(api.parse_body(await _body(request, options.max_body_bytes)), limits)
@@ -82,8 +89,9 @@ def create_app(service: ReplyService, options: ServeOptions = ServeOptions()) ->
     middleware = [Middleware(RequestLog)]
     if options.cors:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(options.cors), allow_methods=["GET", "POST"],
-                                     allow_headers=["Authorization", "Content-Type"]))
+                                     allow_headers=["*"]))  # the openai SDKs send x-stainless-* headers
     routes = [
+        Route("/health", health, methods=["GET"]),
         Route("/v1/models", _guarded(models), methods=["GET"]),
         Route("/v1/chat/completions", _guarded(chat), methods=["POST"]),
         Route("/v1/completions", _guarded(completions), methods=["POST"]),
@@ -114,7 +122,8 @@ def _guarded(endpoint: Callable[[Request], Any]) -> Callable[[Request], Any]:
 
 def _error(request: Request, exc: ApiError) -> JSONResponse:
     request.state.note = exc.message
-    return JSONResponse(exc.body(), status_code=exc.status)
+    headers = {"Retry-After": "1"} if exc.status == 429 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
