@@ -254,6 +254,12 @@ MALFORMED: list[tuple[str, Any, int]] = [
     ("stream_options without stream", {"model": "fake", "messages": USER, "stream_options": {"include_usage": True}},
      400),
     ("completion logprobs", {"model": "fake", "prompt": "x", "logprobs": 3}, 400),
+    # What the search service would refuse is refused before a stream's 200.
+    ("search scorer unknown, streamed", {"model": "fake+astar", "messages": USER, "stream": True,
+                                         "search": {"scorer": "nope"}}, 400),
+    ("search scorer for sc", {"model": "fake+sc", "messages": USER, "search": {"scorer": "rules"}}, 400),
+    ("search after the assistant", {"model": "fake+astar", "stream": True,
+                                    "messages": [*USER, {"role": "assistant", "content": "42"}]}, 400),
 ]
 
 

@@ -12,10 +12,11 @@ from typing import Any
 
 from qwq_local.app.reply import (REASONING_EFFORT, SEARCH_STRATEGIES, Delta, ReplyRequest, ReplyResult,
                                  SearchChoice)
-from qwq_local.app.search import CHAT_SEARCH, search_defaults, search_options
+from qwq_local.app.search import CHAT_SEARCH, check_scorers, search_defaults, search_options
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message
 from qwq_local.errors import UsageError
+from qwq_local.search.strategies import needs_scorer
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOPS = 4
@@ -86,6 +87,8 @@ def parse_chat(body: dict[str, Any], limits: Limits) -> Parsed:
     _refuse_unsupported(body, chat=True)
     if "search" in body and body["search"] is not None:
         search = _search(body["search"], search)
+    if search is not None:
+        _check_search(search, parsed)
     think_budget = _think_budget(body, limits)
     request = ReplyRequest(parsed, _sampling(body, limits), think_budget=think_budget, stop=_stops(body),
                            search=search)
@@ -118,6 +121,20 @@ def _model(body: dict[str, Any], limits: Limits) -> tuple[str, SearchChoice | No
                        code="model_not_found", param="model")
     _, _, strategy = model.partition("+")  # the same knobs as `/search STRATEGY` in `qwq chat`
     return model, SearchChoice(strategy, search_defaults(strategy, CHAT_SEARCH)) if strategy else None
+
+
+def _check_search(search: SearchChoice, messages: tuple[Message, ...]) -> None:
+    """What the search service would refuse, refused here: a 400 before a stream's 200 and its first event."""
+    if messages[-1].role != "user":
+        raise bad("a search answers the last message, which must be the user's", "messages")
+    if search.scorer is not None:
+        if not needs_scorer(search.strategy):
+            raise bad(f"search.scorer: {search.strategy} uses no scorer (self-consistency votes on answers)",
+                      "search.scorer")
+        try:
+            check_scorers(search.scorer)
+        except UsageError as exc:
+            raise bad(exc.message.replace("--scorer", "search.scorer"), "search.scorer") from None
 
 
 def _refuse_unsupported(body: dict[str, Any], chat: bool) -> None:
