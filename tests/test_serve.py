@@ -299,6 +299,15 @@ def test_a_model_suffix_and_a_search_body_start_from_the_same_defaults() -> None
     assert (by_id.config.choose, by_id.config.completions) == ("value", 2)  # the measured A*, as `/search astar`
 
 
+def test_a_stream_is_framed_as_vllms_and_the_routes_answer_without_v1(chat: FakeChat) -> None:
+    with client(chat) as c:
+        with c.stream("POST", "/chat/completions", json={"model": "fake", "messages": USER, "stream": True}) as r:
+            raw = r.read()
+        assert c.get("/models").json()["data"][0]["id"] == "fake"
+    assert b"\r" not in raw and raw.startswith(b"data: {") and raw.endswith(b"data: [DONE]\n\n")
+    assert b"\"finish_reason\": \"stop\"" in raw
+
+
 def test_health_answers_without_a_key_and_busy_gets_retry_after(chat: FakeChat) -> None:
     from starlette.requests import Request
 

@@ -214,7 +214,7 @@ def _sampling(body: dict[str, Any], limits: Limits) -> Sampling:
     changes = {
         "temperature": _number(body, "temperature", float, 0, 2),
         "top_p": _number(body, "top_p", float, 0, 1),
-        "top_k": _off_if_not_positive(_number(body, "top_k", int)),  # llama.cpp's and vLLM's -1: no top-k
+        "top_k": _top_k(_number(body, "top_k", int, -1)),
         "min_p": _number(body, "min_p", float, 0, 1),
         "seed": _number(body, "seed", int),
         "max_tokens": max_tokens,
@@ -228,8 +228,9 @@ def _sampling(body: dict[str, Any], limits: Limits) -> Sampling:
         raise bad(exc.message.replace("--", "").replace("-", "_")) from None
 
 
-def _off_if_not_positive(value: int | None) -> int | None:
-    return value if value is None or value > 0 else 0
+def _top_k(value: int | None) -> int | None:
+    """vLLM's -1 ("no top-k") is 0 here, as in llama.cpp."""
+    return 0 if value == -1 else value
 
 
 def _stops(body: dict[str, Any]) -> tuple[str, ...]:

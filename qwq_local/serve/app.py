@@ -29,6 +29,7 @@ from qwq_local.serve.queue import GenerationQueue, Job
 
 log = logging.getLogger("qwq.serve")
 PING_SECONDS = 5  # an SSE comment at least this often, so that clients and proxies do not time out
+SSE_SEP = "\n"  # lines end as vLLM's and OpenAI's do (sse-starlette's default is \r\n)
 _DONE = object()
 
 
@@ -92,10 +93,11 @@ def create_app(service: ReplyService, options: ServeOptions = ServeOptions()) ->
                                      allow_headers=["*"]))  # the openai SDKs send x-stainless-* headers
     routes = [
         Route("/health", health, methods=["GET"]),
-        Route("/v1/models", _guarded(models), methods=["GET"]),
-        Route("/v1/chat/completions", _guarded(chat), methods=["POST"]),
-        Route("/v1/completions", _guarded(completions), methods=["POST"]),
-    ]
+    ] + [route  # under /v1, and as llama-server also serves them, without it (a client whose base URL lacks /v1)
+         for prefix in ("/v1", "")
+         for route in (Route(f"{prefix}/models", _guarded(models), methods=["GET"]),
+                       Route(f"{prefix}/chat/completions", _guarded(chat), methods=["POST"]),
+                       Route(f"{prefix}/completions", _guarded(completions), methods=["POST"]))]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     return app
@@ -176,7 +178,7 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
     chat = kind == "chat.completion"
 
     def data(payload: dict[str, Any]) -> ServerSentEvent:
-        return ServerSentEvent(data=json.dumps(payload, ensure_ascii=False))
+        return ServerSentEvent(data=json.dumps(payload, ensure_ascii=False), sep=SSE_SEP)
 
     async def chunks() -> AsyncIterator[ServerSentEvent]:
         try:
@@ -187,7 +189,7 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
                 if event is _DONE:
                     break
                 if isinstance(event, Progress):
-                    yield ServerSentEvent(comment=event.text)
+                    yield ServerSentEvent(comment=event.text, sep=SSE_SEP)
                 elif isinstance(event, Delta):
                     if chat:
                         yield data(api.chat_chunk(rid, parsed.model, api.chat_delta(event)))
@@ -213,13 +215,13 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
                     yield data(api.completion_chunk(rid, parsed.model, "", result.finish_reason))
                 if parsed.include_usage:
                     yield data(api.usage_chunk(rid, parsed.model, kind + ("" if not chat else ".chunk"), result))
-            yield ServerSentEvent(data="[DONE]")
+            yield ServerSentEvent(data="[DONE]", sep=SSE_SEP)
         finally:
             if not job.future.done():
                 job.cancel()
                 job.future.add_done_callback(lambda f: _log_cancelled(f, request.method, request.url.path))
 
-    return EventSourceResponse(chunks(), ping=PING_SECONDS)
+    return EventSourceResponse(chunks(), ping=PING_SECONDS, sep=SSE_SEP)
 
 
 def _log_cancelled(future: "asyncio.Future[Any]", method: str, path: str) -> None:
