@@ -415,7 +415,8 @@ def test_a_catalog_model_not_pulled_is_planned_from_the_catalog_for_an_engine(tm
                                 "models_dir": tmp_path}, env={}))
 
 
-def test_server_chat_shows_vllms_separate_reasoning_as_folded_thinking() -> None:
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])  # llama-server and old vLLM; vLLM >= 0.11
+def test_server_chat_shows_vllms_separate_reasoning_as_folded_thinking(field: str) -> None:
     import json
 
     import httpx
@@ -427,7 +428,7 @@ def test_server_chat_shows_vllms_separate_reasoning_as_folded_thinking() -> None
 
     def handle(request: httpx.Request) -> httpx.Response:
         asked.append(json.loads(request.content))
-        deltas = [{"reasoning_content": "2 and 2"}, {"reasoning_content": " make 4."}, {"content": "\\boxed{4}"}]
+        deltas = [{field: "2 and 2"}, {field: " make 4."}, {"content": "\\boxed{4}"}]
         events = [{"choices": [{"delta": d, "finish_reason": None}]} for d in deltas]
         events += [{"choices": [{"delta": {}, "finish_reason": "stop"}]},
                    {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 9}}]

@@ -81,7 +81,7 @@ def test_thinking_goes_to_reasoning_content_and_usage_counts_it(chat: FakeChat) 
         body = c.post("/v1/chat/completions", json={"model": "fake", "messages": USER}).json()
     choice = body["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": "The answer is 42.",
-                                 "reasoning_content": "Let me think about it."}
+                                 "reasoning": "Let me think about it.", "reasoning_content": "Let me think about it."}
     assert choice["finish_reason"] == "stop" and body["object"] == "chat.completion"
     usage = body["usage"]
     assert usage["completion_tokens_details"]["reasoning_tokens"] == chat.last_stats.thinking_tokens > 0
@@ -99,6 +99,7 @@ def test_a_stream_sends_reasoning_deltas_then_content_then_usage_and_done(chat: 
     kinds = [next(iter(d)) for d in deltas[1:-1]]
     assert kinds == sorted(kinds, reverse=True)  # every reasoning delta before every content delta
     assert "".join(d.get("reasoning_content", "") for d in deltas) == "Let me think about it.\n"
+    assert all(d.get("reasoning") == d.get("reasoning_content") for d in deltas)  # vLLM's name and llama-server's
     assert "".join(d.get("content", "") for d in deltas) == "The answer is 42."
     assert payloads[-2]["choices"][0]["finish_reason"] == "stop"
     assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"]

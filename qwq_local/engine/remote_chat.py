@@ -217,7 +217,8 @@ def _delta(event: Any, url: str) -> tuple[str, str, str | None]:
             return "", "", None
         choice = event["choices"][0]
         delta = choice.get("delta") or {}
-        text, thought = delta.get("content") or "", delta.get("reasoning_content") or ""
+        # vLLM before 0.11 and llama-server send `reasoning_content`, vLLM since then `reasoning` (qwq serve: both)
+        text, thought = delta.get("content") or "", delta.get("reasoning_content") or delta.get("reasoning") or ""
         if not isinstance(text, str) or not isinstance(thought, str):
             raise TypeError
         return text, thought, choice.get("finish_reason")

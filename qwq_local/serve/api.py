@@ -316,8 +316,9 @@ def usage(result: ReplyResult) -> dict[str, Any]:
 
 
 def chat_reply(rid: str, model: str, result: ReplyResult) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.answer,
-                               "reasoning_content": result.thinking or None}
+    thinking = result.thinking or None  # under both names: vLLM's `reasoning`, llama-server's `reasoning_content`
+    message: dict[str, Any] = {"role": "assistant", "content": result.answer, "reasoning": thinking,
+                               "reasoning_content": thinking}
     out: dict[str, Any] = {
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}],
@@ -340,7 +341,9 @@ def chat_chunk(rid: str, model: str, delta: dict[str, Any], finish: str | None =
 
 
 def chat_delta(event: Delta) -> dict[str, Any]:
-    return {"reasoning_content": event.text} if event.kind == "thinking" else {"content": event.text}
+    if event.kind == "thinking":
+        return {"reasoning": event.text, "reasoning_content": event.text}
+    return {"content": event.text}
 
 
 def completion_reply(rid: str, model: str, result: ReplyResult) -> dict[str, Any]:
