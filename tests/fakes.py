@@ -217,8 +217,13 @@ class ScriptedEngine:
             status, text = reply
             return httpx.Response(status, text=text)
         usage = {"prompt_tokens": len(body["prompt"].split()),
-                 "completion_tokens": sum(len(c["logprobs"]["tokens"]) if c.get("logprobs") else 1 for c in reply)}
+                 "completion_tokens": sum(_n_tokens(c) for c in reply)}
         return httpx.Response(200, json={"choices": [dict(c, index=i) for i, c in enumerate(reply)], "usage": usage})
+
+
+def _n_tokens(choice: Mapping[str, Any]) -> int:
+    logprobs = choice.get("logprobs") or {}
+    return len(logprobs.get("tokens") or logprobs.get("content") or [None])
 
 
 def choice(tokens: Sequence[str], finish: str = "stop", *, stop: str | None = None,
@@ -229,6 +234,27 @@ def choice(tokens: Sequence[str], finish: str = "stop", *, stop: str | None = No
     tops = list(top) if top is not None else [{t: logprob} for t in tokens]
     return {"text": text, "finish_reason": finish,
             "logprobs": {"tokens": list(tokens), "token_logprobs": [logprob] * len(tokens), "top_logprobs": tops}}
+
+
+def llama_server_choice(tokens: Sequence[tuple[int, str]], *, stop: str | None = None) -> dict[str, Any]:
+    """One choice as llama-server writes it (tools/server: send_final_response, probs_vector_to_json): log-probs in
+    the chat form with token ids; at a stop string the text is cut before it and so are the stop string's tokens
+    (here: the tokens from the one holding it), while an end-of-generation token stays as the last entry, text ""."""
+    texts = [t for _, t in tokens]
+    joined = "".join(texts)
+    kept = list(tokens)
+    if stop is not None:
+        at = joined.index(stop)
+        used = 0
+        for i, (_, t) in enumerate(tokens):
+            if used + len(t) > at:
+                kept = tokens[:i]
+                break
+            used += len(t)
+        joined = joined[:at]
+    entries = [{"id": i, "token": t, "bytes": list(t.encode()), "logprob": -0.5, "top_logprobs": [
+        {"id": i, "token": t, "bytes": list(t.encode()), "logprob": -0.5}]} for i, t in kept]
+    return {"text": joined, "finish_reason": "stop", "logprobs": {"content": entries}}
 
 
 class ChatMLFormat:

@@ -279,6 +279,51 @@ def test_an_end_token_in_the_log_probs_is_not_taken_for_the_stop_string() -> Non
     assert not cut.finished and cut.text == "It is 5.\n\n"
 
 
+class ChatMLVocab(ChatMLFormat):
+    """ChatMLFormat that knows its end-of-generation token, as a GGUF's vocabulary does: id 2 (<|im_end|>)."""
+
+    def is_eog(self, token: int) -> bool:
+        return token == 2
+
+
+@pytest.mark.parametrize("prompt_format", [ChatMLVocab(), ChatMLFormat()], ids=["gguf vocab", "template only"])
+def test_llama_servers_stop_string_and_eos_are_told_apart(prompt_format: ChatMLFormat) -> None:
+    from fakes import llama_server_choice
+
+    # llama-server ends both with finish_reason "stop", no stop_reason, and cuts a stop string's tokens from the
+    # log-probs while keeping an end token: "\n\n" here came inside the token ".\n\n", so "." is text without a token
+    cut = llama_server_choice([(10, "So"), (11, " it"), (12, " is"), (14, " 5"), (13, ".\n\n")], stop="\n\n")
+    eos = llama_server_choice([(10, "It"), (11, " is"), (12, " 5."), (2, "")])
+    engine = ScriptedEngine([[cut, eos]])
+    lm = RemotePolicy(server(engine), prompt_format, Sampling(), thinks=False)
+    step, done = lm.sample(lm.open("q"), 2, STOP)
+    assert not step.finished and step.text == "So it is 5.\n\n"  # it ended at the blank line: the path goes on
+    assert done.finished and done.text == "It is 5."
+    assert len(step.token_confidences) == len(done.token_confidences) == 4
+
+
+def test_a_ggufs_vocabulary_knows_its_end_tokens(smollm_path: Path) -> None:
+    from qwq_local.engine.vocab import GGUFVocab
+
+    with GGUFVocab(smollm_path) as vocab:
+        end = vocab.tokenize(vocab.eos_text, bos=False)
+        assert len(end) == 1 and vocab.is_eog(end[0])
+        assert not any(vocab.is_eog(t) for t in vocab.tokenize("The answer is 42.\n\n", bos=False))
+        assert not vocab.is_eog(-1) and not vocab.is_eog(10**9)
+
+
+def test_log_probs_a_server_put_for_cut_tokens_are_left_out() -> None:
+    from qwq_local.engine.remote_client import parse_completion
+
+    lowest = -3.4028234663852886e38  # SGLang's clamp of log(0) for the tokens top-p cut
+    entry = {"token": "7", "logprob": -0.2, "top_logprobs": [{"token": "7", "logprob": -0.2},
+                                                             {"token": "8", "logprob": lowest},
+                                                             {"token": "9", "logprob": float("-inf")}]}
+    data = {"choices": [{"text": "7", "finish_reason": "length", "logprobs": {"content": [entry]}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    assert parse_completion(data, "u").choices[0].top_logprobs == [{"7": -0.2}]
+
+
 def test_the_prompt_tokens_the_server_evaluated_come_from_its_timings_or_its_cache_hits() -> None:
     from qwq_local.engine.remote_client import parse_completion
 

@@ -215,6 +215,8 @@ class RemotePolicy:
             "presence_penalty": s.presence_penalty, "seed": seed,
             "logprobs": self.top_logprobs, "cache_prompt": True,  # llama-server's prefix cache; others ignore it
         }
+        if s.repeat_penalty != 1.0:  # vLLM's name for it (it ignores llama.cpp's)
+            body["repetition_penalty"] = s.repeat_penalty
         if self._delimits(step, stop):
             body["stop"] = [stop.delimiter]
         return self._with_model(body)
@@ -276,12 +278,14 @@ class RemotePolicy:
         n_tokens = len(tokens) if tokens is not None else self.format.count_tokens(text)
         hit_stop = False
         if choice.finish_reason == "stop" and delimited:
-            if choice.stopped_at_string:  # the server names the stop string (vLLM)
-                hit_stop = True
+            if choice.stopped_at_string is not None:  # the server names the stop string (vLLM)
+                hit_stop = choice.stopped_at_string
+            elif choice.token_ids is not None:  # llama-server: EOS is the last token; a stop string's are cut off
+                hit_stop = self._not_eog(choice.token_ids, tokens or [])
             elif tokens is not None:  # the sampled tokens run on past the text into the stop string
                 hit_stop = (stop.delimiter or "") in "".join(tokens)[len(text):]
             else:  # no way to tell EOS from the stop string: a step with tokens ended at the delimiter
-                hit_stop = n_tokens > 0 and choice.stopped_at_string is None
+                hit_stop = n_tokens > 0
         eos = choice.finish_reason == "stop" and not hit_stop
         if step.in_think:
             whole = step.text + text
@@ -309,6 +313,16 @@ class RemotePolicy:
         if not step.ended and choice.finish_reason not in ("stop", "length"):
             raise EngineReplyError(f"the engine at {self.server.url} ended a completion with finish_reason "
                                    f"{choice.finish_reason!r}")
+
+    def _not_eog(self, token_ids: list[int], tokens: list[str]) -> bool:
+        """Whether a reply that llama-server ended with "stop" ended at the stop string rather than at EOS: an end
+        token is kept as the last log-prob entry (its text empty), a stop string's tokens are cut off."""
+        is_eog = getattr(self.format, "is_eog", None)  # a GGUF's vocabulary has it
+        if is_eog is not None:
+            return not (token_ids and is_eog(token_ids[-1]))
+        # Without the vocabulary (a template from /props): an entry without text is taken for the end token; a
+        # token held back as the start of the stop string looks the same, and ends its path early (rarely).
+        return not tokens or tokens[-1] != ""
 
     def _add(self, step: _Step, text: str, choice: Choice, n_tokens: int) -> None:
         step.text += text

@@ -74,6 +74,8 @@ class RemoteChat:
                     "min_p": sampling.min_p, "repeat_penalty": sampling.repeat_penalty,
                     "presence_penalty": sampling.presence_penalty, "cache_prompt": True,
                 }
+                if sampling.repeat_penalty != 1.0:  # vLLM's name for it (it ignores llama.cpp's)
+                    body["repetition_penalty"] = sampling.repeat_penalty
                 if sampling.seed is not None:
                     body["seed"] = sampling.seed
                 if self.model:

@@ -25,6 +25,9 @@ class Choice:
     tokens: list[str] | None = None  # the sampled tokens' texts
     token_logprobs: list[float] | None = None
     top_logprobs: list[dict[str, float]] | None = None
+    # The sampled tokens' ids, where the log-probs come in the chat API's form (llama-server's): there a stop
+    # string's tokens are cut from the log-probs and an end-of-generation token is kept as the last entry.
+    token_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -223,17 +226,30 @@ def _choice(raw: dict[str, Any]) -> Choice:
     said = raw.get("stop_reason", ...)  # vLLM: the stop string, or None for EOS
     stopped_at_string = None if said is ... or raw.get("finish_reason") != "stop" else isinstance(said, str)
     logprobs = raw.get("logprobs") or None
-    tokens = token_logprobs = top = None
+    tokens = token_logprobs = top = ids = None
     if isinstance(logprobs, dict) and isinstance(logprobs.get("tokens"), list):  # the completions API's form
         tokens = [str(t) for t in logprobs["tokens"]]
         token_logprobs = [float(x) if x is not None else 0.0 for x in logprobs.get("token_logprobs") or []]
-        top = [{str(k): float(v) for k, v in (entry or {}).items()} for entry in logprobs.get("top_logprobs") or []]
+        top = [_real({str(k): v for k, v in (entry or {}).items()}) for entry in logprobs.get("top_logprobs") or []]
     elif isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):  # the chat API's (llama-server)
         entries = logprobs["content"]
         tokens = [str(e["token"]) for e in entries]
         token_logprobs = [float(e["logprob"]) for e in entries]
-        top = [{str(t["token"]): float(t["logprob"]) for t in e.get("top_logprobs") or []} for e in entries]
-    return Choice(text, raw.get("finish_reason"), stopped_at_string, tokens, token_logprobs, top)
+        top = [_real({str(t["token"]): t["logprob"] for t in e.get("top_logprobs") or []}) for e in entries]
+        if all(isinstance(e.get("id"), int) for e in entries):
+            ids = [int(e["id"]) for e in entries]
+    return Choice(text, raw.get("finish_reason"), stopped_at_string, tokens, token_logprobs, top, ids)
+
+
+def _real(top: dict[str, Any]) -> dict[str, float]:
+    """A token's top log-probs without the ones a server puts for "cut by top-p" (-inf, or a float's lowest value
+    as SGLang clamps it): those say nothing of the model's confidence and would swamp any mean of the rest."""
+    out = {}
+    for token, value in top.items():
+        value = float(value)
+        if value > -1e30:
+            out[token] = value
+    return out
 
 
 def _reason(exc: Exception) -> str:

@@ -68,6 +68,14 @@ class GGUFVocab:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text, bos=False))
 
+    def is_eog(self, token: int) -> bool:
+        """Whether `token` ends a generation (EOS, <|im_end|>, ...): how a llama-server reply that ended at EOS is
+        told from one that ended at a stop string."""
+        if self._model is None:
+            raise RuntimeError("GGUFVocab used after close()")
+        return 0 <= token < llama_cpp.llama_vocab_n_tokens(self._vocab) and bool(
+            llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
     def close(self) -> None:
         if self._model is not None:
             llama_cpp.llama_model_free(self._model)
