@@ -302,6 +302,28 @@ def test_llama_servers_stop_string_and_eos_are_told_apart(prompt_format: ChatMLF
     assert len(step.token_confidences) == len(done.token_confidences) == 4
 
 
+def test_no_request_asks_past_the_servers_context() -> None:
+    import httpx
+
+    # vLLM says its context in /v1/models (max_model_len) and refuses prompt + max_tokens past it with a 400
+    models = {"object": "list", "data": [{"id": "other", "max_model_len": 99}, {"id": "qwq", "max_model_len": 30}]}
+    engine = ScriptedEngine([[choice(["a", " b", " c"], finish="length")]])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=models) if request.url.path == "/v1/models" else engine.handle(request)
+
+    server = CompletionServer("http://vllm.test", transport=httpx.MockTransport(handle))
+    assert server.context_length("qwq") == 30 and CompletionServer(
+        "http://none.test", transport=engine.transport()).context_length("qwq") is None
+    lm = RemotePolicy(server, ChatMLFormat(), Sampling(max_tokens=1000), thinks=False, n_ctx=30)
+    root = lm.open("q")  # ChatML's prompt: 3 words, so 27 tokens of room
+    [step] = lm.sample(root, 1, StepStop(delimiter=None, min_tokens=1, max_tokens=1000))
+    assert engine.requests[0]["max_tokens"] == 27
+    full = lm.open_text(" ".join(["w"] * 30))
+    [none] = lm.sample(full, 1, STOP)
+    assert none.finished and none.text == "" and len(engine.requests) == 1  # nothing asked: the context is full
+
+
 def test_a_ggufs_vocabulary_knows_its_end_tokens(smollm_path: Path) -> None:
     from qwq_local.engine.vocab import GGUFVocab
 

@@ -15,8 +15,10 @@ from qwq_local.errors import NotPulledError, QwqError
 class RemotePolicies:
     """The PolicyFactory on a remote engine: each search gets a fresh RemotePolicy (no state lives on the server)."""
 
-    def __init__(self, server: Any, prompt_format: Any, served_model: str | None, needs: str | None = None) -> None:
+    def __init__(self, server: Any, prompt_format: Any, served_model: str | None, needs: str | None = None,
+                 n_ctx: int | None = None) -> None:
         self.server = server
+        self.n_ctx = n_ctx  # the server's context when it says it
         self.prompt_format = prompt_format  # None: the template is not known here (only plain chat, on the server's)
         self.served_model = served_model
         self.needs = needs  # why a search cannot run here, when prompt_format is None
@@ -29,7 +31,7 @@ class RemotePolicies:
             raise NotPulledError(self.needs or "--engine: the model's chat template is not known here")
         policy = RemotePolicy(self.server, self.prompt_format, sampling, thinks=setup.plan.thinks,
                               model=self.served_model, max_reply_tokens=setup.config.max_reply_tokens,
-                              history=list(history))
+                              history=list(history), n_ctx=self.n_ctx)
         try:
             yield policy
         finally:
@@ -68,10 +70,11 @@ def remote_policies(plan: runtime.ModelPlan, settings: Settings) -> Iterator[Rem
             from qwq_local.engine.server_format import ServerFormat
 
             prompt_format = ServerFormat.discover(server, served, override=plan.chat_template)
-        yield RemotePolicies(server, prompt_format, served, needs=None if prompt_format else (
+        needs = None if prompt_format else (
             f"--engine: a search (and solve) applies {settings.model}'s chat template here, and its GGUF is not "
             f"here nor does the engine at {server.url} say it (llama-server's /props): run `qwq pull "
-            f"{settings.model}` (only its vocabulary is read) or give --model PATH.gguf; plain chat works as it is"))
+            f"{settings.model}` (only its vocabulary is read) or give --model PATH.gguf; plain chat works as it is")
+        yield RemotePolicies(server, prompt_format, served, needs, n_ctx=server.context_length(served))
 
 
 @dataclass(frozen=True)

@@ -71,13 +71,14 @@ class RemotePolicy:
 
     def __init__(self, server: CompletionServer, prompt_format: PromptFormat, sampling: Sampling, *, thinks: bool,
                  model: str | None = None, max_reply_tokens: int | None = None,
-                 history: Sequence[Message] = ()) -> None:
+                 history: Sequence[Message] = (), n_ctx: int | None = None) -> None:
         self.server = server
         self.format = prompt_format
         self.sampling = sampling
         self.thinks = thinks
         self.model = model
         self.max_reply_tokens = max_reply_tokens or sampling.max_tokens
+        self.n_ctx = n_ctx  # the server's context (prompt + completion) when it says it: no request asks past it
         self.history = list(history)
         self.counters = EngineCounters()
         self.n_supported: bool | None = None  # None until a request with n > 1 has shown it
@@ -206,11 +207,14 @@ class RemotePolicy:
     def _body(self, parent: _Branch, step: _Step, stop: StepStop, *, n: int, seed: int) -> dict[str, Any] | None:
         """The request that continues `step` from `parent`, or None when the step has no tokens left."""
         budget = min(stop.max_tokens - step.n_tokens, self.max_reply_tokens - step.reply_tokens)
+        prompt = parent.text + step.text
+        if self.n_ctx is not None and budget >= 1:  # vLLM refuses a request past its max_model_len with a 400
+            budget = min(budget, self._room(prompt))
         if budget < 1:
             return None
         s = self.sampling
         body: dict[str, Any] = {
-            "prompt": parent.text + step.text, "max_tokens": budget, "n": n, "temperature": s.temperature,
+            "prompt": prompt, "max_tokens": budget, "n": n, "temperature": s.temperature,
             "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repeat_penalty,
             "presence_penalty": s.presence_penalty, "seed": seed,
             "logprobs": self.top_logprobs, "cache_prompt": True,  # llama-server's prefix cache; others ignore it
@@ -220,6 +224,11 @@ class RemotePolicy:
         if self._delimits(step, stop):
             body["stop"] = [stop.delimiter]
         return self._with_model(body)
+
+    def _room(self, prompt: str) -> int:
+        """Tokens the server's context has left after `prompt`."""
+        assert self.n_ctx is not None
+        return self.n_ctx - self.format.count_tokens(prompt) - (1 if self.format.added_bos else 0)
 
     def _delimits(self, step: _Step, stop: StepStop) -> bool:
         return stop.delimiter is not None and (step.in_think or not self.thinks)
@@ -256,9 +265,10 @@ class RemotePolicy:
         while not step.ended:
             if choice is None:
                 body = self._body(parent, step, stop, n=1, seed=seed)
-                if body is None:
+                if body is None:  # the reply's tokens are spent, or the step's, or the server's context
                     step.ended = True
-                    step.finished = step.reply_tokens >= self.max_reply_tokens
+                    step.finished = step.reply_tokens >= self.max_reply_tokens or (
+                        self.n_ctx is not None and self._room(parent.text + step.text) < 1)
                     break
                 seed = (seed * 1103515245 + 12345) % 2**31  # a continuation samples afresh
                 reply = self._complete(body)

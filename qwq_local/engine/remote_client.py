@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from qwq_local.errors import EngineReplyError, EngineUnreachableError
+from qwq_local.errors import EngineReplyError, EngineUnreachableError, QwqError
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 CONNECT_TIMEOUT = 10.0
@@ -182,6 +182,22 @@ class CompletionServer:
         except (KeyError, TypeError):
             raise EngineReplyError(f"the engine at {self.url} answered /v1/models with something that is not a "
                                    f"model list: {_snippet(json.dumps(data))}") from None
+
+    def context_length(self, model: str | None = None) -> int | None:
+        """The tokens a request (prompt and completion) may hold on this server: vLLM's and SGLang's `max_model_len`
+        in /v1/models, llama-server's slot `n_ctx` in /props; None when it says neither."""
+        try:
+            data = self.request("GET", "/v1/models", retry=False)
+            entries = [e for e in data.get("data") or [] if isinstance(e, dict)]
+            for entry in sorted(entries, key=lambda e: e.get("id") != model):  # the served model's first
+                length = entry.get("max_model_len")
+                if isinstance(length, int) and length > 0:
+                    return length
+            props = self.request("GET", "/props", retry=False)
+            length = (props.get("default_generation_settings") or {}).get("n_ctx") if isinstance(props, dict) else None
+            return length if isinstance(length, int) and length > 0 else None
+        except (QwqError, AttributeError):
+            return None
 
     def complete(self, body: dict[str, Any]) -> Completion:
         """One `/v1/completions` request (not streamed) -> its choices in index order and its usage."""
