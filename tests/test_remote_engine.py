@@ -286,7 +286,7 @@ class ChatMLVocab(ChatMLFormat):
         return token == 2
 
 
-@pytest.mark.parametrize("prompt_format", [ChatMLVocab(), ChatMLFormat()], ids=["gguf vocab", "template only"])
+@pytest.mark.parametrize("prompt_format", [ChatMLVocab(), ChatMLFormat()], ids=["gguf vocab", "no vocabulary"])
 def test_llama_servers_stop_string_and_eos_are_told_apart(prompt_format: ChatMLFormat) -> None:
     from fakes import llama_server_choice
 

@@ -327,11 +327,11 @@ class RemotePolicy:
     def _not_eog(self, token_ids: list[int], tokens: list[str]) -> bool:
         """Whether a reply that llama-server ended with "stop" ended at the stop string rather than at EOS: an end
         token is kept as the last log-prob entry (its text empty), a stop string's tokens are cut off."""
-        is_eog = getattr(self.format, "is_eog", None)  # a GGUF's vocabulary has it
+        is_eog = getattr(self.format, "is_eog", None)  # a GGUF's vocabulary has it, and llama-server's /props
         if is_eog is not None:
             return not (token_ids and is_eog(token_ids[-1]))
-        # Without the vocabulary (a template from /props): an entry without text is taken for the end token; a
-        # token held back as the start of the stop string looks the same, and ends its path early (rarely).
+        # No way to spell the tokens: an entry without text is taken for the end token. A token held back as the
+        # start of the stop string ("\n" before "\n") has no text either, and then ends its path early.
         return not tokens or tokens[-1] != ""
 
     def _add(self, step: _Step, text: str, choice: Choice, n_tokens: int) -> None:

@@ -68,12 +68,14 @@ class ServerFormat:
     """A PromptFormat from the server: its `/props` chat template rendered here, its tokenizer over HTTP."""
 
     def __init__(self, template: ChatTemplate, tokenizer: Tokenizer, *, bos_text: str, added_bos: str,
-                 source: str) -> None:
+                 source: str, eos_text: str = "") -> None:
         self._template = template
         self._tokenizer = tokenizer
         self.bos_text = bos_text
+        self.eos_text = eos_text
         self.added_bos = added_bos
         self.source = source  # where the template came from, for messages
+        self._pieces: dict[int, str] = {}
 
     @classmethod
     def discover(cls, server: CompletionServer, model: str | None, override: str | None = None) -> ServerFormat | None:
@@ -102,7 +104,8 @@ class ServerFormat:
             special = None
         tokens = special.get("tokens") if isinstance(special, dict) else None
         added_bos = bos if bos and isinstance(tokens, list) and len(tokens) == len(plain) + 1 else ""
-        return cls(template, tokenizer, bos_text=bos, added_bos=added_bos, source="--chat-template" if override else f"{server.url}/props")
+        return cls(template, tokenizer, bos_text=bos, added_bos=added_bos, eos_text=eos,
+                   source="--chat-template" if override else f"{server.url}/props")
 
     def render_chat(self, messages: Sequence[Message]) -> str:
         """The server's chat template, ending with the assistant's generation prompt."""
@@ -113,6 +116,23 @@ class ServerFormat:
 
     def count_tokens(self, text: str) -> int:
         return self._tokenizer.count(text)
+
+    def is_eog(self, token: int) -> bool:
+        """Whether `token` ends a generation, as the server spells it (llama-server's /detokenize writes special
+        tokens out): its EOS, or another control token such as <|endoftext|> or <end_of_turn>. A token that cannot
+        be spelled (no /detokenize) is not taken for one."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            try:
+                data = self._tokenizer.server.request("POST", "/detokenize", {"tokens": [token]}, retry=False)
+            except QwqError:
+                data = None
+            piece = data.get("content") if isinstance(data, dict) else None
+            piece = piece if isinstance(piece, str) else ""
+            if len(self._pieces) < MAX_CACHED:
+                self._pieces[token] = piece
+        return bool(piece) and (piece == self.eos_text or (piece.startswith("<") and piece.endswith(">")
+                                                           and "\n" not in piece and len(piece) > 2))
 
     def close(self) -> None:
         """Nothing to free: the server owns the tokenizer."""
