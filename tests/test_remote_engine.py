@@ -88,6 +88,52 @@ def test_a_stalled_server_times_out_instead_of_hanging() -> None:
             conn.close()
 
 
+CTRL_C_SCRIPT = """
+import socket, sys, threading
+sys.path.insert(0, sys.argv[1])
+from fakes import ChatMLFormat
+from qwq_local.config import Sampling
+from qwq_local.engine.remote import RemotePolicy
+from qwq_local.engine.remote_client import CompletionServer
+from qwq_local.search.protocol import StepStop
+
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+held = []
+def hold():
+    while True:
+        held.append(listener.accept()[0])
+        if len(held) == 3:
+            print("asked", flush=True)
+threading.Thread(target=hold, daemon=True).start()
+server = CompletionServer(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=120)
+lm = RemotePolicy(server, ChatMLFormat(), Sampling(), thinks=False)
+lm.n_supported = False  # three requests at once, each on a thread of its own
+lm.sample(lm.open("q"), 3, StepStop(delimiter="\\n\\n", min_tokens=1, max_tokens=32))
+"""
+
+
+def test_ctrl_c_while_concurrent_requests_wait_on_a_stalled_engine_ends_at_once(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "stalled.py"
+    script.write_text(CTRL_C_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(Path(__file__).parent)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "asked", proc.stderr
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)  # the requests' own timeout is 120 s: nothing waited on them
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+
+
 def test_n_honoured_is_one_request() -> None:
     engine = ScriptedEngine([[choice(WORDS, stop="\n\n"), choice(["a", " b", " c", " d", "\n\n"], stop="\n\n")]])
     lm = policy(engine)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message
@@ -22,6 +21,7 @@ from qwq_local.search.protocol import Candidate, LMStats, StepStop
 
 TOP_LOGPROBS = 20  # DeepConf's k for token confidence; a server that allows fewer is asked for what it allows
 MAX_PARALLEL = 16  # concurrent requests when the server ignores n > 1
+T = TypeVar("T")
 
 
 class PromptFormat(Protocol):
@@ -87,7 +87,6 @@ class RemotePolicy:
         self._next = 0
         self._lock = threading.Lock()
         self._rng = random.Random(sampling.seed if sampling.seed is not None else random.randrange(2**31))
-        self._pool: ThreadPoolExecutor | None = None
 
     # -- StepLM ----------------------------------------------------------------------------------------------
     @property
@@ -122,9 +121,6 @@ class RemotePolicy:
 
     def close(self) -> None:
         self._branches.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)  # never wait on a stalled engine
-            self._pool = None
 
     def sample(self, branch: int, k: int, stop: StepStop) -> list[Candidate]:
         parent = self._branches[branch]
@@ -195,9 +191,7 @@ class RemotePolicy:
     def _map(self, fn: Any, items: range) -> list[Any]:
         if len(items) == 1:
             return [fn(items[0])]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL, thread_name_prefix="qwq-remote")
-        return list(self._pool.map(fn, items))
+        return _in_threads(fn, items, MAX_PARALLEL)
 
     def _with_model(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.model:
@@ -345,6 +339,39 @@ class RemotePolicy:
             for top in choice.top_logprobs[:n_tokens]:
                 best = sorted(top.values(), reverse=True)[:k]
                 step.confidences.append(-sum(best) / len(best) if best else 0.0)
+
+
+def _in_threads(fn: Callable[[int], T], items: range, limit: int) -> list[T]:
+    """`fn` over `items` on at most `limit` daemon threads, the results in order; the first error is raised.
+
+    Daemon threads, not a ThreadPoolExecutor: a Ctrl-C, raised in the caller's thread, ends qwq at once, where
+    the executor's workers are joined at exit and would hold it until their requests to a stalled engine time out.
+    """
+    results: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    pending = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while not errors:
+            with lock:
+                i = next(pending, None)
+            if i is None:
+                return
+            try:
+                results[i] = fn(items[i])
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, name="qwq-remote", daemon=True) for _ in range(min(limit, len(items)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.1)  # a join with a timeout lets Ctrl-C through
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _tokens_in(tokens: list[str], chars: int) -> int:
