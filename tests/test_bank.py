@@ -203,9 +203,20 @@ def test_bank_and_choose_run_on_the_tiny_model(tmp_path: Path, smollm_path: Path
     with np.load(npz) as arrays:
         assert arrays["hidden"].shape[0] == len(rec["nodes"]) and not np.isnan(arrays["hidden"][-1]).any()
         assert len(arrays["tokens"]) == sum(n["n_tokens"] for n in rec["nodes"])
+        sampled = arrays["hidden"].astype(np.float32)
     code, _, err = run_cli(args, capsys)
     assert code == 0 and "1 of 1 problems done" in err
     assert len((out / "bank.jsonl").read_text().splitlines()) == 1
+    # On another machine the user cache is empty: the same command rebuilds the hidden states from the texts.
+    npz.unlink()
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "(1 to rebuild)" in err and "rebuilt 1/1" in err, err
+    assert (out / "bank.jsonl").read_text() == line + "\n"  # the record is not sampled again
+    with np.load(npz) as arrays:
+        rebuilt = arrays["hidden"].astype(np.float32)
+    assert rebuilt.shape == sampled.shape and np.isfinite(rebuilt).all()
+    cosine = (rebuilt * sampled).sum(1) / np.linalg.norm(rebuilt, axis=1) / np.linalg.norm(sampled, axis=1)
+    assert np.median(cosine) > 0.99, cosine  # the same states up to tokenization and batching (~0.9998)
     code, stdout, err = run_cli(["bench", "choose", str(out), "--json"], capsys)
     assert code == 0, err
     report = json.loads(stdout)

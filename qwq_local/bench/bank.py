@@ -80,6 +80,39 @@ def sample_tree(question: str, lm: StepLM, shape: Sequence[int], stop: StepStop,
     return nodes
 
 
+def replay_tree(question: str, lm: Any, record: dict[str, Any]) -> list[BankNode]:
+    """The nodes of a recorded bank tree with their hidden states again, each step's text decoded after its
+    parent's (`lm.replay`, no sampling): the arrays of a bank whose user cache is gone, rebuilt in seconds.
+
+    A reply that ended before the token limit ended at its end token, which sampling decodes too. The per-token
+    statistics are not rebuilt (NaN); the record keeps their summaries.
+    """
+    limit = int(record.get("setup", {}).get("max_tokens") or 0)
+    records = sorted(record["nodes"], key=lambda n: n["id"])
+    has_children = {n["parent"] for n in records}
+    handles: dict[int | None, int] = {None: lm.open(question)}
+    reply_tokens: dict[int | None, int] = {None: 0}
+    nodes = []
+    for n in records:
+        tokens = reply_tokens[n["parent"]] + int(n["n_tokens"])
+        cand = lm.replay(handles[n["parent"]], n["text"], end=bool(n["finished"]) and not (limit and tokens >= limit))
+        nodes.append(BankNode(n["id"], n["parent"], n["depth"], n["text"], int(n["n_tokens"]), bool(n["finished"]),
+                              np.full((int(n["n_tokens"]), len(TOKEN_COLUMNS)), np.nan, dtype=np.float32),
+                              cand.hidden))
+        if n["id"] in has_children:
+            handles[n["id"]], reply_tokens[n["id"]] = cand.branch, tokens
+        else:
+            lm.release(cand.branch)
+    for n in records:  # every state is released once its children are replayed
+        if n["id"] in handles:
+            lm.release(handles.pop(n["id"]))
+    lm.release(handles.pop(None))
+    for node in nodes:
+        if node.parent is not None:
+            nodes[node.parent].children.append(node.id)
+    return nodes
+
+
 def _node(node_id: int, parent: int | None, depth: int, cand: Candidate) -> BankNode:
     columns = (cand.token_logprobs, cand.token_confidences, cand.token_entropies, cand.token_certainties)
     n = cand.n_tokens

@@ -2,7 +2,8 @@
 
 DIR/bank.jsonl holds one line per problem (steps' text and statistics, leaves' answers and correctness: the compact
 part, committed under benchmarks/); the per-token statistics and hidden states go to an .npz per problem in the
-user cache (bulky, rebuilt by the same command).
+user cache (bulky; the same command rebuilds them from the texts where they are missing: hidden states only, by
+decoding each step's text after its parent's, seconds a problem instead of sampling again).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from qwq_local.app import runtime
-from qwq_local.bench.bank import BankNode, leaf_count, leaves, path, sample_tree, summarize, token_table
+from qwq_local.bench.bank import (BankNode, leaf_count, leaves, path, replay_tree, sample_tree, summarize,
+                                  token_table)
 from qwq_local.config import Settings
 from qwq_local.errors import ExitCode, InputFileError, UsageError
 from qwq_local.problems.checks import check
@@ -94,15 +96,31 @@ def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shap
     todo = [p for p in problems if p.id not in done]
     key = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:10]
     arrays_dir = arrays_root() / f"{results.resolve().name}-{key}"
-    echo(f"bank: {len(problems) - len(todo)} of {len(problems)} problems done; arrays in {arrays_dir}")
-    if not todo:
+    # The arrays live in the user cache: a bank committed elsewhere has none here, and they are rebuilt from its texts.
+    lost = [done[p.id] for p in problems if p.id in done and done[p.id].get("arrays")
+            and not (arrays_root() / done[p.id]["arrays"]).is_file()]
+    echo(f"bank: {len(problems) - len(todo)} of {len(problems)} problems done; arrays in {arrays_dir}"
+         + (f" ({len(lost)} to rebuild)" if lost else ""))
+    if not todo and not lost:
         return [done[p.id] for p in problems]
     from qwq_local.engine.kvtree import KVTree
     from qwq_local.engine.policy import TreePolicy
 
     model = runtime.load(plan, settings, chat_ctx=runtime.SEARCH_ONLY_CTX)
     reply_stop = StepStop(delimiter=None, min_tokens=0, max_tokens=sampling.max_tokens, end_think=stop.end_think)
+    by_id = {p.id: p for p in problems}
     try:
+        for number, record in enumerate(lost, 1):
+            problem, start = by_id[record["problem_id"]], time.perf_counter()
+            with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=8, hidden=True) as tree:
+                policy = TreePolicy(model, tree, sampling, thinks=plan.thinks)
+                try:
+                    nodes = replay_tree(build_question(problem.prompt, problem.format), policy, record)
+                finally:
+                    policy.close()
+            save_arrays(arrays_root() / record["arrays"], nodes)
+            echo(f"[rebuilt {number}/{len(lost)}] {problem.id}: hidden states of {len(nodes)} steps from their "
+                 f"texts, {time.perf_counter() - start:.0f} s")
         with bank_path.open("a", encoding="utf-8") as handle:
             for number, problem in enumerate(todo, 1):
                 seeded = replace(sampling, seed=problem_seed(problem.id) if sampling.seed is None else sampling.seed)

@@ -207,6 +207,20 @@ class TreePolicy:
                 n //= 2
         return []
 
+    def replay(self, branch: int, text: str, *, end: bool) -> Candidate:
+        """The step `text` after `branch` as if it had been sampled (a bank's arrays rebuilt from its texts): its
+        tokens decoded in one batch, and the end token too when the reply ended there (`end`), as sampling decodes
+        it, so that the hidden state is the step's end. Nothing is sampled, so there are no token statistics."""
+        parent = self._states[branch]
+        tokens = self.model.tokenize(text, bos=False)
+        b = self.tree.fork(parent.branch)
+        decode = tokens + ([self.model.llama.token_eos()] if end else [])
+        self.tree.extend([(b, decode[:-1])])
+        self.tree.extend([(b, decode[-1:])])  # alone in its batch: the tree keeps hidden states of last tokens
+        state = _State(b, parent.in_think, parent.reply_tokens + len(tokens), parent.think_tokens)
+        return Candidate(text=text, branch=self._handle(state), n_tokens=len(tokens), finished=end,
+                         hidden=b.hidden)
+
     def _candidate(self, child: _Child) -> Candidate:
         child.sampler.close()
         state = child.state
