@@ -85,6 +85,10 @@ def test_data_errors_are_one_line(tmp_path: Path) -> None:
     assert empty.value.exit_code == ExitCode.EMPTY_INPUT
     with pytest.raises(UsageError):
         load_problems(str(bad), -1)
+    bad.write_text('{"id": "x\\ud800", "question": "1?", "answer": "1"}\n')  # loads, but no file could hold it
+    with pytest.raises(InputFileError, match=r"bad\.jsonl:1: a .* escape that is not half of a pair") as lone:
+        load_problems(str(bad), None)
+    assert lone.value.exit_code == ExitCode.BAD_DATA
 
 
 # The harness -------------------------------------------------------------------------------------

@@ -85,6 +85,23 @@ def test_a_locked_database_gives_one_warning_and_the_chat_goes_on(tmp_path: Path
     assert "first?" in text and "second?" in text
 
 
+def test_a_locked_database_under_a_path_that_says_corrupt_is_not_moved_aside(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(history_module, "BUSY_TIMEOUT_MS", 200)
+    where = tmp_path / "not-corrupt-dir"  # the error message names the file: its path's words are not SQLite's
+    where.mkdir()
+    path = where / "history.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        history, warning = open_history(path)
+    finally:
+        holder.close()
+    assert history is None and warning is not None and "not saved this session" in warning
+    assert not list(where.glob("history.db.corrupt-*")) and path.exists()
+
+
 def test_history_errors_have_their_own_exit_code() -> None:
     assert HistoryError("x").exit_code == ExitCode.HISTORY_UNAVAILABLE != ExitCode.UNEXPECTED
 

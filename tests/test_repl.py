@@ -57,13 +57,16 @@ def history(tmp_path: Path) -> Iterator[History]:
         yield h
 
 
-def chat(keys: str, history: History, model: FakeChat | None = None, **kw: Any) -> Chat:
+def chat(keys: str | bytes, history: History, model: FakeChat | None = None, **kw: Any) -> Chat:
     """Type `keys` into the REPL (one prompt_toolkit pipe input), Ctrl-D at the end."""
     model = model or FakeChat()
     out, err = io.StringIO(), io.StringIO()
     data_dir = history.path.parent
     with create_pipe_input() as pipe:
-        pipe.send_text(keys + CTRL_D)
+        if isinstance(keys, bytes):  # as a terminal sends them, whether UTF-8 or not
+            pipe.send_bytes(keys + CTRL_D.encode())
+        else:
+            pipe.send_text(keys + CTRL_D)
         env = Env(stdin=io.StringIO(), stdout=out, stderr=err, stdin_isatty=True, stdout_isatty=True,
                   data_dir=data_dir, prompt_input=pipe, prompt_output=DummyOutput())
         rc = run_chat(model, load_settings(), env, history, **kw)
@@ -288,6 +291,33 @@ def test_save_writes_a_markdown_transcript_atomically(history: History, tmp_path
     assert sorted(p.name for p in target.parent.iterdir()) == ["chat.md"]  # no temporary file left
     assert f"saved 1 turns to {target}" in c.out
     assert f"error: cannot save to {tmp_path}" in c.err and "usage: /save PATH" in c.err
+
+
+def test_save_to_a_path_that_cannot_be_is_an_error_and_the_chat_goes_on(history: History) -> None:
+    c = piped("q1\n/save a\x00b\n/save ~no-such-user-qwq/x.md\nq2\n", history, each_line=True)
+    assert c.rc == ExitCode.OK and "Traceback" not in c.err
+    assert c.err.count("error: cannot save to") == 2
+    assert [t.prompt for t in c.stored()] == ["q1", "q2"]
+
+
+def test_a_typed_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(history: History) -> None:
+    c = chat(b"caf\xe9\rq2\r", history)  # a stray byte (Alt+key on an 8-bit terminal)
+    assert c.rc == ExitCode.OK and "not UTF-8" in c.err
+    assert [t.prompt for t in c.stored()] == ["q2"] and len(c.model.calls) == 1
+
+
+def test_a_full_disk_under_the_prompt_history_is_one_warning(history: History,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from prompt_toolkit.history import FileHistory
+
+    def full(self: Any, string: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FileHistory, "store_string", full)
+    c = chat("q1\rq2\r", history)
+    assert c.rc == ExitCode.OK and "Unhandled exception" not in c.out + c.err
+    assert c.err.count("prompt history not kept from here on: No space left on device") == 1
+    assert [t.prompt for t in c.stored()] == ["q1", "q2"]
 
 
 # --- search strategies ----------------------------------------------------------------------------

@@ -79,6 +79,11 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise InputFileError(f"{path}:{number}: not valid JSON ({message})", ExitCode.BAD_DATA) from None
         if not isinstance(record, dict):
             raise InputFileError(f"{path}:{number}: expected a JSON object", ExitCode.BAD_DATA)
+        try:  # a \ud800 escape loads as a lone surrogate, which no results file could then be written with
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputFileError(f"{path}:{number}: a \\uD800-\\uDFFF escape that is not half of a pair",
+                                 ExitCode.BAD_DATA) from None
         yield number, record
 
 

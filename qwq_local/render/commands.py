@@ -173,12 +173,16 @@ def _save(s: ChatSession, arg: str) -> bool:
     if not arg:
         error(s.env, "usage: /save PATH")
         return False
-    path = Path(arg).expanduser()
+    path = Path(arg)
     title = title_of(s.turns[0].prompt) if s.turns else ""
     try:
+        path = path.expanduser()  # RuntimeError: ~user that does not exist
         write_atomically(path, transcript_markdown(title, s.model.name, s.turns))
     except OSError as exc:
         error(s.env, f"cannot save to {path}: {exc.strerror or exc}")
+        return False
+    except (ValueError, RuntimeError) as exc:  # a NUL byte in the path, an unknown ~user
+        error(s.env, f"cannot save to {arg!r}: {exc}")
         return False
     info(s.env, f"saved {len(s.turns)} turns to {path}")
     return False

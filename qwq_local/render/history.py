@@ -360,7 +360,11 @@ def open_history(path: Path, clock: Callable[[], str] = _now) -> tuple[History |
         problem, corrupt = " ".join(str(check).split()), True
     except (HistoryError, sqlite3.Error) as exc:
         problem = " ".join(getattr(exc, "message", str(exc)).split())
-        corrupt = any(word in problem for word in _CORRUPT)
+        cause = exc if isinstance(exc, sqlite3.Error) else exc.__cause__ or exc.__context__  # raised `from None`
+        # SQLite's own code, or its own words: the message also names the file, whose path may hold any word
+        code = getattr(cause, "sqlite_errorcode", None)
+        corrupt = code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) if code is not None else (
+            isinstance(cause, sqlite3.Error) and any(word in str(cause) for word in _CORRUPT))
     if not corrupt:
         cause = disk_cause(path)
         return None, f"history is not saved this session{': ' + cause if cause else ''} ({problem})"

@@ -79,6 +79,11 @@ def _interactive(session: ChatSession) -> int:
             return ExitCode.OK
         if not text.strip():
             continue
+        try:  # the terminal's bytes are decoded with surrogateescape: a byte that is not UTF-8 stays a surrogate
+            text.encode("utf-8")
+        except UnicodeError:
+            error(session.env, "that line is not UTF-8 text (a stray byte from the terminal?): not sent")
+            continue
         try:
             if is_command(text):
                 if run_command(session, text):
@@ -220,13 +225,31 @@ def key_bindings() -> KeyBindings:
     return kb
 
 
+class _KeptHistory(FileHistory):
+    """FileHistory that goes on in memory when a line cannot be written (a full disk), with one warning."""
+
+    def __init__(self, path: str, env: Env) -> None:
+        super().__init__(path)
+        self.env = env
+        self.failed = False
+
+    def store_string(self, string: str) -> None:
+        if self.failed:
+            return
+        try:
+            super().store_string(string)
+        except (OSError, UnicodeError) as exc:
+            self.failed = True
+            warn(self.env, f"prompt history not kept from here on: {getattr(exc, 'strerror', None) or exc}")
+
+
 def prompt_history(env: Env) -> PromptHistory:
     """Typed lines persist in the user data dir; an unwritable dir falls back to memory."""
     try:
         env.data_dir.mkdir(parents=True, exist_ok=True)
         path = env.data_dir / PROMPT_HISTORY_FILE
         path.touch(exist_ok=True)
-        return FileHistory(str(path))
+        return _KeptHistory(str(path), env)
     except OSError as exc:
         warn(env, f"prompt history not kept: {exc}")
         return InMemoryHistory()
