@@ -258,6 +258,10 @@ def test_history_list_search_and_export_output(tmp_path: Path) -> None:
         assert out.getvalue().startswith(f"{'1.1':>8}  How many primes below twenty?  — ")
         with pytest.raises(UsageError):
             print_search(env, h, " ")
+        with pytest.raises(UsageError, match="not UTF-8"):
+            print_search(env, h, "caf\udce9")  # a byte that is not UTF-8, as the shell's argument holds it
+        with pytest.raises(UsageError, match="NUL"):
+            print_search(env, h, "pri\0mes")
         env, out, _ = plain_env()
         print_export(env, h, None, "json")
         assert json.loads(out.getvalue())["id"] == cid

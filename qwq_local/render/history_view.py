@@ -45,6 +45,12 @@ def print_search(env: Env, history: History, text: str, limit: int = 20, as_json
     """Full-text search over prompts and answers; lines are `conversation.turn  prompt — snippet`."""
     if not text.strip():
         raise UsageError("search needs some words")
+    try:  # an argument whose bytes are not UTF-8 arrives holding surrogates; SQLite's text cannot hold a NUL
+        text.encode("utf-8")
+    except UnicodeError:
+        raise UsageError("the search text is not UTF-8") from None
+    if "\0" in text:
+        raise UsageError("the search text holds a NUL byte")
     hits = history.search(text, limit=limit)
     if as_json:
         write(env.stdout, json.dumps([asdict(h) for h in hits], ensure_ascii=False, indent=2) + "\n")
