@@ -102,6 +102,27 @@ def test_a_locked_database_under_a_path_that_says_corrupt_is_not_moved_aside(tmp
     assert not list(where.glob("history.db.corrupt-*")) and path.exists()
 
 
+def test_a_turn_the_history_could_not_take_is_written_with_the_next_one(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwq_local.render.history import SaveResult
+
+    real = History.add_turn
+    calls = []
+
+    def flaky(self: History, conversation_id: int | None, turn: Turn) -> SaveResult:
+        calls.append(turn.prompt)
+        if len(calls) in (2, 3):  # q2 meets a lock, and again when q3 comes; then the lock is gone
+            return SaveResult(conversation_id, warning="history not saved: database is locked (kept in memory)")
+        return real(self, conversation_id, turn)
+
+    monkeypatch.setattr(History, "add_turn", flaky)
+    with History(tmp_path / "history.db") as history:
+        rc, _, err = _chat(history, "q1\nq2\nq3\nq4\n", tmp_path)
+        stored = [t.prompt for t in history.turns(history.latest_id())]
+    assert rc == 0 and stored == ["q1", "q2", "q3", "q4"]  # no hole where q2 was
+    assert err.count("database is locked") == 1 and "history saved again, the 2 turns it missed included" in err
+
+
 def test_history_errors_have_their_own_exit_code() -> None:
     assert HistoryError("x").exit_code == ExitCode.HISTORY_UNAVAILABLE != ExitCode.UNEXPECTED
 

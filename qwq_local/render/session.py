@@ -73,6 +73,7 @@ class ChatSession:
         self.last_stats: TurnStats | None = None
         self.totals = Totals()
         self._last_warning: str | None = None
+        self._unsaved: list[Turn] = []  # turns the history could not take yet (locked, full disk)
 
     # --- conversation -------------------------------------------------------------------------
 
@@ -100,6 +101,12 @@ class ChatSession:
 
     def reset(self) -> None:
         """Start a new conversation and forget the model's KV cache."""
+        if self._unsaved:  # the old conversation's turns go to it, or are said to be lost
+            assert self.history is not None
+            self._flush()
+            if self._unsaved:
+                warn(self.env, f"{len(self._unsaved)} turn(s) of that conversation could not be saved to history")
+                self._unsaved = []
         self.turns, self.conversation_id, self.last_stats = [], None, None
         self.model.reset()
 
@@ -231,14 +238,28 @@ class ChatSession:
         self.turns.append(turn)
         if self.history is None:
             return
-        result = self.history.add_turn(self.conversation_id, turn)
-        if result.ok:
+        self._unsaved.append(turn)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the turns not yet in history, oldest first: a turn that could not be saved (a lock, a full disk)
+        is written with the next one once the history takes writes again, so that no hole is left in it."""
+        assert self.history is not None
+        late = len(self._unsaved) - 1
+        while self._unsaved:
+            turn = self._unsaved[0]
+            result = self.history.add_turn(self.conversation_id, turn)
+            if not result.ok:
+                if result.warning != self._last_warning:  # say it once, not after every turn
+                    warn(self.env, result.warning or "history not saved")
+                    self._last_warning = result.warning
+                return
+            self._unsaved.pop(0)
             self.conversation_id = result.conversation_id
             turn.id, turn.conversation_id = result.turn_id, result.conversation_id
-            self._last_warning = None
-        elif result.warning != self._last_warning:  # say it once, not after every turn
-            warn(self.env, result.warning or "history not saved")
-            self._last_warning = result.warning
+        if self._last_warning is not None and late > 0:
+            info(self.env, f"history saved again, the {late} turn{'s' * (late > 1)} it missed included")
+        self._last_warning = None
 
 
 def _close_quietly(stream: object) -> None:
