@@ -293,10 +293,7 @@ def _system(settings: Settings) -> list[Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Whole or not at all: synced before its rename, no temporary file left by Ctrl-C."""
+    from qwq_local.render.commands import write_atomically
+
+    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
