@@ -89,7 +89,8 @@ def test_a_stalled_server_times_out_instead_of_hanging() -> None:
 
 
 CTRL_C_SCRIPT = """
-import socket, sys, threading
+import signal, socket, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a shell, even when this run inherited it ignored
 sys.path.insert(0, sys.argv[1])
 from fakes import ChatMLFormat
 from qwq_local.config import Sampling
