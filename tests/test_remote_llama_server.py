@@ -10,15 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import threading
-import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-import httpx
 import pytest
 
 from qwq_local.cli import main
@@ -26,6 +20,7 @@ from qwq_local.config import Sampling
 from qwq_local.engine.remote import RemotePolicy
 from qwq_local.engine.remote_client import CompletionServer
 from qwq_local.search.protocol import Candidate, StepStop
+from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -35,59 +30,17 @@ BINARY = os.environ.get("QWQ_TEST_LLAMA_SERVER") or shutil.which("llama-server")
 STEP = StepStop(delimiter="\n\n", min_tokens=4, max_tokens=96)
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the server goes with the test process
-    except (OSError, AttributeError):
-        pass
-
-
-class LlamaServer:
-    """`llama-server` on a free loopback port with two slots (so `n = 2` is honoured)."""
-
-    def __init__(self, binary: str, model: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "-c", "4096", "-np", "2",
-             "-t", "2", "--no-webui"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            preexec_fn=_die_with_parent)
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("llama-server exited: " + "".join(self.lines[-5:]))
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("llama-server did not come up in 120 s")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
+def llama_server_argv(binary: str, model: Path) -> Callable[[int], list[str]]:
+    """llama-server with two slots (so `n = 2` is honoured) and no web UI."""
+    return lambda port: [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "4096", "-np", "2",
+                         "-t", "2", "--no-webui"]
 
 
 @pytest.fixture(scope="module")
-def llama_server(smollm_path: Path) -> Iterator[LlamaServer]:
+def llama_server(smollm_path: Path) -> Iterator[ServerProcess]:
     if BINARY is None:
         pytest.skip("no llama-server: .ci/build-llama-server builds one (QWQ_TEST_LLAMA_SERVER names it)")
-    server = LlamaServer(BINARY, smollm_path)
+    server = ServerProcess("llama-server", llama_server_argv(BINARY, smollm_path), ready="/health")
     try:
         yield server
     finally:
@@ -108,7 +61,7 @@ def _walk(policy: RemotePolicy, question: str, k: int) -> list[list[Candidate]]:
 
 
 @pytest.mark.parametrize("vocabulary", ["gguf", "props"])
-def test_steps_end_at_blank_lines_and_paths_go_on_to_the_end(llama_server: LlamaServer, smollm_path: Path,
+def test_steps_end_at_blank_lines_and_paths_go_on_to_the_end(llama_server: ServerProcess, smollm_path: Path,
                                                              vocabulary: str) -> None:
     from qwq_local.engine.server_format import ServerFormat
     from qwq_local.engine.vocab import GGUFVocab
@@ -132,7 +85,7 @@ def test_steps_end_at_blank_lines_and_paths_go_on_to_the_end(llama_server: Llama
     assert max(len(steps) for steps in paths) >= 3, paths
 
 
-def test_the_default_astar_finishes_several_multi_step_paths(llama_server: LlamaServer,
+def test_the_default_astar_finishes_several_multi_step_paths(llama_server: ServerProcess,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["solve", str(NATALIA), "-m", "smollm2-135m", "--engine", llama_server.url, "-s", "astar",

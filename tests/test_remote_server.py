@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 
 from qwq_local.cli import main
 from qwq_local.errors import ExitCode
+from tests.server_process import ServerProcess
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server needs the test extra (fastapi, ...)")
 pytestmark = pytest.mark.slow
@@ -29,55 +27,16 @@ REPO = Path(__file__).parent.parent
 NATALIA = REPO / "examples" / "natalia.md"
 
 
-def _die_with_parent() -> None:
-    """The server goes when the test process does, even when that one is killed (Linux: PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
-class LlamaServer:
+class LlamaServer(ServerProcess):
     """`python -m llama_cpp.server` on a free loopback port, its log lines read as they come."""
 
     def __init__(self, model: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(self.port), "--n_ctx", "2048"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            preexec_fn=_die_with_parent)
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("llama_cpp.server exited: " + "".join(self.lines[-5:]))
-            try:
-                if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("llama_cpp.server did not come up in 120 s")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
+        super().__init__("llama_cpp.server", lambda port: [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "--n_ctx", "2048"], ready="/v1/models")
 
     def completions(self) -> int:
         return sum("POST /v1/completions" in line for line in list(self.lines))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
