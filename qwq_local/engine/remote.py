@@ -50,6 +50,7 @@ class _Branch:
     text: str  # the prompt and the reply so far, exactly as sent
     in_think: bool
     reply_tokens: int
+    prompt_tokens: int = 0  # of its prompt, counted once when there is a server context to keep within
 
 
 @dataclass
@@ -114,7 +115,9 @@ class RemotePolicy:
 
     def open_text(self, prompt: str) -> int:
         """A root branch from a ready prompt text (benchmarks)."""
-        return self._handle(_Branch(self._without_bos(prompt), in_think=self.thinks, reply_tokens=0))
+        text = self._without_bos(prompt)
+        counted = self.format.count_tokens(text) + (1 if self.format.added_bos else 0) if self.n_ctx else 0
+        return self._handle(_Branch(text, in_think=self.thinks, reply_tokens=0, prompt_tokens=counted))
 
     def release(self, branch: int) -> None:
         self._branches.pop(branch, None)
@@ -147,7 +150,7 @@ class RemotePolicy:
         steps = list(self._map(lambda i: self._grow(parent, stop, firsts[i], seeds[i]), range(k)))
         out = []
         for step in steps:
-            child = _Branch(parent.text + step.text, step.in_think, step.reply_tokens)
+            child = _Branch(parent.text + step.text, step.in_think, step.reply_tokens, parent.prompt_tokens)
             out.append(Candidate(
                 text=step.text, branch=self._handle(child), n_tokens=step.n_tokens, finished=step.finished,
                 logprob=sum(step.logprobs), token_logprobs=step.logprobs, token_confidences=step.confidences,
@@ -201,14 +204,13 @@ class RemotePolicy:
     def _body(self, parent: _Branch, step: _Step, stop: StepStop, *, n: int, seed: int) -> dict[str, Any] | None:
         """The request that continues `step` from `parent`, or None when the step has no tokens left."""
         budget = min(stop.max_tokens - step.n_tokens, self.max_reply_tokens - step.reply_tokens)
-        prompt = parent.text + step.text
-        if self.n_ctx is not None and budget >= 1:  # vLLM refuses a request past its max_model_len with a 400
-            budget = min(budget, self._room(prompt))
+        if self.n_ctx is not None:  # vLLM refuses a request past its max_model_len with a 400
+            budget = min(budget, self._room(parent, step))
         if budget < 1:
             return None
         s = self.sampling
         body: dict[str, Any] = {
-            "prompt": prompt, "max_tokens": budget, "n": n, "temperature": s.temperature,
+            "prompt": parent.text + step.text, "max_tokens": budget, "n": n, "temperature": s.temperature,
             "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repeat_penalty,
             "presence_penalty": s.presence_penalty, "seed": seed,
             "logprobs": self.top_logprobs, "cache_prompt": True,  # llama-server's prefix cache; others ignore it
@@ -219,10 +221,11 @@ class RemotePolicy:
             body["stop"] = [stop.delimiter]
         return self._with_model(body)
 
-    def _room(self, prompt: str) -> int:
-        """Tokens the server's context has left after `prompt`."""
+    def _room(self, parent: _Branch, step: _Step) -> int:
+        """Tokens the server's context has left after the branch's prompt and the reply so far (counted, not
+        tokenized again at every request)."""
         assert self.n_ctx is not None
-        return self.n_ctx - self.format.count_tokens(prompt) - (1 if self.format.added_bos else 0)
+        return self.n_ctx - parent.prompt_tokens - step.reply_tokens
 
     def _delimits(self, step: _Step, stop: StepStop) -> bool:
         return stop.delimiter is not None and (step.in_think or not self.thinks)
@@ -262,7 +265,7 @@ class RemotePolicy:
                 if body is None:  # the reply's tokens are spent, or the step's, or the server's context
                     step.ended = True
                     step.finished = step.reply_tokens >= self.max_reply_tokens or (
-                        self.n_ctx is not None and self._room(parent.text + step.text) < 1)
+                        self.n_ctx is not None and self._room(parent, step) < 1)
                     break
                 seed = (seed * 1103515245 + 12345) % 2**31  # a continuation samples afresh
                 reply = self._complete(body)

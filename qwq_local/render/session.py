@@ -73,7 +73,6 @@ class ChatSession:
         self.last_stats: TurnStats | None = None
         self.totals = Totals()
         self._last_warning: str | None = None
-        self._unsaved: list[Turn] = []  # turns the history could not take yet (locked, full disk)
 
     # --- conversation -------------------------------------------------------------------------
 
@@ -101,12 +100,10 @@ class ChatSession:
 
     def reset(self) -> None:
         """Start a new conversation and forget the model's KV cache."""
-        if self._unsaved:  # the old conversation's turns go to it, or are said to be lost
-            assert self.history is not None
+        if self._unsaved():  # the old conversation's turns go to it, or are said to be lost
             self._flush()
-            if self._unsaved:
-                warn(self.env, f"{len(self._unsaved)} turn(s) of that conversation could not be saved to history")
-                self._unsaved = []
+            if self._unsaved():
+                warn(self.env, f"{len(self._unsaved())} turn(s) of that conversation could not be saved to history")
         self.turns, self.conversation_id, self.last_stats = [], None, None
         self.model.reset()
 
@@ -236,25 +233,26 @@ class ChatSession:
 
     def _save(self, turn: Turn) -> None:
         self.turns.append(turn)
-        if self.history is None:
-            return
-        self._unsaved.append(turn)
-        self._flush()
+        if self.history is not None:
+            self._flush()
+
+    def _unsaved(self) -> list[Turn]:
+        """The turns the history could not take yet (a lock, a full disk): those without an id."""
+        return [turn for turn in self.turns if turn.id is None] if self.history is not None else []
 
     def _flush(self) -> None:
         """Write the turns not yet in history, oldest first: a turn that could not be saved (a lock, a full disk)
         is written with the next one once the history takes writes again, so that no hole is left in it."""
         assert self.history is not None
-        late = len(self._unsaved) - 1
-        while self._unsaved:
-            turn = self._unsaved[0]
+        unsaved = self._unsaved()
+        late = len(unsaved) - 1
+        for turn in unsaved:
             result = self.history.add_turn(self.conversation_id, turn)
             if not result.ok:
                 if result.warning != self._last_warning:  # say it once, not after every turn
                     warn(self.env, result.warning or "history not saved")
                     self._last_warning = result.warning
                 return
-            self._unsaved.pop(0)
             self.conversation_id = result.conversation_id
             turn.id, turn.conversation_id = result.turn_id, result.conversation_id
         if self._last_warning is not None and late > 0:
