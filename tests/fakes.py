@@ -218,7 +218,35 @@ class ScriptedEngine:
             return httpx.Response(status, text=text)
         usage = {"prompt_tokens": len(body["prompt"].split()),
                  "completion_tokens": sum(_n_tokens(c) for c in reply)}
-        return httpx.Response(200, json={"choices": [dict(c, index=i) for i, c in enumerate(reply)], "usage": usage})
+        choices = [dict(c, index=i) for i, c in enumerate(reply)]
+        if not body.get("stream"):
+            return httpx.Response(200, json={"choices": choices, "usage": usage})
+        events = [*stream_chunks(choices), {"choices": [], "usage": usage}]
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+
+def stream_chunks(choices: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`choices` as a server streams them: a chunk per token (its text and log-probs), the choices' chunks
+    interleaved, finish_reason (and stop_reason) only in each choice's last chunk."""
+    per_choice = []
+    for c in choices:
+        logprobs = c.get("logprobs") or {}
+        n = len(logprobs.get("tokens") or logprobs.get("content") or [])
+        texts = [str(t) for t in logprobs.get("tokens") or [e["token"] for e in logprobs.get("content") or []]]
+        left, chunks = c["text"], []
+        for i in range(n):
+            piece, left = left[:len(texts[i])], left[len(texts[i]):]
+            part = {key: value[i:i + 1] for key, value in logprobs.items()}
+            chunks.append({"index": c["index"], "text": piece, "logprobs": part, "finish_reason": None})
+        last = {"index": c["index"], "text": left, "finish_reason": c.get("finish_reason")}
+        if "stop_reason" in c:
+            last["stop_reason"] = c["stop_reason"]
+        per_choice.append([*chunks, last])
+    events = []
+    for i in range(max(len(chunks) for chunks in per_choice)):
+        events.append({"choices": [chunks[i] for chunks in per_choice if i < len(chunks)]})
+    return events
 
 
 def _n_tokens(choice: Mapping[str, Any]) -> int:

@@ -55,7 +55,7 @@ def test_refused_every_time_is_one_line_and_its_exit_code() -> None:
                                    (404, "no such route")])
 def test_nonsense_is_one_line_and_its_exit_code(reply: tuple[int, str]) -> None:
     with pytest.raises(EngineReplyError) as err:
-        server(ScriptedEngine([reply])).complete({"prompt": "x"})
+        server(ScriptedEngine([reply, reply])).complete({"prompt": "x"})  # streamed, then asked whole
     assert err.value.exit_code == ExitCode.ENGINE_BAD_REPLY and "\n" not in err.value.message
 
 
@@ -89,50 +89,79 @@ def test_a_stalled_server_times_out_instead_of_hanging() -> None:
 
 
 CTRL_C_SCRIPT = """
-import signal, socket, sys, threading
+import json, signal, socket, sys, threading
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a shell, even when this run inherited it ignored
 sys.path.insert(0, sys.argv[1])
 from fakes import ChatMLFormat
 from qwq_local.config import Sampling
 from qwq_local.engine.remote import RemotePolicy
 from qwq_local.engine.remote_client import CompletionServer
-from qwq_local.search.protocol import StepStop
+from qwq_local.search.protocol import Interrupted, StepStop
 
+WRITES = sys.argv[2] == "writes"  # each request is answered with the first words of a reply, then nothing more
 listener = socket.socket()
 listener.bind(("127.0.0.1", 0))
 listener.listen()
 held = []
+def answer(conn, i):
+    conn.recv(65536)
+    chunk = {"choices": [{"index": 0, "text": f"reply {i} so", "finish_reason": None,
+                          "logprobs": {"tokens": ["reply", f" {i}", " so"], "token_logprobs": [-0.1] * 3}}]}
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-type: text/event-stream\\r\\n\\r\\n")
+    conn.sendall(f"data: {json.dumps(chunk)}\\n\\n".encode())
 def hold():
     while True:
         held.append(listener.accept()[0])
+        if WRITES:
+            answer(held[-1], len(held))
         if len(held) == 3:
             print("asked", flush=True)
 threading.Thread(target=hold, daemon=True).start()
 server = CompletionServer(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=120)
 lm = RemotePolicy(server, ChatMLFormat(), Sampling(), thinks=False)
 lm.n_supported = False  # three requests at once, each on a thread of its own
-lm.sample(lm.open("q"), 3, StepStop(delimiter="\\n\\n", min_tokens=1, max_tokens=32))
+try:
+    lm.sample(lm.open("q"), 3, StepStop(delimiter="\\n\\n", min_tokens=1, max_tokens=32))
+except Interrupted as stopped:
+    print(json.dumps(sorted((c.text, c.n_tokens, c.finished) for c in stopped.candidates[0])), flush=True)
+    raise
 """
 
 
-def test_ctrl_c_while_concurrent_requests_wait_on_a_stalled_engine_ends_at_once(tmp_path: Path) -> None:
+def _ctrl_c_after_three_requests(tmp_path: Path, mode: str) -> tuple[int, str, str]:
     import signal
     import subprocess
     import sys
 
     script = tmp_path / "stalled.py"
     script.write_text(CTRL_C_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(Path(__file__).parent)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(script), str(Path(__file__).parent), mode], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "asked", proc.stderr
+        time.sleep(0.5)  # the first words reach the client
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)  # the requests' own timeout is 120 s: nothing waited on them
+        out, err = proc.communicate(timeout=30)  # the requests' own timeout is 120 s: nothing waited on them
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_while_concurrent_requests_wait_on_a_stalled_engine_ends_at_once(tmp_path: Path) -> None:
+    code, _, err = _ctrl_c_after_three_requests(tmp_path, "stalls")
+    assert code != 0 and "Interrupted" in err
+
+
+def test_ctrl_c_keeps_every_reply_as_far_as_the_engine_streamed_it(tmp_path: Path) -> None:
+    """As the local engine does (a best-so-far answer of sc and best-of-N): the replies were lost."""
+    import json
+
+    code, out, err = _ctrl_c_after_three_requests(tmp_path, "writes")
+    assert code != 0 and "Interrupted" in err
+    replies = json.loads(out.splitlines()[-1])
+    assert replies == [["reply 1 so", 3, False], ["reply 2 so", 3, False], ["reply 3 so", 3, False]]
 
 
 def test_n_honoured_is_one_request() -> None:
@@ -562,3 +591,126 @@ def test_server_chat_shows_vllms_separate_reasoning_as_folded_thinking(field: st
     thinking = ServerChat(server, name="qwq-32b", n_ctx=32768, model="Qwen/QwQ-32B", think=True)
     assert "".join(thinking.stream(history, Sampling(max_tokens=100))) == text
     assert thinking.last_stats is not None and thinking.last_stats.answer_tokens > 0
+
+
+def slow_server(events: list[tuple[float, str]]) -> tuple[str, socket.socket]:
+    """A one-connection HTTP server that writes a reply as a server does while it generates: asked to stream, a
+    text/event-stream whose pieces come after the given pauses (seconds); else nothing until the whole reply is
+    there (all the pauses), then the events' choices joined in one JSON body."""
+    import json
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        conn = listener.accept()[0]
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            if json.loads(body).get("stream"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+                for pause, piece in events:
+                    time.sleep(pause)
+                    conn.sendall(piece.encode())
+                return
+            time.sleep(sum(pause for pause, _ in events))
+            chunks = [json.loads(piece[len("data: "):]) for _, piece in events if "[DONE]" not in piece]
+            text = "".join(c["text"] for event in chunks for c in event["choices"])
+            reply = json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": "length"}]}).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(reply), reply))
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener
+
+
+def sse(event: dict) -> str:
+    import json
+
+    return f"data: {json.dumps(event)}\n\n"
+
+
+def test_a_reply_that_takes_longer_than_the_timeout_is_streamed_through() -> None:
+    """engine_timeout bounds a stall between tokens, not the whole reply (it was one request of the whole reply)."""
+    pieces = [(0.25, sse({"choices": [{"index": 0, "text": w, "finish_reason": None}]})) for w in WORDS[:4]]
+    pieces += [(0.25, sse({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})), (0, "data: [DONE]\n\n")]
+    url, listener = slow_server(pieces)
+    with listener:
+        start = time.monotonic()
+        reply = CompletionServer(url, timeout=0.6).complete({"prompt": "x", "max_tokens": 4})
+    assert time.monotonic() - start > 1.0  # longer than the timeout in all
+    assert reply.choices[0].text == "one two three four" and reply.choices[0].finish_reason == "length"
+
+
+def test_a_stream_that_stalls_in_the_middle_times_out() -> None:
+    url, listener = slow_server([(0, sse({"choices": [{"index": 0, "text": "one", "finish_reason": None}]})),
+                                 (5, "data: [DONE]\n\n")])
+    with listener, pytest.raises(EngineUnreachableError, match="stalled for 0.5 s in the middle"):
+        CompletionServer(url, timeout=0.5).complete({"prompt": "x"})
+
+
+def test_streamed_chunks_join_into_the_reply_a_plain_request_gets() -> None:
+    """vLLM's form: stop_reason null in every chunk but the last, usage in a last chunk without choices."""
+    from qwq_local.engine.remote_client import Chunks
+
+    chunks = Chunks()
+    for event in [
+        {"choices": [{"index": 1, "text": "b", "logprobs": {"tokens": ["b"], "token_logprobs": [-1.0]},
+                      "finish_reason": None, "stop_reason": None}]},
+        {"choices": [{"index": 0, "text": "a", "logprobs": {"tokens": ["a"], "token_logprobs": [-0.5]},
+                      "finish_reason": None, "stop_reason": None},
+                     {"index": 1, "text": "", "logprobs": {"tokens": ["\n\n"], "token_logprobs": [-0.1]},
+                      "finish_reason": "stop", "stop_reason": "\n\n"}]},
+        {"choices": [{"index": 0, "text": "", "finish_reason": "stop", "stop_reason": None}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3}},
+    ]:
+        chunks.add(event)
+    from qwq_local.engine.remote_client import parse_completion
+
+    reply = parse_completion(chunks.data(), "http://engine.test")
+    a, b = reply.choices
+    assert (a.text, a.tokens, a.stopped_at_string) == ("a", ["a"], False)  # ended at EOS
+    assert (b.text, b.tokens, b.token_logprobs, b.stopped_at_string) == ("b", ["b", "\n\n"], [-1.0, -0.1], True)
+    assert reply.usage.prompt_tokens == 3 and reply.usage.completion_tokens == 3
+
+
+def test_an_error_in_the_middle_of_a_stream_is_one_line() -> None:
+    engine = ScriptedEngine([lambda body: (200, sse({"choices": [{"index": 0, "text": "one"}]}) + sse(
+        {"error": {"message": "out of memory\nat slot 0"}}))])
+    with pytest.raises(EngineReplyError, match=r"broke off /v1/completions: out of memory at slot 0$"):
+        server(engine).complete({"prompt": "x"})
+
+
+def test_a_server_that_answers_a_stream_request_with_one_json_body_is_read() -> None:
+    import httpx
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"choices": [choice(WORDS[:2], "length")], "usage": {}})
+
+    reply = CompletionServer("http://engine.test", transport=httpx.MockTransport(handle)).complete({"prompt": "x"})
+    assert reply.choices[0].text == "one two" and reply.choices[0].tokens == ["one", " two"]
+
+
+def test_search_requests_are_streamed() -> None:
+    engine = ScriptedEngine([[choice(WORDS, stop="\n\n")] * 2])
+    lm = policy(engine)
+    lm.sample(lm.open("q"), 2, STOP)
+    assert engine.requests[0]["stream"] is True and engine.requests[0]["stream_options"] == {"include_usage": True}
+
+
+def test_a_stream_the_server_cuts_short_is_asked_again_whole_and_no_more_streams() -> None:
+    """llama-cpp-python's server ends one stream when the next request comes (interrupt_requests): the replies of
+    concurrent requests came back without a finish_reason and every search failed."""
+    cut = (200, sse({"choices": [{"index": 0, "text": "one", "finish_reason": None}]}) + "data: [DONE]\n\n")
+    engine = ScriptedEngine([lambda body: cut, [choice(WORDS, stop="\n\n")], [choice(WORDS, stop="\n\n")]])
+    remote = server(engine)
+    assert remote.complete({"prompt": "x"}).choices[0].text == "one two three four"
+    assert remote.complete({"prompt": "y"}).choices[0].finish_reason == "stop"
+    assert [r.get("stream", False) for r in engine.requests] == [True, False, False]

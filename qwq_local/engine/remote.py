@@ -9,15 +9,15 @@ from __future__ import annotations
 import math
 import random
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from qwq_local.config import Sampling
 from qwq_local.dialog.messages import Message
 from qwq_local.dialog.think import CLOSE, OPEN_LINE
-from qwq_local.engine.remote_client import Choice, Completion, CompletionServer, Usage
+from qwq_local.engine.remote_client import Chunks, Choice, Completion, CompletionServer, Usage, parse_completion
 from qwq_local.errors import EngineReplyError
-from qwq_local.search.protocol import Candidate, LMStats, StepStop
+from qwq_local.search.protocol import Candidate, Interrupted, LMStats, StepStop
 
 TOP_LOGPROBS = 20  # DeepConf's k for token confidence; a server that allows fewer is asked for what it allows
 MAX_PARALLEL = 16  # concurrent requests when the server ignores n > 1
@@ -129,33 +129,64 @@ class RemotePolicy:
         parent = self._branches[branch]
         seeds = [self._rng.randrange(2**31) for _ in range(k)]
         firsts: list[Choice | None] = [None] * k
-        if k > 1 and self.n_supported is not False:
-            body = self._body(parent, _Step(parent.in_think, parent.reply_tokens), stop, n=k, seed=seeds[0])
-            if body is not None:
-                try:
-                    reply = self._complete(body)
-                except EngineReplyError:
-                    if self.n_supported:
-                        raise
-                    reply = None  # a server that refuses n > 1 outright is asked one choice at a time
-                if reply is not None:
-                    got = len(reply.choices)
-                    self.n_supported = got >= k
-                    for i, choice in enumerate(reply.choices[:k]):
-                        firsts[i] = choice
-                    generated = sum(len(c.tokens) if c.tokens is not None else 0 for c in reply.choices)
-                    self._count(reply.usage, max(generated, reply.usage.completion_tokens))
-                else:
-                    self.n_supported = False
-        steps = list(self._map(lambda i: self._grow(parent, stop, firsts[i], seeds[i]), range(k)))
-        out = []
-        for step in steps:
-            child = _Branch(parent.text + step.text, step.in_think, step.reply_tokens, parent.prompt_tokens)
-            out.append(Candidate(
-                text=step.text, branch=self._handle(child), n_tokens=step.n_tokens, finished=step.finished,
-                logprob=sum(step.logprobs), token_logprobs=step.logprobs, token_confidences=step.confidences,
-            ))
-        return out
+        steps = [_Step(parent.in_think, parent.reply_tokens) for _ in range(k)]
+        shared = Chunks()  # the n = K request's chunks as they come
+        flight: list[Chunks | None] = [None] * k  # each reply's own request under way
+        try:
+            if k > 1 and self.n_supported is not False:
+                self._ask_shared(parent, stop, k, seeds[0], firsts, shared)
+            self._map(lambda i: self._grow(parent, stop, firsts[i], seeds[i], steps[i], flight, i), range(k))
+        except KeyboardInterrupt:  # Ctrl-C: every reply as far as it got, for a best-so-far answer (as local)
+            partial = [self._streamed(flight[i], 0) if flight[i] is not None else
+                       self._streamed(shared, i) if firsts[i] is None else
+                       firsts[i] if not steps[i].text else None for i in range(k)]  # not yet taken in
+            raise Interrupted([[self._child(parent, self._so_far(steps[i], partial[i])) for i in range(k)]]) \
+                from None
+        return [self._child(parent, step) for step in steps]
+
+    def _ask_shared(self, parent: _Branch, stop: StepStop, k: int, seed: int, firsts: list[Choice | None],
+                    into: Chunks) -> None:
+        """The first answer of all K replies in one request with n = K, where the server honours n."""
+        body = self._body(parent, _Step(parent.in_think, parent.reply_tokens), stop, n=k, seed=seed)
+        if body is None:
+            return
+        try:
+            reply = self._complete(body, into)
+        except EngineReplyError:
+            if self.n_supported:
+                raise
+            self.n_supported = False  # a server that refuses n > 1 outright is asked one choice at a time
+            return
+        self.n_supported = len(reply.choices) >= k
+        for i, choice in enumerate(reply.choices[:k]):
+            firsts[i] = choice
+        generated = sum(len(c.tokens) if c.tokens is not None else 0 for c in reply.choices)
+        self._count(reply.usage, max(generated, reply.usage.completion_tokens))
+
+    def _child(self, parent: _Branch, step: _Step) -> Candidate:
+        child = _Branch(parent.text + step.text, step.in_think, step.reply_tokens, parent.prompt_tokens)
+        return Candidate(
+            text=step.text, branch=self._handle(child), n_tokens=step.n_tokens, finished=step.finished,
+            logprob=sum(step.logprobs), token_logprobs=step.logprobs, token_confidences=step.confidences,
+        )
+
+    def _streamed(self, chunks: Chunks, index: int) -> Choice | None:
+        """What a request under way has streamed of choice `index` so far (None for nothing, or nonsense)."""
+        raw = chunks.choices.get(index)
+        if raw is None or not raw.get("text"):
+            return None
+        try:
+            return parse_completion({"choices": [dict(raw)]}, self.server.url).choices[0]
+        except EngineReplyError:
+            return None
+
+    def _so_far(self, step: _Step, partial: Choice | None) -> _Step:
+        """A copy of `step` with the text of a request under way (its tokens counted from its log-probs, none where
+        the server gives none: nothing is asked of a server that may be the one stalling)."""
+        copy = replace(step, logprobs=list(step.logprobs), confidences=list(step.confidences), finished=False)
+        if partial is not None:
+            self._add(copy, partial.text, partial, len(partial.tokens) if partial.tokens is not None else 0)
+        return copy
 
     def yes_probability(self, prompt: str) -> float:
         """P(Yes) / (P(Yes) + P(No)) from the log-probs of the reply's first token, with thinking skipped."""
@@ -230,9 +261,9 @@ class RemotePolicy:
     def _delimits(self, step: _Step, stop: StepStop) -> bool:
         return stop.delimiter is not None and (step.in_think or not self.thinks)
 
-    def _complete(self, body: dict[str, Any]) -> Completion:
+    def _complete(self, body: dict[str, Any], into: Chunks | None = None) -> Completion:
         try:
-            return self.server.complete(body)
+            return self.server.complete(body, into)
         except EngineReplyError as exc:
             if "logprob" not in exc.message.lower() or not body.get("logprobs"):
                 raise
@@ -242,7 +273,7 @@ class RemotePolicy:
             body["logprobs"] = self.top_logprobs
         else:
             body.pop("logprobs")
-        return self._complete(body)
+        return self._complete(body, into)
 
     def _count(self, usage: Usage, generated: int) -> None:
         with self._lock:
@@ -255,9 +286,10 @@ class RemotePolicy:
             c.peak_request_tokens = max(c.peak_request_tokens, usage.prompt_tokens + usage.completion_tokens)
 
     # -- growing one step ------------------------------------------------------------------------------------
-    def _grow(self, parent: _Branch, stop: StepStop, first: Choice | None, seed: int) -> _Step:
-        """One candidate step: the first answer (shared n = K request) or a fresh one, continued until it ends."""
-        step = _Step(parent.in_think, parent.reply_tokens)
+    def _grow(self, parent: _Branch, stop: StepStop, first: Choice | None, seed: int, step: _Step,
+              flight: list[Chunks | None], i: int) -> None:
+        """Grow candidate step `step` (reply `i`): the first answer (shared n = K request) or a fresh one,
+        continued until it ends; `flight[i]` holds the chunks of its request under way."""
         choice = first
         while not step.ended:
             if choice is None:
@@ -268,7 +300,9 @@ class RemotePolicy:
                         self.n_ctx is not None and self._room(parent, step) < 1)
                     break
                 seed = (seed * 1103515245 + 12345) % 2**31  # a continuation samples afresh
-                reply = self._complete(body)
+                flight[i] = Chunks()
+                reply = self._complete(body, flight[i])
+                flight[i] = None
                 choice = reply.choices[0]
                 self._count(reply.usage, max(len(choice.tokens or ()), reply.usage.completion_tokens))
                 delimited = "stop" in body
@@ -276,7 +310,6 @@ class RemotePolicy:
                 delimited = self._delimits(step, stop)
             self._take(step, choice, stop, delimited)
             choice = None
-        return step
 
     def _take(self, step: _Step, choice: Choice, stop: StepStop, delimited: bool) -> None:
         """Add one answer to the step and decide whether the step (or the reply) has ended."""

@@ -75,6 +75,7 @@ class CompletionServer:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = timeout
         self.retry = retry or Retry()
+        self.streams: bool | None = None  # False once the server cut a streamed completion short: asked whole
         self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
                                   timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)))
 
@@ -133,16 +134,27 @@ class CompletionServer:
 
     def stream(self, body: dict[str, Any], path: str = "/v1/completions") -> Iterator[dict[str, Any]]:
         """The events of one streamed `path` request (`/v1/completions`, `/v1/chat/completions`); closing the iterator
-        ends the request."""
+        ends the request. A server that answers with one JSON body instead gives that as the only event; an event
+        that is an error ends the stream with it."""
         where = f"the engine at {self.url}"
         for attempt in range(self.retry.attempts):
             last = attempt == self.retry.attempts - 1
+            answered = False
             try:
                 with self._http.stream("POST", path, json=dict(body, stream=True)) as reply:
+                    answered = True
                     if reply.status_code in RETRY_STATUS and not last:
                         self.retry.wait(attempt, reply.headers.get("retry-after"))
                         continue
                     self._check(reply, path, self.retry.attempts)
+                    if reply.headers.get("content-type", "").startswith("application/json"):
+                        reply.read()
+                        try:
+                            yield reply.json()
+                        except (json.JSONDecodeError, UnicodeDecodeError):
+                            raise EngineReplyError(f"{where} answered {path} with something that is not JSON: "
+                                                   f"{_snippet(reply.text)}") from None
+                        return
                     for line in reply.iter_lines():
                         if not line.startswith("data:"):
                             continue
@@ -150,10 +162,15 @@ class CompletionServer:
                         if data == "[DONE]":
                             return
                         try:
-                            yield json.loads(data)
+                            event = json.loads(data)
                         except json.JSONDecodeError:
                             raise EngineReplyError(f"{where} streamed something that is not JSON: "
                                                    f"{_snippet(data)}") from None
+                        if isinstance(event, dict) and event.get("error"):  # vLLM, llama-server: an error mid-stream
+                            error = event["error"]
+                            message = error.get("message") if isinstance(error, dict) else error
+                            raise EngineReplyError(f"{where} broke off {path}: {_snippet(str(message))}")
+                        yield event
                     return
             except httpx.ConnectError as exc:
                 if not last:
@@ -161,6 +178,9 @@ class CompletionServer:
                     continue
                 raise EngineUnreachableError(f"cannot reach {where} ({_reason(exc)}); is it running?") from None
             except httpx.TimeoutException:
+                if not answered:
+                    raise EngineUnreachableError(f"{where} did not answer {path} within {self.timeout:g} s "
+                                                 "(stalled or overloaded; engine_timeout sets the limit)") from None
                 raise EngineUnreachableError(f"{where} stalled for {self.timeout:g} s in the middle of a reply "
                                              "(engine_timeout sets the limit)") from None
             except httpx.TransportError as exc:
@@ -199,10 +219,71 @@ class CompletionServer:
         except (QwqError, AttributeError):
             return None
 
-    def complete(self, body: dict[str, Any]) -> Completion:
-        """One `/v1/completions` request (not streamed) -> its choices in index order and its usage."""
-        data = self.request("POST", "/v1/completions", body)
-        return parse_completion(data, self.url)
+    def complete(self, body: dict[str, Any], into: Chunks | None = None) -> Completion:
+        """One `/v1/completions` request -> its choices in index order and its usage.
+
+        Streamed, so that engine_timeout bounds a stall between tokens, not the whole reply (a reply of thousands
+        of tokens takes longer than that to write, and was refused as stalled); `into` gathers the chunks as they
+        come, for a reply as far as it got when the request is given up (Ctrl-C)."""
+        if self.streams is not False:
+            chunks = into if into is not None else Chunks()
+            for event in self.stream(dict(body, stream_options={"include_usage": True})):
+                try:
+                    chunks.add(event)
+                except (TypeError, ValueError, AttributeError):
+                    raise EngineReplyError(f"the engine at {self.url} streamed something that is not a "
+                                           f"completion: {_snippet(json.dumps(event))}") from None
+            if chunks.ended:
+                return parse_completion(chunks.data(), self.url)
+            # The server ended the stream before the reply: llama-cpp-python's server does when the next request
+            # comes (its interrupt_requests), and this engine asks several at once. Asked whole, it queues them.
+            self.streams = False
+            chunks.clear()
+        return parse_completion(self.request("POST", "/v1/completions", body), self.url)
+
+
+class Chunks:
+    """A streamed completion's chunks joined into the one answer a request without `stream` gets: per choice index
+    the texts and log-prob lists concatenated, the last finish_reason (and vLLM's stop_reason beside it), the usage
+    and llama-server's timings from the chunks that carry them."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.choices: dict[int, dict[str, Any]] = {}
+        self.rest: dict[str, Any] = {}
+
+    @property
+    def ended(self) -> bool:
+        """Whether every choice got its finish_reason (a stream cut short by the server has some without)."""
+        return bool(self.choices) and all(c["finish_reason"] is not None for c in self.choices.values())
+
+    def add(self, event: Any) -> None:
+        if not isinstance(event, dict):
+            raise TypeError("a chunk is a JSON object")
+        for key in ("usage", "timings"):
+            if event.get(key) is not None:
+                self.rest[key] = event[key]
+        for raw in event.get("choices") or []:
+            index = int(raw.get("index", 0))
+            into = self.choices.setdefault(index, {"index": index, "text": "", "finish_reason": None})
+            into["text"] += raw.get("text") or ""
+            if raw.get("finish_reason") is not None:
+                into["finish_reason"] = raw["finish_reason"]
+            if "stop_reason" in raw and (raw.get("finish_reason") is not None or "stop_reason" not in into):
+                into["stop_reason"] = raw["stop_reason"]
+            logprobs = raw.get("logprobs")
+            if isinstance(logprobs, dict):
+                joined = into.setdefault("logprobs", {})
+                for key, value in logprobs.items():
+                    if isinstance(value, list):
+                        joined.setdefault(key, []).extend(value)
+                    else:
+                        joined.setdefault(key, value)
+
+    def data(self) -> dict[str, Any]:
+        return {"choices": [self.choices[i] for i in sorted(self.choices)], **self.rest}
 
 
 def parse_completion(data: Any, url: str) -> Completion:
