@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from qwq_local.config import Sampling
-from qwq_local.dialog.messages import Message, TurnStats
+from qwq_local.dialog.messages import Message, TokenLogprob, TurnStats
 from qwq_local.render.chatmodel import Intervene
 
 DEFAULT_REPLY = "<think>\nLet me think about it.\n</think>\n\nThe answer is 42."
@@ -48,18 +48,24 @@ class FakeChat:
     resets: int = 0
     thinks_asked: list[bool | None] = field(default_factory=list)  # the `think` of every stream() call
     closed: int = 0  # streams closed early by the caller
+    token_log: list[TokenLogprob] = field(default_factory=list)
+    _log_top: int | None = None  # the alternatives the reply being generated logs (None: no log)
+    _asked_top: int | None = None  # what continue_text asked of the stream it starts
 
     def stream(self, messages: list[Message], sampling: Sampling, *, intervene: Intervene | None = None,
                think: bool | None = None) -> Iterator[str]:
         self.calls.append([Message(m.role, m.content) for m in messages])
         self.samplings.append(sampling)
+        self._log_top, self._asked_top, self.token_log = self._asked_top, None, []
         self.thinks_asked.append(think)
         item = self.replies.pop(0) if self.replies else self.default
         reply = item if isinstance(item, Reply) else Reply(item)
         return self._generate(messages, reply, intervene)
 
-    def continue_text(self, text: str, sampling: Sampling) -> Iterator[str]:
-        """A raw completion: the next scripted reply continues `text` (no template, no thinking)."""
+    def continue_text(self, text: str, sampling: Sampling, logprobs: int | None = None) -> Iterator[str]:
+        """A raw completion: the next scripted reply continues `text` (no template, no thinking); `logprobs`: each
+        piece is one token of log-prob -0.5 in `token_log` (its alternatives: itself, then " alt" at -1.5)."""
+        self._asked_top = logprobs
         return self.stream([Message("raw", text)], sampling, think=False)
 
     def _generate(self, messages: list[Message], reply: Reply, intervene: Intervene | None) -> Iterator[str]:
@@ -78,6 +84,8 @@ class FakeChat:
                 i += 1
                 if reply.piece_seconds:
                     time.sleep(reply.piece_seconds)
+                if self._log_top is not None:
+                    self.token_log.append(TokenLogprob(piece, -0.5, ((piece, -0.5), (" alt", -1.5))[:self._log_top]))
                 yield piece
                 if not in_thinking and not opened and piece.startswith("<think>"):
                     in_thinking = opened = True

@@ -1,8 +1,9 @@
 """The remote engine against `qwq serve`, started by the test on the tiny model: A* and sc end to end, greedy equal
 to the local engine, the server's prefix-cache counts read back, and a server killed mid-search.
 
-`qwq serve` refuses `n > 1` (400) and returns no log-probs, so the engine takes its concurrent-requests path and the
-confidence scorer its no-log-probs value; it reports `usage.prompt_tokens_details.cached_tokens`.
+`qwq serve` refuses `n > 1` (400), so the engine takes its concurrent-requests path; its text completions give
+the tokens' log-probs (the confidence scorer's) and vLLM's stop_reason; it reports
+`usage.prompt_tokens_details.cached_tokens`.
 """
 
 from __future__ import annotations
@@ -132,3 +133,27 @@ def test_a_server_killed_mid_search_is_one_line_and_its_exit_code(smollm_path: P
     assert proc.returncode == ExitCode.ENGINE_UNREACHABLE, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert f"127.0.0.1:{server.port}" in err
+
+
+def test_steps_carry_the_servers_token_log_probs_and_a_stop_is_not_the_end(qwq_serve: Server,
+                                                                           smollm_path: Path) -> None:
+    """qwq serve gave no log-probs: on it the confidence scorer weighed every path alike."""
+    from qwq_local.config import Sampling
+    from qwq_local.engine.remote import RemotePolicy
+    from qwq_local.engine.remote_client import CompletionServer
+    from qwq_local.engine.vocab import GGUFVocab
+    from qwq_local.search.protocol import StepStop
+
+    step = StepStop(delimiter="\n\n", min_tokens=4, max_tokens=96)
+    question = "List three fruits, one per paragraph, with a sentence about each."
+    with CompletionServer(qwq_serve.url, KEY) as server, GGUFVocab(smollm_path) as vocab:
+        policy = RemotePolicy(server, vocab, Sampling(temperature=0.7, seed=5, max_tokens=300), thinks=False,
+                              model=MODEL)
+        steps = policy.sample(policy.open(question), 2, step)
+    assert policy.top_logprobs == 20  # asked for and given
+    for candidate in steps:
+        assert candidate.n_tokens > 0 and len(candidate.token_logprobs) == candidate.n_tokens
+        assert all(lp <= 0 for lp in candidate.token_logprobs) and min(candidate.token_logprobs) < 0
+        assert len(candidate.token_confidences) == candidate.n_tokens and min(candidate.token_confidences) > 0
+    # a step that ended at its blank line goes on (finish_reason "stop" with stop_reason "\n\n", not EOS)
+    assert any(c.text.endswith("\n\n") and not c.finished for c in steps), steps

@@ -254,7 +254,8 @@ MALFORMED: list[tuple[str, Any, int]] = [
     ("frequency_penalty", {"model": "fake", "messages": USER, "frequency_penalty": 0.5}, 400),
     ("stream_options without stream", {"model": "fake", "messages": USER, "stream_options": {"include_usage": True}},
      400),
-    ("completion logprobs", {"model": "fake", "prompt": "x", "logprobs": 3}, 400),
+    ("completion logprobs over the limit", {"model": "fake", "prompt": "x", "logprobs": 21}, 400),
+    ("completion logprobs not a number", {"model": "fake", "prompt": "x", "logprobs": True}, 400),
     # What the search service would refuse is refused before a stream's 200.
     ("search scorer unknown, streamed", {"model": "fake+astar", "messages": USER, "stream": True,
                                          "search": {"scorer": "nope"}}, 400),
@@ -460,3 +461,40 @@ def test_qwq_serve_on_a_port_in_use_says_so_before_loading(monkeypatch: pytest.M
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+def test_a_text_completion_gives_its_tokens_log_probs_through_the_token_that_reaches_the_stop(chat: FakeChat) -> None:
+    """What a search on `--engine` at qwq serve needs (the confidence scorer, a stop told from the end): the
+    completions API's log-probs, run on through the stop sequence's first token as llama.cpp's servers give them,
+    and vLLM's stop_reason."""
+    chat.replies = ["Two plus two is four.\n\nSo four.", "Two plus two is four.\n\nSo four."]
+    body = {"model": "fake", "prompt": "Q: 2+2?\nA:", "stop": ["\n\n"], "logprobs": 2}
+    with client(chat) as c:
+        whole = c.post("/v1/completions", json=body).json()["choices"][0]
+        events = [json.loads(line[len("data: "):]) for line in c.post(
+            "/v1/completions", json={**body, "stream": True}).text.splitlines()
+            if line.startswith("data: {")]
+    assert whole["text"] == "Two plus two is four." and whole["finish_reason"] == "stop"
+    assert whole["stop_reason"] == "\n\n"
+    logprobs = whole["logprobs"]
+    assert "".join(logprobs["tokens"]) == "Two plus two is four.\n\n"  # the stop's token too
+    assert logprobs["token_logprobs"] == [-0.5] * len(logprobs["tokens"])
+    assert logprobs["top_logprobs"][0] == {"Two": -0.5, " alt": -1.5}
+    assert logprobs["text_offset"][:3] == [0, 3, 4]
+    streamed = [e["choices"][0] for e in events]
+    assert "".join(c["text"] for c in streamed) == whole["text"]
+    tokens = [t for c in streamed if c["logprobs"] for t in c["logprobs"]["tokens"]]
+    offsets = [t for c in streamed if c["logprobs"] for t in c["logprobs"]["text_offset"]]
+    assert tokens == logprobs["tokens"] and offsets == logprobs["text_offset"]
+    assert (streamed[-1]["finish_reason"], streamed[-1]["stop_reason"]) == ("stop", "\n\n")
+
+
+def test_a_text_completion_that_ends_at_the_models_end_says_no_stop_reason(chat: FakeChat) -> None:
+    chat.replies = ["Four."]
+    with client(chat) as c:
+        choice = c.post("/v1/completions", json={"model": "fake", "prompt": "2+2=", "logprobs": 0,
+                                                 "stop": ["\n\n"]}).json()["choices"][0]
+        plain = c.post("/v1/completions", json={"model": "fake", "prompt": "2+2="}).json()["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["stop_reason"] is None
+    assert choice["logprobs"]["tokens"] == ["Four", "."] and choice["logprobs"]["top_logprobs"] == [{}, {}]
+    assert plain["logprobs"] is None

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Literal, Protocol, Sequence, Union
 from qwq_local.app.search import CHAT_SEARCH, prepare_search
 from qwq_local.app.solve import PolicyFactory, SolveResult, solve_search
 from qwq_local.config import Sampling, Settings
-from qwq_local.dialog.messages import Message, TurnStats
+from qwq_local.dialog.messages import Message, TokenLogprob, TurnStats
 from qwq_local.dialog.think import Segment, ThinkParser, strip_closed_thinking
 from qwq_local.errors import UsageError
 from qwq_local.dialog.guard import Intervention
@@ -47,6 +47,7 @@ class ReplyRequest:
     think_budget: int | None = None  # close the thinking after this many tokens (and open it on any model)
     stop: tuple[str, ...] = ()  # the answer ends before the first of these (the thinking is not cut)
     search: SearchChoice | None = None
+    logprobs: int | None = None  # a text completion's tokens with their log-probs and this many alternatives
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Delta:
 
     kind: Literal["thinking", "answer"]
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens whose text this piece ends (when they were asked for)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class ReplyResult:
     finish_reason: str
     seconds: float
     search: SearchSummary | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the answer's tokens, when asked for
+    stop: str | None = None  # the stop sequence that ended the answer (None: the model's end, or a limit)
 
     @property
     def completion_tokens(self) -> int:
@@ -117,7 +121,9 @@ class ChatEngine(Protocol):
     def stream(self, messages: list[Message], sampling: Sampling, *, intervene: Any = None,
                think: bool | None = None) -> Iterator[str]: ...
 
-    def continue_text(self, text: str, sampling: Sampling) -> Iterator[str]: ...
+    def continue_text(self, text: str, sampling: Sampling, logprobs: int | None = None) -> Iterator[str]: ...
+
+    token_log: list[TokenLogprob]  # the tokens of the last continue_text asked for log-probs
 
 
 class StopScanner:
@@ -127,15 +133,17 @@ class StopScanner:
         self.stops = [s for s in stops if s]
         self.held = ""
         self.hit = False
+        self.which: str | None = None  # the stop sequence found
 
     def feed(self, text: str) -> str:
         if not self.stops or self.hit:
             return "" if self.hit else text
         text = self.held + text
-        found = [at for at in (text.find(s) for s in self.stops) if at >= 0]
+        found = [(at, s) for at, s in ((text.find(s), s) for s in self.stops) if at >= 0]
         if found:
+            at, self.which = min(found, key=lambda f: f[0])
             self.hit, self.held = True, ""
-            return text[: min(found)]
+            return text[:at]
         keep = max(_tail_prefix(text, s) for s in self.stops)
         self.held = text[len(text) - keep:]
         return text[: len(text) - keep]
@@ -232,15 +240,20 @@ class ReplyService:
         if request.search is not None:
             return self._search(request, emit, cancelled)
         start = time.perf_counter()
+        tokens: _TokenFeed | None = None
         if request.prompt is not None:
-            stream = self.chat.continue_text(request.prompt, request.sampling)
+            if request.logprobs is None:
+                stream = self.chat.continue_text(request.prompt, request.sampling)
+            else:
+                stream = self.chat.continue_text(request.prompt, request.sampling, request.logprobs)
+                tokens = _TokenFeed(self.chat.token_log)
             parser = None
         else:
             guard = Intervention(budget=request.think_budget)
             stream = self.chat.stream(_history(request.messages), request.sampling, intervene=guard,
                                       think=True if request.think_budget else None)
             parser = ThinkParser()
-        out = _Collector(emit, request.stop, trim=parser is not None)
+        out = _Collector(emit, request.stop, trim=parser is not None, tokens=tokens)
         stopped = was_cancelled = False
         try:
             for piece in stream:
@@ -262,7 +275,8 @@ class ReplyService:
         finish = "stop" if stopped or stats.stop_reason == "eos" else "length"
         return ReplyResult(out.text("thinking"), out.text("answer"), stats.prompt_tokens,
                            max(stats.prompt_tokens - stats.evaluated_prompt_tokens, 0), stats.thinking_tokens,
-                           stats.answer_tokens, finish, time.perf_counter() - start)
+                           stats.answer_tokens, finish, time.perf_counter() - start,
+                           logprobs=tuple(tokens.sent) if tokens is not None else None, stop=out.stops.which)
 
     def _search(self, request: ReplyRequest, emit: Callable[[Event], None],
                 cancelled: Callable[[], bool]) -> ReplyResult:
@@ -298,29 +312,60 @@ class ReplyService:
                                          search.complete, search.stop_reason, result.final_answer))
 
 
-class _Collector:
-    """Segments to deltas: the answer cut at a stop sequence; `trim`: each part's outer whitespace dropped."""
+class _TokenFeed:
+    """A text completion's token log-probs handed out with the text they spell: a piece of text released past the
+    stop scanner takes the tokens it completes; at a stop, the token that reaches into the stop sequence and those
+    after it go too, as llama.cpp's servers give them (so that a client can tell a stop sequence from the end)."""
 
-    def __init__(self, emit: Callable[[Event], None], stops: Sequence[str], trim: bool = True) -> None:
+    def __init__(self, log: list[TokenLogprob]) -> None:
+        self.log = log  # the engine appends to it as it generates
+        self.taken = 0  # entries of `log` handed out
+        self.spare = 0  # characters released beyond the entries handed out (the start of a token not yet whole)
+        self.sent: list[TokenLogprob] = []
+
+    def release(self, chars: int, *, through: bool = False) -> tuple[TokenLogprob, ...]:
+        """The tokens that `chars` more characters of text complete; `through`: and every token generated (at a
+        stop, or at the end)."""
+        self.spare += chars
+        out = []
+        while self.taken < len(self.log):
+            entry = self.log[self.taken]
+            if not through and len(entry.text) > self.spare:
+                break
+            self.spare = max(self.spare - len(entry.text), 0)
+            self.taken += 1
+            out.append(entry)
+        self.sent.extend(out)
+        return tuple(out)
+
+
+class _Collector:
+    """Segments to deltas: the answer cut at a stop sequence; `trim`: each part's outer whitespace dropped;
+    `tokens`: each answer piece with the token log-probs whose text it completes."""
+
+    def __init__(self, emit: Callable[[Event], None], stops: Sequence[str], trim: bool = True,
+                 tokens: _TokenFeed | None = None) -> None:
         self.emit = emit
         self.trim = trim
         self.stops = StopScanner(stops)
+        self.tokens = tokens
         self.parts: dict[str, list[str]] = {"thinking": [], "answer": []}
 
     def add(self, segments: Sequence[Segment]) -> None:
         for segment in segments:
             text = self.stops.feed(segment.text) if segment.kind == "answer" else segment.text
-            self._send(segment.kind, text)
+            self._send(segment.kind, text, through=self.stops.hit)
 
     def finish(self) -> None:
-        self._send("answer", self.stops.close())
+        self._send("answer", self.stops.close(), through=True)
 
-    def _send(self, kind: str, text: str) -> None:
+    def _send(self, kind: str, text: str, through: bool = False) -> None:
         if self.trim and not self.parts[kind]:
             text = text.lstrip()
-        if text:
+        logprobs = self.tokens.release(len(text), through=through) if self.tokens and kind == "answer" else ()
+        if text or logprobs:
             self.parts[kind].append(text)
-            self.emit(Delta(kind, text))  # type: ignore[arg-type]
+            self.emit(Delta(kind, text, logprobs))  # type: ignore[arg-type]
 
     def text(self, kind: str) -> str:
         text = "".join(self.parts[kind])

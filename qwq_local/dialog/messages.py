@@ -14,6 +14,16 @@ class Message:
     content: str
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, its log-prob and the `top` likeliest tokens' (text, log-prob) at its place,
+    from the model's own distribution (temperature 1, before any sampler: vLLM's raw log-probs)."""
+
+    text: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
 @dataclass
 class TurnStats:
     """What one reply cost: tokens seen, evaluated and generated, and time."""

@@ -6,8 +6,10 @@ import codecs
 import time
 from typing import Callable, Iterator
 
+import numpy as np
+
 from qwq_local.config import Sampling
-from qwq_local.dialog.messages import Message, TurnStats
+from qwq_local.dialog.messages import Message, TokenLogprob, TurnStats
 from qwq_local.dialog.think import ThinkTally
 from qwq_local.dialog.think import OPEN_LINE as THINK_OPEN
 from qwq_local.dialog.think import strip_closed_thinking
@@ -27,6 +29,7 @@ class LlamaChat:
         self.name = model.name
         self.n_ctx = model.n_ctx
         self.last_stats: TurnStats | None = None
+        self.token_log: list[TokenLogprob] = []  # the last reply's tokens, when it was asked for log-probs
         opens_thinking = model.render_chat([Message("user", "x")]).endswith(THINK_OPEN)
         self.template_thinks = opens_thinking
         self.thinks = opens_thinking if think is None else think
@@ -58,13 +61,17 @@ class LlamaChat:
         thinks = self.thinks if think is None else think
         return self._generate(self.prompt_text(messages, thinks), thinks, sampling, intervene)
 
-    def continue_text(self, text: str, sampling: Sampling) -> Iterator[str]:
-        """Yield the continuation of raw `text` (no chat template, no thinking): a plain text completion."""
-        return self._generate(text, False, sampling, None)
+    def continue_text(self, text: str, sampling: Sampling, logprobs: int | None = None) -> Iterator[str]:
+        """Yield the continuation of raw `text` (no chat template, no thinking): a plain text completion.
+
+        `logprobs` (how many alternatives): each generated token goes to `token_log` before its text
+        is yielded (a token that ends inside a character yields nothing; its entry comes with the next piece)."""
+        return self._generate(text, False, sampling, None, logprobs)
 
     def _generate(self, prompt_text: str, thinks: bool, sampling: Sampling,
-                  intervene: Callable[[str, int], str | None] | None) -> Iterator[str]:
+                  intervene: Callable[[str, int], str | None] | None, logprobs: int | None = None) -> Iterator[str]:
         start = time.perf_counter()
+        self.token_log = []
         prompt = self.model.tokenize(prompt_text)
         if self.yarn_later is not None and len(prompt) > self.yarn_later[0]:
             self._switch_to_yarn(*self.yarn_later)
@@ -103,6 +110,8 @@ class LlamaChat:
                     break
                 tokens.append(token)
                 piece = decoder.decode(self.model.token_bytes(token))
+                if logprobs is not None:
+                    self.token_log.append(self._logprob(token, piece, logprobs))
                 tally.token(piece)
                 if piece:
                     yield piece
@@ -141,6 +150,21 @@ class LlamaChat:
                 stop_reason=stop_reason,
                 prefill_seconds=prefill,
             )
+
+    def _logprob(self, token: int, piece: str, top: int) -> TokenLogprob:
+        """`token`'s log-prob under the logits it was sampled from (still the context's last row: generate()
+        decodes the token only when asked for the next one)."""
+        llama = self.model.llama
+        logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(llama.n_vocab(),))
+        peak = float(logits.max())
+        norm = peak + float(np.log(np.exp(logits - peak).sum()))
+        best: list[tuple[str, float]] = []
+        if top > 0:
+            ids = np.argpartition(logits, -top)[-top:]
+            for i in sorted(ids, key=lambda i: -logits[i]):
+                best.append((self.model.token_bytes(int(i)).decode("utf-8", errors="replace"),
+                             float(logits[i]) - norm))
+        return TokenLogprob(piece, float(logits[token]) - norm, tuple(best))
 
     def _switch_to_yarn(self, threshold: int, rope: RopePlan) -> None:
         self.yarn_later = None

@@ -8,18 +8,19 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Sequence
 
 from qwq_local.app.reply import (REASONING_EFFORT, SEARCH_STRATEGIES, Delta, ReplyRequest, ReplyResult,
                                  SearchChoice)
 from qwq_local.app.search import CHAT_SEARCH, check_scorers, search_defaults, search_options
 from qwq_local.config import Sampling
-from qwq_local.dialog.messages import Message
+from qwq_local.dialog.messages import Message, TokenLogprob
 from qwq_local.errors import UsageError
 from qwq_local.search.strategies import needs_scorer
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOPS = 4
+MAX_LOGPROBS = 20  # alternatives per token a text completion may ask for (vLLM's default cap)
 # The search knobs a request may set, and their types.
 SEARCH_FIELDS: dict[str, type] = {"candidates": int, "trajectories": int, "beam": int, "beam_width": int,
                                   "lam": float, "agg": str, "max_expansions": int, "max_depth": int,
@@ -107,8 +108,9 @@ def parse_completion(body: dict[str, Any], limits: Limits) -> Parsed:
         raise bad("prompt must be a non-empty string", "prompt")
     if body.get("echo"):
         raise bad("echo is not supported", "echo")
-    _refuse_unsupported(body, chat=False)
-    request = ReplyRequest((), _sampling(body, limits), prompt=prompt, stop=_stops(body))
+    logprobs = _number(body, "logprobs", int, 0, MAX_LOGPROBS)  # the completions API's: alternatives per token
+    _refuse_unsupported(dict(body, logprobs=None), chat=False)
+    request = ReplyRequest((), _sampling(body, limits), prompt=prompt, stop=_stops(body), logprobs=logprobs)
     return Parsed(request, model, *_stream(body))
 
 
@@ -148,7 +150,8 @@ def _refuse_unsupported(body: dict[str, Any], chat: bool) -> None:
     if form is not None and (not isinstance(form, dict) or form.get("type", "text") != "text"):
         raise bad("response_format: only {\"type\": \"text\"} is supported", "response_format")
     if body.get("logprobs") or body.get("top_logprobs"):
-        raise bad("logprobs are not supported", "logprobs" if body.get("logprobs") else "top_logprobs")
+        raise bad("logprobs are given on /v1/completions only", "logprobs" if body.get("logprobs") else
+                  "top_logprobs")
     if body.get("logit_bias"):
         raise bad("logit_bias is not supported", "logit_bias")
     frequency = _number(body, "frequency_penalty", float, -2, 2)
@@ -347,18 +350,35 @@ def chat_delta(event: Delta) -> dict[str, Any]:
 
 
 def completion_reply(rid: str, model: str, result: ReplyResult) -> dict[str, Any]:
-    return {
-        "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "text": result.answer, "finish_reason": result.finish_reason, "logprobs": None}],
-        "usage": usage(result),
-    }
+    choice = {"index": 0, "text": result.answer, "finish_reason": result.finish_reason,
+              "stop_reason": result.stop, "logprobs": completion_logprobs(result.logprobs)}
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [choice], "usage": usage(result)}
 
 
-def completion_chunk(rid: str, model: str, text: str, finish: str | None = None) -> dict[str, Any]:
-    return {
-        "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-    }
+def completion_chunk(rid: str, model: str, text: str, logprobs: Sequence[TokenLogprob] | None = None,
+                     result: ReplyResult | None = None, offset: int = 0) -> dict[str, Any]:
+    """A streamed piece of a text completion (`offset`: characters streamed before it), or (with `result`) its
+    last chunk: why it ended."""
+    choice = {"index": 0, "text": text, "finish_reason": result.finish_reason if result else None,
+              "logprobs": completion_logprobs(logprobs, offset)}
+    if result is not None:
+        choice["stop_reason"] = result.stop
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [choice]}
+
+
+def completion_logprobs(tokens: Sequence[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
+    """The completions API's log-probs (vLLM's and llama-cpp-python's form): at a stop sequence they run on
+    through the token that reaches into it, as llama.cpp's servers give them."""
+    if not tokens:
+        return None
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token.text)
+    return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
 
 
 def usage_chunk(rid: str, model: str, obj: str, result: ReplyResult) -> dict[str, Any]:

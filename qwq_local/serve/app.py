@@ -181,6 +181,7 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
         return ServerSentEvent(data=json.dumps(payload, ensure_ascii=False), sep=SSE_SEP)
 
     async def chunks() -> AsyncIterator[ServerSentEvent]:
+        sent = 0  # characters of a text completion streamed so far (its log-probs' text offsets)
         try:
             if chat:
                 yield data(api.chat_chunk(rid, parsed.model, {"role": "assistant", "content": ""}))
@@ -193,8 +194,9 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
                 elif isinstance(event, Delta):
                     if chat:
                         yield data(api.chat_chunk(rid, parsed.model, api.chat_delta(event)))
-                    elif event.text:
-                        yield data(api.completion_chunk(rid, parsed.model, event.text))
+                    elif event.text or event.logprobs:
+                        yield data(api.completion_chunk(rid, parsed.model, event.text, event.logprobs, offset=sent))
+                        sent += len(event.text)
             try:
                 result = job.future.result()
             except ApiError as exc:
@@ -212,7 +214,7 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
                 if chat:
                     yield data(api.chat_chunk(rid, parsed.model, {}, result.finish_reason, result))
                 else:
-                    yield data(api.completion_chunk(rid, parsed.model, "", result.finish_reason))
+                    yield data(api.completion_chunk(rid, parsed.model, "", result=result))
                 if parsed.include_usage:
                     yield data(api.usage_chunk(rid, parsed.model, kind + ("" if not chat else ".chunk"), result))
             yield ServerSentEvent(data="[DONE]", sep=SSE_SEP)
