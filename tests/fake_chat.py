@@ -56,7 +56,7 @@ class FakeChat:
                think: bool | None = None) -> Iterator[str]:
         self.calls.append([Message(m.role, m.content) for m in messages])
         self.samplings.append(sampling)
-        self._log_top, self._asked_top, self.token_log = self._asked_top, None, []
+        self._log_top, self._asked_top, self.token_log = self._asked_top, None, []  # at the call, as the engine
         self.thinks_asked.append(think)
         item = self.replies.pop(0) if self.replies else self.default
         reply = item if isinstance(item, Reply) else Reply(item)

@@ -714,3 +714,44 @@ def test_a_stream_the_server_cuts_short_is_asked_again_whole_and_no_more_streams
     assert remote.complete({"prompt": "x"}).choices[0].text == "one two three four"
     assert remote.complete({"prompt": "y"}).choices[0].finish_reason == "stop"
     assert [r.get("stream", False) for r in engine.requests] == [True, False, False]
+
+
+def test_llama_servers_per_choice_usage_is_the_first_choices_as_when_asked_whole() -> None:
+    """llama-server streams n = K as K slots: each choice's last chunk has that slot's usage and timings."""
+    from qwq_local.engine.remote_client import Chunks, parse_completion
+
+    chunks = Chunks()
+    for index, prompt_n in ((0, 7), (1, 0)):  # the second slot found the prompt cached
+        chunks.add({"choices": [{"index": index, "text": "x", "finish_reason": "length"}],
+                    "usage": {"prompt_tokens": 9, "completion_tokens": 1}, "timings": {"prompt_n": prompt_n}})
+    reply = parse_completion(chunks.data(), "http://engine.test")
+    assert reply.usage.evaluated_prompt_tokens == 7 and reply.usage.completion_tokens == 1
+
+
+def test_a_connection_dropped_before_the_answer_is_tried_again() -> None:
+    """As a whole request was (a keep-alive connection the server closed as it was reused, say)."""
+    import httpx
+
+    calls = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json={"choices": [choice(WORDS[:2], "length")]})
+
+    waits: list[float] = []
+    remote = CompletionServer("http://engine.test", transport=httpx.MockTransport(handle),
+                              retry=Retry(attempts=3, sleep=waits.append))
+    assert remote.complete({"prompt": "x"}).choices[0].text == "one two" and waits == [0.5]
+
+
+def test_a_request_given_up_stops_reading_its_stream() -> None:
+    from qwq_local.engine.remote_client import Abandoned, Chunks
+
+    engine = ScriptedEngine([[choice(WORDS, "length")]])
+    chunks = Chunks()
+    chunks.abandoned = True  # as a Ctrl-C in another thread marks it
+    with pytest.raises(Abandoned):
+        server(engine).complete({"prompt": "x"}, chunks)
+    assert not chunks.choices

@@ -157,3 +157,18 @@ def test_steps_carry_the_servers_token_log_probs_and_a_stop_is_not_the_end(qwq_s
         assert len(candidate.token_confidences) == candidate.n_tokens and min(candidate.token_confidences) > 0
     # a step that ended at its blank line goes on (finish_reason "stop" with stop_reason "\n\n", not EOS)
     assert any(c.text.endswith("\n\n") and not c.finished for c in steps), steps
+
+
+def test_each_completion_gets_its_own_tokens_log_probs(qwq_serve: Server) -> None:
+    """The engine's token list was swapped only when its generator first ran, after the service had taken the old
+    one: each request got the previous request's tokens."""
+    import httpx
+
+    texts, tokens = [], []
+    for prompt in ("The capital of France is", "Two plus two equals"):
+        reply = httpx.post(f"{qwq_serve.url}/completions", headers=qwq_serve.auth, timeout=120,
+                           json={"model": MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 2})
+        choice = reply.json()["choices"][0]
+        texts.append(choice["text"])
+        tokens.append("".join(choice["logprobs"]["tokens"]))
+    assert texts[0] != texts[1] and tokens == texts

@@ -496,5 +496,22 @@ def test_a_text_completion_that_ends_at_the_models_end_says_no_stop_reason(chat:
                                                  "stop": ["\n\n"]}).json()["choices"][0]
         plain = c.post("/v1/completions", json={"model": "fake", "prompt": "2+2="}).json()["choices"][0]
     assert choice["finish_reason"] == "stop" and choice["stop_reason"] is None
-    assert choice["logprobs"]["tokens"] == ["Four", "."] and choice["logprobs"]["top_logprobs"] == [{}, {}]
+    assert choice["logprobs"]["tokens"] == ["Four", "."]
+    assert choice["logprobs"]["top_logprobs"] == [{"Four": -0.5}, {".": -0.5}]  # logprobs 0: the token, as vLLM
     assert plain["logprobs"] is None
+
+
+def test_streamed_text_offsets_count_the_tokens_a_stop_held_back(chat: FakeChat) -> None:
+    """A stop sequence that starts inside a token holds that token back while its first characters stream: the
+    next chunk's offsets start where that token does (they started where the streamed text ended)."""
+    chat.replies = ["Hello. Bye", "Hello. Bye"]
+    body = {"model": "fake", "prompt": "Say:", "stop": ["o."], "logprobs": 1}
+    with client(chat) as c:
+        whole = c.post("/v1/completions", json=body).json()["choices"][0]
+        events = [json.loads(line[len("data: "):]) for line in c.post(
+            "/v1/completions", json={**body, "stream": True}).text.splitlines() if line.startswith("data: {")]
+    assert whole["text"] == "Hell" and whole["logprobs"]["tokens"] == ["Hello", "."]
+    assert whole["logprobs"]["text_offset"] == [0, 5]
+    offsets = [t for e in events if e["choices"] and e["choices"][0]["logprobs"]
+               for t in e["choices"][0]["logprobs"]["text_offset"]]
+    assert offsets == [0, 5]

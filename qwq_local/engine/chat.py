@@ -59,6 +59,7 @@ class LlamaChat:
     ) -> Iterator[str]:
         """Yield the reply's text pieces; a thinking reply starts with `<think>\\n` (`think` as in prompt_text)."""
         thinks = self.thinks if think is None else think
+        self.token_log = []
         return self._generate(self.prompt_text(messages, thinks), thinks, sampling, intervene)
 
     def continue_text(self, text: str, sampling: Sampling, logprobs: int | None = None) -> Iterator[str]:
@@ -66,12 +67,13 @@ class LlamaChat:
 
         `logprobs` (how many alternatives): each generated token goes to `token_log` before its text
         is yielded (a token that ends inside a character yields nothing; its entry comes with the next piece)."""
-        return self._generate(text, False, sampling, None, logprobs)
+        self.token_log = log = []  # now, not at the generator's first step: a caller holds it from here
+        return self._generate(text, False, sampling, None, logprobs, log)
 
     def _generate(self, prompt_text: str, thinks: bool, sampling: Sampling,
-                  intervene: Callable[[str, int], str | None] | None, logprobs: int | None = None) -> Iterator[str]:
+                  intervene: Callable[[str, int], str | None] | None, logprobs: int | None = None,
+                  log: list[TokenLogprob] | None = None) -> Iterator[str]:
         start = time.perf_counter()
-        self.token_log = []
         prompt = self.model.tokenize(prompt_text)
         if self.yarn_later is not None and len(prompt) > self.yarn_later[0]:
             self._switch_to_yarn(*self.yarn_later)
@@ -110,8 +112,8 @@ class LlamaChat:
                     break
                 tokens.append(token)
                 piece = decoder.decode(self.model.token_bytes(token))
-                if logprobs is not None:
-                    self.token_log.append(self._logprob(token, piece, logprobs))
+                if logprobs is not None and log is not None:
+                    log.append(self._logprob(token, piece, logprobs))
                 tally.token(piece)
                 if piece:
                     yield piece

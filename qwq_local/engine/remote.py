@@ -67,6 +67,19 @@ class _Step:
     ended: bool = False
 
 
+class _Replies:
+    """The K replies of one sample call as they grow (threads write them under `lock`; a Ctrl-C reads them)."""
+
+    def __init__(self, k: int, parent: _Branch) -> None:
+        self.steps = [_Step(parent.in_think, parent.reply_tokens) for _ in range(k)]
+        self.firsts: list[Choice | None] = [None] * k  # each reply's first answer from the shared n = K request
+        self.shared = Chunks()  # that request's chunks as they come
+        self.flight: list[Chunks | None] = [None] * k  # each reply's own request under way
+        self.owed = [True] * k  # its first answer not yet in its step
+        self.lock = threading.Lock()
+        self.abandoned = False  # Ctrl-C: no request is started, none goes on
+
+
 class RemotePolicy:
     """StepLM over `/v1/completions`: K candidates as `n = K`, or K concurrent requests where `n` is ignored."""
 
@@ -128,21 +141,39 @@ class RemotePolicy:
     def sample(self, branch: int, k: int, stop: StepStop) -> list[Candidate]:
         parent = self._branches[branch]
         seeds = [self._rng.randrange(2**31) for _ in range(k)]
-        firsts: list[Choice | None] = [None] * k
-        steps = [_Step(parent.in_think, parent.reply_tokens) for _ in range(k)]
-        shared = Chunks()  # the n = K request's chunks as they come
-        flight: list[Chunks | None] = [None] * k  # each reply's own request under way
+        replies = _Replies(k, parent)
         try:
             if k > 1 and self.n_supported is not False:
-                self._ask_shared(parent, stop, k, seeds[0], firsts, shared)
-            self._map(lambda i: self._grow(parent, stop, firsts[i], seeds[i], steps[i], flight, i), range(k))
+                self._ask_shared(parent, stop, k, seeds[0], replies.firsts, replies.shared)
+            self._map(lambda i: self._grow(parent, stop, seeds[i], replies, i), range(k))
         except KeyboardInterrupt:  # Ctrl-C: every reply as far as it got, for a best-so-far answer (as local)
-            partial = [self._streamed(flight[i], 0) if flight[i] is not None else
-                       self._streamed(shared, i) if firsts[i] is None else
-                       firsts[i] if not steps[i].text else None for i in range(k)]  # not yet taken in
-            raise Interrupted([[self._child(parent, self._so_far(steps[i], partial[i])) for i in range(k)]]) \
-                from None
-        return [self._child(parent, step) for step in steps]
+            raise Interrupted([[self._child(parent, step) for step in self._abandon(replies)]]) from None
+        return [self._child(parent, step) for step in replies.steps]
+
+    def _abandon(self, replies: _Replies) -> list[_Step]:
+        """Each reply as far as it got (its step and what its request under way streamed), and every request
+        still running told to stop (its stream closed at the next chunk: the server stops generating)."""
+        # A thread may hold the lock while it asks a stalled server to count tokens: Ctrl-C does not wait on it.
+        locked = replies.lock.acquire(timeout=1.0)
+        try:
+            replies.abandoned = True
+            so_far = []
+            for i, step in enumerate(replies.steps):
+                flight = replies.flight[i]
+                if flight is not None:
+                    partial = self._streamed(flight, 0)
+                elif replies.owed[i]:  # its first answer, from the shared request, is not in its step yet
+                    partial = replies.firsts[i] or self._streamed(replies.shared, i)
+                else:
+                    partial = None
+                so_far.append(self._so_far(step, partial))
+            for chunks in [replies.shared, *replies.flight]:
+                if chunks is not None:
+                    chunks.abandoned = True
+        finally:
+            if locked:
+                replies.lock.release()
+        return so_far
 
     def _ask_shared(self, parent: _Branch, stop: StepStop, k: int, seed: int, firsts: list[Choice | None],
                     into: Chunks) -> None:
@@ -172,11 +203,11 @@ class RemotePolicy:
 
     def _streamed(self, chunks: Chunks, index: int) -> Choice | None:
         """What a request under way has streamed of choice `index` so far (None for nothing, or nonsense)."""
-        raw = chunks.choices.get(index)
+        raw = chunks.snapshot(index)
         if raw is None or not raw.get("text"):
             return None
         try:
-            return parse_completion({"choices": [dict(raw)]}, self.server.url).choices[0]
+            return parse_completion({"choices": [raw]}, self.server.url).choices[0]
         except EngineReplyError:
             return None
 
@@ -286,12 +317,12 @@ class RemotePolicy:
             c.peak_request_tokens = max(c.peak_request_tokens, usage.prompt_tokens + usage.completion_tokens)
 
     # -- growing one step ------------------------------------------------------------------------------------
-    def _grow(self, parent: _Branch, stop: StepStop, first: Choice | None, seed: int, step: _Step,
-              flight: list[Chunks | None], i: int) -> None:
-        """Grow candidate step `step` (reply `i`): the first answer (shared n = K request) or a fresh one,
-        continued until it ends; `flight[i]` holds the chunks of its request under way."""
-        choice = first
-        while not step.ended:
+    def _grow(self, parent: _Branch, stop: StepStop, seed: int, replies: _Replies, i: int) -> None:
+        """Grow reply `i`'s step: its first answer from the shared n = K request or a fresh one, continued until
+        it ends. What it has streamed is always either in `replies.flight[i]` or in its step (a Ctrl-C reads one)."""
+        step = replies.steps[i]
+        choice = replies.firsts[i]
+        while not step.ended and not replies.abandoned:
             if choice is None:
                 body = self._body(parent, step, stop, n=1, seed=seed)
                 if body is None:  # the reply's tokens are spent, or the step's, or the server's context
@@ -300,16 +331,25 @@ class RemotePolicy:
                         self.n_ctx is not None and self._room(parent, step) < 1)
                     break
                 seed = (seed * 1103515245 + 12345) % 2**31  # a continuation samples afresh
-                flight[i] = Chunks()
-                reply = self._complete(body, flight[i])
-                flight[i] = None
+                with replies.lock:
+                    if replies.abandoned:
+                        return
+                    replies.flight[i] = Chunks()
+                reply = self._complete(body, replies.flight[i])
                 choice = reply.choices[0]
                 self._count(reply.usage, max(len(choice.tokens or ()), reply.usage.completion_tokens))
                 delimited = "stop" in body
             else:
                 delimited = self._delimits(step, stop)
-            self._take(step, choice, stop, delimited)
+            with replies.lock:  # the answer moves from the request under way into the step in one go
+                if replies.abandoned:
+                    return
+                self._take(step, choice, stop, delimited)
+                replies.flight[i] = None
+                replies.owed[i] = False
             choice = None
+        with replies.lock:
+            replies.owed[i] = False
 
     def _take(self, step: _Step, choice: Choice, stop: StepStop, delimited: bool) -> None:
         """Add one answer to the step and decide whether the step (or the reply) has ended."""

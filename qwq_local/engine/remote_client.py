@@ -25,8 +25,9 @@ class Choice:
     tokens: list[str] | None = None  # the sampled tokens' texts
     token_logprobs: list[float] | None = None
     top_logprobs: list[dict[str, float]] | None = None
-    # The sampled tokens' ids, where the log-probs come in the chat API's form (llama-server's): there a stop
-    # string's tokens are cut from the log-probs and an end-of-generation token is kept as the last entry.
+    # The sampled tokens' ids, where the log-probs come in the chat API's form (llama-server's): there an
+    # end-of-generation token is kept as the last entry, and a stop string's tokens are cut from a whole reply's
+    # log-probs (a streamed reply's run on through them).
     token_ids: list[int] | None = None
 
 
@@ -172,18 +173,24 @@ class CompletionServer:
                             raise EngineReplyError(f"{where} broke off {path}: {_snippet(str(message))}")
                         yield event
                     return
-            except httpx.ConnectError as exc:
+            except httpx.ConnectTimeout:
                 if not last:
                     self.retry.wait(attempt)
                     continue
-                raise EngineUnreachableError(f"cannot reach {where} ({_reason(exc)}); is it running?") from None
+                raise EngineUnreachableError(f"cannot reach {where} (no connection within "
+                                             f"{min(CONNECT_TIMEOUT, self.timeout):g} s); is it running?") from None
             except httpx.TimeoutException:
                 if not answered:
                     raise EngineUnreachableError(f"{where} did not answer {path} within {self.timeout:g} s "
                                                  "(stalled or overloaded; engine_timeout sets the limit)") from None
                 raise EngineUnreachableError(f"{where} stalled for {self.timeout:g} s in the middle of a reply "
                                              "(engine_timeout sets the limit)") from None
-            except httpx.TransportError as exc:
+            except httpx.TransportError as exc:  # refused, or dropped before it answered: tried again, as request()
+                if not answered and not last:
+                    self.retry.wait(attempt)
+                    continue
+                if not answered:
+                    raise EngineUnreachableError(f"cannot reach {where} ({_reason(exc)}); is it running?") from None
                 raise EngineUnreachableError(f"{where} broke off a reply ({_reason(exc)})") from None
 
     def text(self, path: str) -> str | None:
@@ -228,6 +235,8 @@ class CompletionServer:
         if self.streams is not False:
             chunks = into if into is not None else Chunks()
             for event in self.stream(dict(body, stream_options={"include_usage": True})):
+                if chunks.abandoned:  # the caller gave the reply up: closing the stream stops the server too
+                    raise Abandoned(f"a request to {self.url} given up")
                 try:
                     chunks.add(event)
                 except (TypeError, ValueError, AttributeError):
@@ -249,10 +258,25 @@ class Chunks:
 
     def __init__(self) -> None:
         self.clear()
+        self.abandoned = False  # set by another thread: the request stops at its next chunk
 
     def clear(self) -> None:
         self.choices: dict[int, dict[str, Any]] = {}
         self.rest: dict[str, Any] = {}
+        self.per_choice: dict[int, dict[str, Any]] = {}  # usage, timings in a choice's own chunks (llama-server)
+
+    def snapshot(self, index: int) -> dict[str, Any] | None:
+        """A copy of choice `index` as far as it came, safe to read while another thread adds chunks (each copy
+        below is one step under the GIL)."""
+        raw = self.choices.get(index)
+        if raw is None:
+            return None
+        copy = dict(raw)
+        logprobs = copy.get("logprobs")
+        if isinstance(logprobs, dict):
+            copy["logprobs"] = {key: list(value) if isinstance(value, list) else value
+                                for key, value in dict(logprobs).items()}
+        return copy
 
     @property
     def ended(self) -> bool:
@@ -262,10 +286,15 @@ class Chunks:
     def add(self, event: Any) -> None:
         if not isinstance(event, dict):
             raise TypeError("a chunk is a JSON object")
+        choices = event.get("choices") or []
         for key in ("usage", "timings"):
-            if event.get(key) is not None:
+            if event.get(key) is None:
+                continue
+            if choices:  # llama-server with n = K: each choice's last chunk has its own slot's usage and timings
+                self.per_choice.setdefault(int(choices[0].get("index", 0)), {})[key] = event[key]
+            else:  # vLLM: the whole request's, in a last chunk of its own
                 self.rest[key] = event[key]
-        for raw in event.get("choices") or []:
+        for raw in choices:
             index = int(raw.get("index", 0))
             into = self.choices.setdefault(index, {"index": index, "text": "", "finish_reason": None})
             into["text"] += raw.get("text") or ""
@@ -283,7 +312,13 @@ class Chunks:
                         joined.setdefault(key, value)
 
     def data(self) -> dict[str, Any]:
-        return {"choices": [self.choices[i] for i in sorted(self.choices)], **self.rest}
+        """The joined answer; a usage given per choice is the first choice's, as llama-server answers n = K whole."""
+        first = self.per_choice.get(min(self.per_choice)) if self.per_choice else {}
+        return {"choices": [self.choices[i] for i in sorted(self.choices)], **first, **self.rest}
+
+
+class Abandoned(Exception):
+    """A streamed request the caller gave up (Ctrl-C): its thread stops reading and closes the stream."""
 
 
 def parse_completion(data: Any, url: str) -> Completion:

@@ -149,6 +149,8 @@ def _refuse_unsupported(body: dict[str, Any], chat: bool) -> None:
     form = body.get("response_format")
     if form is not None and (not isinstance(form, dict) or form.get("type", "text") != "text"):
         raise bad("response_format: only {\"type\": \"text\"} is supported", "response_format")
+    if not chat and body.get("top_logprobs"):
+        raise bad("top_logprobs is the chat API's; a text completion takes logprobs: N (0 to 20)", "top_logprobs")
     if body.get("logprobs") or body.get("top_logprobs"):
         raise bad("logprobs are given on /v1/completions only", "logprobs" if body.get("logprobs") else
                   "top_logprobs")
@@ -378,7 +380,8 @@ def completion_logprobs(tokens: Sequence[TokenLogprob] | None, offset: int = 0) 
         offsets.append(offset)
         offset += len(token.text)
     return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
+            "top_logprobs": [dict(t.top) or {t.text: t.logprob} for t in tokens],  # logprobs 0: the token, as vLLM
+            "text_offset": offsets}
 
 
 def usage_chunk(rid: str, model: str, obj: str, result: ReplyResult) -> dict[str, Any]:

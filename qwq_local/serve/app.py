@@ -181,7 +181,7 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
         return ServerSentEvent(data=json.dumps(payload, ensure_ascii=False), sep=SSE_SEP)
 
     async def chunks() -> AsyncIterator[ServerSentEvent]:
-        sent = 0  # characters of a text completion streamed so far (its log-probs' text offsets)
+        sent = 0  # characters of the tokens whose log-probs were streamed so far (the next one's text offset)
         try:
             if chat:
                 yield data(api.chat_chunk(rid, parsed.model, {"role": "assistant", "content": ""}))
@@ -196,7 +196,7 @@ def _stream(request: Request, parsed: Parsed, kind: str, rid: str, job: Job, eve
                         yield data(api.chat_chunk(rid, parsed.model, api.chat_delta(event)))
                     elif event.text or event.logprobs:
                         yield data(api.completion_chunk(rid, parsed.model, event.text, event.logprobs, offset=sent))
-                        sent += len(event.text)
+                        sent += sum(len(token.text) for token in event.logprobs)
             try:
                 result = job.future.result()
             except ApiError as exc:
