@@ -159,6 +159,20 @@ def test_stop_sequences(server: Server) -> None:
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_a_text_completions_log_probs_through_the_sdk_streamed_and_not(server: Server) -> None:
+    """The openai SDK reads the completions API's log-probs; greedy, each token is the likeliest of its top list."""
+    client = server.client()
+    asked = dict(model=MODEL, prompt="The three primary colours are", max_tokens=12, temperature=0, logprobs=3)
+    whole = client.completions.create(**asked).choices[0]
+    logprobs = whole.logprobs
+    assert logprobs is not None and "".join(logprobs.tokens) == whole.text and len(logprobs.tokens) == 12
+    for token, logprob, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+        assert len(top) <= 3 and max(top.values()) == pytest.approx(logprob, abs=1e-4) and logprob <= 0
+    streamed = [c.choices[0] for c in client.completions.create(**asked, stream=True) if c.choices]
+    assert [t for c in streamed if c.logprobs for t in c.logprobs.tokens] == logprobs.tokens
+    assert [o for c in streamed if c.logprobs for o in c.logprobs.text_offset] == logprobs.text_offset
+
+
 def test_a_seed_reproduces_a_sampled_reply(server: Server) -> None:
     def sampled(seed: int) -> str:
         return chat(server, max_tokens=24, temperature=1.0, top_p=1.0, seed=seed).choices[0].message.content
