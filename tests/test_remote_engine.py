@@ -755,3 +755,15 @@ def test_a_request_given_up_stops_reading_its_stream() -> None:
     with pytest.raises(Abandoned):
         server(engine).complete({"prompt": "x"}, chunks)
     assert not chunks.choices
+
+
+@pytest.mark.parametrize("matched, at_string", [("\n\n", True), (151645, False)])
+def test_sglangs_matched_stop_tells_a_stop_string_from_the_end_token(matched: object, at_string: bool) -> None:
+    """SGLang names the stop in `matched_stop` (the string, or the end token's id), set in the last chunk only."""
+    from qwq_local.engine.remote_client import Chunks, parse_completion
+
+    chunks = Chunks()
+    chunks.add({"choices": [{"index": 0, "text": "one two", "finish_reason": None, "matched_stop": None,
+                             "logprobs": {"tokens": ["one", " two"], "token_logprobs": [-0.1, -0.2]}}]})
+    chunks.add({"choices": [{"index": 0, "text": "", "finish_reason": "stop", "matched_stop": matched}]})
+    assert parse_completion(chunks.data(), "http://engine.test").choices[0].stopped_at_string is at_string

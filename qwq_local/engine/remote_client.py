@@ -21,7 +21,7 @@ class Choice:
 
     text: str
     finish_reason: str | None  # "stop" (EOS or a stop string), "length", or what the server says
-    stopped_at_string: bool | None  # True/False when the server says which stop it was (vLLM), else None
+    stopped_at_string: bool | None  # True/False when the server says which stop it was (vLLM, SGLang), else None
     tokens: list[str] | None = None  # the sampled tokens' texts
     token_logprobs: list[float] | None = None
     top_logprobs: list[dict[str, float]] | None = None
@@ -300,8 +300,9 @@ class Chunks:
             into["text"] += raw.get("text") or ""
             if raw.get("finish_reason") is not None:
                 into["finish_reason"] = raw["finish_reason"]
-            if "stop_reason" in raw and (raw.get("finish_reason") is not None or "stop_reason" not in into):
-                into["stop_reason"] = raw["stop_reason"]
+            for said in ("stop_reason", "matched_stop"):  # vLLM's and SGLang's: set in a choice's last chunk
+                if said in raw and (raw.get("finish_reason") is not None or said not in into):
+                    into[said] = raw[said]
             logprobs = raw.get("logprobs")
             if isinstance(logprobs, dict):
                 joined = into.setdefault("logprobs", {})
@@ -356,6 +357,8 @@ def _choice(raw: dict[str, Any]) -> Choice:
     if not isinstance(text, str):
         raise TypeError("text")
     said = raw.get("stop_reason", ...)  # vLLM: the stop string, or None for EOS
+    if said is ... or (said is None and raw.get("matched_stop") is not None):
+        said = raw.get("matched_stop", ...)  # SGLang: the stop string, or the end token's id (None at a limit)
     stopped_at_string = None if said is ... or raw.get("finish_reason") != "stop" else isinstance(said, str)
     logprobs = raw.get("logprobs") or None
     tokens = token_logprobs = top = ids = None
