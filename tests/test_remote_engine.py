@@ -767,3 +767,12 @@ def test_sglangs_matched_stop_tells_a_stop_string_from_the_end_token(matched: ob
                              "logprobs": {"tokens": ["one", " two"], "token_logprobs": [-0.1, -0.2]}}]})
     chunks.add({"choices": [{"index": 0, "text": "", "finish_reason": "stop", "matched_stop": matched}]})
     assert parse_completion(chunks.data(), "http://engine.test").choices[0].stopped_at_string is at_string
+
+
+@pytest.mark.parametrize("piece, count", [("", 200), ("word " * 5000, 20)])
+def test_a_server_that_streams_on_past_what_it_was_asked_is_stopped(piece: str, count: int) -> None:
+    """A stream without end (empty chunks, or text far past max_tokens) was read until memory ran out."""
+    endless = "".join(sse({"choices": [{"index": 0, "text": piece, "finish_reason": None}]}) for _ in range(count))
+    engine = ScriptedEngine([lambda body: (200, endless)])
+    with pytest.raises(EngineReplyError, match="far more than the 10 tokens it was asked for"):
+        server(engine).complete({"prompt": "x", "max_tokens": 10})

@@ -234,9 +234,15 @@ class CompletionServer:
         come, for a reply as far as it got when the request is given up (Ctrl-C)."""
         if self.streams is not False:
             chunks = into if into is not None else Chunks()
+            asked = _tokens_asked(body)
+            events = 0
             for event in self.stream(dict(body, stream_options={"include_usage": True})):
                 if chunks.abandoned:  # the caller gave the reply up: closing the stream stops the server too
                     raise Abandoned(f"a request to {self.url} given up")
+                events += 1
+                if events > 4 * asked + 64 or chunks.chars > MAX_TOKEN_CHARS * asked + 65536:
+                    raise EngineReplyError(f"the engine at {self.url} streamed far more than the {asked:,} tokens "
+                                           "it was asked for; stopped reading")
                 try:
                     chunks.add(event)
                 except (TypeError, ValueError, AttributeError):
@@ -251,6 +257,17 @@ class CompletionServer:
         return parse_completion(self.request("POST", "/v1/completions", body), self.url)
 
 
+MAX_TOKEN_CHARS = 64  # the longest text a token is taken to have, to bound a stream that never ends
+
+
+def _tokens_asked(body: dict[str, Any]) -> int:
+    """The tokens a request may bring back in all: max_tokens for each of its n choices."""
+    try:
+        return max(int(body.get("max_tokens") or 16), 1) * max(int(body.get("n") or 1), 1)
+    except (TypeError, ValueError):
+        return 16
+
+
 class Chunks:
     """A streamed completion's chunks joined into the one answer a request without `stream` gets: per choice index
     the texts and log-prob lists concatenated, the last finish_reason (and vLLM's stop_reason beside it), the usage
@@ -263,6 +280,7 @@ class Chunks:
     def clear(self) -> None:
         self.choices: dict[int, dict[str, Any]] = {}
         self.rest: dict[str, Any] = {}
+        self.chars = 0  # of text so far, every choice
         self.per_choice: dict[int, dict[str, Any]] = {}  # usage, timings in a choice's own chunks (llama-server)
 
     def snapshot(self, index: int) -> dict[str, Any] | None:
@@ -297,7 +315,9 @@ class Chunks:
         for raw in choices:
             index = int(raw.get("index", 0))
             into = self.choices.setdefault(index, {"index": index, "text": "", "finish_reason": None})
-            into["text"] += raw.get("text") or ""
+            text = raw.get("text") or ""
+            into["text"] += text
+            self.chars += len(text)
             if raw.get("finish_reason") is not None:
                 into["finish_reason"] = raw["finish_reason"]
             for said in ("stop_reason", "matched_stop"):  # vLLM's and SGLang's: set in a choice's last chunk
