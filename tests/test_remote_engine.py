@@ -776,3 +776,22 @@ def test_a_server_that_streams_on_past_what_it_was_asked_is_stopped(piece: str, 
     engine = ScriptedEngine([lambda body: (200, endless)])
     with pytest.raises(EngineReplyError, match="far more than the 10 tokens it was asked for"):
         server(engine).complete({"prompt": "x", "max_tokens": 10})
+
+
+@pytest.mark.parametrize("via", ["template", "server"])
+def test_a_chat_stream_without_end_is_stopped(via: str) -> None:
+    import httpx
+
+    from qwq_local.dialog.messages import Message
+    from qwq_local.engine.remote_chat import RemoteChat, ServerChat
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        key = "text" if via == "template" else "delta"
+        event = {"choices": [{"index": 0, key: "" if key == "text" else {}, "finish_reason": None}]}
+        return httpx.Response(200, text=sse(event) * 500, headers={"content-type": "text/event-stream"})
+
+    remote = CompletionServer("http://engine.test", transport=httpx.MockTransport(handle))
+    chat = RemoteChat(remote, ChatMLFormat(), name="scripted", n_ctx=4096, think=False) if via == "template" else \
+        ServerChat(remote, name="scripted", n_ctx=4096, think=False)
+    with pytest.raises(EngineReplyError, match="far more than the 20 tokens"):
+        "".join(chat.stream([Message("user", "hi")], Sampling(max_tokens=20)))
