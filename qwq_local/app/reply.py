@@ -242,10 +242,8 @@ class ReplyService:
         start = time.perf_counter()
         tokens: _TokenFeed | None = None
         if request.prompt is not None:
-            if request.logprobs is None:
-                stream = self.chat.continue_text(request.prompt, request.sampling)
-            else:
-                stream = self.chat.continue_text(request.prompt, request.sampling, request.logprobs)
+            stream = self.chat.continue_text(request.prompt, request.sampling, request.logprobs)
+            if request.logprobs is not None:
                 tokens = _TokenFeed(self.chat.token_log)
             parser = None
         else:
@@ -276,7 +274,7 @@ class ReplyService:
         return ReplyResult(out.text("thinking"), out.text("answer"), stats.prompt_tokens,
                            max(stats.prompt_tokens - stats.evaluated_prompt_tokens, 0), stats.thinking_tokens,
                            stats.answer_tokens, finish, time.perf_counter() - start,
-                           logprobs=tuple(tokens.sent) if tokens is not None else None, stop=out.stops.which)
+                           logprobs=tokens.sent if tokens is not None else None, stop=out.stops.which)
 
     def _search(self, request: ReplyRequest, emit: Callable[[Event], None],
                 cancelled: Callable[[], bool]) -> ReplyResult:
@@ -321,7 +319,10 @@ class _TokenFeed:
         self.log = log  # the engine appends to it as it generates
         self.taken = 0  # entries of `log` handed out
         self.spare = 0  # characters released beyond the entries handed out (the start of a token not yet whole)
-        self.sent: list[TokenLogprob] = []
+
+    @property
+    def sent(self) -> tuple[TokenLogprob, ...]:
+        return tuple(self.log[:self.taken])
 
     def release(self, chars: int, *, through: bool = False) -> tuple[TokenLogprob, ...]:
         """The tokens that `chars` more characters of text complete; `through`: and every token generated (at a
@@ -335,7 +336,6 @@ class _TokenFeed:
             self.spare = max(self.spare - len(entry.text), 0)
             self.taken += 1
             out.append(entry)
-        self.sent.extend(out)
         return tuple(out)
 
 

@@ -15,6 +15,7 @@ from qwq_local.dialog.think import OPEN_LINE as THINK_OPEN
 from qwq_local.dialog.think import strip_closed_thinking
 from qwq_local.engine.model import LoadedModel
 from qwq_local.engine.plan import RopePlan
+from qwq_local.engine.policy import log_partition
 from qwq_local.errors import ExitCode, QwqError
 
 class LlamaChat:
@@ -68,7 +69,7 @@ class LlamaChat:
         `logprobs` (how many alternatives): each generated token goes to `token_log` before its text
         is yielded (a token that ends inside a character yields nothing; its entry comes with the next piece)."""
         self.token_log = log = []  # now, not at the generator's first step: a caller holds it from here
-        return self._generate(text, False, sampling, None, logprobs, log)
+        return self._generate(text, False, sampling, None, logprobs, log if logprobs is not None else None)
 
     def _generate(self, prompt_text: str, thinks: bool, sampling: Sampling,
                   intervene: Callable[[str, int], str | None] | None, logprobs: int | None = None,
@@ -112,8 +113,8 @@ class LlamaChat:
                     break
                 tokens.append(token)
                 piece = decoder.decode(self.model.token_bytes(token))
-                if logprobs is not None and log is not None:
-                    log.append(self._logprob(token, piece, logprobs))
+                if log is not None:
+                    log.append(self._logprob(token, piece, logprobs or 0))
                 tally.token(piece)
                 if piece:
                     yield piece
@@ -158,8 +159,7 @@ class LlamaChat:
         decodes the token only when asked for the next one)."""
         llama = self.model.llama
         logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(llama.n_vocab(),))
-        peak = float(logits.max())
-        norm = peak + float(np.log(np.exp(logits - peak).sum()))
+        norm = log_partition(logits)
         best: list[tuple[str, float]] = []
         if top > 0:
             ids = np.argpartition(logits, -top)[-top:]

@@ -48,11 +48,16 @@ class _Child:
 TOP_K_CONFIDENCE = 20  # DeepConf's k: a token's confidence is -mean log-prob of the k likeliest tokens
 
 
+def log_partition(logits: np.ndarray) -> float:
+    """log sum exp(logits): a token's log-prob (T = 1) is its logit less this."""
+    top = float(logits.max())
+    return top + math.log(float(np.exp(logits - top).sum()))
+
+
 def token_stats(logits: np.ndarray, token: int, k: int = TOP_K_CONFIDENCE) -> tuple[float, float, float, float]:
     """The sampled token's log-prob, DeepConf confidence, top-k entropy and self-certainty under `logits` (T = 1)."""
     x = np.asarray(logits, dtype=np.float32)
-    top = float(x.max())
-    lse = top + math.log(float(np.exp(x - top).sum()))
+    lse = log_partition(x)
     best = np.partition(x, -k)[-k:]
     p = np.exp(best - best.max())
     p /= p.sum()

@@ -138,9 +138,11 @@ class CompletionServer:
         ends the request. A server that answers with one JSON body instead gives that as the only event; an event
         that is an error ends the stream with it."""
         where = f"the engine at {self.url}"
+        asked = _tokens_asked(body)
         for attempt in range(self.retry.attempts):
             last = attempt == self.retry.attempts - 1
             answered = False
+            events = 0
             try:
                 with self._http.stream("POST", path, json=dict(body, stream=True)) as reply:
                     answered = True
@@ -159,6 +161,10 @@ class CompletionServer:
                     for line in reply.iter_lines():
                         if not line.startswith("data:"):
                             continue
+                        events += 1  # one a token, and a few more (role, finish, usage): a server that never ends
+                        if events > 4 * asked + 64:  # would be read until memory ran out
+                            raise EngineReplyError(f"{where} streamed far more than the {asked:,} tokens it was "
+                                                   "asked for; stopped reading")
                         data = line[len("data:"):].strip()
                         if data == "[DONE]":
                             return
@@ -235,12 +241,10 @@ class CompletionServer:
         if self.streams is not False:
             chunks = into if into is not None else Chunks()
             asked = _tokens_asked(body)
-            events = 0
             for event in self.stream(dict(body, stream_options={"include_usage": True})):
                 if chunks.abandoned:  # the caller gave the reply up: closing the stream stops the server too
                     raise Abandoned(f"a request to {self.url} given up")
-                events += 1
-                if events > 4 * asked + 64 or chunks.chars > MAX_TOKEN_CHARS * asked + 65536:
+                if chunks.chars > MAX_TOKEN_CHARS * asked + 65536:  # few chunks, each of them huge
                     raise EngineReplyError(f"the engine at {self.url} streamed far more than the {asked:,} tokens "
                                            "it was asked for; stopped reading")
                 try:
@@ -261,7 +265,8 @@ MAX_TOKEN_CHARS = 64  # the longest text a token is taken to have, to bound a st
 
 
 def _tokens_asked(body: dict[str, Any]) -> int:
-    """The tokens a request may bring back in all: max_tokens for each of its n choices."""
+    """The tokens a request may bring back in all: max_tokens (16, OpenAI's default, when unset) for each of its
+    n choices."""
     try:
         return max(int(body.get("max_tokens") or 16), 1) * max(int(body.get("n") or 1), 1)
     except (TypeError, ValueError):
