@@ -257,13 +257,15 @@ def test_a_head_values_the_banks_recorded_states(tmp_path: Path, monkeypatch: py
     rec = bank_record(Problem("p1", "gsm8k", "q", "5"), nodes, (2, 2, 2), {}, 1, 1, 1.0, "b/p1.npz")
     head = write_head(tmp_path / "h.gguf", QHeadWeights(mean=np.zeros(4), std=np.ones(4), w=[1.0, 0, 0, 0], b=[0.0]),
                       meta(n_embd=4))
-    values = head_signals(head)(rec)
+    from qwq_local.value.qhead import QHead
+
+    values = head_signals(QHead.load(head))(rec)
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     assert [v["head"] for v in values] == pytest.approx([sig(lf["node"]) for lf in rec["leaves"]], rel=1e-3)
     assert values[1]["head_min"] == pytest.approx(sig(0.0), rel=1e-3)  # its path starts at state 0
     rec["arrays"] = "b/missing.npz"
     with pytest.raises(Exception, match="not in the cache"):
-        head_signals(head)(rec)
+        head_signals(QHead.load(head))(rec)
 
 
 def test_monte_carlo_labels_are_the_leaves_below_each_state() -> None:
@@ -277,18 +279,16 @@ def test_monte_carlo_labels_are_the_leaves_below_each_state() -> None:
     assert below[3] == [True, True] and below[4] == [True]
 
 
-def test_train_head_on_a_bank_of_training_problems(tmp_path: Path, smollm_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def training_bank(tmp_path: Path, problems: int = 12, width: int = 576) -> tuple[Path, list[str]]:
+    """A bank of training problems (arrays under tmp_path/arrays) whose states' first coordinate says whether the
+    leaves below them are right; the other coordinates are noise."""
     from qwq_local.value.bank_labels import leaves_below
-    from qwq_local.value.qhead import QHead
 
-    monkeypatch.setenv("QWQ_BANK_ARRAYS", str(tmp_path / "arrays"))
     rng = np.random.default_rng(0)
     bank = tmp_path / "bank"
     bank.mkdir()
     lines = []
-    for i in range(12):  # the first coordinate says whether the leaves below are right
+    for i in range(problems):
         lm = two_two_two()
         nodes = sample_tree("q", lm, (2, 2, 2), STOP, REPLY)
         answer = "5" if i % 2 else "6"
@@ -296,17 +296,41 @@ def test_train_head_on_a_bank_of_training_problems(tmp_path: Path, smollm_path: 
                           1, 1, 1.0, f"b/t{i}.npz")
         below = leaves_below(rec)
         for node in nodes:
-            node.hidden = rng.normal(size=576).astype(np.float32)
+            node.hidden = rng.normal(size=width).astype(np.float32)
             node.hidden[0] = 3.0 * (sum(below[node.id]) / len(below[node.id]) - 0.5)
         save_arrays(tmp_path / "arrays" / "b" / f"t{i}.npz", nodes)
         lines.append(json.dumps(rec))
     (bank / "bank.jsonl").write_text("\n".join(lines) + "\n")
+    return bank, lines
+
+
+def test_train_head_on_a_bank_of_training_problems(tmp_path: Path, smollm_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from qwq_local.value.qhead import QHead
+
+    monkeypatch.setenv("QWQ_BANK_ARRAYS", str(tmp_path / "arrays"))
+    bank, lines = training_bank(tmp_path)
     out = tmp_path / "h.gguf"
     code, _, err = run_cli(["train-head", "--bank", str(bank), "--out", str(out), "--model", str(smollm_path),
                             "--epochs", "30", "--target", "mean"], capsys)
     assert code == 0, err
     head = QHead.load(out)
     assert head.meta.n_states == 12 * 8 and head.meta.n_problems == 12 and "bank of gsm8k-train" in head.meta.training_data
+    # The head lists the problems that fitted it or chose its epoch; `bench choose --head` judges it on the others.
+    held_out = {f"t{i}" for i in range(12)} - set(head.meta.problems)
+    assert 2 <= len(held_out) <= 4 and len(head.meta.problems) + len(held_out) == 12
+    code, stdout, err = run_cli(["bench", "choose", str(bank), "--head", str(out), "-c", "top:head", "--signal",
+                                 "head"], capsys)
+    assert code == 0, err
+    assert f"{12 - len(held_out)} problems it was trained on left out" in err
+    assert stdout.startswith(f"{len(held_out)} problems ·")
+    code, stdout, _ = run_cli(["head", "info", str(out)], capsys)
+    assert code == 0 and f"{12 - len(held_out)} listed" in stdout
+    trained_on_all = tmp_path / "all.jsonl"
+    trained_on_all.write_text("".join(line + "\n" for line in lines if json.loads(line)["problem_id"] not in held_out))
+    code, _, err = run_cli(["bench", "choose", str(trained_on_all), "--head", str(out)], capsys)
+    assert code == 2 and "trained on every problem" in err
     test = bank.parent / "test-bank"
     test.mkdir()
     (test / "bank.jsonl").write_text(lines[0].replace('"gsm8k-train"', '"gsm8k"') + "\n")
@@ -373,3 +397,32 @@ def test_the_rules_signal_combined_signals_and_a_veto(tmp_path: Path, capsys: py
             run_choose([bank], choosers, signals, None, None, False)
     with pytest.raises(UsageError, match="--signal: signal 'conf\\*': write"):
         run_choose([bank], ["vote"], ["conf*"], None, None, False)
+
+
+def test_cross_fitted_heads_value_every_problem_with_a_head_that_never_saw_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import qwq_local.value.training as training
+
+    monkeypatch.setenv("QWQ_BANK_ARRAYS", str(tmp_path / "arrays"))
+    bank, _ = training_bank(tmp_path, problems=15, width=32)
+    trained: list[set[str]] = []
+    real = training.train_head
+
+    def spy(X, y, groups, **kwargs):  # type: ignore[no-untyped-def]
+        trained.append(set(groups.tolist()))
+        return real(X, y, groups, **kwargs)
+
+    monkeypatch.setattr(training, "train_head", spy)
+    code, stdout, err = run_cli(["bench", "choose", str(bank), "--head-folds", "5", "-c", "vote,top:head",
+                                 "--signal", "head", "--json"], capsys)
+    assert code == 0, err
+    assert len(trained) == 5 and all(len(seen) == 12 for seen in trained)
+    assert set().union(*[{f"t{i}" for i in range(15)} - seen for seen in trained]) == {f"t{i}" for i in range(15)}
+    report = json.loads(stdout)
+    (head,) = report["signals"]
+    assert head["name"] == "head" and head["auc"] > 0.75  # the first coordinate carries over to unseen problems
+    code, _, err = run_cli(["bench", "choose", str(bank), "--head-folds", "99"], capsys)
+    assert code == 2 and "--head-folds must be between 2 and the bank's 15 problems" in err
+    code, _, err = run_cli(["bench", "choose", str(bank), "--head-folds", "3", "--head", str(tmp_path / "h.gguf")],
+                           capsys)
+    assert code == 2 and "give one" in err

@@ -73,6 +73,18 @@ def test_round_trip_keeps_metadata_and_predictions(tmp_path: Path, rng: np.rando
     assert not list(tmp_path.glob("*.tmp")), "the temp file of the atomic write is left behind"
 
 
+def test_the_training_problems_round_trip_and_a_malformed_list_is_refused(
+        tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_head(tmp_path / "h.gguf", linear_weights(rng), meta(problems=("gsm8k_train_0001", "t2")))
+    assert QHead.load(path).meta.problems == ("gsm8k_train_0001", "t2")
+    assert QHead.load(write_head(tmp_path / "old.gguf", linear_weights(rng), meta())).meta.problems == ()
+    real = gguf.GGUFWriter.add_array
+    monkeypatch.setattr(gguf.GGUFWriter, "add_array", lambda self, key, values: real(self, key, [1, 2]))
+    bad = write_head(tmp_path / "bad.gguf", linear_weights(rng), meta(problems=("a", "b")))
+    with pytest.raises(ModelFileError, match="training.problems is not a list of problem ids"):
+        QHead.load(bad)
+
+
 def test_linear_prediction_is_sigmoid_of_standardised_dot(tmp_path: Path, rng: np.random.Generator) -> None:
     weights = linear_weights(rng)
     x = rng.normal(size=N_EMBD)

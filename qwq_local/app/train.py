@@ -175,6 +175,7 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
         architecture=plan.info.architecture, n_embd=int(X.shape[1]), model_sha256=sha256_file(plan.resolved.path),
         training_data=f"{Path(data).name if data.endswith('.jsonl') else data}; Q={target} over rollouts",
         n_problems=len(set(groups.tolist())), n_states=len(X), metrics=report.head_metrics(),
+        problems=tuple(sorted(set(groups.tolist()) - {str(g) for g in report.test_groups})),
     )
     write_head(out, weights, meta)
     m = report.head_metrics()

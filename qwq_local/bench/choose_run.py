@@ -28,41 +28,81 @@ from qwq_local.bench.choose import (
 from qwq_local.errors import ExitCode, InputFileError, UsageError
 
 
-def head_signals(head_path: Path) -> Callable[[Mapping[str, Any]], list[dict[str, float]]]:
-    """Signals from a Q-value head over the bank's recorded hidden states: the value of the leaf's end state
-    (`head`) and the lowest value along its path (`head_min`). Needs the bank's arrays in the user cache."""
-    from qwq_local.value.qhead import QHead
-
-    head = QHead.load(head_path)
+def head_signals(head: Any) -> Callable[[Mapping[str, Any]], list[dict[str, float]]]:
+    """Signals from a Q-value head (a loaded `QHead`) over the bank's recorded hidden states: the value of the
+    leaf's end state (`head`) and the lowest value along its path (`head_min`). Needs the bank's arrays in the cache."""
     root = arrays_root()
 
     def signals(record: Mapping[str, Any]) -> list[dict[str, float]]:
-        name = record.get("arrays")
-        file = root / name if name else None
-        if file is None or not file.exists():
-            raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
-                                 "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
-        with np.load(file) as arrays:
-            hidden = arrays["hidden"].astype(np.float32)
+        hidden = _hidden(record, root)
         if hidden.shape[1] != head.weights.n_embd:
-            raise UsageError(f"--head {head_path}: {head.weights.n_embd} wide, the bank's states {hidden.shape[1]}")
-        values = head.predict(np.nan_to_num(hidden))
-        parents = {n["id"]: n["parent"] for n in record["nodes"]}
-        out = []
-        for leaf in record["leaves"]:
-            chain, node = [], leaf["node"]
-            while node is not None:
-                chain.append(float(values[node]))
-                node = parents[node]
-            out.append({"head": float(values[leaf["node"]]), "head_min": min(chain)})
-        return out
+            raise UsageError(f"--head {head.path}: {head.weights.n_embd} wide, the bank's states {hidden.shape[1]}")
+        return _leaf_values(record, head.predict(np.nan_to_num(hidden)))
 
     return signals
 
 
+def _hidden(record: Mapping[str, Any], root: Path) -> np.ndarray:
+    name = record.get("arrays")
+    file = root / name if name else None
+    if file is None or not file.exists():
+        raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
+                             "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
+    with np.load(file) as arrays:
+        return arrays["hidden"].astype(np.float32)
+
+
+def _leaf_values(record: Mapping[str, Any], values: np.ndarray) -> list[dict[str, float]]:
+    """Per leaf: the value of its end state (`head`) and the lowest value on its path (`head_min`)."""
+    parents = {n["id"]: n["parent"] for n in record["nodes"]}
+    out = []
+    for leaf in record["leaves"]:
+        chain, node = [], leaf["node"]
+        while node is not None:
+            chain.append(float(values[node]))
+            node = parents[node]
+        out.append({"head": float(values[leaf["node"]]), "head_min": min(chain)})
+    return out
+
+
+def cross_fitted_head_signals(records: Sequence[Mapping[str, Any]], folds: int, *, kind: str = "linear",
+                              target: str = "max", seed: int = 0
+                              ) -> Callable[[Mapping[str, Any]], list[dict[str, float]]]:
+    """`head` and `head_min` from heads trained on the banks' own states, each problem valued by a head that never
+    saw it: the problems are dealt into `folds` folds and a head is trained (as `qwq train-head --bank` trains, its
+    epoch chosen on part of the other folds) for each fold on all the others. So the head is judged on every problem
+    of the bank, held out, instead of on the fifth that one head's test split would leave."""
+    from qwq_local.value.bank_labels import bank_states
+    from qwq_local.value.training import train_head
+
+    root = arrays_root()
+    ids = sorted(str(r["problem_id"]) for r in records)
+    if not 2 <= folds <= len(ids):
+        raise UsageError(f"--head-folds must be between 2 and the bank's {len(ids)} problems, not {folds}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    fold_of = {ids[i]: n % folds for n, i in enumerate(order)}
+    X, y_max, y_mean, groups = bank_states(records, root)
+    if len(X) == 0:
+        raise UsageError("--head-folds: the banks hold no hidden states to train on")
+    y = y_max if target == "max" else y_mean
+    fold = np.array([fold_of[g] for g in groups.tolist()])
+    values: dict[str, list[dict[str, float]]] = {}
+    for k in range(folds):
+        try:
+            weights, _ = train_head(X[fold != k], y[fold != k], groups[fold != k], kind=kind, seed=seed,
+                                    epochs=200, test_fraction=0.0)
+        except ValueError as exc:
+            raise UsageError(f"--head-folds {folds}: cannot train the head of fold {k + 1}: {exc}") from None
+        for record in records:
+            if fold_of[str(record["problem_id"])] == k:
+                hidden = _hidden(record, root)
+                values[str(record["problem_id"])] = _leaf_values(record, weights.predict(np.nan_to_num(hidden)))
+    return lambda record: values[str(record["problem_id"])]
+
+
 def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence[str], limit: int | None,
-               plot: Path | None, as_json: bool, head: Path | None = None, baselines: Sequence[Path] = ()
-               ) -> None:
+               plot: Path | None, as_json: bool, head: Path | None = None, baselines: Sequence[Path] = (),
+               head_folds: int | None = None) -> None:
     named: set[str] = set()  # every signal the choosers and --signal name, checked against the bank below
     for name in choosers:
         try:
@@ -87,13 +127,30 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
         records += list(read_bank(file).values())
     if limit is not None:
         records = records[:limit]
+    if head is not None and head_folds is not None:
+        raise UsageError("--head and --head-folds: give one (a head file, or heads trained here on the bank)")
+    extra = None
+    if head is not None:
+        from qwq_local.value.qhead import QHead
+
+        loaded = QHead.load(head)
+        seen = set(loaded.meta.problems)
+        kept = [r for r in records if str(r["problem_id"]) not in seen]
+        if len(kept) < len(records) and not as_json:
+            typer.echo(f"--head {head.name}: {len(records) - len(kept)} problems it was trained on left out", err=True)
+        if records and not kept:
+            raise UsageError(f"--head {head}: it was trained on every problem of the bank; judge it on others "
+                             "(or use --head-folds)")
+        records, extra = kept, head_signals(loaded)
     if not records:
         raise UsageError("the bank holds no problems yet")
-    problems = from_records(records, head_signals(head) if head is not None else None)
+    if head_folds is not None:
+        extra = cross_fitted_head_signals(records, head_folds)
+    problems = from_records(records, extra)
     known = {name for problem in problems for leaf in problem.leaves for name in leaf.signals}
     if named - known:
         raise UsageError(f"no signal {', '.join(sorted(named - known))} in the bank (it has {', '.join(sorted(known))}"
-                         f"{'' if head else '; head and head_min need --head'})")
+                         f"{'' if extra else '; head and head_min need --head or --head-folds'})")
     reports, signal_reports, summary = evaluate(problems, choosers, signals)
     depths = sorted({n["depth"] for r in records for n in r["nodes"]})[:-1]
     states = [{"signal": name, "depth": d, "auc": auc, "pairs": pairs}

@@ -163,7 +163,11 @@ def bench_choose(
                                     "and head_min (with --head), or sums such as tail_conf+rules*0.5."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="The first N problems of the bank."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of accuracy against leaves (1 .. S)."),
-    head: Optional[Path] = typer.Option(None, "--head", help="A Q-value head: adds the signals head, head_min."),
+    head: Optional[Path] = typer.Option(None, "--head", help="A Q-value head: adds the signals head, head_min "
+                                        "(on the problems it was not trained on)."),
+    head_folds: Optional[int] = typer.Option(None, "--head-folds",
+                                             help="Add head, head_min from heads trained on the bank itself, each "
+                                                  "problem valued by one trained on the other K-1 folds."),
     baseline: list[Path] = typer.Option([], "--baseline",
                                         help="`qwq bench accuracy` results: its strategies on the same problems."),
     as_json: bool = typer.Option(False, "--json"),
@@ -172,7 +176,8 @@ def bench_choose(
     from qwq_local.bench.choose_run import run_choose
 
     run_choose(bank, [c.strip() for c in chooser.split(",") if c.strip()],
-               [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json, head, baseline)
+               [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json, head, baseline,
+               head_folds)
 
 
 @bench_app.command("compare", cls=Command)

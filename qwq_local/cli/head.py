@@ -78,6 +78,7 @@ def print_head_info(path: Path, as_json: bool) -> None:
         typer.echo(json.dumps(info, indent=2, default=str, allow_nan=False))
         return
     metrics = info.pop("metrics", {}) or {}
+    info["problems"] = f"{len(info.get('problems') or ())} listed (trained on; `qwq bench choose --head` leaves them out)"
     for key, value in info.items():
         typer.echo(f"{key:>16}: {value!r}" if key == "step_delimiter" else f"{key:>16}: {value}")
     for key, value in metrics.items():

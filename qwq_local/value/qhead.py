@@ -49,6 +49,7 @@ KEYS = {
     "training_data": f"{ARCH}.training.data",
     "n_problems": f"{ARCH}.training.n_problems",
     "n_states": f"{ARCH}.training.n_states",
+    "problems": f"{ARCH}.training.problems",
     "created": f"{ARCH}.created",
     "version": f"{ARCH}.qwq_local_version",
 }
@@ -159,6 +160,8 @@ class QHeadMeta:
     n_problems: int = 0
     n_states: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # held-out auc, ece, brier, accuracy
+    # the problems whose states fitted the weights or chose the epoch: `qwq bench choose --head` leaves them out
+    problems: tuple[str, ...] = ()
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     version: str = __version__
 
@@ -188,6 +191,8 @@ def write_head(path: Path, head: QHeadWeights, meta: QHeadMeta) -> Path:
         writer.add_uint32(KEYS["n_embd"], meta.n_embd)
         writer.add_uint64(KEYS["n_problems"], meta.n_problems)
         writer.add_uint64(KEYS["n_states"], meta.n_states)
+        if meta.problems:
+            writer.add_array(KEYS["problems"], [str(p) for p in meta.problems])
         for name, number in meta.metrics.items():
             writer.add_key_value(METRICS_PREFIX + name, float(number), gguf.GGUFValueType.FLOAT64)
         for name, tensor in head.tensors().items():
@@ -339,12 +344,21 @@ def read_head(path: Path) -> tuple[QHeadWeights, QHeadMeta]:
         metrics={k[len(METRICS_PREFIX):]: float(v) for k, v in fields.items() if k.startswith(METRICS_PREFIX)},
         created=get("created", str),
         version=get("version", str),
+        problems=_problems(path, fields.get(KEYS["problems"], [])),
     )
     if meta.n_embd != weights.n_embd:
         raise ModelFileError(
             f"{path} is not a valid Q-value head: metadata says n_embd {meta.n_embd}, tensors have {weights.n_embd}"
         )
     return weights, meta
+
+
+def _problems(path: Path, value: Any) -> tuple[str, ...]:
+    """The head's training problems as read (an old head lists none); anything but a list of strings is refused."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise ModelFileError(f"{path} is not a valid Q-value head: metadata {KEYS['problems']} is not a list of "
+                             "problem ids")
+    return tuple(value)
 
 
 def _check_is_head(path: Path) -> None:

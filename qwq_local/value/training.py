@@ -179,14 +179,19 @@ def split_by_group(
 def split_three_ways(
     groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int, y: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices (train, validation, test), each problem on one side; needs at least 3 problems."""
-    if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction and test_fraction must be > 0 with a sum below 1, "
+    """Row indices (train, validation, test), each problem on one side; needs at least 3 problems (2 with no test
+    split: `test_fraction` 0, for a caller that holds problems out itself, as cross-fitting does)."""
+    if not (0 < val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction must be > 0 and test_fraction >= 0 with a sum below 1, "
                          f"got {val_fraction} and {test_fraction}")
     groups = np.asarray(groups)
-    if np.unique(groups).size < 3:
-        raise ValueError(f"need states from at least 3 problems (train, validation, test), "
+    needed = 3 if test_fraction else 2
+    if np.unique(groups).size < needed:
+        raise ValueError(f"need states from at least {needed} problems (train, validation{', test' * (needed == 3)}), "
                          f"got {np.unique(groups).size}")
+    if not test_fraction:
+        train, val = split_by_group(groups, val_fraction, seed + 1, y)
+        return train, val, np.zeros(0, dtype=np.int64)
     rest, test = split_by_group(groups, test_fraction, seed, y)
     train, val = split_by_group(groups[rest], val_fraction / (1 - test_fraction), seed + 1,
                                 None if y is None else np.asarray(y)[rest])
