@@ -66,7 +66,7 @@ def _leaf_values(record: Mapping[str, Any], values: np.ndarray) -> list[dict[str
 
 
 def cross_fitted_head_signals(records: Sequence[Mapping[str, Any]], folds: int, *, kind: str = "linear",
-                              target: str = "max", seed: int = 0
+                              target: str = "max", seed: int = 0, l2: float = 1e-4
                               ) -> Callable[[Mapping[str, Any]], list[dict[str, float]]]:
     """`head` and `head_min` from heads trained on the banks' own states, each problem valued by a head that never
     saw it: the problems are dealt into `folds` folds and a head is trained (as `qwq train-head --bank` trains, its
@@ -90,7 +90,7 @@ def cross_fitted_head_signals(records: Sequence[Mapping[str, Any]], folds: int, 
     for k in range(folds):
         try:
             weights, _ = train_head(X[fold != k], y[fold != k], groups[fold != k], kind=kind, seed=seed,
-                                    epochs=200, test_fraction=0.0)
+                                    epochs=200, l2=l2, test_fraction=0.0)
         except ValueError as exc:
             raise UsageError(f"--head-folds {folds}: cannot train the head of fold {k + 1}: {exc}") from None
         for record in records:
