@@ -325,6 +325,9 @@ def test_train_head_on_a_bank_of_training_problems(tmp_path: Path, smollm_path: 
     assert code == 0, err
     assert f"{12 - len(held_out)} problems it was trained on left out" in err
     assert stdout.startswith(f"{len(held_out)} problems ·")
+    code, stdout, err = run_cli(["bench", "choose", str(bank), "--head", str(out), "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["summary"]["left_out_trained_on"] == 12 - len(held_out)
+    assert json.loads(stdout)["summary"]["problems"] == len(held_out)
     code, stdout, _ = run_cli(["head", "info", str(out)], capsys)
     assert code == 0 and f"{12 - len(held_out)} listed" in stdout
     trained_on_all = tmp_path / "all.jsonl"

@@ -129,15 +129,16 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
         records = records[:limit]
     if head is not None and head_folds is not None:
         raise UsageError("--head and --head-folds: give one (a head file, or heads trained here on the bank)")
-    extra = None
+    extra, left_out = None, 0
     if head is not None:
         from qwq_local.value.qhead import QHead
 
         loaded = QHead.load(head)
         seen = set(loaded.meta.problems)
         kept = [r for r in records if str(r["problem_id"]) not in seen]
-        if len(kept) < len(records) and not as_json:
-            typer.echo(f"--head {head.name}: {len(records) - len(kept)} problems it was trained on left out", err=True)
+        left_out = len(records) - len(kept)
+        if left_out and not as_json:
+            typer.echo(f"--head {head.name}: {left_out} problems it was trained on left out", err=True)
         if records and not kept:
             raise UsageError(f"--head {head}: it was trained on every problem of the bank; judge it on others "
                              "(or use --head-folds)")
@@ -157,6 +158,8 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
               for d in depths for name in signals for auc, pairs in [state_auc(records, name, d)] if pairs]
     compared = compare_with(problems, reports, choosers, read_runs(baselines)) if baselines else []
     if as_json:
+        if head is not None:
+            summary = {**summary, "left_out_trained_on": left_out}
         typer.echo(json.dumps({"summary": summary, "choosers": [asdict(r) for r in reports],
                                "signals": [asdict(s) for s in signal_reports], "states": states,
                                "baselines": compared}, indent=1))
