@@ -317,6 +317,7 @@ def test_train_head_on_a_bank_of_training_problems(tmp_path: Path, smollm_path: 
     assert code == 0, err
     head = QHead.load(out)
     assert head.meta.n_states == 12 * 8 and head.meta.n_problems == 12 and "bank of gsm8k-train" in head.meta.training_data
+    assert head.meta.training_data.endswith("Q=mean over the leaves below")
     # The head lists the problems that fitted it or chose its epoch; `bench choose --head` judges it on the others.
     held_out = {f"t{i}" for i in range(12)} - set(head.meta.problems)
     assert 2 <= len(held_out) <= 4 and len(head.meta.problems) + len(held_out) == 12

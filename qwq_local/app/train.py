@@ -173,7 +173,8 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
                        ExitCode.BAD_DATA) from None
     meta = QHeadMeta(
         architecture=plan.info.architecture, n_embd=int(X.shape[1]), model_sha256=sha256_file(plan.resolved.path),
-        training_data=f"{Path(data).name if data.endswith('.jsonl') else data}; Q={target} over rollouts",
+        training_data=(f"{Path(data).name if data.endswith('.jsonl') else data}; Q={target} over "
+                       + ("the leaves below" if data.startswith("bank of ") else "rollouts")),
         n_problems=len(set(groups.tolist())), n_states=len(X), metrics=report.head_metrics(),
         problems=tuple(sorted(set(groups.tolist()) - {str(g) for g in report.test_groups})),
     )
