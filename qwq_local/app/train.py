@@ -152,11 +152,11 @@ def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, ki
     if X.shape[1] != plan.info.n_embd:
         raise UsageError(f"--bank: its hidden states are {X.shape[1]} wide, {settings.model}'s {plan.info.n_embd}")
     return _train(plan, (X, y_max, y_mean, groups), out, "bank of " + ", ".join(sorted(datasets)), kind, target, seed,
-           epochs, events)
+           epochs, events, labelled_by="the leaves below")
 
 
 def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str, target: str, seed: int,
-           epochs: int, events: TrainEvents) -> str:
+           epochs: int, events: TrainEvents, labelled_by: str = "rollouts") -> str:
     """Train on a label store (or ready (X, y_max, y_mean, groups) arrays) and write the head."""
     from qwq_local.catalog.integrity import sha256_file
     from qwq_local.value.qhead import QHeadMeta, write_head
@@ -173,8 +173,7 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
                        ExitCode.BAD_DATA) from None
     meta = QHeadMeta(
         architecture=plan.info.architecture, n_embd=int(X.shape[1]), model_sha256=sha256_file(plan.resolved.path),
-        training_data=(f"{Path(data).name if data.endswith('.jsonl') else data}; Q={target} over "
-                       + ("the leaves below" if data.startswith("bank of ") else "rollouts")),
+        training_data=f"{Path(data).name if data.endswith('.jsonl') else data}; Q={target} over {labelled_by}",
         n_problems=len(set(groups.tolist())), n_states=len(X), metrics=report.head_metrics(),
         problems=tuple(sorted(set(groups.tolist()) - {str(g) for g in report.test_groups})),
     )

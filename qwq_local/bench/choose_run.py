@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import typer
 
-from qwq_local.value.bank_labels import BANK_FILE, arrays_root, read_bank
+from qwq_local.value.bank_labels import BANK_FILE, arrays_root, bank_states, load_hidden, read_bank
 from qwq_local.bench.compare import Run, read_runs
 from qwq_local.bench.choose import (
     BankProblem,
@@ -27,29 +27,22 @@ from qwq_local.bench.choose import (
 )
 from qwq_local.errors import ExitCode, InputFileError, UsageError
 
+if TYPE_CHECKING:
+    from qwq_local.value.qhead import QHead
 
-def head_signals(head: Any) -> Callable[[Mapping[str, Any]], list[dict[str, float]]]:
-    """Signals from a Q-value head (a loaded `QHead`) over the bank's recorded hidden states: the value of the
-    leaf's end state (`head`) and the lowest value along its path (`head_min`). Needs the bank's arrays in the cache."""
+
+def head_signals(head: QHead) -> Callable[[Mapping[str, Any]], list[dict[str, float]]]:
+    """Signals from a Q-value head over the bank's recorded hidden states: the value of the leaf's end state
+    (`head`) and the lowest value along its path (`head_min`). Needs the bank's arrays in the user cache."""
     root = arrays_root()
 
     def signals(record: Mapping[str, Any]) -> list[dict[str, float]]:
-        hidden = _hidden(record, root)
+        hidden = load_hidden(record, root)
         if hidden.shape[1] != head.weights.n_embd:
             raise UsageError(f"--head {head.path}: {head.weights.n_embd} wide, the bank's states {hidden.shape[1]}")
         return _leaf_values(record, head.predict(np.nan_to_num(hidden)))
 
     return signals
-
-
-def _hidden(record: Mapping[str, Any], root: Path) -> np.ndarray:
-    name = record.get("arrays")
-    file = root / name if name else None
-    if file is None or not file.exists():
-        raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
-                             "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
-    with np.load(file) as arrays:
-        return arrays["hidden"].astype(np.float32)
 
 
 def _leaf_values(record: Mapping[str, Any], values: np.ndarray) -> list[dict[str, float]]:
@@ -72,16 +65,16 @@ def cross_fitted_head_signals(records: Sequence[Mapping[str, Any]], folds: int, 
     saw it: the problems are dealt into `folds` folds and a head is trained (as `qwq train-head --bank` trains, its
     epoch chosen on part of the other folds) for each fold on all the others. So the head is judged on every problem
     of the bank, held out, instead of on the fifth that one head's test split would leave."""
-    from qwq_local.value.bank_labels import bank_states
     from qwq_local.value.training import train_head
 
-    root = arrays_root()
     ids = sorted(str(r["problem_id"]) for r in records)
     if not 2 <= folds <= len(ids):
         raise UsageError(f"--head-folds must be between 2 and the bank's {len(ids)} problems, not {folds}")
     order = np.random.default_rng(seed).permutation(len(ids))
     fold_of = {ids[i]: n % folds for n, i in enumerate(order)}
-    X, y_max, y_mean, groups = bank_states(records, root)
+    root = arrays_root()
+    hidden = {str(r["problem_id"]): load_hidden(r, root) for r in records}  # each problem's arrays read once
+    X, y_max, y_mean, groups = bank_states(records, root, hidden)
     if len(X) == 0:
         raise UsageError("--head-folds: the banks hold no hidden states to train on")
     y = y_max if target == "max" else y_mean
@@ -94,15 +87,17 @@ def cross_fitted_head_signals(records: Sequence[Mapping[str, Any]], folds: int, 
         except ValueError as exc:
             raise UsageError(f"--head-folds {folds}: cannot train the head of fold {k + 1}: {exc}") from None
         for record in records:
-            if fold_of[str(record["problem_id"])] == k:
-                hidden = _hidden(record, root)
-                values[str(record["problem_id"])] = _leaf_values(record, weights.predict(np.nan_to_num(hidden)))
+            problem = str(record["problem_id"])
+            if fold_of[problem] == k:
+                values[problem] = _leaf_values(record, weights.predict(np.nan_to_num(hidden[problem])))
     return lambda record: values[str(record["problem_id"])]
 
 
 def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence[str], limit: int | None,
                plot: Path | None, as_json: bool, head: Path | None = None, baselines: Sequence[Path] = (),
                head_folds: int | None = None) -> None:
+    if head is not None and head_folds is not None:
+        raise UsageError("--head and --head-folds: give one (a head file, or heads trained here on the bank)")
     named: set[str] = set()  # every signal the choosers and --signal name, checked against the bank below
     for name in choosers:
         try:
@@ -127,8 +122,6 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
         records += list(read_bank(file).values())
     if limit is not None:
         records = records[:limit]
-    if head is not None and head_folds is not None:
-        raise UsageError("--head and --head-folds: give one (a head file, or heads trained here on the bank)")
     extra, left_out = None, 0
     if head is not None:
         from qwq_local.value.qhead import QHead

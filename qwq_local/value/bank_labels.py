@@ -85,24 +85,31 @@ def leaves_below(record: Mapping[str, Any]) -> dict[int, list[bool]]:
     return below
 
 
-def bank_states(records: Iterable[Mapping[str, Any]], arrays_root: Path
+def load_hidden(record: Mapping[str, Any], arrays_root: Path) -> np.ndarray:
+    """A problem's recorded hidden states [nodes, n_embd] as float32, from its arrays in the user cache."""
+    file = arrays_root / str(record.get("arrays") or "")
+    if not record.get("arrays") or not file.is_file():
+        raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
+                             "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
+    with np.load(file) as arrays:
+        return arrays["hidden"].astype(np.float32)
+
+
+def bank_states(records: Iterable[Mapping[str, Any]], arrays_root: Path,
+                hidden: Mapping[str, np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(X, y_max, y_mean, groups) over every recorded state with a hidden state and leaves below it."""
+    """(X, y_max, y_mean, groups) over every recorded state with a hidden state and leaves below it; `hidden`:
+    the problems' hidden states already loaded, by problem id (else read from `arrays_root`)."""
     xs: list[np.ndarray] = []
     y_max: list[float] = []
     y_mean: list[float] = []
     groups: list[str] = []
     for record in records:
-        file = arrays_root / str(record.get("arrays") or "")
-        if not record.get("arrays") or not file.is_file():
-            raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
-                                 "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
-        with np.load(file) as arrays:
-            hidden = arrays["hidden"].astype(np.float32)
+        states = hidden[str(record["problem_id"])] if hidden is not None else load_hidden(record, arrays_root)
         for node, outcomes in leaves_below(record).items():
-            if not outcomes or hidden.shape[1] == 0 or not np.isfinite(hidden[node]).all():
+            if not outcomes or states.shape[1] == 0 or not np.isfinite(states[node]).all():
                 continue
-            xs.append(hidden[node])
+            xs.append(states[node])
             y_max.append(float(any(outcomes)))
             y_mean.append(sum(outcomes) / len(outcomes))
             groups.append(str(record["problem_id"]))

@@ -189,10 +189,10 @@ def split_three_ways(
     if np.unique(groups).size < needed:
         raise ValueError(f"need states from at least {needed} problems (train, validation{', test' * (needed == 3)}), "
                          f"got {np.unique(groups).size}")
-    if not test_fraction:
-        train, val = split_by_group(groups, val_fraction, seed + 1, y)
-        return train, val, np.zeros(0, dtype=np.int64)
-    rest, test = split_by_group(groups, test_fraction, seed, y)
+    if test_fraction:
+        rest, test = split_by_group(groups, test_fraction, seed, y)
+    else:
+        rest, test = np.arange(groups.size), np.zeros(0, dtype=np.int64)
     train, val = split_by_group(groups[rest], val_fraction / (1 - test_fraction), seed + 1,
                                 None if y is None else np.asarray(y)[rest])
     return rest[train], rest[val], test
