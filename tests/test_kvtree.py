@@ -141,3 +141,29 @@ def test_hidden_state_equals_separate_embedding_pass(qwen: LoadedModel) -> None:
             one_batch = hidden_states(qwen, prompt + [tok])[-1]
             cosine = kid.hidden @ one_batch / (np.linalg.norm(kid.hidden) * np.linalg.norm(one_batch))
             assert cosine > 0.99
+
+
+def test_step_mean_is_the_mean_of_the_step_tokens_states(qwen: LoadedModel) -> None:
+    prompt = qwen.tokenize(PROMPT)
+    step = qwen.tokenize(" The moon is", bos=False)
+    with KVTree(qwen, n_ctx=1024, n_seq_max=4, hidden=True) as tree:
+        root = tree.root(prompt)
+        sampled, replayed = tree.fork(root), tree.fork(root)
+        for j, tok in enumerate(step):  # as generation decodes a step: a row a token, at rest on the last
+            tree.step_batch([(sampled, tok)], [j == len(step) - 1])
+            assert (sampled.hidden_mean is None) == (j < len(step) - 1)
+        tree.extend([(replayed, step[:-1])], pool=True, rest=False)  # as a bank's replay decodes a step's text
+        assert replayed.logits is None and replayed.hidden_mean is None
+        tree.extend([(replayed, step[-1:])])
+        rows = hidden_states(qwen, prompt + step, split=len(prompt))
+        for branch in (sampled, replayed):
+            assert branch.hidden_mean is not None and branch.pooled == 0 and branch.pool is None
+            cosine = branch.hidden_mean @ rows.mean(0) / (np.linalg.norm(branch.hidden_mean) *
+                                                          np.linalg.norm(rows.mean(0)))
+            assert cosine > 0.999, cosine
+            assert np.allclose(branch.hidden, rows[-1], atol=0.05)
+            assert not np.allclose(branch.hidden_mean, branch.hidden, atol=0.05)  # a mean, not the last state
+        # A child's step starts afresh: its mean covers its own tokens only.
+        child = tree.fork(sampled)
+        tree.step_batch([(child, step[0])], [True])
+        assert np.array_equal(child.hidden_mean, child.hidden)

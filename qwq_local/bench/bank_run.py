@@ -3,7 +3,9 @@
 DIR/bank.jsonl holds one line per problem (steps' text and statistics, leaves' answers and correctness: the compact
 part, committed under benchmarks/); the per-token statistics and hidden states go to an .npz per problem in the
 user cache (bulky; the same command rebuilds them from the texts where they are missing: hidden states only, by
-decoding each step's text after its parent's, seconds a problem instead of sampling again).
+decoding each step's text after its parent's, seconds a problem instead of sampling again). Besides the state at a
+step's last token they hold the mean state over the step's tokens; arrays from before it was recorded get it added
+by the same replay, keeping what sampling recorded.
 """
 
 from __future__ import annotations
@@ -55,20 +57,41 @@ def bank_record(problem: Problem, nodes: Sequence[BankNode], shape: Sequence[int
     }
 
 
-def save_arrays(target: Path, nodes: Sequence[BankNode]) -> None:
-    """Per-token statistics (joined, with offsets) and step-end hidden states (NaN where none), float16."""
-    offsets = np.cumsum([0] + [n.n_tokens for n in nodes])
-    tokens = token_table(nodes).astype(np.float16)
-    width = next((len(n.hidden) for n in nodes if n.hidden is not None), 0)
-    hidden = np.full((len(nodes), width), np.nan, dtype=np.float16)
-    for n in nodes:
-        if n.hidden is not None:
-            hidden[n.id] = np.asarray(n.hidden, dtype=np.float16)
+def save_arrays(target: Path, nodes: Sequence[BankNode], keep: Path | None = None) -> None:
+    """Per-token statistics (joined, with offsets), step-end hidden states and the steps' mean hidden states (NaN
+    where none), float16. `keep`: an older arrays file whose token statistics and step-end states stay (a replay
+    that only adds the step means keeps what sampling recorded)."""
+    arrays = {"offsets": np.cumsum([0] + [n.n_tokens for n in nodes]),
+              "tokens": token_table(nodes).astype(np.float16),
+              "hidden": _stacked([n.hidden for n in nodes]), "hidden_mean": _stacked([n.hidden_mean for n in nodes])}
+    if keep is not None:
+        try:
+            with np.load(keep) as old:
+                arrays.update({k: old[k] for k in ("offsets", "tokens", "hidden")})
+        except (OSError, ValueError, KeyError):  # unreadable or incomplete: the replay's arrays stand whole
+            pass
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     with partial.open("wb") as handle:
-        np.savez_compressed(handle, tokens=tokens, offsets=offsets, hidden=hidden)
+        np.savez_compressed(handle, **arrays)
     partial.replace(target)
+
+
+def _stacked(rows: Sequence[Any]) -> np.ndarray:
+    width = next((len(row) for row in rows if row is not None), 0)
+    out = np.full((len(rows), width), np.nan, dtype=np.float16)
+    for i, row in enumerate(rows):
+        if row is not None:
+            out[i] = np.asarray(row, dtype=np.float16)
+    return out
+
+
+def _has_means(file: Path) -> bool:
+    try:
+        with np.load(file) as arrays:
+            return "hidden_mean" in arrays.files
+    except (OSError, ValueError):  # unreadable: rebuilt whole
+        return False
 
 
 def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shape: tuple[int, ...], results: Path,
@@ -97,10 +120,13 @@ def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shap
     key = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:10]
     arrays_dir = arrays_root() / f"{results.resolve().name}-{key}"
     # The arrays live in the user cache: a bank committed elsewhere has none here, and they are rebuilt from its texts.
+    # Arrays from before the steps' mean states were recorded get them added (their sampled statistics stay).
     lost = [done[p.id] for p in problems if p.id in done and done[p.id].get("arrays")
-            and not (arrays_root() / done[p.id]["arrays"]).is_file()]
+            and not _has_means(arrays_root() / done[p.id]["arrays"])]
+    older = sum((arrays_root() / record["arrays"]).is_file() for record in lost)
     echo(f"bank: {len(problems) - len(todo)} of {len(problems)} problems done; arrays in {arrays_dir}"
-         + (f" ({len(lost)} to rebuild)" if lost else ""))
+         + (f" ({len(lost)} to rebuild{f', {older} of them to add step means to' if older else ''})"
+            if lost else ""))
     if not todo and not lost:
         return [done[p.id] for p in problems]
     from qwq_local.engine.kvtree import KVTree
@@ -118,7 +144,8 @@ def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shap
                     nodes = replay_tree(build_question(problem.prompt, problem.format), policy, record)
                 finally:
                     policy.close()
-            save_arrays(arrays_root() / record["arrays"], nodes)
+            target = arrays_root() / record["arrays"]
+            save_arrays(target, nodes, keep=target if target.is_file() else None)
             echo(f"[rebuilt {number}/{len(lost)}] {problem.id}: hidden states of {len(nodes)} steps from their "
                  f"texts, {time.perf_counter() - start:.0f} s")
         with bank_path.open("a", encoding="utf-8") as handle:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 import typer
 
-from qwq_local.value.bank_labels import BANK_FILE, arrays_root, bank_states, load_hidden, read_bank
+from qwq_local.value.bank_labels import BANK_FILE, FEATURES, arrays_root, bank_states, load_hidden, read_bank
 from qwq_local.bench.compare import Run, read_runs
 from qwq_local.bench.choose import (
     BankProblem,
@@ -59,12 +59,13 @@ def _leaf_values(record: Mapping[str, Any], values: np.ndarray) -> list[dict[str
 
 
 def cross_fitted_head_signals(records: Sequence[Mapping[str, Any]], folds: int, *, kind: str = "linear",
-                              target: str = "max", seed: int = 0, l2: float = 1e-4
+                              target: str = "max", seed: int = 0, l2: float = 1e-4, features: str = "last"
                               ) -> Callable[[Mapping[str, Any]], list[dict[str, float]]]:
     """`head` and `head_min` from heads trained on the banks' own states, each problem valued by a head that never
     saw it: the problems are dealt into `folds` folds and a head is trained (as `qwq train-head --bank` trains, its
     epoch chosen on part of the other folds) for each fold on all the others. So the head is judged on every problem
-    of the bank, held out, instead of on the fifth that one head's test split would leave."""
+    of the bank, held out, instead of on the fifth that one head's test split would leave. `features`: which
+    recorded states the heads read (see `load_hidden`)."""
     from qwq_local.value.training import train_head
 
     ids = sorted(str(r["problem_id"]) for r in records)
@@ -73,7 +74,7 @@ def cross_fitted_head_signals(records: Sequence[Mapping[str, Any]], folds: int, 
     order = np.random.default_rng(seed).permutation(len(ids))
     fold_of = {ids[i]: n % folds for n, i in enumerate(order)}
     root = arrays_root()
-    hidden = {str(r["problem_id"]): load_hidden(r, root) for r in records}  # each problem's arrays read once
+    hidden = {str(r["problem_id"]): load_hidden(r, root, features) for r in records}  # each read once
     X, y_max, y_mean, groups = bank_states(records, root, hidden)
     if len(X) == 0:
         raise UsageError("--head-folds: the banks hold no hidden states to train on")
@@ -95,9 +96,13 @@ def cross_fitted_head_signals(records: Sequence[Mapping[str, Any]], folds: int, 
 
 def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence[str], limit: int | None,
                plot: Path | None, as_json: bool, head: Path | None = None, baselines: Sequence[Path] = (),
-               head_folds: int | None = None) -> None:
+               head_folds: int | None = None, head_features: str = "last") -> None:
     if head is not None and head_folds is not None:
         raise UsageError("--head and --head-folds: give one (a head file, or heads trained here on the bank)")
+    if head_features not in FEATURES:
+        raise UsageError(f"--head-features must be one of {', '.join(FEATURES)}, not {head_features!r}")
+    if head_features != "last" and head_folds is None:
+        raise UsageError("--head-features: only with --head-folds (a head file reads the states it was trained on)")
     named: set[str] = set()  # every signal the choosers and --signal name, checked against the bank below
     for name in choosers:
         try:
@@ -139,7 +144,7 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
     if not records:
         raise UsageError("the bank holds no problems yet")
     if head_folds is not None:
-        extra = cross_fitted_head_signals(records, head_folds)
+        extra = cross_fitted_head_signals(records, head_folds, features=head_features)
     problems = from_records(records, extra)
     known = {name for problem in problems for leaf in problem.leaves for name in leaf.signals}
     if named - known:

@@ -168,6 +168,9 @@ def bench_choose(
     head_folds: Optional[int] = typer.Option(None, "--head-folds",
                                              help="Add head, head_min from heads trained on the bank itself, each "
                                                   "problem valued by one trained on the other K-1 folds."),
+    head_features: str = typer.Option("last", "--head-features",
+                                      help="With --head-folds: the states the heads read: last (a step's last "
+                                           "token), mean (over its tokens) or last+mean."),
     baseline: list[Path] = typer.Option([], "--baseline",
                                         help="`qwq bench accuracy` results: its strategies on the same problems."),
     as_json: bool = typer.Option(False, "--json"),
@@ -177,7 +180,7 @@ def bench_choose(
 
     run_choose(bank, [c.strip() for c in chooser.split(",") if c.strip()],
                [s.strip() for s in signal.split(",") if s.strip()], limit, plot, as_json, head, baseline,
-               head_folds)
+               head_folds, head_features)
 
 
 @bench_app.command("compare", cls=Command)

@@ -33,6 +33,9 @@ class Branch:
     span: Span | None = None  # tip of its span chain while resident
     logits: np.ndarray | None = None  # next-token logits after its last token
     hidden: np.ndarray | None = None  # hidden state at its last token (when the tree keeps them)
+    hidden_mean: np.ndarray | None = None  # mean hidden state over the tokens of its last step
+    pool: np.ndarray | None = None  # sum of the hidden states of the step under way (see KVTree._decode)
+    pooled: int = 0  # how many tokens that sum holds
     parked: bytes | None = None  # sequence state saved in host RAM while evicted
     last_used: int = 0
     alive: bool = True
@@ -218,11 +221,17 @@ class KVTree:
         child.span = Span(0, tip, refs=1)
         parent.span = Span(0, tip, refs=1)
         self._ref_chain(tip, +1)
-        child.logits, child.hidden = parent.logits, parent.hidden
+        child.logits, child.hidden, child.hidden_mean = parent.logits, parent.hidden, parent.hidden_mean
         return child
 
-    def extend(self, items: Sequence[tuple[Branch, Sequence[int]]]) -> None:
-        """Decode new tokens for several branches in one batch (chunked if over n_batch)."""
+    def extend(self, items: Sequence[tuple[Branch, Sequence[int]]], *, pool: bool = False,
+               rest: bool = True) -> None:
+        """Decode new tokens for several branches in one batch (chunked if over n_batch).
+
+        `pool`: with hidden states kept, every token's hidden state joins its branch's step mean (a step
+        decoded from its text, as a bank's replay does; costs an output row per token). `rest=False`: the
+        branches do not end their step here (no logits kept, the step mean goes on).
+        """
         work = [(b, list(toks)) for b, toks in items if toks]
         for b, toks in work:
             self._pinned.add(b.id)
@@ -230,7 +239,7 @@ class KVTree:
             for b, toks in work:
                 self.ensure_resident(b)
             self._reserve(sum(len(t) for _, t in work))
-            self._decode(work)
+            self._decode(work, keep=None if rest else [False] * len(work), pool=pool)
             self.stats.distinct_tokens += sum(len(t) for _, t in work)
         finally:
             for b, _ in work:
@@ -242,7 +251,7 @@ class KVTree:
             return
         self._evict_cells(branch)
         branch.parked = None
-        branch.logits = branch.hidden = None
+        branch.logits = branch.hidden = branch.hidden_mean = branch.pool = None
         branch.alive = False
         self.branches.pop(branch.id, None)
 
@@ -259,7 +268,8 @@ class KVTree:
         del branch.tokens[n_tokens:]
         span.n_tokens -= cut
         self.stats.live_cells -= cut
-        branch.logits = branch.hidden = None
+        branch.logits = branch.hidden = branch.hidden_mean = branch.pool = None
+        branch.pooled = 0
 
     def resident(self, branch: Branch) -> bool:
         return branch.seq is not None
@@ -292,11 +302,16 @@ class KVTree:
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, self._rows[branch.id])
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
-    def _decode(self, work: list[tuple[Branch, list[int]]], keep: Sequence[bool] | None = None) -> None:
+    def _decode(self, work: list[tuple[Branch, list[int]]], keep: Sequence[bool] | None = None,
+                pool: bool = False) -> None:
         """Fill llama_batch ourselves (positions per branch) and decode.
 
         Every branch's last token gets an output row (see `row_of`); branches flagged in `keep`
         (all by default) come to rest: their logits (and hidden state) are copied out.
+
+        With hidden states kept, each row decoded with them adds its hidden state to its branch's running
+        sum, and a branch at rest turns that sum into `hidden_mean`, the mean over its step's tokens:
+        generation decodes every token of a step so (one row per branch), and `pool` asks it of every row.
         """
         queue = [(b, toks, i) for i, (b, toks) in enumerate(work)]
         # Split into chunks of at most n_batch tokens, never reordering a branch's tokens.
@@ -318,11 +333,11 @@ class KVTree:
                 batch.pos[i] = pos
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = b.seq
-                batch.logits[i] = pos == last_pos[b.id]
+                batch.logits[i] = pool or pos == last_pos[b.id]
             batch.n_tokens = len(chunk)
             # Hidden states make llama.cpp output every row of a batch: ask for them only when
-            # every row is a branch's last token (generation steps), never for a prefill.
-            hidden_now = self.hidden_enabled and all(pos == last_pos[b.id] for b, _, pos, _ in chunk)
+            # every row is a branch's last token (generation steps) or `pool` asks, never for a prefill.
+            hidden_now = self.hidden_enabled and (pool or all(pos == last_pos[b.id] for b, _, pos, _ in chunk))
             if self.hidden_enabled:
                 llama_cpp.llama_set_embeddings(self.ctx, hidden_now)
             rc = llama_cpp.llama_decode(self.ctx, batch)
@@ -331,18 +346,23 @@ class KVTree:
             self.stats.evaluated_tokens += len(chunk)
             self.stats.decode_calls += 1
             for i, (b, _tok, pos, wi) in enumerate(chunk):
+                row = None
+                if hidden_now:
+                    eptr = llama_cpp.llama_get_embeddings_ith(self.ctx, i)
+                    row = np.ctypeslib.as_array(eptr, shape=(self.n_embd,)).astype(np.float32)
+                    b.pool = row.copy() if b.pool is None else b.pool + row
+                    b.pooled += 1
                 if pos != last_pos[b.id]:
                     continue
-                self._rows[b.id] = lo_row = i
+                self._rows[b.id] = i
                 if keep is not None and not keep[wi]:
-                    b.logits = b.hidden = None
+                    b.logits = b.hidden = b.hidden_mean = None
                     continue
-                ptr = llama_cpp.llama_get_logits_ith(self.ctx, lo_row)
+                ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
                 b.logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
-                b.hidden = None
-                if hidden_now:
-                    eptr = llama_cpp.llama_get_embeddings_ith(self.ctx, lo_row)
-                    b.hidden = np.ctypeslib.as_array(eptr, shape=(self.n_embd,)).copy()
+                b.hidden = row
+                b.hidden_mean = None if b.pool is None else b.pool / b.pooled
+                b.pool, b.pooled = None, 0
 
     # ----------------------------------------------------------------- KV accounting
     def _new_branch(self, tokens: list[int]) -> Branch:
@@ -481,7 +501,7 @@ class KVTree:
 
     def _recompute(self, branch: Branch, donor: Branch | None, shared: int) -> None:
         tokens = branch.tokens
-        keep_logits, keep_hidden = branch.logits, branch.hidden
+        kept = branch.logits, branch.hidden, branch.hidden_mean, branch.pool, branch.pooled
         suffix = tokens[shared:]
         self._reserve(len(suffix))
         seq = self._take_seq()
@@ -497,7 +517,7 @@ class KVTree:
         branch.seq = seq
         self._decode([(branch, suffix)])
         self.stats.recomputed_tokens += len(suffix)
-        branch.logits, branch.hidden = keep_logits, keep_hidden
+        branch.logits, branch.hidden, branch.hidden_mean, branch.pool, branch.pooled = kept
         branch.parked = None
 
 

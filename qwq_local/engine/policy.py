@@ -220,11 +220,11 @@ class TreePolicy:
         tokens = self.model.tokenize(text, bos=False)
         b = self.tree.fork(parent.branch)
         decode = tokens + ([self.model.llama.token_eos()] if end else [])
-        self.tree.extend([(b, decode[:-1])])
-        self.tree.extend([(b, decode[-1:])])  # alone in its batch: the tree keeps hidden states of last tokens
+        self.tree.extend([(b, decode[:-1])], pool=True, rest=False)  # every row joins the step's mean
+        self.tree.extend([(b, decode[-1:])])  # alone in its batch, as sampling decodes a step's last token
         state = _State(b, parent.in_think, parent.reply_tokens + len(tokens), parent.think_tokens)
         return Candidate(text=text, branch=self._handle(state), n_tokens=len(tokens), finished=end,
-                         hidden=b.hidden)
+                         hidden=b.hidden, hidden_mean=b.hidden_mean)
 
     def _candidate(self, child: _Child) -> Candidate:
         child.sampler.close()
@@ -233,7 +233,8 @@ class TreePolicy:
             if child.stats else ([], [], [], [])
         return Candidate(
             text="".join(child.text), branch=self._handle(state), n_tokens=child.n_tokens,
-            finished=child.finished or child.at_limit, hidden=state.branch.hidden, logprob=float(sum(logprobs)),
+            finished=child.finished or child.at_limit, hidden=state.branch.hidden,
+            hidden_mean=state.branch.hidden_mean, logprob=float(sum(logprobs)),
             token_logprobs=logprobs, token_confidences=confidences, token_entropies=entropies,
             token_certainties=certainties,
         )

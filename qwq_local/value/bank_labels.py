@@ -85,14 +85,22 @@ def leaves_below(record: Mapping[str, Any]) -> dict[int, list[bool]]:
     return below
 
 
-def load_hidden(record: Mapping[str, Any], arrays_root: Path) -> np.ndarray:
-    """A problem's recorded hidden states [nodes, n_embd] as float32, from its arrays in the user cache."""
+FEATURES = {"last": ("hidden",), "mean": ("hidden_mean",), "last+mean": ("hidden", "hidden_mean")}
+
+
+def load_hidden(record: Mapping[str, Any], arrays_root: Path, features: str = "last") -> np.ndarray:
+    """A problem's recorded hidden states [nodes, width] as float32, from its arrays in the user cache: the state
+    at each step's last token (`last`), the mean over the step's tokens (`mean`), or both side by side."""
     file = arrays_root / str(record.get("arrays") or "")
     if not record.get("arrays") or not file.is_file():
         raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
                              "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
     with np.load(file) as arrays:
-        return arrays["hidden"].astype(np.float32)
+        if any(key not in arrays.files for key in FEATURES[features]):
+            raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) predate the steps' mean "
+                                 "states; rerun `qwq bench bank` with the same --results to add them",
+                                 ExitCode.FILE_NOT_FOUND)
+        return np.concatenate([arrays[key].astype(np.float32) for key in FEATURES[features]], axis=1)
 
 
 def bank_states(records: Iterable[Mapping[str, Any]], arrays_root: Path,
