@@ -7,6 +7,9 @@ often its top leaf is right in mixed problems against a random pick, and the sam
 confidence, the best label-free value; then the vote weighted by each, against the plain vote. In seconds:
 
     python benchmarks/analysis/head_variants.py benchmarks/runs/bank-gsm8k-train-qwen2.5-coder-0.5b
+
+`--features mean` (or last+mean) trains on the steps' mean hidden states instead of their last token's, `-n N` keeps
+the first N problems (those whose arrays have the means, while `qwq bench bank` adds them).
 """
 
 from __future__ import annotations
@@ -32,14 +35,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bank", type=Path, nargs="+")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--features", default="last", choices=["last", "mean", "last+mean"])
+    parser.add_argument("-n", "--limit", type=int, default=None)
     args = parser.parse_args()
-    records = [r for bank in args.bank for r in read_bank(bank).values()]
+    records = [r for bank in args.bank for r in list(read_bank(bank).values())[:args.limit]]
     signals = ["tail_conf", "head", "tail_conf+head", "tail_conf+head*0.5"]
     choosers = ["vote", "wvote:tail_conf", "wvote:head", "wvote:tail_conf+head", "wvote:tail_conf+head*0.5"]
-    print(f"{len(records)} problems, {args.folds} folds")
+    print(f"{len(records)} problems, {args.folds} folds, features: {args.features}")
     print(f"{'variant':<22} {'signal':<20} {'AUC':>6} {'top':>6} {'random':>6} {'ratio':>6} {'mixed':>5}")
     for name, (kind, target, l2) in VARIANTS.items():
-        extra = cross_fitted_head_signals(records, args.folds, kind=kind, target=target, l2=l2)
+        extra = cross_fitted_head_signals(records, args.folds, kind=kind, target=target, l2=l2,
+                                          features=args.features)
         reports, signal_reports, _ = evaluate(from_records(records, extra), choosers, signals)
         for s in signal_reports:
             if s.auc is None or s.top_right is None or s.random_right is None:
