@@ -205,7 +205,10 @@ def test_bank_and_choose_run_on_the_tiny_model(tmp_path: Path, smollm_path: Path
         assert len(arrays["tokens"]) == sum(n["n_tokens"] for n in rec["nodes"])
         sampled = arrays["hidden"].astype(np.float32)
         sampled_mean = arrays["hidden_mean"].astype(np.float32)
-    assert sampled_mean.shape == sampled.shape and np.isfinite(sampled_mean).all()
+        sampled_mid = arrays["hidden_mid_mean"].astype(np.float32)
+        assert int(arrays["mid_layer"]) == 15  # SmolLM2-135M: 30 blocks
+        assert arrays["hidden_mid"].shape == sampled.shape and np.isfinite(arrays["hidden_mid"]).all()
+    assert sampled_mean.shape == sampled_mid.shape == sampled.shape and np.isfinite(sampled_mean).all()
     assert not np.allclose(sampled_mean, sampled, atol=0.05)  # a step's mean state, not its last one
     code, _, err = run_cli(args, capsys)
     assert code == 0 and "1 of 1 problems done" in err
@@ -218,20 +221,22 @@ def test_bank_and_choose_run_on_the_tiny_model(tmp_path: Path, smollm_path: Path
     with np.load(npz) as arrays:
         rebuilt = arrays["hidden"].astype(np.float32)
         rebuilt_mean = arrays["hidden_mean"].astype(np.float32)
+        rebuilt_mid = arrays["hidden_mid_mean"].astype(np.float32)
         tokens = arrays["tokens"]
     assert rebuilt.shape == sampled.shape and np.isfinite(rebuilt).all()
     assert np.isnan(tokens.astype(np.float32)).all()  # sampling's statistics are not rebuilt
-    for got, want in ((rebuilt, sampled), (rebuilt_mean, sampled_mean)):
+    for got, want in ((rebuilt, sampled), (rebuilt_mean, sampled_mean), (rebuilt_mid, sampled_mid)):
         cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert np.median(cosine) > 0.99, cosine  # the same states up to tokenization and batching (~0.9998)
-    # Arrays from before the step means were recorded: the replay adds them and keeps what was recorded.
+    # Arrays from before the means and the middle layer were recorded: the replay adds them, keeps what was there.
     np.savez_compressed(npz, offsets=np.arange(3), tokens=np.ones((2, 4), np.float16), hidden=rebuilt[:2] * 0)
     code, _, err = run_cli(args, capsys)
-    assert code == 0 and "(1 to rebuild, 1 of them to add step means to)" in err, err
+    assert code == 0 and "(1 to rebuild, 1 of them to add newer states to)" in err, err
     with np.load(npz) as arrays:
         assert (arrays["tokens"] == 1).all() and (arrays["hidden"] == 0).all()
         assert arrays["offsets"].tolist() == [0, 1, 2]
         assert np.allclose(arrays["hidden_mean"].astype(np.float32), rebuilt_mean, atol=0.02)
+        assert np.allclose(arrays["hidden_mid_mean"].astype(np.float32), rebuilt_mid, atol=0.02)
     code, _, err = run_cli(args, capsys)
     assert code == 0 and "rebuild" not in err, err
     code, stdout, err = run_cli(["bench", "choose", str(out), "--json"], capsys)
@@ -299,8 +304,8 @@ def test_monte_carlo_labels_are_the_leaves_below_each_state() -> None:
 def training_bank(tmp_path: Path, problems: int = 12, width: int = 576,
                   planted: str = "hidden") -> tuple[Path, list[str]]:
     """A bank of training problems (arrays under tmp_path/arrays) whose states' first coordinate says whether the
-    leaves below them are right; the other coordinates are noise. `planted`: hidden (the step-end states) or
-    hidden_mean (the steps' mean states; the step-end states are then all noise)."""
+    leaves below them are right; the other coordinates are noise. `planted`: which of a step's states carries it
+    (hidden, the step-end state, or hidden_mean, hidden_mid, hidden_mid_mean; the step-end states are then noise)."""
     from qwq_local.value.bank_labels import leaves_below
 
     rng = np.random.default_rng(0)
@@ -316,8 +321,8 @@ def training_bank(tmp_path: Path, problems: int = 12, width: int = 576,
         below = leaves_below(rec)
         for node in nodes:
             node.hidden = rng.normal(size=width).astype(np.float32)
-            if planted == "hidden_mean":
-                node.hidden_mean = rng.normal(size=width).astype(np.float32)
+            if planted != "hidden":
+                setattr(node, planted, rng.normal(size=width).astype(np.float32))
             getattr(node, planted)[0] = 3.0 * (sum(below[node.id]) / len(below[node.id]) - 0.5)
         save_arrays(tmp_path / "arrays" / "b" / f"t{i}.npz", nodes)
         lines.append(json.dumps(rec))
@@ -464,13 +469,20 @@ def test_cross_fitted_heads_read_the_steps_mean_states_when_asked(
         assert code == 0, err
         auc[features] = json.loads(stdout)["signals"][0]["auc"]
     assert auc["mean"] > 0.75 and auc["last+mean"] > 0.75 and auc["last"] < 0.7, auc  # the signal is in the means
+    (tmp_path / "mid").mkdir()
+    mid, _ = training_bank(tmp_path / "mid", problems=15, width=8, planted="hidden_mid_mean")
+    monkeypatch.setenv("QWQ_BANK_ARRAYS", str(tmp_path / "mid" / "arrays"))
+    code, stdout, err = run_cli(["bench", "choose", str(mid), "--head-folds", "5", "--head-features", "mid_mean",
+                                 "-c", "vote", "--signal", "head", "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["signals"][0]["auc"] > 0.75, err
+    monkeypatch.setenv("QWQ_BANK_ARRAYS", str(tmp_path / "arrays"))
     code, _, err = run_cli(["bench", "choose", str(bank), "--head-features", "mean"], capsys)
     assert code == 2 and "only with --head-folds" in err
     code, _, err = run_cli(["bench", "choose", str(bank), "--head-folds", "5", "--head-features", "first"], capsys)
-    assert code == 2 and "must be one of last, mean, last+mean" in err
+    assert code == 2 and "--head-features: name one or more of last, mean, mid, mid_mean joined by +" in err
     # Arrays from before the means were recorded: a one-line error that says how to add them.
     old = tmp_path / "arrays" / "b" / "t3.npz"
     with np.load(old) as arrays:
         np.savez_compressed(old, hidden=arrays["hidden"], tokens=arrays["tokens"], offsets=arrays["offsets"])
     code, _, err = run_cli(["bench", "choose", str(bank), "--head-folds", "5", "--head-features", "mean"], capsys)
-    assert code == 3 and "predate the steps' mean states; rerun `qwq bench bank`" in err, (code, err)
+    assert code == 3 and "predate the steps' mean and middle-layer states; rerun `qwq bench bank`" in err, err

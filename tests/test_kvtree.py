@@ -167,3 +167,35 @@ def test_step_mean_is_the_mean_of_the_step_tokens_states(qwen: LoadedModel) -> N
         child = tree.fork(sampled)
         tree.step_batch([(child, step[0])], [True])
         assert np.array_equal(child.hidden_mean, child.hidden)
+
+
+def test_a_tapped_middle_layer_follows_each_branch_through_a_shared_batch(qwen: LoadedModel) -> None:
+    prompt = qwen.tokenize(PROMPT)
+    layer = qwen.n_layer // 2
+    tokens = [qwen.tokenize(" The", bos=False)[0], qwen.tokenize("1", bos=False)[0]]
+    alone = []
+    for tok in tokens:  # each branch in a tree of its own
+        with KVTree(qwen, n_ctx=1024, n_seq_max=2, hidden=True, tap_layer=layer) as tree:
+            kid = tree.fork(tree.root(prompt))
+            tree.step_batch([(kid, tok)], [True])
+            alone.append(kid.mid)
+    with KVTree(qwen, n_ctx=1024, n_seq_max=4, hidden=True, tap_layer=layer) as tree:
+        root = tree.root(prompt)
+        kids = [tree.fork(root), tree.fork(root)]
+        tree.step_batch(list(zip(kids, tokens)), [True, True])
+        for kid, ref, other in zip(kids, alone, alone[::-1]):
+            assert kid.mid is not None and kid.mid.shape == (qwen.n_embd,)
+            assert np.allclose(kid.mid, ref, atol=1e-3), np.max(np.abs(kid.mid - ref))
+            assert not np.allclose(kid.mid, other, atol=0.1)  # its own row, not its neighbour's
+            assert np.sqrt(np.mean(kid.mid ** 2)) == pytest.approx(1.0, abs=1e-3)  # RMS-normalised
+            assert np.array_equal(kid.mid_mean, kid.mid)  # a one-token step
+        # The step mean of the tap layer, replayed: pooled rows of every token.
+        step = qwen.tokenize(" The moon is", bos=False)
+        replayed = tree.fork(root)
+        tree.extend([(replayed, step[:-1])], pool=True, rest=False)
+        tree.extend([(replayed, step[-1:])])
+        assert replayed.mid_mean is not None and not np.allclose(replayed.mid_mean, replayed.mid, atol=0.05)
+    with KVTree(qwen, n_ctx=1024, n_seq_max=2, hidden=True) as tree:  # no tap: no middle states
+        kid = tree.fork(tree.root(prompt))
+        tree.step_batch([(kid, tokens[0])], [True])
+        assert kid.mid is None and kid.mid_mean is None and kid.hidden is not None

@@ -8,8 +8,9 @@ confidence, the best label-free value; then the vote weighted by each, against t
 
     python benchmarks/analysis/head_variants.py benchmarks/runs/bank-gsm8k-train-qwen2.5-coder-0.5b
 
-`--features mean` (or last+mean) trains on the steps' mean hidden states instead of their last token's, `-n N` keeps
-the first N problems (those whose arrays have the means, while `qwq bench bank` adds them).
+`--features mean` trains on the steps' mean hidden states instead of their last token's (`mid`, `mid_mean`: a middle
+layer's; `last+mid_mean`: side by side); `-n N` keeps the first N problems (those whose arrays have them, while
+`qwq bench bank` adds them).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bank", type=Path, nargs="+")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--features", default="last", choices=["last", "mean", "last+mean"])
+    parser.add_argument("--features", default="last", help="last, mean, mid, mid_mean, or several joined by +")
     parser.add_argument("-n", "--limit", type=int, default=None)
     args = parser.parse_args()
     records = [r for bank in args.bank for r in list(read_bank(bank).values())[:args.limit]]

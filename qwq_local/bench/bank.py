@@ -33,6 +33,8 @@ class BankNode:
     tokens: np.ndarray  # (n_tokens, 4) float32: TOKEN_COLUMNS per sampled token
     hidden: Any = None  # the policy's hidden state at the step's end, or None
     hidden_mean: Any = None  # the mean of its hidden states over the step's tokens, or None
+    hidden_mid: Any = None  # a middle layer's state at the step's end (where the LM taps one), or None
+    hidden_mid_mean: Any = None  # ... and its mean over the step's tokens
     children: list[int] = field(default_factory=list)
 
 
@@ -99,7 +101,7 @@ def replay_tree(question: str, lm: Any, record: dict[str, Any]) -> list[BankNode
         cand = lm.replay(handles[n["parent"]], n["text"], end=bool(n["finished"]) and not (limit and tokens >= limit))
         nodes.append(BankNode(n["id"], n["parent"], n["depth"], n["text"], int(n["n_tokens"]), bool(n["finished"]),
                               np.full((int(n["n_tokens"]), len(TOKEN_COLUMNS)), np.nan, dtype=np.float32),
-                              cand.hidden, cand.hidden_mean))
+                              cand.hidden, cand.hidden_mean, cand.hidden_mid, cand.hidden_mid_mean))
         if n["id"] in has_children:
             handles[n["id"]], reply_tokens[n["id"]] = cand.branch, tokens
         else:
@@ -121,7 +123,8 @@ def _node(node_id: int, parent: int | None, depth: int, cand: Candidate) -> Bank
     for j, column in enumerate(columns):
         if len(column) == n:
             table[:, j] = column
-    return BankNode(node_id, parent, depth, cand.text, n, cand.finished, table, cand.hidden, cand.hidden_mean)
+    return BankNode(node_id, parent, depth, cand.text, n, cand.finished, table, cand.hidden, cand.hidden_mean,
+                    cand.hidden_mid, cand.hidden_mid_mean)
 
 
 def leaves(nodes: Sequence[BankNode]) -> list[BankNode]:

@@ -4,8 +4,9 @@ DIR/bank.jsonl holds one line per problem (steps' text and statistics, leaves' a
 part, committed under benchmarks/); the per-token statistics and hidden states go to an .npz per problem in the
 user cache (bulky; the same command rebuilds them from the texts where they are missing: hidden states only, by
 decoding each step's text after its parent's, seconds a problem instead of sampling again). Besides the state at a
-step's last token they hold the mean state over the step's tokens; arrays from before it was recorded get it added
-by the same replay, keeping what sampling recorded.
+step's last token they hold the mean state over the step's tokens, and the same two of a middle layer (the output
+of block n_layer // 2, through llama.cpp's eval callback); arrays from before these were recorded get them added by
+the same replay, keeping what sampling recorded.
 """
 
 from __future__ import annotations
@@ -57,13 +58,17 @@ def bank_record(problem: Problem, nodes: Sequence[BankNode], shape: Sequence[int
     }
 
 
-def save_arrays(target: Path, nodes: Sequence[BankNode], keep: Path | None = None) -> None:
-    """Per-token statistics (joined, with offsets), step-end hidden states and the steps' mean hidden states (NaN
-    where none), float16. `keep`: an older arrays file whose token statistics and step-end states stay (a replay
-    that only adds the step means keeps what sampling recorded)."""
+STATES = ("hidden", "hidden_mean", "hidden_mid", "hidden_mid_mean")  # the BankNode fields the arrays keep
+
+
+def save_arrays(target: Path, nodes: Sequence[BankNode], keep: Path | None = None, mid_layer: int = -1) -> None:
+    """Per-token statistics (joined, with offsets) and the hidden states of each step (NaN where none), float16: the
+    last layer's at its last token and their mean over its tokens, the same of a middle layer (`mid_layer`, -1:
+    none). `keep`: an older arrays file whose token statistics and step-end states stay (a replay that only adds
+    the newer states keeps what sampling recorded)."""
     arrays = {"offsets": np.cumsum([0] + [n.n_tokens for n in nodes]),
-              "tokens": token_table(nodes).astype(np.float16),
-              "hidden": _stacked([n.hidden for n in nodes]), "hidden_mean": _stacked([n.hidden_mean for n in nodes])}
+              "tokens": token_table(nodes).astype(np.float16), "mid_layer": np.asarray(mid_layer),
+              **{key: _stacked([getattr(n, key) for n in nodes]) for key in STATES}}
     if keep is not None:
         try:
             with np.load(keep) as old:
@@ -86,12 +91,17 @@ def _stacked(rows: Sequence[Any]) -> np.ndarray:
     return out
 
 
-def _has_means(file: Path) -> bool:
+def _complete(file: Path) -> bool:
     try:
         with np.load(file) as arrays:
-            return "hidden_mean" in arrays.files
-    except (OSError, ValueError):  # unreadable: rebuilt whole
+            return all(key in arrays.files for key in STATES)
+    except (OSError, ValueError):  # unreadable or missing: rebuilt whole
         return False
+
+
+def tap_layer(n_layer: int) -> int:
+    """The middle layer a bank records beside the last: the output of block n_layer // 2."""
+    return n_layer // 2
 
 
 def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shape: tuple[int, ...], results: Path,
@@ -120,12 +130,12 @@ def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shap
     key = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:10]
     arrays_dir = arrays_root() / f"{results.resolve().name}-{key}"
     # The arrays live in the user cache: a bank committed elsewhere has none here, and they are rebuilt from its texts.
-    # Arrays from before the steps' mean states were recorded get them added (their sampled statistics stay).
+    # Arrays from before the mean and middle-layer states were recorded get them added (what was sampled stays).
     lost = [done[p.id] for p in problems if p.id in done and done[p.id].get("arrays")
-            and not _has_means(arrays_root() / done[p.id]["arrays"])]
+            and not _complete(arrays_root() / done[p.id]["arrays"])]
     older = sum((arrays_root() / record["arrays"]).is_file() for record in lost)
     echo(f"bank: {len(problems) - len(todo)} of {len(problems)} problems done; arrays in {arrays_dir}"
-         + (f" ({len(lost)} to rebuild{f', {older} of them to add step means to' if older else ''})"
+         + (f" ({len(lost)} to rebuild{f', {older} of them to add newer states to' if older else ''})"
             if lost else ""))
     if not todo and not lost:
         return [done[p.id] for p in problems]
@@ -135,17 +145,18 @@ def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shap
     model = runtime.load(plan, settings, chat_ctx=runtime.SEARCH_ONLY_CTX)
     reply_stop = StepStop(delimiter=None, min_tokens=0, max_tokens=sampling.max_tokens, end_think=stop.end_think)
     by_id = {p.id: p for p in problems}
+    layer = tap_layer(model.n_layer)
     try:
         for number, record in enumerate(lost, 1):
             problem, start = by_id[record["problem_id"]], time.perf_counter()
-            with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=8, hidden=True) as tree:
+            with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=8, hidden=True, tap_layer=layer) as tree:
                 policy = TreePolicy(model, tree, sampling, thinks=plan.thinks)
                 try:
                     nodes = replay_tree(build_question(problem.prompt, problem.format), policy, record)
                 finally:
                     policy.close()
             target = arrays_root() / record["arrays"]
-            save_arrays(target, nodes, keep=target if target.is_file() else None)
+            save_arrays(target, nodes, keep=target if target.is_file() else None, mid_layer=layer)
             echo(f"[rebuilt {number}/{len(lost)}] {problem.id}: hidden states of {len(nodes)} steps from their "
                  f"texts, {time.perf_counter() - start:.0f} s")
         with bank_path.open("a", encoding="utf-8") as handle:
@@ -153,7 +164,7 @@ def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shap
                 seeded = replace(sampling, seed=problem_seed(problem.id) if sampling.seed is None else sampling.seed)
                 start = time.perf_counter()
                 with KVTree(model, n_ctx=plan.n_ctx, n_seq_max=min(2 * leaf_count(shape) + 4, 256),
-                            hidden=True) as tree:
+                            hidden=True, tap_layer=layer) as tree:
                     policy = TreePolicy(model, tree, seeded, thinks=plan.thinks)
                     try:
                         nodes = sample_problem(problem, policy, shape, stop, reply_stop)
@@ -162,7 +173,7 @@ def run_bank(settings: Settings, data: str, offset: int, limit: int | None, shap
                         policy.close()
                 seconds = time.perf_counter() - start
                 name = f"{_safe(problem.id)}.npz"
-                save_arrays(arrays_dir / name, nodes)
+                save_arrays(arrays_dir / name, nodes, mid_layer=layer)
                 record = bank_record(problem, nodes, shape, setup, stats.generated_tokens, stats.evaluated_tokens,
                                      seconds, f"{arrays_dir.name}/{name}")
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 import typer
 
-from qwq_local.value.bank_labels import BANK_FILE, FEATURES, arrays_root, bank_states, load_hidden, read_bank
+from qwq_local.value.bank_labels import BANK_FILE, arrays_root, bank_states, feature_keys, load_hidden, read_bank
 from qwq_local.bench.compare import Run, read_runs
 from qwq_local.bench.choose import (
     BankProblem,
@@ -99,8 +99,10 @@ def run_choose(banks: Sequence[Path], choosers: Sequence[str], signals: Sequence
                head_folds: int | None = None, head_features: str = "last") -> None:
     if head is not None and head_folds is not None:
         raise UsageError("--head and --head-folds: give one (a head file, or heads trained here on the bank)")
-    if head_features not in FEATURES:
-        raise UsageError(f"--head-features must be one of {', '.join(FEATURES)}, not {head_features!r}")
+    try:
+        feature_keys(head_features)
+    except ValueError as exc:
+        raise UsageError(f"--head-features: {exc}") from None
     if head_features != "last" and head_folds is None:
         raise UsageError("--head-features: only with --head-folds (a head file reads the states it was trained on)")
     named: set[str] = set()  # every signal the choosers and --signal name, checked against the bank below

@@ -169,8 +169,9 @@ def bench_choose(
                                              help="Add head, head_min from heads trained on the bank itself, each "
                                                   "problem valued by one trained on the other K-1 folds."),
     head_features: str = typer.Option("last", "--head-features",
-                                      help="With --head-folds: the states the heads read: last (a step's last "
-                                           "token), mean (over its tokens) or last+mean."),
+                                      help="With --head-folds: the states the heads read: last (the last layer at "
+                                           "a step's last token), mean (over its tokens), mid, mid_mean (a middle "
+                                           "layer), or several joined by + (last+mid_mean)."),
     baseline: list[Path] = typer.Option([], "--baseline",
                                         help="`qwq bench accuracy` results: its strategies on the same problems."),
     as_json: bool = typer.Option(False, "--json"),

@@ -34,7 +34,9 @@ class Branch:
     logits: np.ndarray | None = None  # next-token logits after its last token
     hidden: np.ndarray | None = None  # hidden state at its last token (when the tree keeps them)
     hidden_mean: np.ndarray | None = None  # mean hidden state over the tokens of its last step
-    pool: np.ndarray | None = None  # sum of the hidden states of the step under way (see KVTree._decode)
+    mid: np.ndarray | None = None  # a middle layer's state at its last token (with the tree's tap_layer)
+    mid_mean: np.ndarray | None = None  # ... and its mean over the last step's tokens
+    pool: np.ndarray | None = None  # sum of the states of the step under way, [last layer | tap layer]
     pooled: int = 0  # how many tokens that sum holds
     parked: bytes | None = None  # sequence state saved in host RAM while evicted
     last_used: int = 0
@@ -162,6 +164,7 @@ class KVTree:
         n_seq_max: int = 64,
         kv_budget: int | None = None,
         hidden: bool = False,
+        tap_layer: int | None = None,
         n_batch: int = 512,
         n_threads: int | None = None,
         recompute_max_tokens: int = 64,
@@ -170,7 +173,7 @@ class KVTree:
         self.native = NativeContext(model, ContextSpec(
             n_ctx=n_ctx, n_batch=n_batch, batch_tokens=n_batch, n_seq_max=n_seq_max, embeddings=hidden,
             n_threads=n_threads or model.options.n_threads or model.llama.context_params.n_threads,
-            yarn=True, quiet=True))  # llama.cpp logs the context set-up on stderr
+            yarn=True, quiet=True, tap_layer=tap_layer if hidden else None))  # llama.cpp logs its set-up
         self.ctx = self.native.ctx
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
@@ -222,6 +225,7 @@ class KVTree:
         parent.span = Span(0, tip, refs=1)
         self._ref_chain(tip, +1)
         child.logits, child.hidden, child.hidden_mean = parent.logits, parent.hidden, parent.hidden_mean
+        child.mid, child.mid_mean = parent.mid, parent.mid_mean
         return child
 
     def extend(self, items: Sequence[tuple[Branch, Sequence[int]]], *, pool: bool = False,
@@ -251,7 +255,7 @@ class KVTree:
             return
         self._evict_cells(branch)
         branch.parked = None
-        branch.logits = branch.hidden = branch.hidden_mean = branch.pool = None
+        branch.logits = branch.hidden = branch.hidden_mean = branch.mid = branch.mid_mean = branch.pool = None
         branch.alive = False
         self.branches.pop(branch.id, None)
 
@@ -268,7 +272,7 @@ class KVTree:
         del branch.tokens[n_tokens:]
         span.n_tokens -= cut
         self.stats.live_cells -= cut
-        branch.logits = branch.hidden = branch.hidden_mean = branch.pool = None
+        branch.logits = branch.hidden = branch.hidden_mean = branch.mid = branch.mid_mean = branch.pool = None
         branch.pooled = 0
 
     def resident(self, branch: Branch) -> bool:
@@ -312,6 +316,7 @@ class KVTree:
         With hidden states kept, each row decoded with them adds its hidden state to its branch's running
         sum, and a branch at rest turns that sum into `hidden_mean`, the mean over its step's tokens:
         generation decodes every token of a step so (one row per branch), and `pool` asks it of every row.
+        With a tap layer the same goes for that layer's rows (`mid`, `mid_mean`).
         """
         queue = [(b, toks, i) for i, (b, toks) in enumerate(work)]
         # Split into chunks of at most n_batch tokens, never reordering a branch's tokens.
@@ -340,17 +345,21 @@ class KVTree:
             hidden_now = self.hidden_enabled and (pool or all(pos == last_pos[b.id] for b, _, pos, _ in chunk))
             if self.hidden_enabled:
                 llama_cpp.llama_set_embeddings(self.ctx, hidden_now)
+            if self.native.tap is not None:
+                self.native.tap.rows = None
             rc = llama_cpp.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise KVBudgetError(f"llama_decode failed with code {rc} (KV cache full?)")
             self.stats.evaluated_tokens += len(chunk)
             self.stats.decode_calls += 1
+            tapped = self._tapped(len(chunk)) if hidden_now else None
             for i, (b, _tok, pos, wi) in enumerate(chunk):
                 row = None
                 if hidden_now:
                     eptr = llama_cpp.llama_get_embeddings_ith(self.ctx, i)
                     row = np.ctypeslib.as_array(eptr, shape=(self.n_embd,)).astype(np.float32)
-                    b.pool = row.copy() if b.pool is None else b.pool + row
+                    both = row if tapped is None else np.concatenate([row, tapped[i]])
+                    b.pool = both.copy() if b.pool is None else b.pool + both
                     b.pooled += 1
                 if pos != last_pos[b.id]:
                     continue
@@ -361,8 +370,21 @@ class KVTree:
                 ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
                 b.logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
                 b.hidden = row
-                b.hidden_mean = None if b.pool is None else b.pool / b.pooled
+                mean = None if b.pool is None else b.pool / b.pooled
+                b.hidden_mean = None if mean is None else mean[:self.n_embd]
+                b.mid = None if tapped is None else tapped[i].copy()
+                b.mid_mean = None if mean is None or tapped is None else mean[self.n_embd:]
                 b.pool, b.pooled = None, 0
+
+    def _tapped(self, n_rows: int) -> np.ndarray | None:
+        """The tap layer's rows of the decode just done (None without a tap)."""
+        tap = self.native.tap
+        if tap is None:
+            return None
+        if tap.rows is None or len(tap.rows) != n_rows:
+            raise KVBudgetError(tap.error or f"layer tap: {0 if tap.rows is None else len(tap.rows)} rows for a "
+                                f"{n_rows}-token batch")
+        return tap.rows
 
     # ----------------------------------------------------------------- KV accounting
     def _new_branch(self, tokens: list[int]) -> Branch:
@@ -501,7 +523,8 @@ class KVTree:
 
     def _recompute(self, branch: Branch, donor: Branch | None, shared: int) -> None:
         tokens = branch.tokens
-        kept = branch.logits, branch.hidden, branch.hidden_mean, branch.pool, branch.pooled
+        kept = (branch.logits, branch.hidden, branch.hidden_mean, branch.mid, branch.mid_mean, branch.pool,
+                branch.pooled)
         suffix = tokens[shared:]
         self._reserve(len(suffix))
         seq = self._take_seq()
@@ -517,7 +540,8 @@ class KVTree:
         branch.seq = seq
         self._decode([(branch, suffix)])
         self.stats.recomputed_tokens += len(suffix)
-        branch.logits, branch.hidden, branch.hidden_mean, branch.pool, branch.pooled = kept
+        (branch.logits, branch.hidden, branch.hidden_mean, branch.mid, branch.mid_mean, branch.pool,
+         branch.pooled) = kept
         branch.parked = None
 
 

@@ -202,6 +202,10 @@ class LoadedModel:
     def n_vocab(self) -> int:
         return self.llama.n_vocab()
 
+    @property
+    def n_layer(self) -> int:
+        return int(llama_cpp.llama_model_n_layer(self.model_ptr))
+
     def _piece_text(self, token: int) -> str:
         if token < 0:
             return ""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import llama_cpp
+import numpy as np
 
 from qwq_local.engine.model import GGML_TYPES, LoadedModel, quiet_stderr
 from qwq_local.errors import OutOfMemoryError
@@ -22,6 +24,58 @@ class ContextSpec:
     n_threads: int | None = None  # None: llama.cpp's default
     yarn: bool = False  # extend the context as the model was loaded (its RopePlan)
     quiet: bool = False  # silence llama.cpp's set-up log unless the model was loaded verbose
+    tap_layer: int | None = None  # keep the output of this layer for every token of each decode (LayerTap)
+
+
+class _GGMLTensor(ctypes.Structure):
+    """The head of ggml.h's `struct ggml_tensor` (GGML_MAX_DIMS 4, GGML_MAX_OP_PARAMS 64, GGML_MAX_SRC 10,
+    GGML_MAX_NAME 64), as far as the eval callback reads it: type, shape and name."""
+
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+                ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+                ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
+                ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64)]
+
+
+_GGML_F32 = 0
+
+
+def _tensor_get() -> "ctypes._CFuncPtr":
+    """ggml_backend_tensor_get from the ggml that llama-cpp-python loaded (its `_ggml` module finds the library)."""
+    from llama_cpp._ggml import libggml
+
+    get = libggml.ggml_backend_tensor_get
+    get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    get.restype = None
+    return get
+
+
+class LayerTap:
+    """A middle layer's output for every token of the latest decode, through llama.cpp's eval callback (the
+    graph node `l_out-L`, the residual stream after block L), each row RMS-normalised as the next block reads it
+    (the raw stream carries a few huge dimensions). `rows[i]` is batch row i while a decode is one micro-batch
+    (n_ubatch = n_batch, one unified KV cache: llama.cpp keeps the batch's order)."""
+
+    def __init__(self, layer: int) -> None:
+        self.name = f"l_out-{layer}".encode()
+        self.rows: np.ndarray | None = None
+        self.error: str | None = None  # why the latest decode left no rows (raised by the reader, not in C's callback)
+        self._get = _tensor_get()
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)  # kept alive with the tap
+
+    def _on_tensor(self, tensor: int, ask: bool, _user: int) -> bool:
+        t = ctypes.cast(tensor, ctypes.POINTER(_GGMLTensor)).contents
+        if t.name != self.name:
+            return not ask  # ask: not wanted; otherwise carry on computing
+        if ask:
+            return True
+        if t.type != _GGML_F32:
+            self.rows, self.error = None, f"layer tap: {self.name.decode()} is ggml type {t.type}, not f32"
+            return True
+        rows = np.empty((t.ne[1], t.ne[0]), dtype=np.float32)
+        self._get(tensor, rows.ctypes.data, 0, rows.nbytes)
+        self.rows = rows / np.sqrt(np.mean(rows * rows, axis=1, keepdims=True) + 1e-6)
+        return True
 
 
 class NativeContext:
@@ -48,6 +102,9 @@ class NativeContext:
         if spec.embeddings:
             params.embeddings = True
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
+        self.tap = LayerTap(spec.tap_layer) if spec.tap_layer is not None else None
+        if self.tap is not None:
+            params.cb_eval = self.tap.callback
         self.batch = None
         with quiet_stderr(spec.quiet and not model.options.verbose):
             self.ctx = llama_cpp.llama_init_from_model(model.model_ptr, params)

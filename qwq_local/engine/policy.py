@@ -224,7 +224,7 @@ class TreePolicy:
         self.tree.extend([(b, decode[-1:])])  # alone in its batch, as sampling decodes a step's last token
         state = _State(b, parent.in_think, parent.reply_tokens + len(tokens), parent.think_tokens)
         return Candidate(text=text, branch=self._handle(state), n_tokens=len(tokens), finished=end,
-                         hidden=b.hidden, hidden_mean=b.hidden_mean)
+                         hidden=b.hidden, hidden_mean=b.hidden_mean, hidden_mid=b.mid, hidden_mid_mean=b.mid_mean)
 
     def _candidate(self, child: _Child) -> Candidate:
         child.sampler.close()
@@ -234,7 +234,8 @@ class TreePolicy:
         return Candidate(
             text="".join(child.text), branch=self._handle(state), n_tokens=child.n_tokens,
             finished=child.finished or child.at_limit, hidden=state.branch.hidden,
-            hidden_mean=state.branch.hidden_mean, logprob=float(sum(logprobs)),
+            hidden_mean=state.branch.hidden_mean, hidden_mid=state.branch.mid, hidden_mid_mean=state.branch.mid_mean,
+            logprob=float(sum(logprobs)),
             token_logprobs=logprobs, token_confidences=confidences, token_entropies=entropies,
             token_certainties=certainties,
         )

@@ -37,6 +37,8 @@ class Candidate:
     logprob: float = 0.0  # sum of the step's token log-probabilities
     hidden: Any = None  # policy hidden state at the step's last token (numpy array) or None
     hidden_mean: Any = None  # the mean of the policy's hidden states over the step's tokens, or None
+    hidden_mid: Any = None  # a middle layer's state at the step's last token (where the LM taps one), or None
+    hidden_mid_mean: Any = None  # ... and its mean over the step's tokens
     # Per sampled token, from the model's own distribution (temperature 1), for confidence scorers:
     # the chosen token's log-prob and DeepConf's token confidence, -mean log-prob of the top-k tokens.
     token_logprobs: list[float] = field(default_factory=list)

@@ -85,22 +85,32 @@ def leaves_below(record: Mapping[str, Any]) -> dict[int, list[bool]]:
     return below
 
 
-FEATURES = {"last": ("hidden",), "mean": ("hidden_mean",), "last+mean": ("hidden", "hidden_mean")}
+FEATURES = {"last": "hidden", "mean": "hidden_mean", "mid": "hidden_mid", "mid_mean": "hidden_mid_mean"}
+
+
+def feature_keys(features: str) -> list[str]:
+    """The arrays that `features` names: one or more of FEATURES joined by + (`last+mid_mean`)."""
+    names = features.split("+")
+    if not all(name in FEATURES for name in names):
+        raise ValueError(f"name one or more of {', '.join(FEATURES)} joined by +, not {features!r}")
+    return [FEATURES[name] for name in names]
 
 
 def load_hidden(record: Mapping[str, Any], arrays_root: Path, features: str = "last") -> np.ndarray:
-    """A problem's recorded hidden states [nodes, width] as float32, from its arrays in the user cache: the state
-    at each step's last token (`last`), the mean over the step's tokens (`mean`), or both side by side."""
+    """A problem's recorded hidden states [nodes, width] as float32, from its arrays in the user cache: the last
+    layer's state at each step's last token (`last`) or its mean over the step's tokens (`mean`), the same of a
+    middle layer (`mid`, `mid_mean`), or several side by side (`last+mid_mean`)."""
     file = arrays_root / str(record.get("arrays") or "")
     if not record.get("arrays") or not file.is_file():
         raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) are not in the cache; "
                              "rerun `qwq bench bank` with the same --results to rebuild them", ExitCode.FILE_NOT_FOUND)
+    keys = feature_keys(features)
     with np.load(file) as arrays:
-        if any(key not in arrays.files for key in FEATURES[features]):
-            raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) predate the steps' mean "
-                                 "states; rerun `qwq bench bank` with the same --results to add them",
+        if any(key not in arrays.files for key in keys):
+            raise InputFileError(f"problem {record['problem_id']}: its arrays ({file}) predate the steps' mean and "
+                                 "middle-layer states; rerun `qwq bench bank` with the same --results to add them",
                                  ExitCode.FILE_NOT_FOUND)
-        return np.concatenate([arrays[key].astype(np.float32) for key in FEATURES[features]], axis=1)
+        return np.concatenate([arrays[key].astype(np.float32) for key in keys], axis=1)
 
 
 def bank_states(records: Iterable[Mapping[str, Any]], arrays_root: Path,
