@@ -346,7 +346,7 @@ class KVTree:
             if self.hidden_enabled:
                 llama_cpp.llama_set_embeddings(self.ctx, hidden_now)
             if self.native.tap is not None:
-                self.native.tap.rows = None
+                self.native.tap.rows = self.native.tap.error = None
             rc = llama_cpp.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise KVBudgetError(f"llama_decode failed with code {rc} (KV cache full?)")
@@ -365,7 +365,7 @@ class KVTree:
                     continue
                 self._rows[b.id] = i
                 if keep is not None and not keep[wi]:
-                    b.logits = b.hidden = b.hidden_mean = None
+                    b.logits = b.hidden = b.hidden_mean = b.mid = b.mid_mean = None
                     continue
                 ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
                 b.logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
