@@ -361,6 +361,12 @@ def test_train_head_on_a_bank_of_training_problems(tmp_path: Path, smollm_path: 
     trained_on_all.write_text("".join(line + "\n" for line in lines if json.loads(line)["problem_id"] not in held_out))
     code, _, err = run_cli(["bench", "choose", str(trained_on_all), "--head", str(out)], capsys)
     assert code == 2 and "trained on every problem" in err
+    code, _, err = run_cli(["train-head", "--bank", str(bank), "--out", str(out), "--model", str(smollm_path),
+                            "--features", "first"], capsys)
+    assert code == 2 and "--features must be last or mean, not 'first'" in err
+    code, _, err = run_cli(["train-head", "--out", str(out), "--model", str(smollm_path), "--features", "mean"],
+                           capsys)
+    assert code == 2 and "--features: only with --bank" in err
     test = bank.parent / "test-bank"
     test.mkdir()
     (test / "bank.jsonl").write_text(lines[0].replace('"gsm8k-train"', '"gsm8k"') + "\n")
@@ -456,6 +462,33 @@ def test_cross_fitted_heads_value_every_problem_with_a_head_that_never_saw_it(
     code, _, err = run_cli(["bench", "choose", str(bank), "--head-folds", "3", "--head", str(tmp_path / "h.gguf")],
                            capsys)
     assert code == 2 and "give one" in err
+
+
+def test_a_head_trained_on_the_steps_mean_states_reads_them(tmp_path: Path, smollm_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from qwq_local.app import runtime
+    from qwq_local.value.qhead import QHead
+
+    monkeypatch.setenv("QWQ_BANK_ARRAYS", str(tmp_path / "arrays"))
+    bank, _ = training_bank(tmp_path, problems=40, width=8, planted="hidden_mean")
+    plan_model = runtime.plan_model  # a backbone as wide as the toy states (SmolLM's are 576)
+    monkeypatch.setattr(runtime, "plan_model",
+                        lambda *a, **k: (lambda p: replace(p, info=replace(p.info, n_embd=8)))(plan_model(*a, **k)))
+    auc = {}
+    for features, pooling in (("last", "last_token_of_step"), ("mean", "mean_of_step")):
+        out = tmp_path / f"{features}.gguf"
+        code, _, err = run_cli(["train-head", "--bank", str(bank), "--out", str(out), "--model", str(smollm_path),
+                                "--features", features], capsys)
+        assert code == 0, err
+        assert QHead.load(out).meta.pooling == pooling
+        code, stdout, err = run_cli(["bench", "choose", str(bank), "--head", str(out), "-c", "vote", "--signal",
+                                     "head", "--json"], capsys)
+        assert code == 0, err
+        auc[features] = json.loads(stdout)["signals"][0]["auc"]
+    assert auc["mean"] > 0.75 and auc["last"] < 0.7, auc  # `bench choose --head` reads what the head was trained on
 
 
 def test_cross_fitted_heads_read_the_steps_mean_states_when_asked(

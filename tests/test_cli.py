@@ -176,6 +176,33 @@ def test_astar_scores_by_confidence_and_the_shipped_head_when_named(capsys: pyte
     assert code == 0 and info["architecture"] == "qwen2" and info["n_embd"] == 896 and info["n_states"] > 0
 
 
+@pytest.mark.model
+def test_a_mean_pooled_head_values_each_live_step_by_its_mean_state(capsys: pytest.CaptureFixture[str],
+                                                                    qwen_path: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from qwq_local.value.qhead import QHead
+
+    head = _head_file(tmp_path / "mean.gguf", pooling="mean_of_step")
+    seen: list[tuple[object, object]] = []
+    score = QHead.score
+
+    def spy(self: QHead, question: str, steps: list[str], candidate: object) -> float:
+        seen.append((candidate.hidden, candidate.hidden_mean))  # type: ignore[attr-defined]
+        return score(self, question, steps, candidate)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(QHead, "score", spy)
+    code, out, err = run_cli(["solve", str(NATALIA), "--model", str(qwen_path), "--strategy", "astar", "--scorer",
+                              "qhead", "--head", str(head), "--max-depth", "1", "--trajectories", "1",
+                              "--max-tokens", "120", "--ctx", "2048", "--seed", "2", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["scorer"] == "qhead" and seen
+    for last, mean in seen:  # every step valued had its mean state, and it is not its last token's
+        assert mean is not None and np.isfinite(mean).all() and np.asarray(mean).shape == (896,)
+        assert not np.allclose(mean, last, atol=0.05)
+
+
 def test_a_full_disk_is_one_line_and_its_own_exit_code(capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import errno

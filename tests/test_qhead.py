@@ -216,6 +216,25 @@ def test_scorer_uses_the_candidate_hidden_state(rng: np.random.Generator) -> Non
     assert value == pytest.approx(float(weights.predict(hidden[None, :])[0]))
 
 
+def test_a_mean_pooled_head_scores_the_step_mean_and_an_unknown_pooling_is_refused(
+        tmp_path: Path, rng: np.random.Generator) -> None:
+    weights = linear_weights(rng)
+    last, mean = rng.normal(size=(2, N_EMBD)).astype(np.float32)
+    candidate = Candidate("step\n\n", branch=1, n_tokens=3, finished=False, hidden=last, hidden_mean=mean)
+    pooled = QHead(weights, meta(pooling="mean_of_step"))
+    assert pooled.features == "mean" and QHead(weights, meta()).features == "last"
+    assert pooled.score("q", [], candidate) == pytest.approx(float(weights.predict(mean[None, :])[0]))
+    assert QHead(weights, meta()).score("q", [], candidate) == pytest.approx(float(weights.predict(last[None, :])[0]))
+    with pytest.raises(RuntimeError, match="hidden states on"):
+        pooled.score("q", [], Candidate("x", branch=0, n_tokens=1, finished=False, hidden=last))
+    path = write_head(tmp_path / "m.gguf", weights, meta(pooling="mean_of_step"))
+    assert read_head(path)[1].pooling == "mean_of_step"
+    write_head(tmp_path / "x.gguf", weights, meta(pooling="max_of_step"))
+    with pytest.raises(ModelFileError, match="a head pooled 'max_of_step'; this qwq reads last_token_of_step, "
+                                             "mean_of_step"):
+        read_head(tmp_path / "x.gguf")
+
+
 def test_scorer_without_hidden_state_says_how_to_fix() -> None:
     head = QHead(linear_weights(np.random.default_rng(1)), meta())
     with pytest.raises(RuntimeError, match="hidden states on"):

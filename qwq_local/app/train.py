@@ -41,13 +41,15 @@ def labels_path_for(out: Path) -> Path:
 def run_train_head(settings: Settings, *, data: str, problems: int, rollouts: int, out: Path,
                    labels: Path | None, kind: str, target: str, max_steps: int, reply_tokens: int,
                    train_only: bool, seed: int, epochs: int, banks: Sequence[Path] = (),
-                   events: TrainEvents = TrainEvents()) -> str:
+                   events: TrainEvents = TrainEvents(), features: str = "last") -> str:
     """Label (unless `train_only`) and train; returns the line that describes the head written."""
     from qwq_local.value.labels import LabelStore, model_identity
 
     if banks:
         return train_from_banks(settings, banks, out=out, kind=kind, target=target, seed=seed, epochs=epochs,
-                                events=events)
+                                events=events, features=features)
+    if features != "last":
+        raise UsageError("--features: only with --bank (rollout labels keep a step's last state)")
 
     if data in ("gsm8k", "math500", "mbpp"):
         raise UsageError(f"{data} is a test set: train on gsm8k-train or your own FILE.jsonl")
@@ -129,10 +131,15 @@ def _label(settings: Settings, plan: runtime.ModelPlan, store: Any, data: str, p
 
 
 def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, kind: str, target: str, seed: int,
-                     epochs: int, events: TrainEvents = TrainEvents()) -> str:
-    """Train a head on the states of search banks (`qwq bench bank` on training problems): Monte-Carlo labels."""
-    from qwq_local.value.bank_labels import arrays_root, bank_states, read_bank
+                     epochs: int, events: TrainEvents = TrainEvents(), features: str = "last") -> str:
+    """Train a head on the states of search banks (`qwq bench bank` on training problems): Monte-Carlo labels;
+    `features`: the state at a step's last token (last) or the mean over its tokens (mean)."""
+    from qwq_local.value.bank_labels import arrays_root, bank_states, load_hidden, read_bank
+    from qwq_local.value.qhead import POOLINGS
 
+    pooling = {feature: name for name, (_, feature) in POOLINGS.items()}
+    if features not in pooling:
+        raise UsageError(f"--features must be {' or '.join(pooling)}, not {features!r}")
     if kind not in ("linear", "mlp"):
         raise UsageError(f"--kind must be linear or mlp, not {kind!r}")
     check_target(target)
@@ -146,17 +153,19 @@ def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, ki
     if datasets & {"gsm8k", "math500", "mbpp"}:
         raise UsageError(f"--bank: {', '.join(sorted(datasets))} holds test problems: bank gsm8k-train instead")
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
-    X, y_max, y_mean, groups = bank_states(records, arrays_root())
+    root = arrays_root()
+    X, y_max, y_mean, groups = bank_states(records, root, {str(r["problem_id"]): load_hidden(r, root, features)
+                                                           for r in records})
     if len(X) == 0:
         raise QwqError("the banks hold no states with hidden states", ExitCode.EMPTY_INPUT)
     if X.shape[1] != plan.info.n_embd:
         raise UsageError(f"--bank: its hidden states are {X.shape[1]} wide, {settings.model}'s {plan.info.n_embd}")
     return _train(plan, (X, y_max, y_mean, groups), out, "bank of " + ", ".join(sorted(datasets)), kind, target, seed,
-           epochs, events, labelled_by="the leaves below")
+                  epochs, events, labelled_by="the leaves below", pooling=pooling[features])
 
 
 def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str, target: str, seed: int,
-           epochs: int, events: TrainEvents, labelled_by: str = "rollouts") -> str:
+           epochs: int, events: TrainEvents, labelled_by: str = "rollouts", pooling: str = "last_token_of_step") -> str:
     """Train on a label store (or ready (X, y_max, y_mean, groups) arrays) and write the head."""
     from qwq_local.catalog.integrity import sha256_file
     from qwq_local.value.qhead import QHeadMeta, write_head
@@ -174,7 +183,7 @@ def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str,
     meta = QHeadMeta(
         architecture=plan.info.architecture, n_embd=int(X.shape[1]), model_sha256=sha256_file(plan.resolved.path),
         training_data=f"{Path(data).name if data.endswith('.jsonl') else data}; Q={target} over {labelled_by}",
-        n_problems=len(set(groups.tolist())), n_states=len(X), metrics=report.head_metrics(),
+        n_problems=len(set(groups.tolist())), n_states=len(X), metrics=report.head_metrics(), pooling=pooling,
         problems=tuple(sorted(set(groups.tolist()) - {str(g) for g in report.test_groups})),
     )
     write_head(out, weights, meta)

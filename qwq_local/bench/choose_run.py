@@ -37,7 +37,7 @@ def head_signals(head: QHead) -> Callable[[Mapping[str, Any]], list[dict[str, fl
     root = arrays_root()
 
     def signals(record: Mapping[str, Any]) -> list[dict[str, float]]:
-        hidden = load_hidden(record, root)
+        hidden = load_hidden(record, root, head.features)
         if hidden.shape[1] != head.weights.n_embd:
             raise UsageError(f"--head {head.path}: {head.weights.n_embd} wide, the bank's states {hidden.shape[1]}")
         return _leaf_values(record, head.predict(np.nan_to_num(hidden)))

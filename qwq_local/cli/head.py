@@ -33,6 +33,8 @@ def train_head(
     models_dir: Optional[Path] = ModelsDirOpt,
     bank: list[Path] = typer.Option([], "--bank", help="Train on these search banks' states (Monte-Carlo labels) "
                                     "instead of labelling by rollouts."),
+    features: str = typer.Option("last", "--features", help="With --bank: the states the head reads, last (a step's "
+                                 "last token) or mean (over its tokens)."),
 ) -> None:
     """Label steps by rollouts (resumable) and train a Q-value head on the policy's hidden states."""
     from qwq_local.app.train import run_train_head
@@ -43,7 +45,8 @@ def train_head(
     with counting("labels") as events:
         written = run_train_head(settings, data=data, problems=problems, rollouts=rollouts, out=out, labels=labels,
                                  kind=kind, target=target, max_steps=max_steps, reply_tokens=reply_tokens,
-                                 train_only=train_only, seed=seed, epochs=epochs, banks=bank, events=events)
+                                 train_only=train_only, seed=seed, epochs=epochs, banks=bank, events=events,
+                                 features=features)
     typer.echo(written)
 
 

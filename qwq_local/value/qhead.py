@@ -146,6 +146,10 @@ class QHeadWeights:
         return sigmoid(self.logits(X))
 
 
+# A head's pooling: which of a step's states it reads, as the Candidate field and as a bank's feature name.
+POOLINGS = {"last_token_of_step": ("hidden", "last"), "mean_of_step": ("hidden_mean", "mean")}
+
+
 @dataclass
 class QHeadMeta:
     """What a head file says about itself: the backbone it reads, how it was trained, how well it did."""
@@ -266,13 +270,19 @@ class QHead:
         """Q in [0, 1] for a batch of hidden states [n, n_embd]."""
         return self.weights.predict(X)
 
+    @property
+    def features(self) -> str:
+        """The bank feature it reads (`load_hidden`): last or mean."""
+        return POOLINGS[self.meta.pooling][1]
+
     def score(self, question: str, steps: Sequence[str], candidate: Candidate) -> float:
-        if candidate.hidden is None:
+        state = getattr(candidate, POOLINGS[self.meta.pooling][0])
+        if state is None:
             raise RuntimeError(  # a bug: every engine that offers qhead gives hidden states
                 "the Q-value head scores hidden states, but this candidate has none: "
                 "run the engine with hidden states on (KVTree(hidden=True))"
             )
-        hidden = np.asarray(candidate.hidden, dtype=np.float32).reshape(1, -1)
+        hidden = np.asarray(state, dtype=np.float32).reshape(1, -1)
         value = float(self.weights.predict(hidden)[0])
         return 0.0 if math.isnan(value) else value  # a NaN hidden state says nothing good about the step
 
@@ -350,6 +360,8 @@ def read_head(path: Path) -> tuple[QHeadWeights, QHeadMeta]:
         raise ModelFileError(
             f"{path} is not a valid Q-value head: metadata says n_embd {meta.n_embd}, tensors have {weights.n_embd}"
         )
+    if meta.pooling not in POOLINGS:
+        raise ModelFileError(f"{path}: a head pooled {meta.pooling!r}; this qwq reads {', '.join(POOLINGS)}")
     return weights, meta
 
 
