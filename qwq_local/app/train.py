@@ -134,7 +134,7 @@ def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, ki
                      epochs: int, events: TrainEvents = TrainEvents(), features: str = "last") -> str:
     """Train a head on the states of search banks (`qwq bench bank` on training problems): Monte-Carlo labels;
     `features`: the state at a step's last token (last) or the mean over its tokens (mean)."""
-    from qwq_local.value.bank_labels import arrays_root, bank_states, load_hidden, read_bank
+    from qwq_local.value.bank_labels import arrays_root, bank_states, read_bank
     from qwq_local.value.qhead import POOLINGS
 
     pooling = {feature: name for name, (_, feature) in POOLINGS.items()}
@@ -153,9 +153,7 @@ def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, ki
     if datasets & {"gsm8k", "math500", "mbpp"}:
         raise UsageError(f"--bank: {', '.join(sorted(datasets))} holds test problems: bank gsm8k-train instead")
     plan = runtime.plan_model(runtime.locate(settings.model, settings), settings)
-    root = arrays_root()
-    X, y_max, y_mean, groups = bank_states(records, root, {str(r["problem_id"]): load_hidden(r, root, features)
-                                                           for r in records})
+    X, y_max, y_mean, groups = bank_states(records, arrays_root(), features=features)
     if len(X) == 0:
         raise QwqError("the banks hold no states with hidden states", ExitCode.EMPTY_INPUT)
     if X.shape[1] != plan.info.n_embd:

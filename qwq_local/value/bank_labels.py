@@ -114,16 +114,16 @@ def load_hidden(record: Mapping[str, Any], arrays_root: Path, features: str = "l
 
 
 def bank_states(records: Iterable[Mapping[str, Any]], arrays_root: Path,
-                hidden: Mapping[str, np.ndarray] | None = None
+                hidden: Mapping[str, np.ndarray] | None = None, features: str = "last"
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(X, y_max, y_mean, groups) over every recorded state with a hidden state and leaves below it; `hidden`:
-    the problems' hidden states already loaded, by problem id (else read from `arrays_root`)."""
+    the problems' hidden states already loaded, by problem id (else read from `arrays_root`, the `features` named)."""
     xs: list[np.ndarray] = []
     y_max: list[float] = []
     y_mean: list[float] = []
     groups: list[str] = []
     for record in records:
-        states = hidden[str(record["problem_id"])] if hidden is not None else load_hidden(record, arrays_root)
+        states = hidden[str(record["problem_id"])] if hidden is not None else load_hidden(record, arrays_root, features)
         for node, outcomes in leaves_below(record).items():
             if not outcomes or states.shape[1] == 0 or not np.isfinite(states[node]).all():
                 continue
