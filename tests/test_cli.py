@@ -174,6 +174,7 @@ def test_astar_scores_by_confidence_and_the_shipped_head_when_named(capsys: pyte
                                                "qwen2.5-coder-0.5b.qhead.gguf"), "--json"], capsys)
     info = json.loads(out)
     assert code == 0 and info["architecture"] == "qwen2" and info["n_embd"] == 896 and info["n_states"] > 0
+    assert info["pooling"] == "mean_of_step"  # the shipped head reads a step's mean state (README)
 
 
 @pytest.mark.model
