@@ -135,11 +135,12 @@ def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, ki
     """Train a head on the states of search banks (`qwq bench bank` on training problems): Monte-Carlo labels;
     `features`: the state at a step's last token (last) or the mean over its tokens (mean)."""
     from qwq_local.value.bank_labels import arrays_root, bank_states, read_bank
-    from qwq_local.value.qhead import POOLINGS
+    from qwq_local.value.qhead import pooling_for
 
-    pooling = {feature: name for name, (_, feature) in POOLINGS.items()}
-    if features not in pooling:
-        raise UsageError(f"--features must be {' or '.join(pooling)}, not {features!r}")
+    try:
+        pooling = pooling_for(features)
+    except ValueError as exc:
+        raise UsageError(f"--features {exc}") from None
     if kind not in ("linear", "mlp"):
         raise UsageError(f"--kind must be linear or mlp, not {kind!r}")
     check_target(target)
@@ -159,7 +160,7 @@ def train_from_banks(settings: Settings, banks: Sequence[Path], *, out: Path, ki
     if X.shape[1] != plan.info.n_embd:
         raise UsageError(f"--bank: its hidden states are {X.shape[1]} wide, {settings.model}'s {plan.info.n_embd}")
     return _train(plan, (X, y_max, y_mean, groups), out, "bank of " + ", ".join(sorted(datasets)), kind, target, seed,
-                  epochs, events, labelled_by="the leaves below", pooling=pooling[features])
+                  epochs, events, labelled_by="the leaves below", pooling=pooling)
 
 
 def _train(plan: runtime.ModelPlan, store: Any, out: Path, data: str, kind: str, target: str, seed: int,

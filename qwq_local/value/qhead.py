@@ -150,6 +150,14 @@ class QHeadWeights:
 POOLINGS = {"last_token_of_step": ("hidden", "last"), "mean_of_step": ("hidden_mean", "mean")}
 
 
+def pooling_for(features: str) -> str:
+    """The pooling of a head trained on a bank's `features` (last or mean); ValueError naming the choices."""
+    for pooling, (_, name) in POOLINGS.items():
+        if name == features:
+            return pooling
+    raise ValueError(f"must be {' or '.join(name for _, name in POOLINGS.values())}, not {features!r}")
+
+
 @dataclass
 class QHeadMeta:
     """What a head file says about itself: the backbone it reads, how it was trained, how well it did."""
